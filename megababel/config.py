@@ -1,0 +1,95 @@
+"""Model configuration with Hugging Face `LlamaConfig` field names.
+
+Llama ties the number of heads to the residual width: hidden_size = num_attention_heads * head_dim, and head_dim stays
+fixed for the life of a run (growth adds heads, never changes head_dim, so RoPE frequencies keep their meaning).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration or growth request that cannot be honoured; the message names the field and the fix."""
+
+
+def llama_intermediate_size(hidden_size: int, multiple_of: int = 256) -> int:
+    """Llama's SwiGLU width: 2/3 of 4*hidden (same parameters as a 4x GELU FFN), rounded up to `multiple_of`."""
+    hidden = int(2 * 4 * hidden_size / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class LlamaConfig:
+    hidden_size: int = 512
+    num_hidden_layers: int = 8
+    head_dim: int = 128
+    vocab_size: int = 32000
+    # None means "derive": intermediate_size from hidden_size and multiple_of, heads from hidden_size / head_dim,
+    # num_key_value_heads = num_attention_heads (plain multi-head attention).
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    multiple_of: int = 256
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_hidden_layers", "head_dim", "vocab_size", "multiple_of",
+                     "max_position_embeddings"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.hidden_size % self.head_dim:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not a multiple of head_dim {self.head_dim}: heads are "
+                f"hidden_size / head_dim; use a hidden_size such as {self._nearest_multiple(self.hidden_size)}")
+        if self.intermediate_size is None:
+            self.intermediate_size = llama_intermediate_size(self.hidden_size, self.multiple_of)
+        if self.num_attention_heads is None:
+            self.num_attention_heads = self.hidden_size // self.head_dim
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        for name in ("intermediate_size", "num_attention_heads", "num_key_value_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads * self.head_dim != self.hidden_size:
+            raise ConfigError(
+                f"num_attention_heads * head_dim = {self.num_attention_heads} * {self.head_dim} != hidden_size "
+                f"{self.hidden_size}; set num_attention_heads to {self.hidden_size // self.head_dim} (or leave it unset)")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
+                f"{self.num_key_value_heads}; each key/value head must serve the same number of query heads")
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+    def _nearest_multiple(self, n: int) -> int:
+        return max(self.head_dim, round(n / self.head_dim) * self.head_dim)
+
+    @property
+    def kv_group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def replace(self, **changes) -> "LlamaConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,206 @@
+"""Growable layers: one logical weight stored as rectangular blocks, one block set per growth generation.
+
+Every growth event adds a *generation*: the new region of each weight is stored in new nn.Parameters, so an
+optimizer can give each generation its own param group (and learning-rate schedule), while old parameters keep their
+identity (and hence their optimizer state). A 2-D weight that grows from [o, i] to [o', i'] gains at most two blocks,
+an L-shape: rows [o:o'] x cols [0:i'] and rows [0:o] x cols [i:i'].
+
+The forward pass assembles the blocks into one tensor (a single copy, its backward a set of slices) and then does
+ONE matmul; a layer with a single block uses its parameter directly. `consolidate()` folds blocks into one.
+
+Each block parameter carries `block_meta` (BlockMeta): its generation, where it sits in the full tensor, the full
+shape, and the named axes of the full tensor ("hidden", "q_heads", "kv_heads", "ffn", "vocab"). Growth, tensor
+parallelism, ZeRO re-partitioning and export read this metadata instead of guessing from parameter names.
+
+Blocks are registered directly on the layer (`weight_0`, `weight_1`, ...), not in a child ParameterList, so that
+ZeRO-3, which gathers a module's own parameters before its forward, sees them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class BlockMeta:
+    generation: int
+    offset: tuple[int, ...]       # start of this block in the full tensor, per dim
+    shape: tuple[int, ...]        # this block's shape
+    full_shape: tuple[int, ...]   # shape of the whole (assembled) tensor
+    axes: tuple[str, ...]         # name of each dim of the full tensor
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(o, o + s) for o, s in zip(self.offset, self.shape))
+
+
+class _AssembleBlocks(torch.autograd.Function):
+    """Copy blocks into one tensor of `full_shape`; the gradient of each block is its slice of the output gradient."""
+
+    @staticmethod
+    def forward(ctx, full_shape, slices, *blocks):
+        out = blocks[0].new_empty(full_shape)
+        for region, block in zip(slices, blocks):
+            out[region] = block
+        ctx.slices = slices
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None, *(grad[region] for region in ctx.slices))
+
+
+class GrowableTensor(nn.Module):
+    """Base class: owns the blocks of one weight tensor named by `axes`."""
+
+    def __init__(self, full_shape: tuple[int, ...], axes: tuple[str, ...], generation: int = 0,
+                 init: torch.Tensor | None = None, dtype=None, device=None):
+        super().__init__()
+        if len(full_shape) != len(axes):
+            raise ValueError(f"axes {axes} do not name every dim of shape {full_shape}")
+        self.axes = tuple(axes)
+        self.full_shape = tuple(int(s) for s in full_shape)
+        self._block_names: list[str] = []
+        self._next_block_id = 0
+        if init is None:
+            init = torch.empty(self.full_shape, dtype=dtype, device=device)
+        elif tuple(init.shape) != self.full_shape:
+            raise ValueError(f"initial tensor has shape {tuple(init.shape)}, expected {self.full_shape}")
+        self._add_block(init, (0,) * len(self.full_shape), generation)
+
+    # --- blocks -------------------------------------------------------------------------------------------------
+    def blocks(self) -> list[nn.Parameter]:
+        return [getattr(self, name) for name in self._block_names]
+
+    def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int) -> nn.Parameter:
+        param = nn.Parameter(data.detach().clone())
+        param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes)
+        name = f"weight_{self._next_block_id}"
+        self._next_block_id += 1
+        self.register_parameter(name, param)
+        self._block_names.append(name)
+        return param
+
+    def _set_full_shape(self, full_shape: tuple[int, ...]):
+        self.full_shape = tuple(full_shape)
+        for param in self.blocks():
+            param.block_meta = replace(param.block_meta, full_shape=self.full_shape)
+
+    @property
+    def generations(self) -> list[int]:
+        return sorted({p.block_meta.generation for p in self.blocks()})
+
+    # --- the assembled weight -----------------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full weight, differentiable with respect to every block."""
+        blocks = self.blocks()
+        if len(blocks) == 1:
+            return blocks[0]
+        return _AssembleBlocks.apply(self.full_shape, tuple(p.block_meta.slices for p in blocks), *blocks)
+
+    @torch.no_grad()
+    def full_tensor(self) -> torch.Tensor:
+        """A detached copy of the full weight."""
+        return self.weight.detach().clone()
+
+    # --- growth and consolidation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def grow_to(self, new_full: torch.Tensor, generation: int):
+        """Replace the weight by `new_full` (at least as large in every dim).
+
+        Old blocks keep their Parameter identity and take their region of `new_full` in place (growth may rescale
+        old values to stay function-preserving); the new region becomes new blocks tagged `generation`.
+        """
+        old_shape, new_shape = self.full_shape, tuple(new_full.shape)
+        if len(new_shape) != len(old_shape) or any(n < o for n, o in zip(new_shape, old_shape)):
+            raise ValueError(f"cannot grow a {self.axes} tensor from {old_shape} to {new_shape}: it may only grow")
+        for param in self.blocks():
+            param.copy_(new_full[param.block_meta.slices])
+        self._set_full_shape(new_shape)
+        for dim, (old, new) in enumerate(zip(old_shape, new_shape)):
+            if new == old:
+                continue
+            # L-decomposition: along `dim` the new range, before it the old extent, after it the new extent.
+            region = tuple(slice(0, old_shape[d]) if d < dim else slice(old, new) if d == dim else slice(0, new_shape[d])
+                           for d in range(len(new_shape)))
+            offset = tuple(r.start for r in region)
+            if new_full[region].numel():
+                self._add_block(new_full[region], offset, generation)
+
+    @torch.no_grad()
+    def consolidate(self, generations: list[int] | None = None):
+        """Fold the blocks of `generations` (default: all) into one block, tagged with the oldest of them.
+
+        The folded blocks must tile a rectangle anchored at the origin (true for any prefix of generations).
+        Function unchanged; optimizer state of the folded blocks is not carried (call before creating the optimizer).
+        """
+        chosen = [n for n in self._block_names
+                  if generations is None or getattr(self, n).block_meta.generation in generations]
+        if len(chosen) <= 1:
+            return
+        metas = [getattr(self, n).block_meta for n in chosen]
+        extent = tuple(max(m.offset[d] + m.shape[d] for m in metas) for d in range(len(self.full_shape)))
+        if any(min(m.offset[d] for m in metas) for d in range(len(extent))) or \
+                sum(math.prod(m.shape) for m in metas) != math.prod(extent):
+            raise ValueError(f"blocks of generations {generations} do not tile a rectangle at the origin")
+        full = self.full_tensor()
+        for name in chosen:
+            delattr(self, name)
+            self._block_names.remove(name)
+        param = self._add_block(full[tuple(slice(0, e) for e in extent)], (0,) * len(extent),
+                                min(m.generation for m in metas))
+        # keep blocks in offset order: the folded block first
+        self._block_names.insert(0, self._block_names.pop())
+        return param
+
+    def extra_repr(self) -> str:
+        return f"shape={self.full_shape}, axes={self.axes}, blocks={len(self._block_names)}"
+
+
+class GrowableLinear(GrowableTensor):
+    """y = x @ W.T without bias, W of shape [out_features, in_features]."""
+
+    def __init__(self, in_features: int, out_features: int, axes=("out", "in"), **kw):
+        super().__init__((out_features, in_features), axes, **kw)
+
+    @property
+    def in_features(self) -> int:
+        return self.full_shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.full_shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class GrowableEmbedding(GrowableTensor):
+    """Token embedding, W of shape [num_embeddings, embedding_dim]."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, axes=("vocab", "hidden"), **kw):
+        super().__init__((num_embeddings, embedding_dim), axes, **kw)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.full_shape[0]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class GrowableRMSNorm(GrowableTensor):
+    """RMSNorm with a learned gain, computed in fp32 like Hugging Face's LlamaRMSNorm."""
+
+    def __init__(self, dim: int, eps: float, axes=("hidden",), **kw):
+        super().__init__((dim,), axes, **kw)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return normed * self.weight

@@ -1,0 +1,143 @@
+"""The Llama-2 decoder, built from growable layers (plain single-device model; parallelism is applied elsewhere).
+
+Parameter paths mirror Hugging Face's LlamaForCausalLM (embed_tokens, layers.N.self_attn.q_proj, ..., norm, lm_head)
+without the `model.` prefix; each weight is a GrowableTensor whose blocks are `weight_0`, `weight_1`, ...
+
+Rotary embeddings use the Hugging Face "rotate_half" layout: within a head, dims i and i + head_dim/2 form a rotation
+pair (Meta's original checkpoints pair 2i with 2i+1). Because we train in the HF layout, q_proj and k_proj export to
+`transformers` unchanged, with no permutation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import LlamaConfig
+from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, GrowableTensor
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of shape [seq_len, head_dim], fp32, in the rotate_half layout (frequencies repeated)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., seq, head_dim]: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) with x1, x2 the two halves."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        d, hd = config.hidden_size, config.head_dim
+        self.head_dim = hd
+        self.q_proj = GrowableLinear(d, config.num_attention_heads * hd, axes=("q_heads", "hidden"))
+        self.k_proj = GrowableLinear(d, config.num_key_value_heads * hd, axes=("kv_heads", "hidden"))
+        self.v_proj = GrowableLinear(d, config.num_key_value_heads * hd, axes=("kv_heads", "hidden"))
+        self.o_proj = GrowableLinear(config.num_attention_heads * hd, d, axes=("hidden", "q_heads"))
+
+    # head counts follow the weights, so growth only has to change the weights
+    @property
+    def num_heads(self) -> int:
+        return self.q_proj.out_features // self.head_dim
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k_proj.out_features // self.head_dim
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        h, kvh, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(batch, seq, h, hd).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, kvh, hd).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, kvh, hd).transpose(1, 2)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kvh != h)
+        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, h * hd))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        d, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = GrowableLinear(d, f, axes=("ffn", "hidden"))
+        self.up_proj = GrowableLinear(d, f, axes=("ffn", "hidden"))
+        self.down_proj = GrowableLinear(f, d, axes=("hidden", "ffn"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = GrowableRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = GrowableRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    """Llama-2 causal language model. `generation` counts the growth events applied so far."""
+
+    def __init__(self, config: LlamaConfig, seed: int | None = None):
+        super().__init__()
+        self.config = config
+        self.generation = 0
+        self.embed_tokens = GrowableEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = GrowableRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = GrowableLinear(config.hidden_size, config.vocab_size, axes=("vocab", "hidden"))
+        self.reset_parameters(torch.Generator().manual_seed(seed) if seed is not None else None)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None):
+        """Hugging Face's Llama init: normal(0, initializer_range) weights, unit norm gains."""
+        for module in self.modules():
+            if isinstance(module, GrowableRMSNorm):
+                for p in module.blocks():
+                    p.fill_(1.0)
+            elif isinstance(module, (GrowableLinear, GrowableEmbedding)):
+                for p in module.blocks():
+                    p.normal_(0.0, self.config.initializer_range, generator=generator)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
+        """Return (logits, loss); loss is the mean next-token cross-entropy over targets != -100, or None."""
+        seq = input_ids.shape[1]
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        cos, sin = rope_cos_sin(seq, self.config.head_dim, self.config.rope_theta, input_ids.device)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=-100)
+        return logits, loss
+
+    def growable_tensors(self):
+        """(path, GrowableTensor) for every weight, paths in Hugging Face order without the `model.` prefix."""
+        for name, module in self.named_modules():
+            if isinstance(module, GrowableTensor):
+                yield name, module
+
+    def consolidate(self):
+        """Fold every weight's generations into one block each (function unchanged)."""
+        for _, tensor in self.growable_tensors():
+            tensor.consolidate()
+        return self
