@@ -1,0 +1,377 @@
+"""Function-preserving growth of a Llama model: wider residual stream (more heads), wider FFN, more layers, larger
+vocabulary, alone or together in one event. Each event adds one generation of parameters (see layers.py).
+
+How it works: every weight names its axes ("hidden", "q_heads", "kv_heads", "ffn", "vocab"). An event makes a plan
+per growing axis, and each plan knows how to extend a tensor along its axis, depending on the role of that dim:
+  output  - the tensor produces features along the axis (q_proj rows, o_proj rows, embedding columns, ...)
+  input   - the tensor reads (contracts over) the axis (q_proj columns, o_proj columns, lm_head columns, ...)
+  gain    - RMSNorm gains over the residual stream.
+The growth code touches the model only through `growable_tensors()`, `GrowableTensor.full_tensor()/grow_to()`,
+`model.layers` and `model.config`.
+
+Default initialisations are exact (same logits) AND give every new tensor a non-zero gradient in the first backward.
+Zeroing one side of a new path is exact too, but the other side then gets zero gradient until the first update, so
+the defaults cancel paths instead of zeroing them:
+
+- width_init="split" (residual stream d -> d'): new dims copy old dims (round-robin); a dim with c copies carries
+  x/sqrt(c) in each, and everything is scaled by alpha = sqrt(d'/d). The map is an isometry times alpha, so every
+  token's RMS over d' dims equals its old RMS over d dims: norm gains and rms_norm_eps stay as they are. Writers into
+  the residual (embedding columns, o_proj and down_proj rows) take alpha/sqrt(c); readers (q/k/v/gate/up/lm_head
+  columns) take 1/(alpha*sqrt(c)) plus noise that sums to zero over a dim's copies (breaks the copies' symmetry).
+  With d' = 2d this is HyperCloning's [x, x] / [W/2, W/2] plus cancelling noise.
+  width_init="zero": new dims start at zero (writers zero, readers random), scaled by alpha so the RMS is kept.
+- heads_init / ffn_init="pairs": new heads (FFN units) come in pairs with identical input weights; their output
+  columns (o_proj / down_proj) are +N and -N, so each pair's contribution cancels exactly while both get gradient.
+  "zero": new output columns zero (exact; the new input rows get gradient only after the first update).
+- depth_init="identity": a new layer is "grown from zero heads and zero FFN units" with the pairs rule, so its
+  residual branches output exactly zero. "zero": o_proj and down_proj zero. "copy": copy of an existing layer
+  (G_stack-style stacking; not function-preserving).
+- vocab_init="mean": new embedding and lm_head rows are the mean of the old rows (logits of old tokens unchanged;
+  the softmax cannot be kept exactly since new logits join the normaliser). "random": normal(0, init_std).
+
+New random weights use normal(0, init_std), init_std defaulting to config.initializer_range.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, LlamaConfig
+from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, GrowableTensor
+from .model import DecoderLayer, Llama
+
+WIDTH_INITS = ("split", "zero")
+UNIT_INITS = ("pairs", "zero")
+DEPTH_INITS = ("identity", "zero", "copy")
+VOCAB_INITS = ("mean", "random")
+AXIS_ORDER = ("hidden", "q_heads", "kv_heads", "ffn", "vocab")  # order in which a tensor's dims are grown
+
+
+@dataclass
+class GrowthEvent:
+    """Target sizes (None: unchanged) and initialisation options for one growth event."""
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_hidden_layers: int | None = None
+    vocab_size: int | None = None
+    layer_positions: str | list[int] = "append"   # "append", "interleave", or indices of the new layers after growth
+    copy_from: list[int] | None = None             # depth_init="copy": old layer copied by each new layer
+    width_init: str = "split"
+    heads_init: str = "pairs"
+    ffn_init: str = "pairs"
+    depth_init: str = "identity"
+    vocab_init: str = "mean"
+    init_std: float | None = None
+
+
+def _dim_role(tensor: GrowableTensor, dim: int) -> str:
+    if isinstance(tensor, GrowableRMSNorm):
+        return "gain"
+    if isinstance(tensor, GrowableEmbedding):
+        return "output"           # a lookup produces its rows' features: both dims are outputs
+    return ("output", "input")[dim]
+
+
+def _normal(shape, std: float, rng: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return (torch.randn(shape, generator=rng, dtype=torch.float32) * std).to(like.dtype).to(like.device)
+
+
+# --- axis plans: how one axis grows, for each role --------------------------------------------------------------
+
+class ResidualPlan:
+    """hidden d -> d'. See the module docstring (width_init)."""
+
+    def __init__(self, old: int, new: int, mode: str, std: float):
+        self.old, self.new, self.mode, self.std = old, new, mode, std
+        self.alpha = math.sqrt(new / old)
+        if mode == "split":
+            self.src = torch.arange(new - old) % old                       # old dim copied by each new dim
+            copies = 1 + torch.bincount(self.src, minlength=old)
+        else:
+            self.src = None
+            copies = torch.ones(old, dtype=torch.long)
+        self.inv_sqrt_copies = copies.double().rsqrt()                       # per old dim
+
+    def grow(self, t: torch.Tensor, dim: int, role: str, rng: torch.Generator) -> torch.Tensor:
+        t = t.movedim(dim, 0)
+        scale_shape = (-1,) + (1,) * (t.dim() - 1)
+        s = self.inv_sqrt_copies.view(scale_shape).to(t.dtype)
+        m = self.new - self.old
+        if role == "gain":
+            new = t[self.src] if self.mode == "split" else torch.ones((m,) + t.shape[1:], dtype=t.dtype)
+            out = torch.cat([t, new])
+        elif role == "output":
+            old = t * (self.alpha * s)
+            new = old[self.src] if self.mode == "split" else torch.zeros((m,) + t.shape[1:], dtype=t.dtype)
+            out = torch.cat([old, new])
+        else:  # input
+            old = t * (s / self.alpha)
+            if self.mode == "split":
+                out = torch.cat([old, old[self.src]])
+                noise = _normal(out.shape, self.std, rng, out)
+                group = torch.cat([torch.arange(self.old), self.src])    # old dim each new-residual dim stands for
+                group_sum = torch.zeros_like(t).index_add_(0, group, noise)
+                counts = torch.bincount(group, minlength=self.old).to(t.dtype).view(scale_shape)
+                out = out + noise - (group_sum / counts)[group]             # zero-sum noise within each group
+            else:
+                out = torch.cat([old, _normal((m,) + t.shape[1:], self.std, rng, t)])
+        return out.movedim(0, dim)
+
+
+class UnitPlan:
+    """Units (heads of `unit` rows, or FFN neurons) old -> new; `pairs` are (a, b) unit indices, b cloning a."""
+
+    def __init__(self, old: int, new: int, unit: int, mode: str, std: float, pairs: list[tuple[int, int]]):
+        self.old, self.new, self.unit, self.mode, self.std, self.pairs = old, new, unit, mode, std, pairs
+
+    def _rows(self, i: int) -> slice:
+        return slice(i * self.unit, (i + 1) * self.unit)
+
+    def grow(self, t: torch.Tensor, dim: int, role: str, rng: torch.Generator) -> torch.Tensor:
+        t = t.movedim(dim, 0)
+        shape = ((self.new - self.old) * self.unit,) + t.shape[1:]
+        out = torch.cat([t, _normal(shape, self.std, rng, t) if role == "output" else torch.zeros(shape, dtype=t.dtype)])
+        for a, b in self.pairs:
+            if role == "output":
+                out[self._rows(b)] = out[self._rows(a)]
+            elif self.mode == "pairs":
+                noise = _normal(out[self._rows(a)].shape, self.std, rng, t)
+                out[self._rows(a)], out[self._rows(b)] = noise, -noise
+        return out.movedim(0, dim)
+
+
+class VocabPlan:
+    def __init__(self, old: int, new: int, mode: str, std: float):
+        self.old, self.new, self.mode, self.std = old, new, mode, std
+
+    def grow(self, t: torch.Tensor, dim: int, role: str, rng: torch.Generator) -> torch.Tensor:
+        t = t.movedim(dim, 0)
+        shape = (self.new - self.old,) + t.shape[1:]
+        new = t.mean(0, keepdim=True).expand(shape) if self.mode == "mean" else _normal(shape, self.std, rng, t)
+        return torch.cat([t, new]).movedim(0, dim)
+
+
+def head_pairs(q_old: int, q_new: int, kv_old: int, kv_new: int) -> tuple[list, list] | None:
+    """Pair new query heads so paired heads see the same key/value head (or identical cloned ones).
+
+    Within a kv group when the group size is even; else whole groups pair up, cloning their kv heads. None if the
+    new heads cannot be paired."""
+    group = q_new // kv_new
+    new_kv = list(range(kv_old, kv_new))
+    if group % 2 == 0:
+        return [(kv * group + i, kv * group + i + group // 2) for kv in new_kv for i in range(group // 2)], []
+    if len(new_kv) % 2 == 0:
+        half = len(new_kv) // 2
+        kv_pairs = [(new_kv[i], new_kv[half + i]) for i in range(half)]
+        return [(a * group + j, b * group + j) for a, b in kv_pairs for j in range(group)], kv_pairs
+    return None
+
+
+def _unit_pairs(old: int, new: int) -> list[tuple[int, int]]:
+    half = (new - old) // 2
+    return [(old + i, old + half + i) for i in range(half)]
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]):
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {choices}")
+
+
+def _final_positions(event: GrowthEvent, old_layers: int, new_layers: int) -> list[int]:
+    added = new_layers - old_layers
+    where = event.layer_positions
+    if where == "append":
+        return list(range(old_layers, new_layers))
+    if where == "interleave":
+        # the k-th new layer goes right after old layer floor((k+1) * old / added) - 1: evenly spread
+        after = [((k + 1) * old_layers) // added - 1 for k in range(added)]
+        return [a + k + 1 for k, a in enumerate(after)]
+    if isinstance(where, str) or not all(isinstance(p, int) and not isinstance(p, bool) for p in where):
+        raise ConfigError(f"layer_positions={where!r}: use 'append', 'interleave' or a list of layer indices")
+    positions = sorted(where)
+    if len(positions) != added or len(set(positions)) != added or \
+            any(not 0 <= p < new_layers for p in positions):
+        raise ConfigError(f"layer_positions={where!r} must list {added} distinct indices in [0, {new_layers}) "
+                          f"(where the new layers sit after growth)")
+    return positions
+
+
+def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
+    """Validate `event` against `config` and return the grown config; raises ConfigError naming the field."""
+    _check_choice("width_init", event.width_init, WIDTH_INITS)
+    _check_choice("heads_init", event.heads_init, UNIT_INITS)
+    _check_choice("ffn_init", event.ffn_init, UNIT_INITS)
+    _check_choice("depth_init", event.depth_init, DEPTH_INITS)
+    _check_choice("vocab_init", event.vocab_init, VOCAB_INITS)
+    if event.init_std is not None and not event.init_std > 0:
+        raise ConfigError(f"init_std must be positive, got {event.init_std}")
+    changes = {}
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"):
+        target, current = getattr(event, name), getattr(config, name)
+        if target is None:
+            continue
+        if isinstance(target, bool) or not isinstance(target, int):
+            raise ConfigError(f"{name} must be an integer, got {target!r}")
+        if target < current:
+            raise ConfigError(f"{name} {current} -> {target} would shrink the model; growth only adds")
+        if target > current:
+            changes[name] = target
+    if not changes:
+        raise ConfigError("growth event changes nothing: give a larger hidden_size, intermediate_size, "
+                          "num_hidden_layers or vocab_size")
+    if "hidden_size" in changes:
+        d = changes["hidden_size"]
+        if d % config.head_dim:
+            raise ConfigError(f"hidden_size {d} is not a multiple of head_dim {config.head_dim} (head_dim is fixed; "
+                              f"growth adds heads)")
+        heads, group = d // config.head_dim, config.kv_group_size
+        if heads % group:
+            raise ConfigError(f"hidden_size {d} gives {heads} heads, not a multiple of the key/value group size "
+                              f"{group}; use a multiple of {group * config.head_dim}")
+        changes.update(num_attention_heads=heads, num_key_value_heads=heads // group)
+    new = config.replace(**changes)
+    if "hidden_size" in changes and event.heads_init == "pairs" and head_pairs(
+            config.num_attention_heads, new.num_attention_heads,
+            config.num_key_value_heads, new.num_key_value_heads) is None:
+        raise ConfigError(f"heads_init='pairs' cannot pair the new heads ({config.num_attention_heads} -> "
+                          f"{new.num_attention_heads}, kv group {config.kv_group_size}); grow by an even number of "
+                          f"heads or use heads_init='zero'")
+    if "intermediate_size" in changes and event.ffn_init == "pairs" and \
+            (new.intermediate_size - config.intermediate_size) % 2:
+        raise ConfigError(f"ffn_init='pairs' needs an even number of new FFN units "
+                          f"({config.intermediate_size} -> {new.intermediate_size}); or use ffn_init='zero'")
+    if "num_hidden_layers" in changes:
+        positions = _final_positions(event, config.num_hidden_layers, new.num_hidden_layers)
+        if event.depth_init == "identity":
+            if head_pairs(0, new.num_attention_heads, 0, new.num_key_value_heads) is None:
+                raise ConfigError(f"depth_init='identity' pairs a new layer's heads; {new.num_attention_heads} heads "
+                                  f"in kv groups of {new.kv_group_size} cannot pair: use depth_init='zero'")
+            if new.intermediate_size % 2:
+                raise ConfigError(f"depth_init='identity' pairs FFN units; intermediate_size "
+                                  f"{new.intermediate_size} is odd: use depth_init='zero'")
+        if event.copy_from is not None:
+            if event.depth_init != "copy":
+                raise ConfigError("copy_from is only used with depth_init='copy'")
+            if len(event.copy_from) != len(positions) or \
+                    any(not 0 <= i < config.num_hidden_layers for i in event.copy_from):
+                raise ConfigError(f"copy_from must list {len(positions)} old layer indices in "
+                                  f"[0, {config.num_hidden_layers})")
+    elif event.layer_positions != "append" or event.copy_from is not None:
+        raise ConfigError("layer_positions / copy_from given but num_hidden_layers does not grow")
+    return new
+
+
+# --- applying an event ------------------------------------------------------------------------------------------
+
+def _axis_plans(old: LlamaConfig, new: LlamaConfig, event: GrowthEvent, std: float) -> dict:
+    plans = {}
+    if new.hidden_size > old.hidden_size:
+        plans["hidden"] = ResidualPlan(old.hidden_size, new.hidden_size, event.width_init, std)
+        q_pairs, kv_pairs = [], []
+        if event.heads_init == "pairs":
+            q_pairs, kv_pairs = head_pairs(old.num_attention_heads, new.num_attention_heads,
+                                           old.num_key_value_heads, new.num_key_value_heads)
+        plans["q_heads"] = UnitPlan(old.num_attention_heads, new.num_attention_heads, old.head_dim,
+                                    event.heads_init, std, q_pairs)
+        plans["kv_heads"] = UnitPlan(old.num_key_value_heads, new.num_key_value_heads, old.head_dim,
+                                     event.heads_init, std, kv_pairs)
+    if new.intermediate_size > old.intermediate_size:
+        pairs = _unit_pairs(old.intermediate_size, new.intermediate_size) if event.ffn_init == "pairs" else []
+        plans["ffn"] = UnitPlan(old.intermediate_size, new.intermediate_size, 1, event.ffn_init, std, pairs)
+    if new.vocab_size > old.vocab_size:
+        plans["vocab"] = VocabPlan(old.vocab_size, new.vocab_size, event.vocab_init, std)
+    return plans
+
+
+def _retag(module: nn.Module, generation: int):
+    for tensor in module.modules():
+        if isinstance(tensor, GrowableTensor):
+            tensor.consolidate()
+            for p in tensor.blocks():
+                p.block_meta = replace(p.block_meta, generation=generation)
+
+
+def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator, generation: int,
+               source: DecoderLayer | None) -> DecoderLayer:
+    """A new decoder layer: an exact identity ("identity", "zero") or a copy of `source` ("copy")."""
+    layer = DecoderLayer(config)
+    with torch.no_grad():
+        if mode == "copy":
+            for (_, dst), (_, src) in zip(_tensors(layer), _tensors(source)):
+                (block,) = dst.blocks()
+                block.copy_(src.full_tensor())
+        else:
+            # grow every tensor from zero heads / zero FFN units with the pairs (or zero) rule
+            pairs = head_pairs(0, config.num_attention_heads, 0, config.num_key_value_heads) if mode == "identity" \
+                else ([], [])
+            unit_mode = "pairs" if mode == "identity" else "zero"
+            plans = {
+                "q_heads": UnitPlan(0, config.num_attention_heads, config.head_dim, unit_mode, std, pairs[0]),
+                "kv_heads": UnitPlan(0, config.num_key_value_heads, config.head_dim, unit_mode, std, pairs[1]),
+                "ffn": UnitPlan(0, config.intermediate_size, 1, unit_mode, std,
+                                _unit_pairs(0, config.intermediate_size) if mode == "identity" else []),
+            }
+            for _, tensor in _tensors(layer):
+                (block,) = tensor.blocks()
+                if isinstance(tensor, GrowableRMSNorm):
+                    block.fill_(1.0)
+                    continue
+                t = torch.empty([0 if a in plans else s for a, s in zip(tensor.axes, tensor.full_shape)])
+                for dim, axis in enumerate(tensor.axes):
+                    if axis in plans:
+                        t = plans[axis].grow(t, dim, _dim_role(tensor, dim), rng)
+                block.copy_(t)
+    _retag(layer, generation)
+    return layer
+
+
+def _tensors(module: nn.Module):
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, GrowableTensor)]
+
+
+@torch.no_grad()
+def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
+    """Apply `event` to `model` in place (validated first: nothing changes if it is invalid).
+
+    Returns the new generation number. Old parameters keep their identity; new regions become new parameters
+    tagged with the new generation. New random values come from a generator seeded by (seed, generation), so every
+    data-parallel rank that calls grow() with the same seed builds the same model."""
+    old, new = model.config, check_growth(model.config, event)
+    generation = model.generation + 1
+    std = event.init_std if event.init_std is not None else old.initializer_range
+    rng = torch.Generator().manual_seed(seed * 1_000_003 + generation)
+
+    plans = _axis_plans(old, new, event, std)
+    for _, tensor in model.growable_tensors():
+        full = tensor.full_tensor()
+        for axis in AXIS_ORDER:
+            if axis in plans and axis in tensor.axes:
+                dim = tensor.axes.index(axis)
+                full = plans[axis].grow(full, dim, _dim_role(tensor, dim), rng)
+        if tuple(full.shape) != tensor.full_shape:
+            tensor.grow_to(full, generation)
+
+    if new.num_hidden_layers > old.num_hidden_layers:
+        positions = _final_positions(event, old.num_hidden_layers, new.num_hidden_layers)
+        old_layers = list(model.layers)
+        sources = event.copy_from
+        if sources is None:  # stack: cycle through the old layers in order when appending, else the one before
+            sources = [max(p - k - 1, 0) if event.layer_positions != "append" else k % old.num_hidden_layers
+                       for k, p in enumerate(positions)]
+        like = model.norm.blocks()[0]
+        new_layers = iter([_new_layer(new, event.depth_init, std, rng, generation,
+                                      old_layers[src] if event.depth_init == "copy" else None
+                                      ).to(device=like.device, dtype=like.dtype)
+                           for src in sources])
+        remaining = iter(old_layers)
+        model.layers = nn.ModuleList(next(new_layers) if i in positions else next(remaining)
+                                     for i in range(new.num_hidden_layers))
+
+    model.config = new
+    model.generation = generation
+    return generation
