@@ -20,9 +20,11 @@ the defaults cancel paths instead of zeroing them:
   columns) take 1/(alpha*sqrt(c)) plus noise that sums to zero over a dim's copies (breaks the copies' symmetry).
   With d' = 2d this is HyperCloning's [x, x] / [W/2, W/2] plus cancelling noise.
   width_init="zero": new dims start at zero (writers zero, readers random), scaled by alpha so the RMS is kept.
-- heads_init / ffn_init="pairs": new heads (FFN units) come in pairs with identical input weights; their output
-  columns (o_proj / down_proj) are +N and -N, so each pair's contribution cancels exactly while both get gradient.
-  "zero": new output columns zero (exact; the new input rows get gradient only after the first update).
+- heads_init / ffn_init="pairs": new heads (FFN units) come in clone groups, mostly pairs (a triple when their
+  number is odd; a single new unit pairs with an old one), whose members have identical input weights; their output
+  columns (o_proj / down_proj) get noise that sums to zero within the group, so each group's contribution is exactly
+  what it was (zero for new units) while every member gets gradient. "zero": new output columns zero (exact; the new
+  input rows get gradient only after the first update).
 - depth_init="identity": a new layer is "grown from zero heads and zero FFN units" with the pairs rule, so its
   residual branches output exactly zero. "zero": o_proj and down_proj zero. "copy": copy of an existing layer
   (G_stack-style stacking; not function-preserving).
@@ -81,6 +83,21 @@ def _normal(shape, std: float, rng: torch.Generator, like: torch.Tensor) -> torc
 
 # --- axis plans: how one axis grows, for each role --------------------------------------------------------------
 
+def _zero_sum_noise(shape, group_of: torch.Tensor, std: float, rng: torch.Generator, like: torch.Tensor):
+    """normal(0, std) noise along dim 0 of `shape` that sums to zero over the rows of each group.
+
+    group_of[i] is row i's group id (-1: no noise). A group of one row gets no noise."""
+    noise = _normal(shape, std, rng, like)
+    member = group_of >= 0
+    ids = group_of.clamp(min=0)
+    n_groups = int(ids.max()) + 1 if len(ids) else 0
+    sums = torch.zeros((n_groups,) + tuple(shape[1:]), dtype=noise.dtype).index_add_(0, ids[member], noise[member])
+    counts = torch.bincount(ids[member], minlength=n_groups).clamp(min=1).to(noise.dtype)
+    noise = noise - (sums / counts.view((-1,) + (1,) * (noise.dim() - 1)))[ids]
+    noise[~member] = 0
+    return noise
+
+
 class ResidualPlan:
     """hidden d -> d'. See the module docstring (width_init)."""
 
@@ -97,8 +114,7 @@ class ResidualPlan:
 
     def grow(self, t: torch.Tensor, dim: int, role: str, rng: torch.Generator) -> torch.Tensor:
         t = t.movedim(dim, 0)
-        scale_shape = (-1,) + (1,) * (t.dim() - 1)
-        s = self.inv_sqrt_copies.view(scale_shape).to(t.dtype)
+        s = self.inv_sqrt_copies.view((-1,) + (1,) * (t.dim() - 1)).to(t.dtype)
         m = self.new - self.old
         if role == "gain":
             new = t[self.src] if self.mode == "split" else torch.ones((m,) + t.shape[1:], dtype=t.dtype)
@@ -107,40 +123,68 @@ class ResidualPlan:
             old = t * (self.alpha * s)
             new = old[self.src] if self.mode == "split" else torch.zeros((m,) + t.shape[1:], dtype=t.dtype)
             out = torch.cat([old, new])
-        else:  # input
+        elif self.mode == "split":  # input
             old = t * (s / self.alpha)
-            if self.mode == "split":
-                out = torch.cat([old, old[self.src]])
-                noise = _normal(out.shape, self.std, rng, out)
-                group = torch.cat([torch.arange(self.old), self.src])    # old dim each new-residual dim stands for
-                group_sum = torch.zeros_like(t).index_add_(0, group, noise)
-                counts = torch.bincount(group, minlength=self.old).to(t.dtype).view(scale_shape)
-                out = out + noise - (group_sum / counts)[group]             # zero-sum noise within each group
-            else:
-                out = torch.cat([old, _normal((m,) + t.shape[1:], self.std, rng, t)])
+            out = torch.cat([old, old[self.src]])
+            group_of = torch.cat([torch.arange(self.old), self.src])        # the old dim each row stands for
+            out += _zero_sum_noise(out.shape, group_of, self.std, rng, out)
+        else:
+            out = torch.cat([t / self.alpha, _normal((m,) + t.shape[1:], self.std, rng, t)])
         return out.movedim(0, dim)
+
+
+def clone_groups(units: list[int], partner: int | None) -> list[list[int]] | None:
+    """Split new units into groups of identical clones: pairs, plus a triple when their number is odd.
+    A single new unit forms a pair with the old unit `partner`; None if there is none."""
+    if len(units) == 1:
+        return [[partner, units[0]]] if partner is not None else None
+    groups = [units[i:i + 2] for i in range(0, len(units) - len(units) % 2, 2)]
+    if len(units) % 2:
+        groups[-1].append(units[-1])
+    return groups
+
+
+def head_groups(q_old: int, q_new: int, kv_old: int, kv_new: int) -> tuple[list, list] | None:
+    """Clone groups for new query heads and key/value heads.
+
+    Grouped-query attention (>= 2 query heads per kv head): the query heads of each new kv head form clone groups
+    among themselves, sharing that kv head. Plain multi-head attention: each clone group of query heads comes with
+    the same clone group of kv heads. None if the heads cannot be grouped (a single new head and no old one)."""
+    group = q_new // kv_new
+    if group >= 2:
+        return [g for kv in range(kv_old, kv_new)
+                for g in clone_groups(list(range(kv * group, (kv + 1) * group)), None)], []
+    groups = clone_groups(list(range(q_old, q_new)), q_old - 1 if q_old else None)
+    return None if groups is None else (groups, groups)
 
 
 class UnitPlan:
-    """Units (heads of `unit` rows, or FFN neurons) old -> new; `pairs` are (a, b) unit indices, b cloning a."""
+    """Units (heads of `unit` rows, or FFN neurons) old -> new.
 
-    def __init__(self, old: int, new: int, unit: int, mode: str, std: float, pairs: list[tuple[int, int]]):
-        self.old, self.new, self.unit, self.mode, self.std, self.pairs = old, new, unit, mode, std, pairs
+    Output role (q/k/v, gate/up rows): new units are normal(0, std), then each clone group copies its first member.
+    Input role (o_proj, down_proj columns): mode "pairs" adds noise that sums to zero within each clone group, so
+    identical members cancel (an old member keeps its column plus its share of the noise); mode "zero": zeros."""
 
-    def _rows(self, i: int) -> slice:
-        return slice(i * self.unit, (i + 1) * self.unit)
+    def __init__(self, old: int, new: int, unit: int, mode: str, std: float, groups: list[list[int]]):
+        self.old, self.new, self.unit, self.mode, self.std = old, new, unit, mode, std
+        self.source = torch.arange(new)            # unit each unit copies its rows from
+        self.group_of = torch.full((new,), -1)
+        for g, members in enumerate(groups):
+            self.source[members] = members[0]
+            self.group_of[members] = g
 
     def grow(self, t: torch.Tensor, dim: int, role: str, rng: torch.Generator) -> torch.Tensor:
         t = t.movedim(dim, 0)
-        shape = ((self.new - self.old) * self.unit,) + t.shape[1:]
-        out = torch.cat([t, _normal(shape, self.std, rng, t) if role == "output" else torch.zeros(shape, dtype=t.dtype)])
-        for a, b in self.pairs:
-            if role == "output":
-                out[self._rows(b)] = out[self._rows(a)]
-            elif self.mode == "pairs":
-                noise = _normal(out[self._rows(a)].shape, self.std, rng, t)
-                out[self._rows(a)], out[self._rows(b)] = noise, -noise
-        return out.movedim(0, dim)
+        rest = t.shape[1:]
+        shape = ((self.new - self.old) * self.unit,) + rest
+        if role == "output":
+            out = torch.cat([t, _normal(shape, self.std, rng, t)]).view((self.new, self.unit) + rest)
+            out = out[self.source]
+        else:
+            out = torch.cat([t, torch.zeros(shape, dtype=t.dtype)]).view((self.new, self.unit) + rest)
+            if self.mode == "pairs":
+                out = out + _zero_sum_noise(out.shape, self.group_of, self.std, rng, out)
+        return out.reshape((self.new * self.unit,) + rest).movedim(0, dim)
 
 
 class VocabPlan:
@@ -154,25 +198,8 @@ class VocabPlan:
         return torch.cat([t, new]).movedim(0, dim)
 
 
-def head_pairs(q_old: int, q_new: int, kv_old: int, kv_new: int) -> tuple[list, list] | None:
-    """Pair new query heads so paired heads see the same key/value head (or identical cloned ones).
-
-    Within a kv group when the group size is even; else whole groups pair up, cloning their kv heads. None if the
-    new heads cannot be paired."""
-    group = q_new // kv_new
-    new_kv = list(range(kv_old, kv_new))
-    if group % 2 == 0:
-        return [(kv * group + i, kv * group + i + group // 2) for kv in new_kv for i in range(group // 2)], []
-    if len(new_kv) % 2 == 0:
-        half = len(new_kv) // 2
-        kv_pairs = [(new_kv[i], new_kv[half + i]) for i in range(half)]
-        return [(a * group + j, b * group + j) for a, b in kv_pairs for j in range(group)], kv_pairs
-    return None
-
-
-def _unit_pairs(old: int, new: int) -> list[tuple[int, int]]:
-    half = (new - old) // 2
-    return [(old + i, old + half + i) for i in range(half)]
+def _ffn_groups(old: int, new: int) -> list[list[int]] | None:
+    return clone_groups(list(range(old, new)), old - 1 if old else None)
 
 
 # --- validation -------------------------------------------------------------------------------------------------
@@ -235,25 +262,14 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
                               f"{group}; use a multiple of {group * config.head_dim}")
         changes.update(num_attention_heads=heads, num_key_value_heads=heads // group)
     new = config.replace(**changes)
-    if "hidden_size" in changes and event.heads_init == "pairs" and head_pairs(
-            config.num_attention_heads, new.num_attention_heads,
-            config.num_key_value_heads, new.num_key_value_heads) is None:
-        raise ConfigError(f"heads_init='pairs' cannot pair the new heads ({config.num_attention_heads} -> "
-                          f"{new.num_attention_heads}, kv group {config.kv_group_size}); grow by an even number of "
-                          f"heads or use heads_init='zero'")
-    if "intermediate_size" in changes and event.ffn_init == "pairs" and \
-            (new.intermediate_size - config.intermediate_size) % 2:
-        raise ConfigError(f"ffn_init='pairs' needs an even number of new FFN units "
-                          f"({config.intermediate_size} -> {new.intermediate_size}); or use ffn_init='zero'")
     if "num_hidden_layers" in changes:
         positions = _final_positions(event, config.num_hidden_layers, new.num_hidden_layers)
-        if event.depth_init == "identity":
-            if head_pairs(0, new.num_attention_heads, 0, new.num_key_value_heads) is None:
-                raise ConfigError(f"depth_init='identity' pairs a new layer's heads; {new.num_attention_heads} heads "
-                                  f"in kv groups of {new.kv_group_size} cannot pair: use depth_init='zero'")
-            if new.intermediate_size % 2:
-                raise ConfigError(f"depth_init='identity' pairs FFN units; intermediate_size "
-                                  f"{new.intermediate_size} is odd: use depth_init='zero'")
+        if event.depth_init == "identity" and (
+                head_groups(0, new.num_attention_heads, 0, new.num_key_value_heads) is None
+                or _ffn_groups(0, new.intermediate_size) is None):
+            raise ConfigError(f"depth_init='identity' needs at least 2 heads per new layer to cancel "
+                              f"({new.num_attention_heads} heads, {new.num_key_value_heads} kv heads) and 2 FFN "
+                              f"units: use depth_init='zero'")
         if event.copy_from is not None:
             if event.depth_init != "copy":
                 raise ConfigError("copy_from is only used with depth_init='copy'")
@@ -272,17 +288,17 @@ def _axis_plans(old: LlamaConfig, new: LlamaConfig, event: GrowthEvent, std: flo
     plans = {}
     if new.hidden_size > old.hidden_size:
         plans["hidden"] = ResidualPlan(old.hidden_size, new.hidden_size, event.width_init, std)
-        q_pairs, kv_pairs = [], []
+        q_groups, kv_groups = [], []
         if event.heads_init == "pairs":
-            q_pairs, kv_pairs = head_pairs(old.num_attention_heads, new.num_attention_heads,
-                                           old.num_key_value_heads, new.num_key_value_heads)
+            q_groups, kv_groups = head_groups(old.num_attention_heads, new.num_attention_heads,
+                                              old.num_key_value_heads, new.num_key_value_heads)
         plans["q_heads"] = UnitPlan(old.num_attention_heads, new.num_attention_heads, old.head_dim,
-                                    event.heads_init, std, q_pairs)
+                                    event.heads_init, std, q_groups)
         plans["kv_heads"] = UnitPlan(old.num_key_value_heads, new.num_key_value_heads, old.head_dim,
-                                     event.heads_init, std, kv_pairs)
+                                     event.heads_init, std, kv_groups)
     if new.intermediate_size > old.intermediate_size:
-        pairs = _unit_pairs(old.intermediate_size, new.intermediate_size) if event.ffn_init == "pairs" else []
-        plans["ffn"] = UnitPlan(old.intermediate_size, new.intermediate_size, 1, event.ffn_init, std, pairs)
+        groups = _ffn_groups(old.intermediate_size, new.intermediate_size) if event.ffn_init == "pairs" else []
+        plans["ffn"] = UnitPlan(old.intermediate_size, new.intermediate_size, 1, event.ffn_init, std, groups)
     if new.vocab_size > old.vocab_size:
         plans["vocab"] = VocabPlan(old.vocab_size, new.vocab_size, event.vocab_init, std)
     return plans
@@ -307,14 +323,15 @@ def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator,
                 block.copy_(src.full_tensor())
         else:
             # grow every tensor from zero heads / zero FFN units with the pairs (or zero) rule
-            pairs = head_pairs(0, config.num_attention_heads, 0, config.num_key_value_heads) if mode == "identity" \
-                else ([], [])
-            unit_mode = "pairs" if mode == "identity" else "zero"
+            identity = mode == "identity"
+            q_groups, kv_groups = head_groups(0, config.num_attention_heads, 0, config.num_key_value_heads) \
+                if identity else ([], [])
+            unit_mode = "pairs" if identity else "zero"
             plans = {
-                "q_heads": UnitPlan(0, config.num_attention_heads, config.head_dim, unit_mode, std, pairs[0]),
-                "kv_heads": UnitPlan(0, config.num_key_value_heads, config.head_dim, unit_mode, std, pairs[1]),
+                "q_heads": UnitPlan(0, config.num_attention_heads, config.head_dim, unit_mode, std, q_groups),
+                "kv_heads": UnitPlan(0, config.num_key_value_heads, config.head_dim, unit_mode, std, kv_groups),
                 "ffn": UnitPlan(0, config.intermediate_size, 1, unit_mode, std,
-                                _unit_pairs(0, config.intermediate_size) if mode == "identity" else []),
+                                _ffn_groups(0, config.intermediate_size) if identity else []),
             }
             for _, tensor in _tensors(layer):
                 (block,) = tensor.blocks()
