@@ -94,7 +94,9 @@ def run(args) -> list[dict]:
             for _ in range(args.warmup):
                 step(v, x, y, dtype)
         for r in range(args.rounds):
-            for n, v in variants.items():
+            order = names[r % len(names):] + names[:r % len(names)]     # rotate: no variant always runs first
+            for n in order:
+                v = variants[n]
                 t0 = time.perf_counter()
                 for _ in range(args.steps_per_round):
                     step(v, x, y, dtype)
@@ -105,7 +107,9 @@ def run(args) -> list[dict]:
         consolidated_tps = args.batch * args.seq / statistics.median(times[names[3]])
         for n in names:
             tps = args.batch * args.seq / statistics.median(times[n])
+            spread = (args.batch * args.seq / max(times[n]), args.batch * args.seq / min(times[n]))
             results.append(dict(dtype=dtype_name, variant=n, tokens_per_s=round(tps, 1),
+                                tokens_per_s_range=[round(x) for x in spread],
                                 vs_hf=round(tps / hf_tps, 3), vs_consolidated=round(tps / consolidated_tps, 3),
                                 parameters=count_parameters(variants[n]["model"]).total if not variants[n]["is_hf"]
                                 else variants[n]["model"].num_parameters(),
@@ -119,9 +123,11 @@ def to_markdown(results: list[dict], args) -> str:
     lines = [f"batch {args.batch} x seq {args.seq}, {args.threads} threads, AdamW "
              f"({'fused' if args.fused else 'foreach'}){', torch.compile' if args.compile else ''}; "
              f"median of {args.rounds} rounds x {args.steps_per_round} steps",
-             "", "| dtype | variant | tokens/s | vs HF | vs consolidated | param tensors |", "|---|---|---|---|---|---|"]
+             "", "| dtype | variant | tokens/s (median) | range over rounds | vs HF | vs consolidated | param tensors |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['dtype']} | {r['variant']} | {r['tokens_per_s']:.0f} | {r['vs_hf']:.2f}x | "
+        lo, hi = r["tokens_per_s_range"]
+        lines.append(f"| {r['dtype']} | {r['variant']} | {r['tokens_per_s']:.0f} | {lo}-{hi} | {r['vs_hf']:.2f}x | "
                      f"{r['vs_consolidated']:.2f}x | {r['parameter_tensors']} |")
     return "\n".join(lines)
 
@@ -133,7 +139,7 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps-per-round", type=int, default=2)
     p.add_argument("--fused", action="store_true", help="fused AdamW for every variant")
     p.add_argument("--compile", action="store_true", help="torch.compile the megababel models")

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from .config import ConfigError, LlamaConfig
-from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, GrowableTensor
+from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableTensor, growable_tensors
 from .model import DecoderLayer, Llama
 
 WIDTH_INITS = ("split", "zero")
@@ -304,12 +304,13 @@ def _axis_plans(old: LlamaConfig, new: LlamaConfig, event: GrowthEvent, std: flo
     return plans
 
 
-def _retag(module: nn.Module, generation: int):
-    for tensor in module.modules():
-        if isinstance(tensor, GrowableTensor):
-            tensor.consolidate()
-            for p in tensor.blocks():
-                p.block_meta = replace(p.block_meta, generation=generation)
+def _apply_plans(tensor: GrowableTensor, full: torch.Tensor, plans: dict, rng: torch.Generator) -> torch.Tensor:
+    """Grow `full` (the tensor's values) along each of its axes that has a plan, in AXIS_ORDER."""
+    for axis in AXIS_ORDER:
+        if axis in plans and axis in tensor.axes:
+            dim = tensor.axes.index(axis)
+            full = plans[axis].grow(full, dim, _dim_role(tensor, dim), rng)
+    return full
 
 
 def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator, generation: int,
@@ -318,7 +319,7 @@ def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator,
     layer = DecoderLayer(config)
     with torch.no_grad():
         if mode == "copy":
-            for (_, dst), (_, src) in zip(_tensors(layer), _tensors(source)):
+            for (_, dst), (_, src) in zip(growable_tensors(layer), growable_tensors(source)):
                 (block,) = dst.blocks()
                 block.copy_(src.full_tensor())
         else:
@@ -333,22 +334,17 @@ def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator,
                 "ffn": UnitPlan(0, config.intermediate_size, 1, unit_mode, std,
                                 _ffn_groups(0, config.intermediate_size) if identity else []),
             }
-            for _, tensor in _tensors(layer):
+            for _, tensor in growable_tensors(layer):
                 (block,) = tensor.blocks()
                 if isinstance(tensor, GrowableRMSNorm):
                     block.fill_(1.0)
-                    continue
-                t = torch.empty([0 if a in plans else s for a, s in zip(tensor.axes, tensor.full_shape)])
-                for dim, axis in enumerate(tensor.axes):
-                    if axis in plans:
-                        t = plans[axis].grow(t, dim, _dim_role(tensor, dim), rng)
-                block.copy_(t)
-    _retag(layer, generation)
+                else:
+                    empty = torch.empty([0 if a in plans else s for a, s in zip(tensor.axes, tensor.full_shape)])
+                    block.copy_(_apply_plans(tensor, empty, plans, rng))
+    for _, tensor in growable_tensors(layer):
+        (block,) = tensor.blocks()
+        block.block_meta = replace(block.block_meta, generation=generation)
     return layer
-
-
-def _tensors(module: nn.Module):
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, GrowableTensor)]
 
 
 @torch.no_grad()
@@ -365,11 +361,7 @@ def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
 
     plans = _axis_plans(old, new, event, std)
     for _, tensor in model.growable_tensors():
-        full = tensor.full_tensor()
-        for axis in AXIS_ORDER:
-            if axis in plans and axis in tensor.axes:
-                dim = tensor.axes.index(axis)
-                full = plans[axis].grow(full, dim, _dim_role(tensor, dim), rng)
+        full = _apply_plans(tensor, tensor.full_tensor(), plans, rng)
         if tuple(full.shape) != tensor.full_shape:
             tensor.grow_to(full, generation)
 

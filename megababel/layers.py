@@ -162,6 +162,11 @@ class GrowableTensor(nn.Module):
         return f"shape={self.full_shape}, axes={self.axes}, blocks={len(self._block_names)}"
 
 
+def growable_tensors(module: nn.Module):
+    """(path, GrowableTensor) for every growable weight under `module`, in module order."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, GrowableTensor)]
+
+
 class GrowableLinear(GrowableTensor):
     """y = x @ W.T without bias, W of shape [out_features, in_features]."""
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LlamaConfig
-from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, GrowableTensor
+from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, growable_tensors
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,9 +132,7 @@ class Llama(nn.Module):
 
     def growable_tensors(self):
         """(path, GrowableTensor) for every weight, paths in Hugging Face order without the `model.` prefix."""
-        for name, module in self.named_modules():
-            if isinstance(module, GrowableTensor):
-                yield name, module
+        return growable_tensors(self)
 
     def consolidate(self):
         """Fold every weight's generations into one block each (function unchanged)."""
