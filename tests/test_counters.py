@@ -55,3 +55,20 @@ def test_flops_closed_form():
     assert flops_per_token(config, T) == 6 * n + 12 * L * d * T
     assert flops_per_token(config, T, training=False) == 2 * n + 4 * L * d * T
     assert flops_per_token(config, T, causal=True) == 6 * n + 6 * L * d * (T + 1)
+
+
+def test_model_size_tool_reports_each_stage(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "model_size.py"
+    spec = importlib.util.spec_from_file_location("model_size", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = tool.main(["--hidden-size", "512", "768", "--num-hidden-layers", "8", "--seq-len", "256"])
+    assert [r["config"].hidden_size for r in rows] == [512, 768]
+    assert rows[0]["parameters"] == config_parameters(LlamaConfig(hidden_size=512, num_hidden_layers=8))
+    assert rows[1]["flops_per_token"] == flops_per_token(rows[1]["config"], 256)
+    with pytest.raises(SystemExit):
+        tool.main(["--hidden-size", "512", "700"])
+    assert "stage 1: hidden_size 700 is not a multiple of head_dim" in capsys.readouterr().err
