@@ -119,6 +119,25 @@ def run(args) -> list[dict]:
     return results
 
 
+def assembly_seconds(dtype=None, consolidated=False, repeats: int = 5) -> float:
+    """Median time to produce every weight of the grown model in `dtype` (as F.linear receives it) and
+    back-propagate into the parameters' .grad: the extra work of an unconsolidated step shows as the difference
+    between consolidated=False and True."""
+    model = grown_model()
+    if consolidated:
+        model.consolidate()
+    tensors = [t for _, t in model.growable_tensors()]
+    grads = [torch.ones(t.full_shape, dtype=dtype or torch.float32) for t in tensors]
+    times = []
+    for _ in range(repeats):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        for t, g in zip(tensors, grads):
+            t.assembled(dtype).backward(g)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def to_markdown(results: list[dict], args) -> str:
     lines = [f"batch {args.batch} x seq {args.seq}, {args.threads} threads, AdamW "
              f"({'fused' if args.fused else 'foreach'}){', torch.compile' if args.compile else ''}; "
@@ -147,6 +166,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     results = run(args)
     table = to_markdown(results, args)
+    table += "\n\nweights as the matmuls receive them, forward + backward into .grad, per step (the whole cost of " \
+             "storing generations as blocks):\n\n| dtype | grown, unconsolidated | grown, consolidated |\n|---|---|---|"
+    for name in args.dtypes:
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[name]
+        table += (f"\n| {name} | {assembly_seconds(dtype) * 1000:.0f} ms | "
+                  f"{assembly_seconds(dtype, consolidated=True) * 1000:.0f} ms |")
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_".join(args.dtypes) + ("_fused" if args.fused else "") + ("_compile" if args.compile else "")

@@ -39,19 +39,21 @@ class BlockMeta:
 
 
 class _AssembleBlocks(torch.autograd.Function):
-    """Copy blocks into one tensor of `full_shape`; the gradient of each block is its slice of the output gradient."""
+    """Copy blocks into one tensor of `full_shape` and `dtype`; each block's gradient is its slice of the output
+    gradient (cast back to the block's dtype). Assembling straight into the autocast dtype makes the copy replace
+    the cast that autocast would do anyway, so under bf16 autocast several blocks cost what one parameter does."""
 
     @staticmethod
-    def forward(ctx, full_shape, slices, *blocks):
-        out = blocks[0].new_empty(full_shape)
+    def forward(ctx, full_shape, slices, dtype, *blocks):
+        out = blocks[0].new_empty(full_shape, dtype=dtype)
         for region, block in zip(slices, blocks):
             out[region] = block
-        ctx.slices = slices
+        ctx.slices, ctx.block_dtype = slices, blocks[0].dtype
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        return (None, None, *(grad[region] for region in ctx.slices))
+        return (None, None, None, *(grad[region].to(ctx.block_dtype) for region in ctx.slices))
 
 
 class GrowableTensor(nn.Module):
@@ -98,10 +100,15 @@ class GrowableTensor(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The full weight, differentiable with respect to every block."""
+        return self.assembled()
+
+    def assembled(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The full weight in `dtype` (default: the blocks' dtype), differentiable with respect to every block."""
         blocks = self.blocks()
         if len(blocks) == 1:
-            return blocks[0]
-        return _AssembleBlocks.apply(self.full_shape, tuple(p.block_meta.slices for p in blocks), *blocks)
+            return blocks[0] if dtype is None else blocks[0].to(dtype)
+        return _AssembleBlocks.apply(self.full_shape, tuple(p.block_meta.slices for p in blocks),
+                                     dtype or blocks[0].dtype, *blocks)
 
     @torch.no_grad()
     def full_tensor(self) -> torch.Tensor:
@@ -182,6 +189,9 @@ class GrowableLinear(GrowableTensor):
         return self.full_shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self._block_names) > 1 and torch.is_autocast_enabled(x.device.type):
+            # assemble directly in the autocast dtype: the copy replaces autocast's own cast of the weight
+            return F.linear(x, self.assembled(torch.get_autocast_dtype(x.device.type)))
         return F.linear(x, self.weight)
 
 
