@@ -1,7 +1,8 @@
 """Training-step throughput: megababel (fresh, grown unconsolidated, grown consolidated) vs transformers' Llama.
 
-    python bench/train_step_speed.py                      # the README table: fp32 and bf16 autocast, 2 threads
-    python bench/train_step_speed.py --dtypes bf16 --rounds 5 --compile
+    python bench/train_step_speed.py                      # bench/README.md's table: fp32 and bf16 autocast
+    python bench/train_step_speed.py --dtypes bf16 --rounds 6 --compile
+    python bench/train_step_speed.py --foreach            # foreach AdamW instead of fused
 
 One step = forward + backward + AdamW on a [batch, seq] batch. All variants live in one process and are timed in
 interleaved rounds (variant A, B, C, D, A, B, ...) so that machine drift hits them alike; the figure is the median
@@ -157,10 +158,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps-per-round", type=int, default=2)
-    p.add_argument("--fused", action="store_true", help="fused AdamW for every variant")
+    p.add_argument("--foreach", dest="fused", action="store_false",
+                   help="foreach AdamW instead of the default fused AdamW (for every variant)")
     p.add_argument("--compile", action="store_true", help="torch.compile the megababel models")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
@@ -174,7 +176,7 @@ def main(argv=None):
                   f"{assembly_seconds(dtype, consolidated=True) * 1000:.0f} ms |")
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "_".join(args.dtypes) + ("_fused" if args.fused else "") + ("_compile" if args.compile else "")
+    tag = "_".join(args.dtypes) + ("_fused" if args.fused else "_foreach") + ("_compile" if args.compile else "")
     (args.out / f"train_step_speed_{tag}.json").write_text(json.dumps(
         dict(args={k: str(v) for k, v in vars(args).items()}, torch=torch.__version__,
              machine=platform.processor() or platform.machine(), results=results), indent=1))

@@ -59,3 +59,17 @@ def test_consolidate_refuses_a_non_rectangle():
     layer = _grown_linear()
     with pytest.raises(ValueError, match="rectangle"):
         layer.consolidate(generations=[0, 2])
+
+
+def test_autocast_assembles_in_bf16_with_the_same_result_as_one_block():
+    layer = _grown_linear()
+    twin = GrowableLinear(layer.in_features, layer.out_features, init=layer.full_tensor())
+    x = torch.randn(8, layer.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_twin = layer(x), twin(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_twin)
+    y.float().pow(2).sum().backward()
+    y_twin.float().pow(2).sum().backward()
+    for block in layer.blocks():
+        assert block.grad.dtype == torch.float32
+        torch.testing.assert_close(block.grad, twin.weight_0.grad[block.block_meta.slices])
