@@ -27,7 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from megababel import GrowthEvent, Llama, LlamaConfig, grow  # noqa: E402
 from megababel.counters import count_parameters, flops_per_token  # noqa: E402
-from megababel.data import BYTE_VOCAB, embedded_corpus, encode_bytes, random_windows  # noqa: E402
+from megababel.data.embedded import BYTE_VOCAB, embedded_corpus, encode_bytes, random_windows  # noqa: E402
 
 TINY_START = LlamaConfig(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=BYTE_VOCAB,
                          multiple_of=32, max_position_embeddings=1024)
