@@ -1,0 +1,110 @@
+"""Packing loader: documents -> fixed-length training sequences, sharded over data-parallel ranks, resumable.
+
+Epoch e shuffles the documents with a generator seeded by (seed, e) and lays them end to end as one token stream,
+each document as BOS + tokens + EOS. Global sequence k of the epoch is stream[k*L : k*L + L + 1] (inputs are its
+first L tokens, targets its last L), so every token is a target exactly once. A global batch is `global_batch`
+consecutive sequences; data-parallel rank r takes its contiguous slice of them. Ranks therefore see disjoint data
+that covers the epoch (the last incomplete global batch of an epoch is dropped).
+
+The position is two integers, (epoch, sequences consumed in the epoch), the same on every rank: a run resumes
+exactly from `state_dict()`, on the same or on a different number of ranks (the global order does not depend on
+the number of ranks).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .readers import DataError
+from .shards import TokenDataset
+
+
+class PackedLoader:
+    def __init__(self, dataset: TokenDataset, seq_len: int, batch_size: int, dp_rank: int = 0, dp_world: int = 1,
+                 seed: int = 0, shuffle: bool = True):
+        if seq_len <= 0 or batch_size <= 0:
+            raise DataError(f"seq_len and batch_size must be positive (got {seq_len}, {batch_size})")
+        if not 0 <= dp_rank < dp_world:
+            raise DataError(f"dp_rank {dp_rank} is outside a data-parallel world of {dp_world}")
+        if dataset.n_docs == 0:
+            raise DataError(f"{dataset.directory}: the split has no documents")
+        self.dataset, self.seq_len, self.batch_size = dataset, seq_len, batch_size
+        self.dp_rank, self.dp_world, self.seed, self.shuffle = dp_rank, dp_world, seed, shuffle
+        self.global_batch = batch_size * dp_world
+        self.sequences_per_epoch = (int((dataset.doc_length + 2).sum()) - 1) // seq_len
+        if self.sequences_per_epoch < self.global_batch:
+            raise DataError(f"{dataset.directory}: one epoch holds {self.sequences_per_epoch} sequences of "
+                            f"{seq_len} tokens, fewer than one global batch of {self.global_batch}")
+        self.epoch, self.consumed = 0, 0
+        self._layout_epoch = None
+
+    # --- position ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, consumed=self.consumed, seed=self.seed, seq_len=self.seq_len,
+                    shuffle=self.shuffle, n_docs=self.dataset.n_docs, n_tokens=self.dataset.n_tokens)
+
+    def load_state_dict(self, state: dict):
+        for key in ("seed", "seq_len", "shuffle", "n_docs", "n_tokens"):
+            mine = self.state_dict()[key]
+            if state.get(key) != mine:
+                raise DataError(f"loader state does not match this loader: {key} {state.get(key)!r} vs {mine!r} "
+                                f"(resume with the same data, seed and sequence length)")
+        if state["consumed"] % 1 or state["consumed"] < 0:
+            raise DataError(f"loader state: bad position {state['consumed']}")
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+
+    # --- packing -----------------------------------------------------------------------------------------------
+    def _layout(self):
+        """Document order and stream start of each placed document, for the current epoch."""
+        if self._layout_epoch != self.epoch:
+            n = self.dataset.n_docs
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, self.epoch])
+                self._order = rng.permutation(n)
+            else:
+                self._order = np.arange(n)
+            self._starts = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(self.dataset.doc_length[self._order] + 2, out=self._starts[1:])
+            self._layout_epoch = self.epoch
+        return self._order, self._starts
+
+    def _stream(self, begin: int, end: int) -> np.ndarray:
+        """Tokens [begin, end) of the current epoch's stream."""
+        order, starts = self._layout()
+        ds = self.dataset
+        out = np.empty(end - begin, dtype=np.int64)
+        filled = 0
+        slot = int(np.searchsorted(starts, begin, side="right")) - 1
+        while filled < len(out):
+            doc = int(order[slot])
+            piece_start = begin + filled - starts[slot]              # offset inside BOS + doc + EOS
+            length = int(ds.doc_length[doc]) + 2
+            take = min(length - piece_start, len(out) - filled)
+            for pos in range(piece_start, piece_start + take):
+                if pos == 0 or pos == length - 1:
+                    out[filled + pos - piece_start] = ds.bos_id if pos == 0 else ds.eos_id
+            inner_lo, inner_hi = max(piece_start, 1), min(piece_start + take, length - 1)
+            if inner_hi > inner_lo:
+                out[filled + inner_lo - piece_start: filled + inner_hi - piece_start] = \
+                    ds.doc(doc)[inner_lo - 1: inner_hi - 1]
+            filled += take
+            slot += 1
+        return out
+
+    def sequence(self, k: int) -> np.ndarray:
+        """Global sequence k of the current epoch: L + 1 tokens."""
+        return self._stream(k * self.seq_len, (k + 1) * self.seq_len + 1)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of shape [batch_size, seq_len] for this rank; advances the global position."""
+        if self.consumed + self.global_batch > self.sequences_per_epoch:
+            self.epoch, self.consumed = self.epoch + 1, 0
+        first = self.consumed + self.dp_rank * self.batch_size
+        rows = np.stack([self.sequence(k) for k in range(first, first + self.batch_size)])
+        self.consumed += self.global_batch
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
