@@ -192,6 +192,35 @@ class VocabStage:
     def to_tokenizer_ids(self, ids) -> np.ndarray:
         return self.ranking.order[np.asarray(ids, dtype=np.int64)]
 
+    @cached_property
+    def _decomposition(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every tokenizer id's pieces under this stage (model rows), as CSR arrays (starts, flat)."""
+        proto = sp_pb2.ModelProto()
+        proto.ParseFromString(self.sp.serialized_model_proto())
+        proto.normalizer_spec.add_dummy_prefix = False      # segment the piece's own text, nothing added
+        piece_sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        decomposed = []
+        for token_id, piece in enumerate(proto.pieces):
+            if piece.type == _UNUSED:
+                ids = piece_sp.encode(piece.piece.replace(META_SPACE, " "))
+                decomposed.append(self.ranking.position[np.asarray(ids, dtype=np.int64)])
+            else:
+                decomposed.append(self.ranking.position[[token_id]])
+        starts = np.zeros(len(decomposed) + 1, dtype=np.int64)
+        np.cumsum([len(d) for d in decomposed], out=starts[1:])
+        return starts, np.concatenate(decomposed)
+
+    def remap(self, tokenizer_ids) -> np.ndarray:
+        """Full-vocabulary tokenizer ids -> this stage's ids, each out-of-stage token replaced by its segmentation
+        under the stage. Equals `encode(text)` of the same text (SentencePiece itself re-segments UNUSED pieces the
+        same way; tests and bench/data_speed.py check it on real corpora) at a fraction of the cost."""
+        ids = np.asarray(tokenizer_ids, dtype=np.int64)
+        starts, flat = self._decomposition
+        begin, length = starts[ids], starts[ids + 1] - starts[ids]
+        out_starts = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(length, out=out_starts[1:])
+        return flat[np.arange(out_starts[-1]) - np.repeat(out_starts[:-1] - begin, length)]
+
 
 # Llama 2's SentencePiece trainer settings (read from its tokenizer.model's trainer_spec / normalizer_spec)
 LLAMA2_RECIPE = dict(

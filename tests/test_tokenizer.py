@@ -98,3 +98,26 @@ def test_tokenizer_load_errors(tmp_path, monkeypatch, embedded_tokenizer):
     if LLAMA2.exists():
         with pytest.raises(TokenizerError, match="made with another tokenizer"):
             VocabRanking.load(tmp_path / "ranking.json", Tokenizer.load(LLAMA2))
+
+
+@needs_shared
+@pytest.mark.parametrize("corpus", sorted(CORPORA))
+def test_remapping_full_tokens_equals_encoding_under_the_stage(llama2, corpus):
+    """What preprocessing relies on: every document, three stages."""
+    from megababel.data.readers import read_documents
+
+    tokenizer, ranking = llama2
+    texts = list(read_documents(str(CORPORA[corpus])))
+    full = tokenizer.encode_batch(texts, num_threads=2)
+    for size in (500, 2000, 8000):
+        stage = ranking.stage(tokenizer, size)
+        for text, exact, ids in zip(texts, stage.encode_batch(texts, num_threads=2), full):
+            assert np.array_equal(stage.remap(ids), exact)
+
+
+def test_remapping_equals_encoding_on_the_embedded_corpus(embedded_tokenizer):
+    tokenizer, ranking, docs = embedded_tokenizer
+    for size in (300, 1000):
+        stage = ranking.stage(tokenizer, size)
+        for doc in docs[:500]:
+            assert np.array_equal(stage.remap(tokenizer.encode(doc)), stage.encode(doc))

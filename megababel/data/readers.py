@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 TXT_MODES = ("paragraph", "line", "file")
+TEXT_SUFFIXES = (".txt", ".text", ".raw", ".md")
 
 
 class DataError(ValueError):
@@ -107,8 +108,9 @@ def check_source(source: str) -> None:
         raise DataError(f"{source}: no such file")
     if path.stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
-    if path.suffix not in (".txt", ".jsonl", ".json", ".parquet"):
-        raise DataError(f"{source}: unknown format {path.suffix!r}; use .txt, .jsonl or .parquet, or hf:owner/name")
+    if path.suffix not in TEXT_SUFFIXES + (".jsonl", ".json", ".parquet"):
+        raise DataError(f"{source}: unknown format {path.suffix!r}; use text ({', '.join(TEXT_SUFFIXES)}), .jsonl "
+                        f"or .parquet, or hf:owner/name")
 
 
 def read_documents(source: str, text_key: str = "text", txt_mode: str = "paragraph",
@@ -118,7 +120,7 @@ def read_documents(source: str, text_key: str = "text", txt_mode: str = "paragra
     if source.startswith("hf:"):
         return read_hf_dataset(source[3:], text_key)
     path = Path(source)
-    if path.suffix == ".txt":
+    if path.suffix in TEXT_SUFFIXES:
         return read_txt(path, txt_mode, errors)
     if path.suffix in (".jsonl", ".json"):
         return read_jsonl(path, text_key, errors)

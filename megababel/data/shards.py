@@ -44,8 +44,10 @@ class ShardWriter:
         self._pieces: list[np.ndarray] = []
         self._lengths: list[int] = []
         self._tokens = 0
+        self.n_bytes = 0        # UTF-8 bytes of the documents' text, for bits per byte
 
-    def add(self, ids: np.ndarray):
+    def add(self, ids: np.ndarray, n_bytes: int = 0):
+        self.n_bytes += n_bytes
         ids = np.asarray(ids)
         if ids.size and int(ids.max()) >= self.vocab_size:
             raise DataError(f"token id {int(ids.max())} >= vocab_size {self.vocab_size}")
@@ -74,7 +76,7 @@ class ShardWriter:
     def close(self) -> dict:
         self._flush()
         return dict(shards=self.shards, n_docs=sum(s["n_docs"] for s in self.shards),
-                    n_tokens=sum(s["n_tokens"] for s in self.shards))
+                    n_tokens=sum(s["n_tokens"] for s in self.shards), n_bytes=self.n_bytes)
 
 
 def write_index(directory: Path, index: dict):
@@ -105,6 +107,7 @@ class TokenDataset:
         if split not in splits:
             raise DataError(f"{self.directory}: no split {split!r} (have {sorted(splits)})")
         self.vocab_size = int(self.index["vocab_size"])
+        self.n_bytes = int(splits[split].get("n_bytes", 0))
         self.bos_id, self.eos_id = int(self.index["bos_id"]), int(self.index["eos_id"])
         dtype = token_dtype(self.vocab_size)
         self._tokens, starts, lengths = [], [], []
