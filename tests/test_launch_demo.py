@@ -1,4 +1,4 @@
-"""The main job (single-process progressive demo) runs end to end on the embedded corpus."""
+"""The main job runs end to end on the embedded corpus: growth in width+FFN, depth and vocabulary."""
 from __future__ import annotations
 
 import csv
@@ -17,21 +17,29 @@ def _load_train():
     return module
 
 
-def test_demo_grows_twice_exactly_and_learns(tmp_path):
+def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))     # builds the embedded dataset from scratch
     train = _load_train()
     result = train.main(["--steps", "60", "--batch-size", "4", "--seq-len", "64", "--eval-every", "20",
-                         "--out", str(tmp_path)])
-    assert result["generation"] == 2
-    for before, after in result["growth_losses"]:
-        assert abs(before - after) < 1e-5
-    assert result["final_validation_loss"] < result["initial_validation_loss"] - 1.0
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+                         "--vocab-stages", "1000", "1000", "4000", "--out", str(tmp_path / "run")])
+    assert result["generation"] == 2 and result["vocab_size"] == 4000
+    width, depth_and_vocab = result["growth"]
+    assert not width["vocab_changed"] and abs(width["loss_before"] - width["loss_after"]) < 1e-5
+    assert depth_and_vocab["vocab_changed"] and depth_and_vocab["loss_after"] < depth_and_vocab["loss_before"] + 1
+    assert result["final_validation_bpb"] < result["initial_validation_bpb"] - 0.5
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert len(rows) == 60 and {r["generation"] for r in rows} == {"0", "1", "2"}
-    assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "summary.txt").exists()
+    assert {r["vocab"] for r in rows} == {"1000", "4000"}
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0 and (tmp_path / "run" / "summary.txt").exists()
 
 
-@pytest.mark.parametrize("flags,message", [(["--steps", "0"], "--steps must be positive"),
-                                           (["--seq-len", "5000"], "max_position_embeddings")])
+@pytest.mark.parametrize("flags,message", [
+    (["--steps", "0"], "--steps must be positive"),
+    (["--seq-len", "5000"], "max_position_embeddings"),
+    (["--vocab-stages", "1000", "3000", "4000"], "stage 3000 is not in"),
+    (["--vocab-stages", "2000", "1000", "4000"], "may only grow"),
+    (["--data", "/nonexistent/dir"], "no such directory"),
+])
 def test_demo_rejects_bad_flags(flags, message, capsys):
     train = _load_train()
     with pytest.raises(SystemExit):
