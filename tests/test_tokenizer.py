@@ -121,3 +121,21 @@ def test_remapping_equals_encoding_on_the_embedded_corpus(embedded_tokenizer):
         stage = ranking.stage(tokenizer, size)
         for doc in docs[:500]:
             assert np.array_equal(stage.remap(tokenizer.encode(doc)), stage.encode(doc))
+
+
+def test_train_tokenizer_tool(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_tokenizer", Path(__file__).resolve().parents[1] / "tools" / "train_tokenizer.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "a.txt").write_text("The cat sat on the mat.\n\nThe dog sat on the log, 42 times.\n" * 50)
+    tokenizer = tool.main([str(tmp_path / "a.txt"), "--embedded", "--vocab-size", "600",
+                           "--out", str(tmp_path / "t.model")])
+    assert Tokenizer.load(tmp_path / "t.model").vocab_size == 600 == tokenizer.vocab_size
+    assert tokenizer.decode(tokenizer.encode("The dog sat, 42 times.")) == "The dog sat, 42 times."
+    with pytest.raises(SystemExit):
+        tool.main(["--embedded", "--vocab-size", "100", "--out", str(tmp_path / "u.model")])
+    assert "at least 260 pieces" in capsys.readouterr().err
