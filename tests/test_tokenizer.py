@@ -90,7 +90,8 @@ def test_tokenizer_load_errors(tmp_path, monkeypatch, embedded_tokenizer):
     (tmp_path / "junk.model").write_bytes(b"not a sentencepiece model at all")
     with pytest.raises(TokenizerError, match="is not a SentencePiece model"):
         Tokenizer.load(tmp_path / "junk.model")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)    # no network here: fail fast
     with pytest.raises(TokenizerError, match="downloading tokenizer.model from the Hugging Face Hub failed"):
         Tokenizer.load("nobody/no-such-repo")
     tokenizer, ranking, _ = embedded_tokenizer
