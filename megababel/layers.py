@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -60,7 +61,10 @@ class GrowableTensor(nn.Module):
     """Base class: owns the blocks of one weight tensor named by `axes`."""
 
     def __init__(self, full_shape: tuple[int, ...], axes: tuple[str, ...], generation: int = 0,
-                 init: torch.Tensor | None = None, dtype=None, device=None):
+                 init: torch.Tensor | Callable | None = None, blocks: list[tuple] | None = None):
+        """`init`: the full tensor, or a function shape -> tensor called per block, or None (uninitialised).
+        `blocks`: [(offset, shape, generation), ...] tiling the full shape (default: one block of `generation`);
+        used to rebuild a grown layer, e.g. under ZeRO-3 where parameters must exist when __init__ returns."""
         super().__init__()
         if len(full_shape) != len(axes):
             raise ValueError(f"axes {axes} do not name every dim of shape {full_shape}")
@@ -68,11 +72,20 @@ class GrowableTensor(nn.Module):
         self.full_shape = tuple(int(s) for s in full_shape)
         self._block_names: list[str] = []
         self._next_block_id = 0
-        if init is None:
-            init = torch.empty(self.full_shape, dtype=dtype, device=device)
-        elif tuple(init.shape) != self.full_shape:
+        if isinstance(init, torch.Tensor) and tuple(init.shape) != self.full_shape:
             raise ValueError(f"initial tensor has shape {tuple(init.shape)}, expected {self.full_shape}")
-        self._add_block(init, (0,) * len(self.full_shape), generation)
+        if blocks is None:
+            blocks = [((0,) * len(self.full_shape), self.full_shape, generation)]
+        if sum(math.prod(shape) for _, shape, _ in blocks) != math.prod(self.full_shape):
+            raise ValueError(f"blocks {blocks} do not tile shape {self.full_shape}")
+        for offset, shape, block_generation in blocks:
+            if init is None:
+                data = torch.empty(shape)
+            elif callable(init):
+                data = init(tuple(shape))
+            else:
+                data = init[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+            self._add_block(data, tuple(offset), block_generation)
 
     # --- blocks -------------------------------------------------------------------------------------------------
     def blocks(self) -> list[nn.Parameter]:
@@ -91,6 +104,10 @@ class GrowableTensor(nn.Module):
         self.full_shape = tuple(full_shape)
         for param in self.blocks():
             param.block_meta = replace(param.block_meta, full_shape=self.full_shape)
+
+    def layout(self) -> list[tuple]:
+        """[(offset, shape, generation)] of every block: what `blocks=` needs to rebuild this layer."""
+        return [(p.block_meta.offset, p.block_meta.shape, p.block_meta.generation) for p in self.blocks()]
 
     @property
     def generations(self) -> list[int]:
@@ -161,8 +178,16 @@ class GrowableTensor(nn.Module):
             self._block_names.remove(name)
         param = self._add_block(full[tuple(slice(0, e) for e in extent)], (0,) * len(extent),
                                 min(m.generation for m in metas))
-        # keep blocks in offset order: the folded block first
-        self._block_names.insert(0, self._block_names.pop())
+        # the folded block first, then renumber weight_0, weight_1, ... so a rebuilt layer has the same names
+        params = [param] + [p for p in self.blocks() if p is not param]
+        for name in self._block_names:
+            delattr(self, name)
+        self._block_names, self._next_block_id = [], 0
+        for p in params:
+            name = f"weight_{self._next_block_id}"
+            self._next_block_id += 1
+            self.register_parameter(name, p)
+            self._block_names.append(name)
         return param
 
     def extra_repr(self) -> str:

@@ -31,15 +31,38 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+class Builder:
+    """Makes the growable tensors of a model: initial values (Hugging Face's Llama init: normal(0,
+    initializer_range) weights, unit norm gains, drawn in construction order from one generator) and, when
+    rebuilding a grown model, each tensor's block layout. Values are set inside each layer's __init__, so that
+    ZeRO-3's zero.Init, which partitions parameters as soon as a module is built, sees them."""
+
+    def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None):
+        self.config, self.layout = config, layout or {}
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def _normal(self, shape):
+        return torch.randn(shape, generator=self.generator) * self.config.initializer_range
+
+    def linear(self, path: str, in_features: int, out_features: int, axes) -> GrowableLinear:
+        return GrowableLinear(in_features, out_features, axes=axes, init=self._normal, blocks=self.layout.get(path))
+
+    def embedding(self, path: str, num: int, dim: int) -> GrowableEmbedding:
+        return GrowableEmbedding(num, dim, init=self._normal, blocks=self.layout.get(path))
+
+    def norm(self, path: str, dim: int) -> GrowableRMSNorm:
+        return GrowableRMSNorm(dim, self.config.rms_norm_eps, init=torch.ones, blocks=self.layout.get(path))
+
+
 class Attention(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, build: Builder, prefix: str):
         super().__init__()
         d, hd = config.hidden_size, config.head_dim
         self.head_dim = hd
-        self.q_proj = GrowableLinear(d, config.num_attention_heads * hd, axes=("q_heads", "hidden"))
-        self.k_proj = GrowableLinear(d, config.num_key_value_heads * hd, axes=("kv_heads", "hidden"))
-        self.v_proj = GrowableLinear(d, config.num_key_value_heads * hd, axes=("kv_heads", "hidden"))
-        self.o_proj = GrowableLinear(config.num_attention_heads * hd, d, axes=("hidden", "q_heads"))
+        self.q_proj = build.linear(f"{prefix}.q_proj", d, config.num_attention_heads * hd, ("q_heads", "hidden"))
+        self.k_proj = build.linear(f"{prefix}.k_proj", d, config.num_key_value_heads * hd, ("kv_heads", "hidden"))
+        self.v_proj = build.linear(f"{prefix}.v_proj", d, config.num_key_value_heads * hd, ("kv_heads", "hidden"))
+        self.o_proj = build.linear(f"{prefix}.o_proj", config.num_attention_heads * hd, d, ("hidden", "q_heads"))
 
     # head counts follow the weights, so growth only has to change the weights
     @property
@@ -65,24 +88,25 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, build: Builder, prefix: str):
         super().__init__()
         d, f = config.hidden_size, config.intermediate_size
-        self.gate_proj = GrowableLinear(d, f, axes=("ffn", "hidden"))
-        self.up_proj = GrowableLinear(d, f, axes=("ffn", "hidden"))
-        self.down_proj = GrowableLinear(f, d, axes=("hidden", "ffn"))
+        self.gate_proj = build.linear(f"{prefix}.gate_proj", d, f, ("ffn", "hidden"))
+        self.up_proj = build.linear(f"{prefix}.up_proj", d, f, ("ffn", "hidden"))
+        self.down_proj = build.linear(f"{prefix}.down_proj", f, d, ("hidden", "ffn"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, build: Builder | None = None, prefix: str = ""):
         super().__init__()
-        self.input_layernorm = GrowableRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
-        self.post_attention_layernorm = GrowableRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        build = build or Builder(config)
+        self.input_layernorm = build.norm(f"{prefix}.input_layernorm", config.hidden_size)
+        self.self_attn = Attention(config, build, f"{prefix}.self_attn")
+        self.post_attention_layernorm = build.norm(f"{prefix}.post_attention_layernorm", config.hidden_size)
+        self.mlp = MLP(config, build, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
@@ -90,28 +114,25 @@ class DecoderLayer(nn.Module):
 
 
 class Llama(nn.Module):
-    """Llama-2 causal language model. `generation` counts the growth events applied so far."""
+    """Llama-2 causal language model. `generation` counts the growth events applied so far.
 
-    def __init__(self, config: LlamaConfig, seed: int | None = None):
+    `layout` (from `block_layout()` of another model, with `generation`) rebuilds a grown model's block structure;
+    the values are then freshly initialised and meant to be overwritten (e.g. from a checkpoint)."""
+
+    def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
+                 generation: int = 0):
         super().__init__()
         self.config = config
-        self.generation = 0
-        self.embed_tokens = GrowableEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = GrowableRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = GrowableLinear(config.hidden_size, config.vocab_size, axes=("vocab", "hidden"))
-        self.reset_parameters(torch.Generator().manual_seed(seed) if seed is not None else None)
+        self.generation = generation
+        build = Builder(config, seed, layout)
+        self.embed_tokens = build.embedding("embed_tokens", config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, build, f"layers.{i}") for i in range(config.num_hidden_layers))
+        self.norm = build.norm("norm", config.hidden_size)
+        self.lm_head = build.linear("lm_head", config.hidden_size, config.vocab_size, ("vocab", "hidden"))
 
-    @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None):
-        """Hugging Face's Llama init: normal(0, initializer_range) weights, unit norm gains."""
-        for module in self.modules():
-            if isinstance(module, GrowableRMSNorm):
-                for p in module.blocks():
-                    p.fill_(1.0)
-            elif isinstance(module, (GrowableLinear, GrowableEmbedding)):
-                for p in module.blocks():
-                    p.normal_(0.0, self.config.initializer_range, generator=generator)
+    def block_layout(self) -> dict:
+        """{path: [(offset, shape, generation), ...]} for every growable tensor."""
+        return {path: tensor.layout() for path, tensor in self.growable_tensors()}
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
         """Return (logits, loss); loss is the mean next-token cross-entropy over targets != -100, or None."""

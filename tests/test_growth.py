@@ -176,3 +176,17 @@ def test_invalid_growth_is_refused_before_any_change(config_overrides, event, me
     assert model.generation == 0
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_grown_model_can_be_rebuilt_from_its_layout(text_batch):
+    """What checkpoints and ZeRO-3 growth rely on: same blocks, same names, same function."""
+    model, event = _setup("combined", text_batch)
+    grow(model, event)
+    grow(model, GrowthEvent(intermediate_size=320))
+    model.layers[0].mlp.up_proj.consolidate(generations=[0, 1])
+    twin = Llama(model.config, layout=model.block_layout(), generation=model.generation)
+    assert twin.block_layout() == model.block_layout()
+    twin.load_state_dict(model.state_dict(), strict=True)
+    assert [p.block_meta for p in twin.parameters()] == [p.block_meta for p in model.parameters()]
+    ids = text_batch[0]
+    assert torch.equal(_logits(twin, ids), _logits(model, ids))
