@@ -37,21 +37,24 @@ class Builder:
     rebuilding a grown model, each tensor's block layout. Values are set inside each layer's __init__, so that
     ZeRO-3's zero.Init, which partitions parameters as soon as a module is built, sees them."""
 
-    def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None):
-        self.config, self.layout = config, layout or {}
+    def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
+                 values: dict | None = None):
+        self.config, self.layout, self.values = config, layout or {}, values or {}
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def _normal(self, shape):
         return torch.randn(shape, generator=self.generator) * self.config.initializer_range
 
     def linear(self, path: str, in_features: int, out_features: int, axes) -> GrowableLinear:
-        return GrowableLinear(in_features, out_features, axes=axes, init=self._normal, blocks=self.layout.get(path))
+        return GrowableLinear(in_features, out_features, axes=axes, init=self.values.get(path, self._normal),
+                              blocks=self.layout.get(path))
 
     def embedding(self, path: str, num: int, dim: int) -> GrowableEmbedding:
-        return GrowableEmbedding(num, dim, init=self._normal, blocks=self.layout.get(path))
+        return GrowableEmbedding(num, dim, init=self.values.get(path, self._normal), blocks=self.layout.get(path))
 
     def norm(self, path: str, dim: int) -> GrowableRMSNorm:
-        return GrowableRMSNorm(dim, self.config.rms_norm_eps, init=torch.ones, blocks=self.layout.get(path))
+        return GrowableRMSNorm(dim, self.config.rms_norm_eps, init=self.values.get(path, torch.ones),
+                               blocks=self.layout.get(path))
 
 
 class Attention(nn.Module):
@@ -117,14 +120,14 @@ class Llama(nn.Module):
     """Llama-2 causal language model. `generation` counts the growth events applied so far.
 
     `layout` (from `block_layout()` of another model, with `generation`) rebuilds a grown model's block structure;
-    the values are then freshly initialised and meant to be overwritten (e.g. from a checkpoint)."""
+    `values` ({path: full tensor}) gives the weights, else they are freshly initialised."""
 
     def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
-                 generation: int = 0):
+                 generation: int = 0, values: dict | None = None):
         super().__init__()
         self.config = config
         self.generation = generation
-        build = Builder(config, seed, layout)
+        build = Builder(config, seed, layout, values)
         self.embed_tokens = build.embedding("embed_tokens", config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, build, f"layers.{i}") for i in range(config.num_hidden_layers))
         self.norm = build.norm("norm", config.hidden_size)

@@ -1,0 +1,258 @@
+"""DeepSpeed engines for a growing model: ZeRO 0-3, per-generation param groups, growth with Adam state carried.
+
+A growth event cannot reshape partitioned parameters in place, so it rebuilds (ZeRO-3 facts: ../shared/NOTES.md):
+  1. gather every block's fp32 master weight and Adam moments, and each param group's step (collectives: every
+     rank, same order) into a plain CPU model with the same block layout;
+  2. release the old engine (engine.destroy() leaks the model through hooks and caches: removed here);
+  3. grow the CPU model (old blocks keep their Parameter identity, so their moments follow them);
+  4. build the grown model under zero.Init with its weights set inside each layer's __init__, then
+     deepspeed.initialize with one decayed and one undecayed param group per generation;
+  5. create the optimizer state, write the fp32 masters and the old blocks' moments, and the groups' steps
+     (a new generation's groups start at step 0, so Adam's bias correction treats them as fresh).
+Engine counters (global_steps, global_samples) carry over.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import LlamaConfig
+from .growth import GrowthEvent, grow
+from .model import Llama
+
+DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
+
+
+def init_distributed():
+    """torch.distributed on gloo (CPU) or nccl, from the launcher's environment; a plain `python` run is rank 0 of 1."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    import deepspeed
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: int, bf16: bool,
+                   offload_optimizer: bool = False, gradient_clipping: float | None = None,
+                   path: str | None = None) -> dict:
+    """ds_configs/zero<stage>.json with the batch sizes derived here, in one place."""
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"--stage must be 0, 1, 2 or 3, got {stage}")
+    config = json.loads(Path(path or DS_CONFIGS / f"zero{stage}.json").read_text())
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config["gradient_accumulation_steps"] = grad_accum
+    config["train_batch_size"] = micro_batch * grad_accum * world_size
+    config.setdefault("bf16", {})["enabled"] = bf16
+    if gradient_clipping is not None:
+        config["gradient_clipping"] = gradient_clipping
+    if "gradient_clipping" not in config:
+        raise ValueError("the DeepSpeed config must set gradient_clipping explicitly (DeepSpeed defaults to 1.0)")
+    if offload_optimizer:
+        if stage == 0:
+            raise ValueError("--offload-optimizer needs ZeRO stage 1, 2 or 3")
+        config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+        config["optimizer"]["params"].pop("torch_adam", None)  # DeepSpeedCPUAdam
+    return config
+
+
+@dataclass
+class GroupInfo:
+    generation: int
+    decay: bool
+    born: int
+    lr: float
+    warmup: int
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _flats_per_group(optimizer) -> list[list[torch.Tensor]]:
+    """The tensors the inner torch optimizer keeps state for, per param group. ZeRO-3 keeps its fp32 partitions
+    per sub-group outside param_groups (it swaps them in during step)."""
+    inner = _inner(optimizer)
+    if hasattr(optimizer, "fp32_partitioned_groups_flat"):
+        flats = [[] for _ in inner.param_groups]
+        for sub_group, flat in enumerate(optimizer.fp32_partitioned_groups_flat):
+            flats[optimizer.sub_group_to_group_id[sub_group]].append(flat)
+        return flats
+    return [group["params"] for group in inner.param_groups]
+
+
+def _full_param(p: torch.nn.Parameter) -> torch.Tensor:
+    from deepspeed.utils import safe_get_full_fp32_param
+    value = safe_get_full_fp32_param(p)
+    return (value if value is not None else p.detach()).float().cpu().clone()
+
+
+def _full_moment(p, key: str, optimizer) -> torch.Tensor | None:
+    from deepspeed.utils import safe_get_full_optimizer_state
+    if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+        value = safe_get_full_optimizer_state(p, key)
+    else:
+        value = _inner(optimizer).state.get(p, {}).get(key)
+    return None if value is None else value.float().cpu().clone()
+
+
+def release_engine(engine):
+    """engine.destroy() plus what it leaves behind (hooks, ZeRO-3's module stack and an lru_cache holding the
+    parameter coordinator), so that growth after growth does not keep old models alive."""
+    module = engine.module
+    engine.destroy()
+    for m in module.modules():
+        m._forward_pre_hooks.clear()
+        m._forward_hooks.clear()
+        m._backward_hooks.clear()
+        if hasattr(m, "_backward_pre_hooks"):
+            m._backward_pre_hooks.clear()
+    try:
+        from deepspeed.runtime.zero import parameter_offload
+        from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+        parameter_offload.FWD_MODULE_STACK.clear()
+        PartitionedParameterCoordinator._PartitionedParameterCoordinator__params_to_release.cache_clear()
+    except (ImportError, AttributeError):
+        pass
+    gc.collect()
+
+
+class GrowingEngine:
+    """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curve (Schedule.lr_at)."""
+
+    def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, layout: dict | None = None,
+                 values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None):
+        self.ds_config, self.schedule, self.seed = ds_config, schedule, seed
+        self.stage = ds_config["zero_optimization"]["stage"]
+        self.groups = groups or []
+        self._build(config, layout, values, generation, moments={}, steps={})
+
+    # --- building -----------------------------------------------------------------------------------------------
+    def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
+        import deepspeed
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=self.stage == 3):
+            model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values)
+        known = {(g.generation, g.decay) for g in self.groups}
+        for gen in sorted({p.block_meta.generation for p in model.parameters()}):
+            for decay in (True, False):
+                if (gen, decay) not in known:
+                    self.groups.append(GroupInfo(gen, decay, born=counters["global_steps"] if counters else 0,
+                                                 lr=self.schedule.lr, warmup=self.schedule.warmup_steps))
+        param_groups = []
+        for g in self.groups:
+            params = [p for p in model.parameters()
+                      if p.block_meta.generation == g.generation and (len(p.block_meta.shape) >= 2) == g.decay]
+            param_groups.append(dict(params=params, weight_decay=self.schedule.weight_decay if g.decay else 0.0))
+        keep = [i for i, group in enumerate(param_groups) if group["params"]]
+        self.groups = [self.groups[i] for i in keep]
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=[param_groups[i] for i in keep],
+                                                       config=self.ds_config)
+        self.engine, self.model = engine, model
+        if counters:
+            engine.global_steps, engine.global_samples = counters["global_steps"], counters["global_samples"]
+        if moments or values is not None:
+            self._restore(values, moments, steps)
+
+    def _restore(self, values, moments: dict, steps: dict):
+        """Create the (lazy) Adam state, then write fp32 masters, moments of old blocks and group steps."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        inner = _inner(self.engine.optimizer)
+        for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
+            step = float(steps.get((info.generation, info.decay), 0))
+            for flat in flats:
+                inner.state[flat] = dict(step=torch.tensor(step), exp_avg=torch.zeros_like(flat),
+                                         exp_avg_sq=torch.zeros_like(flat))
+        for (path, tensor) in self.model.growable_tensors():
+            full = values[path] if values is not None else None
+            for index, p in enumerate(tensor.blocks()):
+                if full is not None and (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")):
+                    safe_set_full_fp32_param(p, full[p.block_meta.slices].contiguous())
+                saved = moments.get((path, index))
+                if saved is None:
+                    continue
+                for key, value in zip(("exp_avg", "exp_avg_sq"), saved):
+                    if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+                        safe_set_full_optimizer_state(p, value, key)
+                    else:
+                        inner.state[p][key].copy_(value)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def set_lr(self, step: int):
+        for info, group in zip(self.groups, self.engine.optimizer.param_groups):
+            group["lr"] = self.schedule.lr_at(step, info.born, info.lr, info.warmup)
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
+        """One optimizer step (no gradient accumulation here); returns the loss averaged over data-parallel ranks."""
+        self.set_lr(step)
+        _, loss = self.engine(inputs, targets)
+        self.engine.backward(loss)
+        self.engine.step()
+        loss = loss.detach().float().clone()
+        if dist.get_world_size() > 1:
+            dist.all_reduce(loss)
+            loss /= dist.get_world_size()
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self, batches) -> float:
+        losses = torch.tensor([self.engine(x, y)[1].float().item() for x, y in batches]).mean()
+        if dist.get_world_size() > 1:
+            dist.all_reduce(losses)
+            losses /= dist.get_world_size()
+        return losses.item()
+
+    # --- state and growth ---------------------------------------------------------------------------------------
+    def gather(self) -> tuple[dict, dict, dict]:
+        """(values {path: full fp32 tensor}, moments {(path, block): (exp_avg, exp_avg_sq)},
+        steps {(generation, decay): step}). Collective: call on every rank."""
+        values, moments = {}, {}
+        for path, tensor in self.model.growable_tensors():
+            full = torch.empty(tensor.full_shape)
+            for index, p in enumerate(tensor.blocks()):
+                full[p.block_meta.slices] = _full_param(p).view(p.block_meta.shape)
+                pair = tuple(_full_moment(p, key, self.engine.optimizer) for key in ("exp_avg", "exp_avg_sq"))
+                if pair[0] is not None:
+                    moments[(path, index)] = tuple(m.view(p.block_meta.shape) for m in pair)
+            values[path] = full
+        steps = {}
+        inner = _inner(self.engine.optimizer)
+        for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
+            state = inner.state.get(flats[0], {})
+            steps[(info.generation, info.decay)] = float(state["step"]) if "step" in state else 0.0
+        return values, moments, steps
+
+    def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None) -> int:
+        config, generation = self.model.config, self.model.generation
+        values, moments, steps = self.gather()
+        host = Llama(config, layout=self.model.block_layout(), generation=generation, values=values)
+        keyed = {}  # moments follow their Parameter through growth (old blocks keep identity)
+        host_blocks = {(path, i): p for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
+        for key, pair in moments.items():
+            keyed[host_blocks[key]] = pair
+        counters = dict(global_steps=self.engine.global_steps, global_samples=self.engine.global_samples)
+        release_engine(self.engine)
+        self.engine = self.model = None
+        gc.collect()
+        new_generation = grow(host, event, seed=self.seed)
+        self.groups += [GroupInfo(new_generation, decay, born=step, lr=lr if lr is not None else self.schedule.lr,
+                                  warmup=warmup if warmup is not None else self.schedule.warmup_steps)
+                        for decay in (True, False)]
+        new_moments = {(path, i): keyed[p] for path, t in host.growable_tensors()
+                       for i, p in enumerate(t.blocks()) if p in keyed}
+        new_values = {path: t.full_tensor() for path, t in host.growable_tensors()}
+        layout, new_config = host.block_layout(), host.config
+        del host, values, keyed, moments
+        self._build(new_config, layout, new_values, new_generation, new_moments, steps, counters)
+        return new_generation

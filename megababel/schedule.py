@@ -1,0 +1,180 @@
+"""Growth schedules: the starting model, the training length and learning rates, and the growth stages.
+
+A schedule is a YAML or JSON file (or a preset name):
+
+    model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, multiple_of: 32, vocab_size: 1000}
+    training: {steps: 450, lr: 3.0e-3, warmup_steps: 30, min_lr_ratio: 0.1, weight_decay: 0.1}
+    stages:
+      - at_step: 150                       # or at_tokens: 2_000_000
+        hidden_size: 128                   # any GrowthEvent target: hidden_size, intermediate_size,
+        intermediate_size: 352             #   num_hidden_layers, vocab_size
+        vocab_size: 2000
+      - at_tokens: 600000
+        num_hidden_layers: 4
+        layer_positions: interleave        # and any GrowthEvent init option (width_init, heads_init, ...)
+        lr: 2.0e-3                         # peak lr / warm-up of the new generation (default: training's)
+        warmup_steps: 20
+
+`load_schedule` validates the whole schedule before anything is built: every stage is checked against the model it
+grows (shrinking, hidden not a multiple of head_dim, GQA groups, layer positions, ...), stages must come in order
+and before the end of training; errors name the stage and the field.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .config import ConfigError, LlamaConfig
+from .growth import GrowthEvent, check_growth
+
+TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1)
+EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
+
+PRESETS = {
+    # grows twice on 2 CPU cores in about a minute: width + FFN + vocabulary, then depth + vocabulary
+    "tiny": dict(
+        model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
+                   max_position_embeddings=1024),
+        training=dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1),
+        stages=[dict(at_step=150, hidden_size=128, intermediate_size=352, vocab_size=2000),
+                dict(at_step=300, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
+    # the seed's plan: ~49M parameters, about 2x per stage as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
+    "seed": dict(
+        model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,
+                   max_position_embeddings=2048),
+        training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
+        stages=[dict(at_step=10_000, hidden_size=640, num_hidden_layers=14, intermediate_size=1792,
+                     vocab_size=16000, layer_positions="interleave"),
+                dict(at_step=25_000, hidden_size=896, num_hidden_layers=16, intermediate_size=2560,
+                     vocab_size=32000, layer_positions="interleave"),
+                dict(at_step=45_000, hidden_size=1280, num_hidden_layers=20, intermediate_size=3584,
+                     layer_positions="interleave"),
+                dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
+                     layer_positions="interleave")]),
+}
+
+
+@dataclass
+class Stage:
+    at_step: int
+    event: GrowthEvent
+    lr: float
+    warmup_steps: int
+    config: LlamaConfig          # the model after this stage
+
+
+@dataclass
+class Schedule:
+    model: LlamaConfig
+    steps: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    stages: list[Stage] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def final_config(self) -> LlamaConfig:
+        return self.stages[-1].config if self.stages else self.model
+
+    def vocab_sizes(self) -> list[int]:
+        return sorted({self.model.vocab_size, *(s.config.vocab_size for s in self.stages)})
+
+    def lr_at(self, step: int, born: int, peak: float, warmup: int) -> float:
+        """A generation born at `born`: linear warm-up, then cosine decay to min_lr_ratio at the end of training.
+        Older generations keep following their own curve when new ones are born."""
+        age = step - born
+        if age < warmup:
+            return peak * (age + 1) / warmup
+        progress = min(1.0, (age - warmup) / max(1, self.steps - born - warmup))
+        return peak * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _error(where: str, message: str) -> ConfigError:
+    return ConfigError(f"schedule {where}: {message}")
+
+
+def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> Schedule:
+    spec = copy.deepcopy(spec)
+    unknown = set(spec) - {"model", "training", "stages"}
+    if unknown:
+        raise _error("", f"unknown section(s) {sorted(unknown)}; use model, training, stages")
+    try:
+        model = LlamaConfig.from_dict(spec.get("model", {}))
+    except ConfigError as e:
+        raise _error("model", str(e)) from None
+    training = dict(TRAINING_DEFAULTS)
+    unknown = set(spec.get("training", {})) - set(TRAINING_DEFAULTS)
+    if unknown:
+        raise _error("training", f"unknown field(s) {sorted(unknown)}; known: {sorted(TRAINING_DEFAULTS)}")
+    training.update(spec.get("training", {}))
+    if not isinstance(training["steps"], int) or training["steps"] <= 0:
+        raise _error("training.steps", f"must be a positive integer, got {training['steps']!r}")
+    for name in ("lr", "weight_decay", "min_lr_ratio", "warmup_steps"):
+        if not isinstance(training[name], (int, float)) or training[name] < 0:
+            raise _error(f"training.{name}", f"must be a non-negative number, got {training[name]!r}")
+    schedule = Schedule(model=model, source=source, **training)
+    config, last_step = model, 0
+    for i, stage in enumerate(spec.get("stages", []) or []):
+        where = f"stage {i}"
+        if not isinstance(stage, dict):
+            raise _error(where, f"must be a mapping, got {stage!r}")
+        stage = dict(stage)
+        if ("at_step" in stage) == ("at_tokens" in stage):
+            raise _error(where, "give exactly one of at_step or at_tokens")
+        if "at_tokens" in stage:
+            at = stage.pop("at_tokens")
+            if not isinstance(at, int) or at <= 0:
+                raise _error(f"{where}.at_tokens", f"must be a positive integer, got {at!r}")
+            step = -(-at // tokens_per_step)          # first step at or after that many tokens
+        else:
+            step = stage.pop("at_step")
+            if not isinstance(step, int) or step <= 0:
+                raise _error(f"{where}.at_step", f"must be a positive integer, got {step!r}")
+        if step <= last_step:
+            raise _error(f"{where}.at_step", f"step {step} is not after the previous stage's {last_step}")
+        if step >= schedule.steps:
+            raise _error(f"{where}.at_step", f"step {step} is at or after the end of training "
+                                             f"(training.steps = {schedule.steps})")
+        lr = stage.pop("lr", schedule.lr)
+        warmup = stage.pop("warmup_steps", schedule.warmup_steps)
+        unknown = set(stage) - EVENT_FIELDS
+        if unknown:
+            raise _error(where, f"unknown field(s) {sorted(unknown)}; growth fields: {sorted(EVENT_FIELDS)}")
+        event = GrowthEvent(**stage)
+        try:
+            new_config = check_growth(config, event)
+        except ConfigError as e:
+            raise _error(where, str(e)) from None
+        schedule.stages.append(Stage(step, event, lr, warmup, new_config))
+        config, last_step = new_config, step
+    return schedule
+
+
+def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dict | None = None) -> Schedule:
+    """A preset name or a .yaml/.yml/.json file; `overrides` replace training fields (e.g. steps from the CLI)."""
+    path = Path(name_or_path)
+    if str(name_or_path) in PRESETS:
+        spec = PRESETS[str(name_or_path)]
+    elif path.is_file():
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+                spec = yaml.safe_load(text)
+            else:
+                spec = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - yaml and json raise different types
+            raise ConfigError(f"schedule {path}: cannot parse ({e})") from None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"schedule {path}: expected a mapping with model, training, stages")
+    else:
+        raise ConfigError(f"schedule {name_or_path!r}: not a preset ({sorted(PRESETS)}) nor a file")
+    spec = copy.deepcopy(spec)
+    if overrides:
+        spec.setdefault("training", {}).update(overrides)
+    return parse_schedule(spec, tokens_per_step, str(name_or_path))
