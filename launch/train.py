@@ -1,20 +1,16 @@
-"""Progressive training: a small Llama that grows in width + FFN, depth and vocabulary while it trains (CPU, 1 process).
+"""Progressive training on DeepSpeed: the model grows (width, FFN, depth, vocabulary) while it trains.
 
-    python launch/train.py                        # embedded corpus (built and cached on first run), ~1 minute
-    python launch/train.py --bf16 --steps 900     # bf16 autocast, longer
-    python launch/train.py --data data/tinystories --vocab-stages 500 2000 8000   # a preprocessed corpus
-    python launch/train.py --out runs/demo2       # logs, loss plot and summary go to runs/demo2
+    python launch/train.py                                       # 1 process, ZeRO-0, tiny preset, embedded corpus
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --stage 3      # 2 ranks, ZeRO-3 (CPU: gloo)
+    deepspeed launch/train.py --stage 3 --bf16 --schedule seed --data data/slimpajama --micro-batch-size 8 --seq-len 2048
+    python launch/train.py --schedule my_schedule.yaml --data data/tinystories --out runs/ts
 
-Data: `--data` is a directory made by tools/preprocess_data.py (vocab_<V>/ per vocabulary stage). Without it, the
-embedded corpus (Python standard-library docstrings, tokenizer trained on them) is built into ~/.cache/megababel.
-
-Schedule (tiny preset): growth at 1/3 of the run (hidden 64 -> 128, FFN 192 -> 352, next vocabulary stage) and at
-2/3 (2 -> 4 layers, interleaved, last vocabulary stage). Each generation of parameters gets its own AdamW param
-groups and learning-rate schedule (warm-up from its birth step, cosine decay to the end); older generations keep
-the schedule they had, and their Adam state (parameters keep their identity). Validation reports bits per byte,
-which stays comparable when the vocabulary changes.
-
-(DeepSpeed ZeRO, multi-rank runs and checkpoints arrive with the training issue; this is the single-process form.)
+--schedule: a preset (tiny, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
+data, before anything is built. --data: a directory from tools/preprocess_data.py holding every vocabulary stage the
+schedule uses; default: the embedded corpus (Python docstrings, own tokenizer, stages 1000/2000/4000), built into
+~/.cache/megababel on first use. Each generation of parameters has its own AdamW param groups and learning-rate curve
+(warm-up from its birth step, cosine decay to the end); old generations keep theirs and their Adam state. Rank 0
+writes OUT/log.csv, OUT/loss.png (validation bits per byte, growth marked) and OUT/summary.txt.
 """
 from __future__ import annotations
 
@@ -26,112 +22,77 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from megababel import GrowthEvent, Llama, LlamaConfig, grow  # noqa: E402
+from megababel.config import ConfigError  # noqa: E402
 from megababel.counters import count_parameters, flops_per_token  # noqa: E402
 from megababel.data.embedded import build_embedded_dataset  # noqa: E402
 from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.readers import DataError  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-
-TINY_START = dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, max_position_embeddings=1024)
-# (fraction of the run, event); vocab_size comes from the vocabulary stages
-TINY_SCHEDULE = [(1 / 3, dict(hidden_size=128, intermediate_size=352)),
-                 (2 / 3, dict(num_hidden_layers=4, layer_positions="interleave"))]
+from megababel.engine import GrowingEngine, init_distributed, load_ds_config  # noqa: E402
+from megababel.schedule import load_schedule  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=None, help="dataset directory from tools/preprocess_data.py "
-                                                          "(default: the embedded corpus)")
-    p.add_argument("--vocab-stages", type=int, nargs="+", default=None,
-                   help="vocabulary stage at the start and after each growth (default: the dataset's stages)")
-    p.add_argument("--steps", type=int, default=450, help="optimizer steps in total (default 450)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--stage", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage (default 0)")
+    p.add_argument("--schedule", default="tiny", help="preset name or YAML/JSON file (default: tiny)")
+    p.add_argument("--data", type=Path, default=None, help="dataset directory (default: the embedded corpus)")
+    p.add_argument("--steps", type=int, default=None, help="override training.steps of the schedule")
+    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per rank per step (default 8)")
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every generation")
-    p.add_argument("--warmup", type=int, default=30, help="warm-up steps of each generation")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--eval-every", type=int, default=50, help="validation every N steps (default 50)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 master weights)")
+    p.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master weights")
+    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer state in CPU memory")
+    p.add_argument("--gradient-clipping", type=float, default=None, help="override the DeepSpeed config's")
+    p.add_argument("--ds-config", default=None, help="DeepSpeed JSON (default: ds_configs/zero<stage>.json)")
+    p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # set by the deepspeed launcher
     args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "seq_len", "warmup", "eval_every"):
+    for name in ("micro_batch_size", "seq_len", "eval_every"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.seq_len > TINY_START["max_position_embeddings"]:
-        p.error(f"--seq-len {args.seq_len} exceeds max_position_embeddings {TINY_START['max_position_embeddings']}")
-    if not args.lr > 0:
-        p.error(f"--lr must be positive, got {args.lr}")
+    if args.steps is not None and args.steps <= 0:
+        p.error(f"--steps must be positive, got {args.steps}")
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data {args.data}: no such directory (make one with tools/preprocess_data.py)")
+    if args.offload_optimizer and args.stage == 0:
+        p.error("--offload-optimizer needs --stage 1, 2 or 3")
     return p, args
 
 
-def vocabulary_plan(p, data: Path, requested: list[int] | None) -> list[int]:
-    """One vocabulary stage per phase of the schedule (start + each growth), checked against the dataset."""
-    available = sorted(int(d.name.split("_")[1]) for d in data.glob("vocab_*") if (d / "index.json").is_file())
-    if not available:
-        p.error(f"--data {data}: no vocab_<V>/index.json inside (make it with tools/preprocess_data.py)")
-    phases = len(TINY_SCHEDULE) + 1
-    if requested is None:
-        requested = [available[min(i * (len(available) - 1) // max(1, phases - 1), len(available) - 1)]
-                     for i in range(phases)]
-    if len(requested) != phases:
-        p.error(f"--vocab-stages needs {phases} sizes (start + {phases - 1} growth events), got {len(requested)}")
-    for size in requested:
-        if size not in available:
-            p.error(f"--vocab-stages: stage {size} is not in {data} (available: {available})")
-    if any(b < a for a, b in zip(requested, requested[1:])):
-        p.error(f"--vocab-stages {requested}: the vocabulary may only grow")
-    return requested
-
-
-def lr_at(step: int, born: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up from the generation's birth step, then cosine decay to 10% at the end of training."""
-    age = step - born
-    if age < warmup:
-        return peak * (age + 1) / warmup
-    progress = min(1.0, (age - warmup) / max(1, total - born - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def generation_groups(model, generation: int, step: int, weight_decay: float) -> list[dict]:
-    """Two param groups (decayed matrices, undecayed norm gains) for the parameters born in `generation`."""
-    params = [p for p in model.parameters() if p.block_meta.generation == generation]
-    return [{"params": group, "weight_decay": decay, "generation": generation, "born": step}
-            for decay, group in ((weight_decay, [p for p in params if p.dim() >= 2]),
-                                 (0.0, [p for p in params if p.dim() < 2])) if group]
-
-
 class StageData:
-    """Training loader and fixed validation batches of one vocabulary stage."""
+    """This rank's training loader and the (shared) validation batches of one vocabulary stage."""
 
-    def __init__(self, data: Path, size: int, args, previous: "StageData | None" = None):
+    def __init__(self, data: Path, size: int, args, rank: int, world: int, previous: "StageData | None" = None):
         self.size = size
         train, valid = TokenDataset(data / f"vocab_{size}", "train"), TokenDataset(data / f"vocab_{size}", "valid")
-        self.loader = PackedLoader(train, args.seq_len, args.batch_size, seed=args.seed)
+        self.loader = PackedLoader(train, args.seq_len, args.micro_batch_size, dp_rank=rank, dp_world=world,
+                                   seed=args.seed)
         if previous is not None:   # same documents, same order: continue at the same fraction of the epoch
             old = previous.loader
             self.loader.epoch = old.epoch
             self.loader.consumed = old.consumed * self.loader.sequences_per_epoch // old.sequences_per_epoch
-        val_loader = PackedLoader(valid, args.seq_len, args.batch_size, seed=12345)
-        self.val_batches = [val_loader.next_batch() for _ in range(min(8, val_loader.sequences_per_epoch //
-                                                                       args.batch_size))]
+        val = PackedLoader(valid, args.seq_len, args.micro_batch_size, seed=12345)
+        self.val_batches = [val.next_batch() for _ in range(min(4, val.sequences_per_epoch // val.global_batch))]
         # every target in the packed stream is a document token, an EOS or a BOS
         self.tokens_per_byte = (valid.n_tokens + 2 * valid.n_docs) / max(1, valid.n_bytes)
 
+    def bits_per_byte(self, loss: float) -> float:
+        return loss * self.tokens_per_byte / math.log(2)
 
-@torch.no_grad()
-def evaluate(model, stage: StageData, autocast) -> tuple[float, float]:
-    """(loss in nats per token, bits per byte) on the stage's validation batches."""
-    with autocast():
-        loss = sum(model(x, y)[1].item() for x, y in stage.val_batches) / len(stage.val_batches)
-    return loss, loss * stage.tokens_per_byte / math.log(2)
+
+def check_vocabulary(p, data: Path, schedule):
+    available = sorted(int(d.name.split("_")[1]) for d in data.glob("vocab_*") if (d / "index.json").is_file())
+    missing = [v for v in schedule.vocab_sizes() if v not in available]
+    if missing:
+        p.error(f"the schedule uses vocabulary stages {missing} that {data} does not have (available: {available}); "
+                f"preprocess them with tools/preprocess_data.py --stages ...")
 
 
 def save_plot(rows, events, val_points, path: Path):
@@ -160,91 +121,94 @@ def main(argv=None):
     p, args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = args.data or build_embedded_dataset(progress=True)
-    vocab = vocabulary_plan(p, data, args.vocab_stages)
+    rank, world = init_distributed()
+    tokens_per_step = args.micro_batch_size * world * args.seq_len
     try:
-        stage = StageData(data, vocab[0], args)
+        schedule = load_schedule(args.schedule, tokens_per_step, {"steps": args.steps} if args.steps else None)
+        if args.seq_len > schedule.model.max_position_embeddings:
+            p.error(f"--seq-len {args.seq_len} exceeds max_position_embeddings {schedule.model.max_position_embeddings}")
+        ds_config = load_ds_config(args.stage, args.micro_batch_size, 1, world, args.bf16, args.offload_optimizer,
+                                   args.gradient_clipping, args.ds_config)
+    except (ConfigError, ValueError) as e:
+        p.error(str(e))
+    if args.data is None:
+        if rank == 0:
+            build_embedded_dataset(progress=True)
+        dist.barrier()
+    data = args.data or build_embedded_dataset()
+    check_vocabulary(p, data, schedule)
+    try:
+        stage = StageData(data, schedule.model.vocab_size, args, rank, world)
     except DataError as e:
         p.error(str(e))
-    print(f"data: {data} (vocabulary stages {vocab}), {stage.loader.dataset.n_tokens:,} training tokens at stage "
-          f"{vocab[0]}")
+    is_main = rank == 0
+    say = tqdm.write if is_main else (lambda *a, **k: None)
+    say(f"data {data}; schedule {args.schedule}: {len(schedule.stages)} growth stages, {schedule.steps} steps; "
+        f"ZeRO-{args.stage}, {world} rank(s), {'bf16' if args.bf16 else 'fp32'}")
 
-    model = Llama(LlamaConfig(vocab_size=vocab[0], **TINY_START), seed=args.seed)
-    optimizer = torch.optim.AdamW(generation_groups(model, 0, 0, args.weight_decay), lr=args.lr,
-                                  betas=(0.9, 0.95), eps=1e-8)
-    schedule = [(round(frac * args.steps), GrowthEvent(**event, vocab_size=size if size > prev else None))
-                for (frac, event), prev, size in zip(TINY_SCHEDULE, vocab, vocab[1:])]
-
-    def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
-
-    tokens_per_step = args.batch_size * args.seq_len
+    engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed)
+    pending = list(schedule.stages)
     rows, events, growth_log = [], [], []
-    val_points = [(0, evaluate(model, stage, autocast)[1])]
+    val_points = [(0, stage.bits_per_byte(engine.evaluate(stage.val_batches)))]
     tokens = flops = 0
-    log_file = open(args.out / "log.csv", "w", newline="")
-    log = csv.DictWriter(log_file, ["step", "tokens", "flops", "loss", "train_bpb", "lr", "generation", "vocab",
-                                    "parameters", "tokens_per_s"])
-    log.writeheader()
-    bar = tqdm(range(args.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0)
+    if is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        log_file = open(args.out / "log.csv", "w", newline="")
+        log = csv.DictWriter(log_file, ["step", "tokens", "flops", "loss", "train_bpb", "generation", "vocab",
+                                        "parameters", "tokens_per_s"])
+        log.writeheader()
+    bar = tqdm(range(schedule.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=not is_main)
     t_last = time.perf_counter()
     for step in bar:
-        while schedule and schedule[0][0] == step:
-            _, event = schedule.pop(0)
-            old_stage = stage
-            before = evaluate(model, old_stage, autocast)[0]
-            generation = grow(model, event, seed=args.seed)
-            after = evaluate(model, old_stage, autocast)[0]
-            for group in generation_groups(model, generation, step, args.weight_decay):
-                optimizer.add_param_group(group)
-            if model.config.vocab_size != stage.size:
-                stage = StageData(data, model.config.vocab_size, args, previous=stage)
-            counts = count_parameters(model)
-            tqdm.write(f"step {step}: growth -> generation {generation}: hidden {model.config.hidden_size}, "
-                       f"ffn {model.config.intermediate_size}, layers {model.config.num_hidden_layers}, vocabulary "
-                       f"{model.config.vocab_size}, {counts.total:,} parameters; validation loss on the previous "
-                       f"stage's tokens {before:.5f} -> {after:.5f}")
-            events.append((tokens, f"gen {generation}: {counts.total / 1e6:.2f}M, V={model.config.vocab_size}"))
+        while pending and pending[0].at_step == step:
+            growth = pending.pop(0)
+            t0 = time.perf_counter()
+            before = engine.evaluate(stage.val_batches)
+            generation = engine.grow(growth.event, step, growth.lr, growth.warmup_steps)
+            after = engine.evaluate(stage.val_batches)
+            seconds = time.perf_counter() - t0
+            config = engine.model.config
+            if config.vocab_size != stage.size:
+                stage = StageData(data, config.vocab_size, args, rank, world, previous=stage)
+            total = count_parameters(engine.model).total
+            say(f"step {step}: growth -> generation {generation}: hidden {config.hidden_size}, ffn "
+                f"{config.intermediate_size}, layers {config.num_hidden_layers}, vocabulary {config.vocab_size}, "
+                f"{total:,} parameters ({seconds:.1f} s); validation loss on the previous stage's tokens "
+                f"{before:.5f} -> {after:.5f}")
+            events.append((tokens, f"gen {generation}: {total / 1e6:.2f}M, V={config.vocab_size}"))
             growth_log.append(dict(step=step, generation=generation, loss_before=before, loss_after=after,
-                                   vocab_changed=event.vocab_size is not None))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, group["born"], args.steps, args.lr, args.warmup)
+                                   seconds=seconds, vocab_changed=growth.event.vocab_size is not None))
         x, y = stage.loader.next_batch()
-        with autocast():
-            _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
+        loss = engine.train_step(x, y, step)
         tokens += tokens_per_step
-        flops += flops_per_token(model.config, args.seq_len) * tokens_per_step
+        flops += flops_per_token(engine.model.config, args.seq_len) * tokens_per_step
         now = time.perf_counter()
-        row = dict(step=step, tokens=tokens, flops=flops, loss=round(loss.item(), 5),
-                   train_bpb=round(loss.item() * stage.tokens_per_byte / math.log(2), 5),
-                   lr=round(optimizer.param_groups[0]["lr"], 7), generation=model.generation, vocab=stage.size,
-                   parameters=count_parameters(model).total, tokens_per_s=round(tokens_per_step / (now - t_last)))
+        row = dict(step=step, tokens=tokens, flops=flops, loss=round(loss, 6),
+                   train_bpb=round(stage.bits_per_byte(loss), 5), generation=engine.model.generation,
+                   vocab=stage.size, parameters=count_parameters(engine.model).total,
+                   tokens_per_s=round(tokens_per_step / (now - t_last)))
         t_last = now
         rows.append(row)
-        log.writerow(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=row["tokens_per_s"], gen=row["generation"],
-                        params=f"{row['parameters'] / 1e6:.2f}M", refresh=False)
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            val_points.append((tokens, evaluate(model, stage, autocast)[1]))
-    log_file.close()
-
+        if is_main:
+            log.writerow(row)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=row["tokens_per_s"], gen=row["generation"],
+                            params=f"{row['parameters'] / 1e6:.2f}M", refresh=False)
+        if (step + 1) % args.eval_every == 0 or step + 1 == schedule.steps:
+            val_points.append((tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches))))
     final = val_points[-1][1]
-    save_plot(rows, events, val_points, args.out / "loss.png")
     summary = (f"final validation {final:.3f} bits/byte after {tokens:,} tokens, {flops:.3g} training FLOPs; model "
-               f"{count_parameters(model).total:,} parameters in {model.generation + 1} generations, vocabulary "
-               f"{model.config.vocab_size}")
-    (args.out / "summary.txt").write_text(summary + "\n")
-    print(summary)
-    print(f"logs: {args.out / 'log.csv'}, plot: {args.out / 'loss.png'}")
-    return dict(final_validation_bpb=final, initial_validation_bpb=val_points[0][1], generation=model.generation,
-                growth=growth_log, vocab_size=model.config.vocab_size, parameters=count_parameters(model).total)
+               f"{count_parameters(engine.model).total:,} parameters in {engine.model.generation + 1} generations, "
+               f"vocabulary {engine.model.config.vocab_size}")
+    if is_main:
+        log_file.close()
+        save_plot(rows, events, val_points, args.out / "loss.png")
+        (args.out / "summary.txt").write_text(summary + "\n")
+        print(summary)
+        print(f"logs: {args.out / 'log.csv'}, plot: {args.out / 'loss.png'}")
+    return dict(final_validation_bpb=final, initial_validation_bpb=val_points[0][1],
+                generation=engine.model.generation, growth=growth_log, vocab_size=engine.model.config.vocab_size,
+                parameters=count_parameters(engine.model).total, losses=[r["loss"] for r in rows])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ A schedule is a YAML or JSON file (or a preset name):
     model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, multiple_of: 32, vocab_size: 1000}
     training: {steps: 450, lr: 3.0e-3, warmup_steps: 30, min_lr_ratio: 0.1, weight_decay: 0.1}
     stages:
-      - at_step: 150                       # or at_tokens: 2_000_000
+      - at_step: 150                       # or at_tokens: 2_000_000, or at_fraction: 0.33 (of training.steps)
         hidden_size: 128                   # any GrowthEvent target: hidden_size, intermediate_size,
         intermediate_size: 352             #   num_hidden_layers, vocab_size
         vocab_size: 2000
@@ -39,8 +39,8 @@ PRESETS = {
         model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
                    max_position_embeddings=1024),
         training=dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1),
-        stages=[dict(at_step=150, hidden_size=128, intermediate_size=352, vocab_size=2000),
-                dict(at_step=300, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
+        stages=[dict(at_fraction=1 / 3, hidden_size=128, intermediate_size=352, vocab_size=2000),
+                dict(at_fraction=2 / 3, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
     # the seed's plan: ~49M parameters, about 2x per stage as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
     "seed": dict(
         model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,
@@ -124,9 +124,14 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         if not isinstance(stage, dict):
             raise _error(where, f"must be a mapping, got {stage!r}")
         stage = dict(stage)
-        if ("at_step" in stage) == ("at_tokens" in stage):
-            raise _error(where, "give exactly one of at_step or at_tokens")
-        if "at_tokens" in stage:
+        if sum(key in stage for key in ("at_step", "at_tokens", "at_fraction")) != 1:
+            raise _error(where, "give exactly one of at_step, at_tokens or at_fraction")
+        if "at_fraction" in stage:
+            fraction = stage.pop("at_fraction")
+            if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+                raise _error(f"{where}.at_fraction", f"must be between 0 and 1, got {fraction!r}")
+            step = max(1, round(fraction * schedule.steps))
+        elif "at_tokens" in stage:
             at = stage.pop("at_tokens")
             if not isinstance(at, int) or at <= 0:
                 raise _error(f"{where}.at_tokens", f"must be a positive integer, got {at!r}")
