@@ -20,28 +20,39 @@ def _load_train():
 def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
     monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))     # builds the embedded dataset from scratch
     train = _load_train()
-    result = train.main(["--steps", "60", "--batch-size", "4", "--seq-len", "64", "--eval-every", "20",
-                         "--vocab-stages", "1000", "1000", "4000", "--out", str(tmp_path / "run")])
+    result = train.main(["--steps", "60", "--micro-batch-size", "4", "--seq-len", "64", "--eval-every", "20",
+                         "--out", str(tmp_path / "run")])
     assert result["generation"] == 2 and result["vocab_size"] == 4000
-    width, depth_and_vocab = result["growth"]
-    assert not width["vocab_changed"] and abs(width["loss_before"] - width["loss_after"]) < 1e-5
-    assert depth_and_vocab["vocab_changed"] and depth_and_vocab["loss_after"] < depth_and_vocab["loss_before"] + 1
+    for growth in result["growth"]:   # both tiny-preset stages grow the vocabulary: the softmax changes a little
+        assert growth["vocab_changed"] and abs(growth["loss_after"] - growth["loss_before"]) < 1.0
     assert result["final_validation_bpb"] < result["initial_validation_bpb"] - 0.5
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert len(rows) == 60 and {r["generation"] for r in rows} == {"0", "1", "2"}
-    assert {r["vocab"] for r in rows} == {"1000", "4000"}
+    assert {r["vocab"] for r in rows} == {"1000", "2000", "4000"}
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0 and (tmp_path / "run" / "summary.txt").exists()
 
 
 @pytest.mark.parametrize("flags,message", [
     (["--steps", "0"], "--steps must be positive"),
     (["--seq-len", "5000"], "max_position_embeddings"),
-    (["--vocab-stages", "1000", "3000", "4000"], "stage 3000 is not in"),
-    (["--vocab-stages", "2000", "1000", "4000"], "may only grow"),
     (["--data", "/nonexistent/dir"], "no such directory"),
+    (["--schedule", "nonexistent"], "not a preset"),
+    (["--steps", "2"], "is not after the previous stage"),
+    (["--offload-optimizer"], "needs --stage 1, 2 or 3"),
 ])
-def test_demo_rejects_bad_flags(flags, message, capsys):
+def test_demo_rejects_bad_flags(flags, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
     train = _load_train()
     with pytest.raises(SystemExit):
         train.main(flags)
     assert message in capsys.readouterr().err
+
+
+def test_schedule_whose_vocabulary_the_data_lacks_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
+    schedule = tmp_path / "s.yaml"
+    schedule.write_text("model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, vocab_size: 1000}\n"
+                        "training: {steps: 10}\nstages:\n  - {at_step: 5, vocab_size: 3000}\n")
+    with pytest.raises(SystemExit):
+        _load_train().main(["--schedule", str(schedule), "--out", str(tmp_path / "run")])
+    assert "vocabulary stages [3000]" in capsys.readouterr().err
