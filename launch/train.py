@@ -4,6 +4,8 @@
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --stage 3      # 2 ranks, ZeRO-3 (CPU: gloo)
     deepspeed launch/train.py --stage 3 --bf16 --schedule seed --data data/slimpajama --micro-batch-size 8 --seq-len 2048
     python launch/train.py --schedule my_schedule.yaml --data data/tinystories --out runs/ts
+    python launch/train.py --save-every 100 --out runs/a                    # checkpoints in runs/a/checkpoints
+    deepspeed --num_gpus 1 launch/train.py --resume runs/a/checkpoints --out runs/a   # any ZeRO stage / rank count
 
 --schedule: a preset (tiny, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
 data, before anything is built. --data: a directory from tools/preprocess_data.py holding every vocabulary stage the
@@ -26,6 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from megababel.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from megababel.config import ConfigError  # noqa: E402
 from megababel.counters import count_parameters, flops_per_token  # noqa: E402
 from megababel.data.embedded import build_embedded_dataset  # noqa: E402
@@ -49,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--gradient-clipping", type=float, default=None, help="override the DeepSpeed config's")
     p.add_argument("--ds-config", default=None, help="DeepSpeed JSON (default: ds_configs/zero<stage>.json)")
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps and at the end (0: never)")
+    p.add_argument("--save-after-growth", action="store_true", help="also checkpoint right after each growth")
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint (step_N dir, or a checkpoints dir: latest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -61,6 +67,8 @@ def parse_args(argv=None):
         p.error(f"--steps must be positive, got {args.steps}")
     if args.data is not None and not args.data.is_dir():
         p.error(f"--data {args.data}: no such directory (make one with tools/preprocess_data.py)")
+    if args.save_every < 0:
+        p.error(f"--save-every must be >= 0, got {args.save_every}")
     if args.offload_optimizer and args.stage == 0:
         p.error("--offload-optimizer needs --stage 1, 2 or 3")
     return p, args
@@ -146,20 +154,53 @@ def main(argv=None):
     say(f"data {data}; schedule {args.schedule}: {len(schedule.stages)} growth stages, {schedule.steps} steps; "
         f"ZeRO-{args.stage}, {world} rank(s), {'bf16' if args.bf16 else 'fp32'}")
 
-    engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed)
-    pending = list(schedule.stages)
+    start, tokens, flops = 0, 0, 0
+    if args.resume is not None:
+        try:
+            saved = load_checkpoint(args.resume)
+        except CheckpointError as e:
+            p.error(str(e))
+        expected = schedule.stages[saved["generation"] - 1].config if saved["generation"] else schedule.model
+        if saved["config"] != expected or saved["seq_len"] != args.seq_len:
+            p.error(f"--resume {saved['path']}: the checkpoint's model / sequence length do not match --schedule "
+                    f"{args.schedule} and --seq-len {args.seq_len} (saved with --schedule {saved['schedule']}, "
+                    f"--seq-len {saved['seq_len']})")
+        if saved["global_batch"] != args.micro_batch_size * world:
+            p.error(f"--resume: the checkpoint was trained with a global batch of {saved['global_batch']} sequences; "
+                    f"use --micro-batch-size {saved['global_batch'] // world} on {world} rank(s)")
+        engine = GrowingEngine(saved["config"], ds_config, schedule, seed=args.seed, layout=saved["layout"],
+                               values=saved["values"], generation=saved["generation"], groups=saved["groups"],
+                               moments=saved["moments"], steps=saved["steps"], counters=saved["counters"])
+        stage = StageData(data, saved["vocab"], args, rank, world)
+        stage.loader.load_state_dict(saved["loader"])
+        start, tokens, flops = saved["step"], saved["tokens"], saved["flops"]
+        say(f"resumed from {saved['path']} at step {start} (saved by {saved['world_size']} rank(s))")
+        del saved
+    else:
+        engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed)
+    pending = list(schedule.stages[engine.model.generation:])
     rows, events, growth_log = [], [], []
-    val_points = [(0, stage.bits_per_byte(engine.evaluate(stage.val_batches)))]
-    tokens = flops = 0
+    val_points = [(tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches)))]
     if is_main:
         args.out.mkdir(parents=True, exist_ok=True)
-        log_file = open(args.out / "log.csv", "w", newline="")
+        log_path = args.out / "log.csv"
+        fresh = not start or not log_path.is_file() or log_path.stat().st_size == 0
+        log_file = open(log_path, "w" if not start else "a", newline="")
         log = csv.DictWriter(log_file, ["step", "tokens", "flops", "loss", "train_bpb", "generation", "vocab",
                                         "parameters", "tokens_per_s"])
-        log.writeheader()
-    bar = tqdm(range(schedule.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0,
-               disable=not is_main)
+        if fresh:
+            log.writeheader()
+    bar = tqdm(range(start, schedule.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0,
+               disable=not is_main, initial=start, total=schedule.steps)
     t_last = time.perf_counter()
+    def save(next_step: int):
+        if is_main:
+            log_file.flush()
+        save_checkpoint(args.out / "checkpoints", engine, dict(
+            step=next_step, tokens=tokens, flops=flops, vocab=stage.size, loader=stage.loader.state_dict(),
+            schedule=str(args.schedule), seq_len=args.seq_len, global_batch=args.micro_batch_size * world,
+            data=str(data)))
+
     for step in bar:
         while pending and pending[0].at_step == step:
             growth = pending.pop(0)
@@ -179,6 +220,8 @@ def main(argv=None):
             events.append((tokens, f"gen {generation}: {total / 1e6:.2f}M, V={config.vocab_size}"))
             growth_log.append(dict(step=step, generation=generation, loss_before=before, loss_after=after,
                                    seconds=seconds, vocab_changed=growth.event.vocab_size is not None))
+            if args.save_after_growth:
+                save(step)
         x, y = stage.loader.next_batch()
         loss = engine.train_step(x, y, step)
         tokens += tokens_per_step
@@ -196,6 +239,8 @@ def main(argv=None):
                             params=f"{row['parameters'] / 1e6:.2f}M", refresh=False)
         if (step + 1) % args.eval_every == 0 or step + 1 == schedule.steps:
             val_points.append((tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches))))
+        if args.save_every and ((step + 1) % args.save_every == 0 or step + 1 == schedule.steps):
+            save(step + 1)
     final = val_points[-1][1]
     summary = (f"final validation {final:.3f} bits/byte after {tokens:,} tokens, {flops:.3g} training FLOPs; model "
                f"{count_parameters(engine.model).total:,} parameters in {engine.model.generation + 1} generations, "

@@ -133,11 +133,14 @@ class GrowingEngine:
     """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curve (Schedule.lr_at)."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, layout: dict | None = None,
-                 values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None):
+                 values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None,
+                 moments=None, steps: dict | None = None, counters: dict | None = None):
+        """A fresh model, or (layout, values, generation, groups, moments, steps, counters) a saved/grown one.
+        `moments` maps (path, block index) to (exp_avg, exp_avg_sq): a dict or any object with .get()."""
         self.ds_config, self.schedule, self.seed = ds_config, schedule, seed
         self.stage = ds_config["zero_optimization"]["stage"]
-        self.groups = groups or []
-        self._build(config, layout, values, generation, moments={}, steps={})
+        self.groups = list(groups or [])
+        self._build(config, layout, values, generation, moments or {}, steps or {}, counters)
 
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
@@ -162,7 +165,7 @@ class GrowingEngine:
         self.engine, self.model = engine, model
         if counters:
             engine.global_steps, engine.global_samples = counters["global_steps"], counters["global_samples"]
-        if moments or values is not None:
+        if values is not None:
             self._restore(values, moments, steps)
 
     def _restore(self, values, moments: dict, steps: dict):
@@ -214,24 +217,37 @@ class GrowingEngine:
         return losses.item()
 
     # --- state and growth ---------------------------------------------------------------------------------------
-    def gather(self) -> tuple[dict, dict, dict]:
-        """(values {path: full fp32 tensor}, moments {(path, block): (exp_avg, exp_avg_sq)},
-        steps {(generation, decay): step}). Collective: call on every rank."""
-        values, moments = {}, {}
+    def iter_state(self):
+        """Yield (path, full fp32 weight, {block index: (exp_avg, exp_avg_sq)}) tensor by tensor, merged from the
+        blocks' metadata whatever the ZeRO partitioning. Collective: every rank iterates in the same order."""
         for path, tensor in self.model.growable_tensors():
-            full = torch.empty(tensor.full_shape)
+            full, moments = torch.empty(tensor.full_shape), {}
             for index, p in enumerate(tensor.blocks()):
                 full[p.block_meta.slices] = _full_param(p).view(p.block_meta.shape)
                 pair = tuple(_full_moment(p, key, self.engine.optimizer) for key in ("exp_avg", "exp_avg_sq"))
                 if pair[0] is not None:
-                    moments[(path, index)] = tuple(m.view(p.block_meta.shape) for m in pair)
-            values[path] = full
-        steps = {}
-        inner = _inner(self.engine.optimizer)
+                    moments[index] = tuple(m.view(p.block_meta.shape) for m in pair)
+            yield path, full, moments
+
+    def group_steps(self) -> dict:
+        """{(generation, decayed): Adam step} of every param group."""
+        steps, inner = {}, _inner(self.engine.optimizer)
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
             state = inner.state.get(flats[0], {})
             steps[(info.generation, info.decay)] = float(state["step"]) if "step" in state else 0.0
-        return values, moments, steps
+        return steps
+
+    def counters(self) -> dict:
+        return dict(global_steps=self.engine.global_steps, global_samples=self.engine.global_samples)
+
+    def gather(self) -> tuple[dict, dict, dict]:
+        """(values {path: full fp32 tensor}, moments {(path, block): (exp_avg, exp_avg_sq)},
+        steps {(generation, decay): step}). Collective: call on every rank."""
+        values, moments = {}, {}
+        for path, full, pairs in self.iter_state():
+            values[path] = full
+            moments.update({(path, index): pair for index, pair in pairs.items()})
+        return values, moments, self.group_steps()
 
     def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None) -> int:
         config, generation = self.model.config, self.model.generation
@@ -241,7 +257,7 @@ class GrowingEngine:
         host_blocks = {(path, i): p for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
         for key, pair in moments.items():
             keyed[host_blocks[key]] = pair
-        counters = dict(global_steps=self.engine.global_steps, global_samples=self.engine.global_samples)
+        counters = self.counters()
         release_engine(self.engine)
         self.engine = self.model = None
         gc.collect()

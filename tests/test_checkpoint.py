@@ -1,0 +1,97 @@
+"""Checkpoints: exact resume (before and right after a growth), across rank counts and ZeRO stages, atomic saves."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "launch" / "train.py"
+STEPS = 30          # tiny preset: growth at steps 10 and 20
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def train(out: Path, *flags, world: int = 1, cache: Path) -> list[float]:
+    port, procs = _free_port(), []
+    for rank in range(world):
+        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1", MEGABABEL_CACHE=str(cache))
+        procs.append(subprocess.Popen([sys.executable, str(TRAIN), "--steps", str(STEPS), "--seq-len", "64",
+                                       "--out", str(out), *flags], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        log = p.communicate(timeout=600)[0]
+        assert p.returncode == 0, log[-3000:]
+    return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("ref")
+    losses = train(out, "--micro-batch-size", "4", "--save-every", "10", "--save-after-growth", cache=cache)
+    return out, losses
+
+
+def _same(a: dict, b: dict, steps):
+    for step in steps:
+        assert abs(a[step] - b[step]) <= 1e-4 * abs(a[step]), (step, a[step], b[step])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", ["step_00000010_gen0", "step_00000010_gen1", "step_00000020_gen2"])
+def test_resume_just_before_and_right_after_growth_is_exact(reference, tmp_path, cache, checkpoint):
+    """_gen0 at step 10: saved after step 9, just before the growth at step 10; _gen1: right after it."""
+    out, losses = reference
+    ckpt = out / "checkpoints" / checkpoint
+    assert ckpt.is_dir(), sorted(p.name for p in ckpt.parent.iterdir())
+    resumed = train(tmp_path, "--micro-batch-size", "4", "--resume", str(ckpt), cache=cache)
+    start = int(checkpoint.split("_")[1])
+    assert min(resumed) == start
+    _same(losses, resumed, range(start, STEPS))
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_checkpoint_resumes_on_one_rank(tmp_path, cache):
+    two = train(tmp_path / "two", "--stage", "3", "--micro-batch-size", "2", "--save-every", "15", world=2,
+                cache=cache)
+    one = train(tmp_path / "one", "--stage", "0", "--micro-batch-size", "4", "--resume",
+                str(tmp_path / "two" / "checkpoints" / "step_00000015_gen1"), cache=cache)
+    _same(two, one, range(15, STEPS))
+
+
+@pytest.mark.slow
+def test_a_crash_during_saving_leaves_the_previous_checkpoint_loadable(tmp_path, cache):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MEGABABEL_CACHE=str(cache))
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--steps", "200", "--seq-len", "64",
+                                "--micro-batch-size", "2", "--save-every", "1", "--out", str(tmp_path / "run")],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(checkpoints.glob("step_*_gen[0-9]"))) < 4:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (checkpoints / "latest").is_file()
+    from megababel.checkpoint import load_checkpoint
+    saved = load_checkpoint(checkpoints)           # the newest complete one
+    assert saved["step"] >= 4
+    resumed = train(tmp_path / "resumed", "--micro-batch-size", "2", "--resume", str(checkpoints), cache=cache)
+    assert min(resumed) == saved["step"]
