@@ -108,6 +108,15 @@ def _full_moment(p, key: str, optimizer) -> torch.Tensor | None:
     return None if value is None else value.float().cpu().clone()
 
 
+def _return_freed_memory():
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would grow with each growth)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def release_engine(engine):
     """engine.destroy() plus what it leaves behind (hooks, ZeRO-3's module stack and an lru_cache holding the
     parameter coordinator), so that growth after growth does not keep old models alive."""
@@ -271,4 +280,7 @@ class GrowingEngine:
         layout, new_config = host.block_layout(), host.config
         del host, values, keyed, moments
         self._build(new_config, layout, new_values, new_generation, new_moments, steps, counters)
+        del new_values, new_moments
+        gc.collect()
+        _return_freed_memory()
         return new_generation

@@ -74,3 +74,22 @@ def test_adam_state_of_old_blocks_survives_growth(runs, key):
         assert m.abs().sum() > 0
     steps = width["steps"]
     assert steps[(0, True)] == steps[(0, False)] == 4.0 and steps[(1, True)] == steps[(1, False)] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 3])
+def test_five_growth_events_do_not_leak_engines(stage):
+    """After each of 5 growths exactly one engine and one model are alive, and resident memory grows by less than
+    the model's own training state (fp32 weights + grads + 2 Adam moments = 16 bytes per parameter)."""
+    import json
+
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(key, None)
+    out = subprocess.run([sys.executable, str(WORKER.with_name("ds_leak_worker.py")), str(stage)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    record = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert all(r["engines"] == 1 and r["models"] == 1 for r in record), record
+    own_size = 16 * record[-1]["parameters"]
+    assert record[-1]["rss"] - record[0]["rss"] < own_size, record
