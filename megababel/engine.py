@@ -138,6 +138,39 @@ def release_engine(engine):
     gc.collect()
 
 
+class _ShardedMoments:
+    """Adam moments of the old blocks, spread over the data-parallel ranks while a growth rebuilds the engine:
+    block k is kept by rank k % world only, and broadcast by its keeper when the new engine asks for it (one block
+    at a time, every rank asking in the same order). So no rank holds the whole Adam state next to the model."""
+
+    def __init__(self):
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.keeper, self.shape, self.kept = {}, {}, {}
+
+    def add(self, key, index: int, pair, shape):
+        self.keeper[key], self.shape[key] = index % self.world, tuple(shape)
+        if self.keeper[key] == self.rank:
+            self.kept[key] = torch.stack(pair)
+
+    def rekey(self, mapping: dict):
+        """Rename keys (old key -> new key); keys not in `mapping` are dropped."""
+        for table in (self.keeper, self.shape, self.kept):
+            renamed = {mapping[k]: v for k, v in table.items() if k in mapping}
+            table.clear()
+            table.update(renamed)
+
+    def get(self, key, default=None):
+        if key not in self.keeper:
+            return default
+        if self.world == 1:
+            pair = self.kept[key]
+        else:
+            pair = self.kept[key] if self.keeper[key] == self.rank else torch.empty((2,) + self.shape[key])
+            dist.broadcast(pair, src=self.keeper[key])
+        return pair[0], pair[1]
+
+
 class GrowingEngine:
     """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curve (Schedule.lr_at)."""
 
@@ -259,13 +292,18 @@ class GrowingEngine:
         return values, moments, self.group_steps()
 
     def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None) -> int:
+        """Collective. Peak memory per rank: the fp32 weights (a CPU model to grow) plus 2/world of the Adam state."""
         config, generation = self.model.config, self.model.generation
-        values, moments, steps = self.gather()
+        values, moments, count = {}, _ShardedMoments(), 0
+        for path, full, pairs in self.iter_state():
+            values[path] = full
+            for index, pair in pairs.items():
+                moments.add((path, index), count, pair, pair[0].shape)
+                count += 1
+        steps = self.group_steps()
         host = Llama(config, layout=self.model.block_layout(), generation=generation, values=values)
-        keyed = {}  # moments follow their Parameter through growth (old blocks keep identity)
-        host_blocks = {(path, i): p for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
-        for key, pair in moments.items():
-            keyed[host_blocks[key]] = pair
+        # moments follow their Parameter through growth: old blocks keep their identity, layers may be renumbered
+        old_keys = {p: (path, i) for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
         counters = self.counters()
         release_engine(self.engine)
         self.engine = self.model = None
@@ -274,13 +312,13 @@ class GrowingEngine:
         self.groups += [GroupInfo(new_generation, decay, born=step, lr=lr if lr is not None else self.schedule.lr,
                                   warmup=warmup if warmup is not None else self.schedule.warmup_steps)
                         for decay in (True, False)]
-        new_moments = {(path, i): keyed[p] for path, t in host.growable_tensors()
-                       for i, p in enumerate(t.blocks()) if p in keyed}
+        moments.rekey({old_keys[p]: (path, i) for path, t in host.growable_tensors()
+                       for i, p in enumerate(t.blocks()) if p in old_keys})
         new_values = {path: t.full_tensor() for path, t in host.growable_tensors()}
         layout, new_config = host.block_layout(), host.config
-        del host, values, keyed, moments
-        self._build(new_config, layout, new_values, new_generation, new_moments, steps, counters)
-        del new_values, new_moments
+        del host, values, old_keys
+        self._build(new_config, layout, new_values, new_generation, moments, steps, counters)
+        del new_values, moments
         gc.collect()
         _return_freed_memory()
         return new_generation
