@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from .config import LlamaConfig
 from .growth import GrowthEvent, grow
-from .model import Llama
+from .model import EMPTY, Llama
 
 DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 
@@ -138,6 +138,19 @@ def release_engine(engine):
     gc.collect()
 
 
+class _FullTensors:
+    """{path: full tensor} of a model, assembled on access (one at a time, not all at once)."""
+
+    def __init__(self, model: Llama):
+        self.tensors = dict(model.growable_tensors())
+
+    def get(self, path, default=None):
+        return self.tensors[path].full_tensor() if path in self.tensors else default
+
+    def __getitem__(self, path):
+        return self.tensors[path].full_tensor()
+
+
 class _ShardedMoments:
     """Adam moments of the old blocks, spread over the data-parallel ranks while a growth rebuilds the engine:
     block k is kept by rank k % world only, and broadcast by its keeper when the new engine asks for it (one block
@@ -220,9 +233,10 @@ class GrowingEngine:
                 inner.state[flat] = dict(step=torch.tensor(step), exp_avg=torch.zeros_like(flat),
                                          exp_avg_sq=torch.zeros_like(flat))
         for (path, tensor) in self.model.growable_tensors():
-            full = values[path] if values is not None else None
+            full = None
             for index, p in enumerate(tensor.blocks()):
-                if full is not None and (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")):
+                if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # ZeRO/bf16 keep a separate fp32 master
+                    full = values[path] if full is None else full
                     safe_set_full_fp32_param(p, full[p.block_meta.slices].contiguous())
                 saved = moments.get((path, index))
                 if saved is None:
@@ -294,14 +308,17 @@ class GrowingEngine:
     def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None) -> int:
         """Collective. Peak memory per rank: the fp32 weights (a CPU model to grow) plus 2/world of the Adam state."""
         config, generation = self.model.config, self.model.generation
-        values, moments, count = {}, _ShardedMoments(), 0
-        for path, full, pairs in self.iter_state():
-            values[path] = full
-            for index, pair in pairs.items():
-                moments.add((path, index), count, pair, pair[0].shape)
-                count += 1
+        host = Llama(config, layout=self.model.block_layout(), generation=generation, values=EMPTY)
+        host_tensors = dict(host.growable_tensors())
+        moments, count = _ShardedMoments(), 0
+        with torch.no_grad():
+            for path, full, pairs in self.iter_state():      # one tensor at a time into the CPU model
+                for block in host_tensors[path].blocks():
+                    block.copy_(full[block.block_meta.slices])
+                for index, pair in pairs.items():
+                    moments.add((path, index), count, pair, pair[0].shape)
+                    count += 1
         steps = self.group_steps()
-        host = Llama(config, layout=self.model.block_layout(), generation=generation, values=values)
         # moments follow their Parameter through growth: old blocks keep their identity, layers may be renumbered
         old_keys = {p: (path, i) for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
         counters = self.counters()
@@ -314,11 +331,10 @@ class GrowingEngine:
                         for decay in (True, False)]
         moments.rekey({old_keys[p]: (path, i) for path, t in host.growable_tensors()
                        for i, p in enumerate(t.blocks()) if p in old_keys})
-        new_values = {path: t.full_tensor() for path, t in host.growable_tensors()}
         layout, new_config = host.block_layout(), host.config
-        del host, values, old_keys
-        self._build(new_config, layout, new_values, new_generation, moments, steps, counters)
-        del new_values, moments
+        del old_keys
+        self._build(new_config, layout, _FullTensors(host), new_generation, moments, steps, counters)
+        del host, moments
         gc.collect()
         _return_freed_memory()
         return new_generation

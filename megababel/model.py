@@ -31,6 +31,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+EMPTY = {}   # values=EMPTY: leave tensors uninitialised (they are about to be overwritten)
+
+
 class Builder:
     """Makes the growable tensors of a model: initial values (Hugging Face's Llama init: normal(0,
     initializer_range) weights, unit norm gains, drawn in construction order from one generator) and, when
@@ -39,10 +42,13 @@ class Builder:
 
     def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
                  values: dict | None = None):
-        self.config, self.layout, self.values = config, layout or {}, values or {}
+        self.config, self.layout = config, layout or {}
+        self.values = values if values is EMPTY else (values or {})
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def _normal(self, shape):
+        if self.values is EMPTY:
+            return torch.empty(shape)
         return torch.randn(shape, generator=self.generator) * self.config.initializer_range
 
     def linear(self, path: str, in_features: int, out_features: int, axes) -> GrowableLinear:
@@ -53,7 +59,8 @@ class Builder:
         return GrowableEmbedding(num, dim, init=self.values.get(path, self._normal), blocks=self.layout.get(path))
 
     def norm(self, path: str, dim: int) -> GrowableRMSNorm:
-        return GrowableRMSNorm(dim, self.config.rms_norm_eps, init=self.values.get(path, torch.ones),
+        ones = torch.empty if self.values is EMPTY else torch.ones
+        return GrowableRMSNorm(dim, self.config.rms_norm_eps, init=self.values.get(path, ones),
                                blocks=self.layout.get(path))
 
 
