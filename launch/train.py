@@ -12,7 +12,8 @@ data, before anything is built. --data: a directory from tools/preprocess_data.p
 schedule uses; default: the embedded corpus (Python docstrings, own tokenizer, stages 1000/2000/4000), built into
 ~/.cache/megababel on first use. Each generation of parameters has its own AdamW param groups and learning-rate curve
 (warm-up from its birth step, cosine decay to the end); old generations keep theirs and their Adam state. Rank 0
-writes OUT/log.csv, OUT/loss.png (validation bits per byte, growth marked) and OUT/summary.txt.
+writes OUT/log.csv, TensorBoard events in OUT/tensorboard, OUT/loss.png (validation bits per byte, growth marked)
+and OUT/summary.txt.
 """
 from __future__ import annotations
 
@@ -190,6 +191,8 @@ def main(argv=None):
                                         "parameters", "tokens_per_s"])
         if fresh:
             log.writeheader()
+        from torch.utils.tensorboard import SummaryWriter
+        board = SummaryWriter(str(args.out / "tensorboard"), purge_step=start)
     bar = tqdm(range(start, schedule.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=not is_main, initial=start, total=schedule.steps)
     t_last = time.perf_counter()
@@ -218,6 +221,8 @@ def main(argv=None):
                 f"{total:,} parameters ({seconds:.1f} s); validation loss on the previous stage's tokens "
                 f"{before:.5f} -> {after:.5f}")
             events.append((tokens, f"gen {generation}: {total / 1e6:.2f}M, V={config.vocab_size}"))
+            if is_main:
+                board.add_text("growth", f"step {step}: generation {generation}, {config}", step)
             growth_log.append(dict(step=step, generation=generation, loss_before=before, loss_after=after,
                                    seconds=seconds, vocab_changed=growth.event.vocab_size is not None))
             if args.save_after_growth:
@@ -235,10 +240,15 @@ def main(argv=None):
         rows.append(row)
         if is_main:
             log.writerow(row)
+            for key in ("loss", "train_bpb", "parameters", "tokens_per_s", "generation", "vocab"):
+                board.add_scalar(f"train/{key}", row[key], step)
+            board.add_scalar("train/lr_newest_generation", engine.engine.optimizer.param_groups[-1]["lr"], step)
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=row["tokens_per_s"], gen=row["generation"],
                             params=f"{row['parameters'] / 1e6:.2f}M", refresh=False)
         if (step + 1) % args.eval_every == 0 or step + 1 == schedule.steps:
             val_points.append((tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches))))
+            if is_main:
+                board.add_scalar("validation/bits_per_byte", val_points[-1][1], step)
         if args.save_every and ((step + 1) % args.save_every == 0 or step + 1 == schedule.steps):
             save(step + 1)
     final = val_points[-1][1]
@@ -247,6 +257,7 @@ def main(argv=None):
                f"vocabulary {engine.model.config.vocab_size}")
     if is_main:
         log_file.close()
+        board.close()
         save_plot(rows, events, val_points, args.out / "loss.png")
         (args.out / "summary.txt").write_text(summary + "\n")
         print(summary)

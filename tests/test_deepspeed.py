@@ -93,3 +93,20 @@ def test_five_growth_events_do_not_leak_engines(stage):
     assert all(r["engines"] == 1 and r["models"] == 1 for r in record), record
     own_size = 16 * record[-1]["parameters"]
     assert record[-1]["rss"] - record[0]["rss"] < own_size, record
+
+
+@pytest.mark.slow
+def test_zero3_growth_spreads_its_memory_over_ranks():
+    """A 1-rank growth must hold the whole fp32 model and Adam state (nowhere else to put them). With 2 ranks each
+    rank keeps only its share of the Adam moments and gets the rest block by block, so its extra memory during the
+    growth must be clearly below the 1-rank figure (measured peak RSS, VmHWM, reset before the growth)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import growth_speed
+
+    one = growth_speed.run(3, 1, "small", steps=1, micro=1, seq=64)
+    two = growth_speed.run(3, 2, "small", steps=1, micro=1, seq=64)
+    extra_one = one[0]["peak_rss_during_growth_mb"] - one[0]["steady_rss_mb"]
+    adam_and_weights_mb = 12 * one[0]["params_before"] / 2**20
+    for rank in two:
+        extra = rank["peak_rss_during_growth_mb"] - rank["steady_rss_mb"]
+        assert extra < extra_one - adam_and_weights_mb / 4, (extra, extra_one, adam_and_weights_mb)

@@ -30,6 +30,7 @@ def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
     assert len(rows) == 60 and {r["generation"] for r in rows} == {"0", "1", "2"}
     assert {r["vocab"] for r in rows} == {"1000", "2000", "4000"}
     assert (tmp_path / "run" / "loss.png").stat().st_size > 0 and (tmp_path / "run" / "summary.txt").exists()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("flags,message", [
