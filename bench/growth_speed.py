@@ -64,9 +64,12 @@ def worker(stage: int, size: str, steps: int, micro: int, seq: int):
     engine.grow(GrowthEvent(**spec["event"]), step=steps + 1)
     seconds = time.perf_counter() - t0
     peak = _status("VmHWM")
-    engine.train_step(batch[:, :-1], batch[:, 1:], steps + 1)       # the grown engine trains
+    for step in range(steps + 1, steps + 3):                         # the grown engine trains: its steady state
+        engine.train_step(batch[:, :-1], batch[:, 1:], step)
+    steady_after = _status("VmRSS")
     result = dict(rank=rank, world=world, stage=stage, growth_seconds=round(seconds, 2),
                   steady_rss_mb=round(steady / 2**20), peak_rss_during_growth_mb=round(peak / 2**20),
+                  steady_rss_after_mb=round(steady_after / 2**20),
                   tokens_per_s=round(tokens_per_s), params_before=params_before,
                   params_after=count_parameters(engine.model).total)
     print("RESULT " + json.dumps(result), flush=True)
@@ -113,12 +116,12 @@ def main(argv=None):
                 print(json.dumps(r), flush=True)
     lines = [f"{size}: {rows[0]['params_before'] / 1e6:.1f}M -> {rows[0]['params_after'] / 1e6:.1f}M parameters, "
              f"micro batch {args.micro} x seq {args.seq} per rank", "",
-             "| ranks | ZeRO | rank | growth s | steady RSS MB | peak RSS during growth MB | peak / steady | train tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| ranks | ZeRO | rank | growth s | RSS before MB | peak RSS during growth MB | RSS after (grown) MB | "
+             "peak / after | train tokens/s (before) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['world']} | {r['stage']} | {r['rank']} | {r['growth_seconds']} | {r['steady_rss_mb']} | "
-                     f"{r['peak_rss_during_growth_mb']} | {r['peak_rss_during_growth_mb'] / r['steady_rss_mb']:.2f} | "
-                     f"{r['tokens_per_s']} |")
+                     f"{r['peak_rss_during_growth_mb']} | {r['steady_rss_after_mb']} | "
+                     f"{r['peak_rss_during_growth_mb'] / r['steady_rss_after_mb']:.2f} | {r['tokens_per_s']} |")
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
