@@ -232,6 +232,7 @@ class GrowingEngine:
             for flat in flats:
                 inner.state[flat] = dict(step=torch.tensor(step), exp_avg=torch.zeros_like(flat),
                                          exp_avg_sq=torch.zeros_like(flat))
+        self._link_optimizer_state()
         for (path, tensor) in self.model.growable_tensors():
             full = None
             for index, p in enumerate(tensor.blocks()):
@@ -273,9 +274,19 @@ class GrowingEngine:
         return losses.item()
 
     # --- state and growth ---------------------------------------------------------------------------------------
+    def _link_optimizer_state(self):
+        """ZeRO-1/2 and bf16 link each parameter to its Adam state once, after the first group's first step, when
+        the other param groups have no state yet (so with several groups their moments stay unreachable through
+        safe_get/set_full_optimizer_state). Relink now that every group has its state."""
+        optimizer = self.engine.optimizer
+        if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
+            optimizer._hp_optimizer_states_linked = False
+            optimizer._lazy_init_hp_params_optimizer_state()
+
     def iter_state(self):
         """Yield (path, full fp32 weight, {block index: (exp_avg, exp_avg_sq)}) tensor by tensor, merged from the
         blocks' metadata whatever the ZeRO partitioning. Collective: every rank iterates in the same order."""
+        self._link_optimizer_state()
         for path, tensor in self.model.growable_tensors():
             full, moments = torch.empty(tensor.full_shape), {}
             for index, p in enumerate(tensor.blocks()):

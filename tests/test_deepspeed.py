@@ -37,14 +37,21 @@ def run_ranks(stage: int, world: int, out: Path) -> dict:
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ds")
     return {(stage, world): run_ranks(stage, world, tmp / f"z{stage}_w{world}.pt")
-            for stage, world in ((0, 1), (3, 1), (3, 2))}
+            for stage, world in ((0, 1), (1, 1), (2, 2), (3, 1), (3, 2))}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", [(0, 1), (3, 1), (3, 2)])
+@pytest.mark.parametrize("key", [(0, 1), (1, 1), (2, 2), (3, 1), (3, 2)])
 def test_loss_on_a_fixed_batch_is_unchanged_by_growth(runs, key):
     for event in runs[key]["growth"]:
         assert abs(event["after"] - event["before"]) <= 1e-5 * abs(event["before"]), event
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [(1, 1), (2, 2), (3, 1)])
+def test_every_zero_stage_reproduces_the_single_process_run(runs, key):
+    for step, (a, b) in enumerate(zip(runs[(0, 1)]["losses"], runs[key]["losses"])):
+        assert abs(a - b) <= 1e-4 * abs(a), (step, a, b)
 
 
 @pytest.mark.slow
