@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -76,9 +75,9 @@ def worker(stage: int, size: str, steps: int, micro: int, seq: int):
 
 
 def run(stage: int, world: int, size: str, steps: int, micro: int, seq: int) -> list[dict]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    sys.path.insert(0, str(ROOT))
+    from megababel.engine import free_port
+    port = str(free_port())
     procs = []
     for rank in range(world):
         env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

@@ -29,16 +29,21 @@ from .model import EMPTY, Llama
 DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now (for MASTER_PORT)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed():
     """torch.distributed on gloo (CPU) or nccl, from the launcher's environment; a plain `python` run is rank 0 of 1."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
     import deepspeed
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

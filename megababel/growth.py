@@ -36,7 +36,7 @@ New random weights use normal(0, init_std), init_std defaulting to config.initia
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn

@@ -10,7 +10,19 @@ import torch
 
 from megababel import LlamaConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT / ".." / "shared" / "data"
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository (launch/, tools/) as a module, to call its main(argv)."""
+    import importlib.util
+
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**overrides) -> LlamaConfig:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,19 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from megababel.engine import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "launch" / "train.py"
 STEPS = 30          # tiny preset: growth at steps 10 and 20
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def train(out: Path, *flags, world: int = 1, cache: Path) -> list[float]:
-    port, procs = _free_port(), []
+    port, procs = str(free_port()), []
     for rank in range(world):
         env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1", MEGABABEL_CACHE=str(cache))

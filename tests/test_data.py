@@ -17,7 +17,7 @@ from megababel.data.loader import PackedLoader
 from megababel.data.preprocess import preprocess, stage_dir
 from megababel.data.readers import DataError
 from megababel.data.shards import TokenDataset
-from megababel.tokenizer import Tokenizer, TokenizerError, VocabRanking, train_sentencepiece
+from megababel.tokenizer import TokenizerError, VocabRanking, train_sentencepiece
 
 STAGES = [300, 1000]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from megababel.engine import free_port
+
 WORKER = Path(__file__).with_name("ds_worker.py")
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def run_ranks(stage: int, world: int, out: Path) -> dict:
-    port = _free_port()
+    port = str(free_port())
     procs = []
     for rank in range(world):
         env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
 
 def _load_train():
-    spec = importlib.util.spec_from_file_location("launch_train", ROOT / "launch" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("launch/train.py")
 
 
 def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
