@@ -101,7 +101,8 @@ class _MomentStore:
         if path != self._path:
             data = torch.load(self.directory / self.tensor_files[path], weights_only=True, mmap=True)
             self._path, self._moments = path, data["moments"]
-        return self._moments.get(index, default)
+        pair = self._moments.get(index)
+        return default if pair is None else tuple(m.clone() for m in pair)   # own memory, not the file mapping
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

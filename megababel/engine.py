@@ -101,7 +101,7 @@ def _flats_per_group(optimizer) -> list[list[torch.Tensor]]:
 def _full_param(p: torch.nn.Parameter) -> torch.Tensor:
     from deepspeed.utils import safe_get_full_fp32_param
     value = safe_get_full_fp32_param(p)
-    return (value if value is not None else p.detach()).float().cpu().clone()
+    return (value if value is not None else p.detach()).float().cpu()     # callers copy it where it belongs
 
 
 def _full_moment(p, key: str, optimizer) -> torch.Tensor | None:
@@ -110,7 +110,8 @@ def _full_moment(p, key: str, optimizer) -> torch.Tensor | None:
         value = safe_get_full_optimizer_state(p, key)
     else:
         value = _inner(optimizer).state.get(p, {}).get(key)
-    return None if value is None else value.float().cpu().clone()
+        value = None if value is None else value.clone()       # a snapshot, not the live optimizer state
+    return None if value is None else value.float().cpu()
 
 
 def _return_freed_memory():
@@ -169,7 +170,7 @@ class _ShardedMoments:
     def add(self, key, index: int, pair, shape):
         self.keeper[key], self.shape[key] = index % self.world, tuple(shape)
         if self.keeper[key] == self.rank:
-            self.kept[key] = torch.stack(pair)
+            self.kept[key] = pair
 
     def rekey(self, mapping: dict):
         """Rename keys (old key -> new key); keys not in `mapping` are dropped."""
@@ -182,10 +183,9 @@ class _ShardedMoments:
         if key not in self.keeper:
             return default
         if self.world == 1:
-            pair = self.kept[key]
-        else:
-            pair = self.kept[key] if self.keeper[key] == self.rank else torch.empty((2,) + self.shape[key])
-            dist.broadcast(pair, src=self.keeper[key])
+            return self.kept[key]
+        pair = torch.stack(self.kept[key]) if self.keeper[key] == self.rank else torch.empty((2,) + self.shape[key])
+        dist.broadcast(pair, src=self.keeper[key])
         return pair[0], pair[1]
 
 
@@ -232,11 +232,18 @@ class GrowingEngine:
         """Create the (lazy) Adam state, then write fp32 masters, moments of old blocks and group steps."""
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
         inner = _inner(self.engine.optimizer)
+        plain = {}   # plain parameters (ZeRO-0, fp32) whose state is the moments themselves: no zeros + copy
+        if self.stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
+            for path, tensor in self.model.growable_tensors():
+                for index, p in enumerate(tensor.blocks()):
+                    saved = moments.get((path, index))
+                    if saved is not None:
+                        plain[p] = tuple(m.reshape(p.shape).to(p.dtype) for m in saved)
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
             step = float(steps.get((info.generation, info.decay), 0))
             for flat in flats:
-                inner.state[flat] = dict(step=torch.tensor(step), exp_avg=torch.zeros_like(flat),
-                                         exp_avg_sq=torch.zeros_like(flat))
+                exp_avg, exp_avg_sq = plain.get(flat) or (torch.zeros_like(flat), torch.zeros_like(flat))
+                inner.state[flat] = dict(step=torch.tensor(step), exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
         self._link_optimizer_state()
         for (path, tensor) in self.model.growable_tensors():
             full = None
@@ -244,7 +251,7 @@ class GrowingEngine:
                 if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # ZeRO/bf16 keep a separate fp32 master
                     full = values[path] if full is None else full
                     safe_set_full_fp32_param(p, full[p.block_meta.slices].contiguous())
-                saved = moments.get((path, index))
+                saved = None if p in plain else moments.get((path, index))
                 if saved is None:
                     continue
                 for key, value in zip(("exp_avg", "exp_avg_sq"), saved):

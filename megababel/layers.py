@@ -92,7 +92,10 @@ class GrowableTensor(nn.Module):
         return [getattr(self, name) for name in self._block_names]
 
     def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int) -> nn.Parameter:
-        param = nn.Parameter(data.detach().clone())
+        data = data.detach()
+        if data._base is not None or not data.is_contiguous():   # a view of someone else's tensor: own a copy
+            data = data.clone()
+        param = nn.Parameter(data)
         param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes)
         name = f"weight_{self._next_block_id}"
         self._next_block_id += 1
@@ -130,7 +133,8 @@ class GrowableTensor(nn.Module):
     @torch.no_grad()
     def full_tensor(self) -> torch.Tensor:
         """A detached copy of the full weight."""
-        return self.weight.detach().clone()
+        weight = self.weight.detach()
+        return weight.clone() if len(self._block_names) == 1 else weight   # several blocks: assembled afresh
 
     # --- growth and consolidation -------------------------------------------------------------------------------
     @torch.no_grad()
