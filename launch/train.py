@@ -185,12 +185,14 @@ def main(argv=None):
     if is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         log_path = args.out / "log.csv"
-        fresh = not start or not log_path.is_file() or log_path.stat().st_size == 0
-        log_file = open(log_path, "w" if not start else "a", newline="")
+        kept = []      # resuming into the same run: keep the rows before the checkpoint, drop the ones after it
+        if start and log_path.is_file():
+            kept = [row for row in csv.DictReader(open(log_path)) if int(row["step"]) < start]
+        log_file = open(log_path, "w", newline="")
         log = csv.DictWriter(log_file, ["step", "tokens", "flops", "loss", "train_bpb", "generation", "vocab",
                                         "parameters", "tokens_per_s"])
-        if fresh:
-            log.writeheader()
+        log.writeheader()
+        log.writerows(kept)
         from torch.utils.tensorboard import SummaryWriter
         board = SummaryWriter(str(args.out / "tensorboard"), purge_step=start)
     bar = tqdm(range(start, schedule.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0,
@@ -269,3 +271,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    if dist.is_initialized():     # every rank leaves together: no rank tears down while another still talks
+        dist.barrier()
+        dist.destroy_process_group()

@@ -5,6 +5,7 @@ Global batch of 4 sequences from a fixed generator; rank r trains on its contigu
 the loss on a fixed batch before/after each growth, and the full Adam moments before/after each growth."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,13 @@ def main():
         mine = batches[step][rank * micro:(rank + 1) * micro]
         record["losses"].append(engine.train_step(mine[:, :-1], mine[:, 1:], step))
     if rank == 0:
-        torch.save(record, out)
+        torch.save(record, out.with_name(out.name + ".tmp"))
+        os.replace(out.with_name(out.name + ".tmp"), out)
+    torch.distributed.barrier()
+    # Leave without interpreter teardown: a gloo/DeepSpeed communication thread destroyed at exit can abort the
+    # process ("terminate called without an active exception") after the results are safely written.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
