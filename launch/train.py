@@ -179,6 +179,7 @@ def main(argv=None):
         del saved
     else:
         engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed)
+    parameters = count_parameters(engine.model).total      # changes only at growth: not recounted every step
     pending = list(schedule.stages[engine.model.generation:])
     rows, events, growth_log = [], [], []
     val_points = [(tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches)))]
@@ -217,7 +218,7 @@ def main(argv=None):
             config = engine.model.config
             if config.vocab_size != stage.size:
                 stage = StageData(data, config.vocab_size, args, rank, world, previous=stage)
-            total = count_parameters(engine.model).total
+            total = parameters = count_parameters(engine.model).total
             say(f"step {step}: growth -> generation {generation}: hidden {config.hidden_size}, ffn "
                 f"{config.intermediate_size}, layers {config.num_hidden_layers}, vocabulary {config.vocab_size}, "
                 f"{total:,} parameters ({seconds:.1f} s); validation loss on the previous stage's tokens "
@@ -236,7 +237,7 @@ def main(argv=None):
         now = time.perf_counter()
         row = dict(step=step, tokens=tokens, flops=flops, loss=round(loss, 6),
                    train_bpb=round(stage.bits_per_byte(loss), 5), generation=engine.model.generation,
-                   vocab=stage.size, parameters=count_parameters(engine.model).total,
+                   vocab=stage.size, parameters=parameters,
                    tokens_per_s=round(tokens_per_step / (now - t_last)))
         t_last = now
         rows.append(row)
@@ -255,7 +256,7 @@ def main(argv=None):
             save(step + 1)
     final = val_points[-1][1]
     summary = (f"final validation {final:.3f} bits/byte after {tokens:,} tokens, {flops:.3g} training FLOPs; model "
-               f"{count_parameters(engine.model).total:,} parameters in {engine.model.generation + 1} generations, "
+               f"{parameters:,} parameters in {engine.model.generation + 1} generations, "
                f"vocabulary {engine.model.config.vocab_size}")
     if is_main:
         log_file.close()
@@ -266,7 +267,7 @@ def main(argv=None):
         print(f"logs: {args.out / 'log.csv'}, plot: {args.out / 'loss.png'}")
     return dict(final_validation_bpb=final, initial_validation_bpb=val_points[0][1],
                 generation=engine.model.generation, growth=growth_log, vocab_size=engine.model.config.vocab_size,
-                parameters=count_parameters(engine.model).total, losses=[r["loss"] for r in rows])
+                parameters=parameters, losses=[r["loss"] for r in rows])
 
 
 if __name__ == "__main__":
