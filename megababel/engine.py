@@ -144,6 +144,13 @@ def release_engine(engine):
     gc.collect()
 
 
+def _local_moments(tensor, index: int, saved):
+    """A global block's saved moments -> this rank's piece of that block (the same under no TP)."""
+    if saved is None or tensor.tp_split is None:
+        return saved
+    return tuple(tensor.tp_split.take_block(m, index) for m in saved)
+
+
 class _FullTensors:
     """{path: full tensor} of a model, assembled on access (one at a time, not all at once)."""
 
@@ -194,10 +201,12 @@ class GrowingEngine:
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, layout: dict | None = None,
                  values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None,
-                 moments=None, steps: dict | None = None, counters: dict | None = None):
+                 moments=None, steps: dict | None = None, counters: dict | None = None, tp=None):
         """A fresh model, or (layout, values, generation, groups, moments, steps, counters) a saved/grown one.
-        `moments` maps (path, block index) to (exp_avg, exp_avg_sq): a dict or any object with .get()."""
-        self.ds_config, self.schedule, self.seed = ds_config, schedule, seed
+        `moments` maps (path, block index) to (exp_avg, exp_avg_sq): a dict or any object with .get().
+        `tp` (tensor_parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups. Values,
+        layouts and moments given and returned are always those of the unsharded model."""
+        self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
         self.stage = ds_config["zero_optimization"]["stage"]
         self.groups = list(groups or [])
         self._build(config, layout, values, generation, moments or {}, steps or {}, counters)
@@ -205,8 +214,11 @@ class GrowingEngine:
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
         import deepspeed
-        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=self.stage == 3):
-            model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values)
+        # under TP both zero.Init and initialize need the layout (mpu): without it they partition and reduce
+        # over the wrong ranks, silently
+        parallel = dict(data_parallel_group=self.tp.dp_group, mpu=self.tp) if self.tp else {}
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=self.stage == 3, **parallel):
+            model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values, tp=self.tp)
         known = {(g.generation, g.decay) for g in self.groups}
         for gen in sorted({p.block_meta.generation for p in model.parameters()}):
             for decay in (True, False):
@@ -221,7 +233,7 @@ class GrowingEngine:
         keep = [i for i, group in enumerate(param_groups) if group["params"]]
         self.groups = [self.groups[i] for i in keep]
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=[param_groups[i] for i in keep],
-                                                       config=self.ds_config)
+                                                       config=self.ds_config, mpu=self.tp)
         self.engine, self.model = engine, model
         if counters:
             engine.global_steps, engine.global_samples = counters["global_steps"], counters["global_samples"]
@@ -236,7 +248,7 @@ class GrowingEngine:
         if self.stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
             for path, tensor in self.model.growable_tensors():
                 for index, p in enumerate(tensor.blocks()):
-                    saved = moments.get((path, index))
+                    saved = _local_moments(tensor, index, moments.get((path, index)))
                     if saved is not None:
                         plain[p] = tuple(m.reshape(p.shape).to(p.dtype) for m in saved)
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
@@ -249,9 +261,10 @@ class GrowingEngine:
             full = None
             for index, p in enumerate(tensor.blocks()):
                 if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # ZeRO/bf16 keep a separate fp32 master
-                    full = values[path] if full is None else full
+                    if full is None:
+                        full = values[path] if tensor.tp_split is None else tensor.tp_split.take(values[path])
                     safe_set_full_fp32_param(p, full[p.block_meta.slices].contiguous())
-                saved = None if p in plain else moments.get((path, index))
+                saved = None if p in plain else _local_moments(tensor, index, moments.get((path, index)))
                 if saved is None:
                     continue
                 for key, value in zip(("exp_avg", "exp_avg_sq"), saved):
@@ -306,6 +319,8 @@ class GrowingEngine:
                 pair = tuple(_full_moment(p, key, self.engine.optimizer) for key in ("exp_avg", "exp_avg_sq"))
                 if pair[0] is not None:
                     moments[index] = tuple(m.view(p.block_meta.shape) for m in pair)
+            if tensor.tp_split is not None:
+                full, moments = self.tp.merge_state(tensor.tp_split, full, moments)
             yield path, full, moments
 
     def group_steps(self) -> dict:
@@ -321,7 +336,7 @@ class GrowingEngine:
 
     def gather(self) -> tuple[dict, dict, dict]:
         """(values {path: full fp32 tensor}, moments {(path, block): (exp_avg, exp_avg_sq)},
-        steps {(generation, decay): step}). Collective: call on every rank."""
+        steps {(generation, decay): step}), unsharded. Collective: call on every rank."""
         values, moments = {}, {}
         for path, full, pairs in self.iter_state():
             values[path] = full

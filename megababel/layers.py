@@ -61,11 +61,14 @@ class GrowableTensor(nn.Module):
     """Base class: owns the blocks of one weight tensor named by `axes`."""
 
     def __init__(self, full_shape: tuple[int, ...], axes: tuple[str, ...], generation: int = 0,
-                 init: torch.Tensor | Callable | None = None, blocks: list[tuple] | None = None):
+                 init: torch.Tensor | Callable | None = None, blocks: list[tuple] | None = None, tp_split=None):
         """`init`: the full tensor, or a function shape -> tensor called per block, or None (uninitialised).
         `blocks`: [(offset, shape, generation), ...] tiling the full shape (default: one block of `generation`);
-        used to rebuild a grown layer, e.g. under ZeRO-3 where parameters must exist when __init__ returns."""
+        used to rebuild a grown layer, e.g. under ZeRO-3 where parameters must exist when __init__ returns.
+        `tp_split` (tensor_parallel.TPSplit): this layer holds one tensor-parallel shard; shapes and blocks given
+        here are the shard's, the split knows the unsharded ones."""
         super().__init__()
+        self.tp_split = tp_split
         if len(full_shape) != len(axes):
             raise ValueError(f"axes {axes} do not name every dim of shape {full_shape}")
         self.axes = tuple(axes)
@@ -97,6 +100,9 @@ class GrowableTensor(nn.Module):
             data = data.clone()
         param = nn.Parameter(data)
         param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes)
+        if self.tp_split is not None:    # the flags DeepSpeed reads (gradient norm, checkpoints), plus our split
+            param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, self.tp_split.dim, 1
+            param.tp_split = self.tp_split
         name = f"weight_{self._next_block_id}"
         self._next_block_id += 1
         self.register_parameter(name, param)
@@ -111,6 +117,10 @@ class GrowableTensor(nn.Module):
     def layout(self) -> list[tuple]:
         """[(offset, shape, generation)] of every block: what `blocks=` needs to rebuild this layer."""
         return [(p.block_meta.offset, p.block_meta.shape, p.block_meta.generation) for p in self.blocks()]
+
+    def global_layout(self) -> list[tuple]:
+        """layout() of the unsharded tensor (the same as layout() without tensor parallelism)."""
+        return self.layout() if self.tp_split is None else list(self.tp_split.global_layout)
 
     @property
     def generations(self) -> list[int]:
@@ -144,6 +154,8 @@ class GrowableTensor(nn.Module):
         Old blocks keep their Parameter identity and take their region of `new_full` in place (growth may rescale
         old values to stay function-preserving); the new region becomes new blocks tagged `generation`.
         """
+        if self.tp_split is not None:
+            raise ValueError("a tensor-parallel shard does not grow in place: grow the unsharded model and re-shard")
         old_shape, new_shape = self.full_shape, tuple(new_full.shape)
         if len(new_shape) != len(old_shape) or any(n < o for n, o in zip(new_shape, old_shape)):
             raise ValueError(f"cannot grow a {self.axes} tensor from {old_shape} to {new_shape}: it may only grow")
@@ -167,6 +179,8 @@ class GrowableTensor(nn.Module):
         The folded blocks must tile a rectangle anchored at the origin (true for any prefix of generations).
         Function unchanged; optimizer state of the folded blocks is not carried (call before creating the optimizer).
         """
+        if self.tp_split is not None:
+            raise ValueError("consolidate the unsharded model, then shard it")
         chosen = [n for n in self._block_names
                   if generations is None or getattr(self, n).block_meta.generation in generations]
         if len(chosen) <= 1:

@@ -41,8 +41,8 @@ class Builder:
     ZeRO-3's zero.Init, which partitions parameters as soon as a module is built, sees them."""
 
     def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
-                 values: dict | None = None):
-        self.config, self.layout = config, layout or {}
+                 values: dict | None = None, tp=None):
+        self.config, self.layout, self.tp = config, layout or {}, tp
         self.values = values if values is EMPTY else (values or {})
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
@@ -52,11 +52,17 @@ class Builder:
         return torch.randn(shape, generator=self.generator) * self.config.initializer_range
 
     def linear(self, path: str, in_features: int, out_features: int, axes) -> GrowableLinear:
-        return GrowableLinear(in_features, out_features, axes=axes, init=self.values.get(path, self._normal),
-                              blocks=self.layout.get(path))
+        init, blocks = self.values.get(path, self._normal), self.layout.get(path)
+        if self.tp is not None:     # this rank's shard, with the values of the unsharded model
+            unit = self.config.head_dim if "q_heads" in axes or "kv_heads" in axes else 1
+            return self.tp.make(GrowableLinear, (out_features, in_features), axes, init, blocks, unit=unit)
+        return GrowableLinear(in_features, out_features, axes=axes, init=init, blocks=blocks)
 
     def embedding(self, path: str, num: int, dim: int) -> GrowableEmbedding:
-        return GrowableEmbedding(num, dim, init=self.values.get(path, self._normal), blocks=self.layout.get(path))
+        init, blocks = self.values.get(path, self._normal), self.layout.get(path)
+        if self.tp is not None:
+            return self.tp.make(GrowableEmbedding, (num, dim), ("vocab", "hidden"), init, blocks)
+        return GrowableEmbedding(num, dim, init=init, blocks=blocks)
 
     def norm(self, path: str, dim: int) -> GrowableRMSNorm:
         ones = torch.empty if self.values is EMPTY else torch.ones
@@ -127,22 +133,24 @@ class Llama(nn.Module):
     """Llama-2 causal language model. `generation` counts the growth events applied so far.
 
     `layout` (from `block_layout()` of another model, with `generation`) rebuilds a grown model's block structure;
-    `values` ({path: full tensor}) gives the weights, else they are freshly initialised."""
+    `values` ({path: full tensor}) gives the weights, else they are freshly initialised. `tp`
+    (tensor_parallel.TensorParallel): build this rank's tensor-parallel shard of the same model; `config`, `layout`
+    and `values` stay those of the unsharded model, and the logits it returns are this rank's vocabulary shard."""
 
     def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
-                 generation: int = 0, values: dict | None = None):
+                 generation: int = 0, values: dict | None = None, tp=None):
         super().__init__()
         self.config = config
         self.generation = generation
-        build = Builder(config, seed, layout, values)
+        build = Builder(config, seed, layout, values, tp)
         self.embed_tokens = build.embedding("embed_tokens", config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, build, f"layers.{i}") for i in range(config.num_hidden_layers))
         self.norm = build.norm("norm", config.hidden_size)
         self.lm_head = build.linear("lm_head", config.hidden_size, config.vocab_size, ("vocab", "hidden"))
 
     def block_layout(self) -> dict:
-        """{path: [(offset, shape, generation), ...]} for every growable tensor."""
-        return {path: tensor.layout() for path, tensor in self.growable_tensors()}
+        """{path: [(offset, shape, generation), ...]} for every growable tensor (unsharded, also under TP)."""
+        return {path: tensor.global_layout() for path, tensor in self.growable_tensors()}
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
         """Return (logits, loss); loss is the mean next-token cross-entropy over targets != -100, or None."""
@@ -156,7 +164,9 @@ class Llama(nn.Module):
             x = layer(x, cos, sin)
         logits = self.lm_head(self.norm(x))
         loss = None
-        if targets is not None:
+        if targets is not None and hasattr(self.lm_head, "cross_entropy"):     # vocab-parallel: logits stay sharded
+            loss = self.lm_head.cross_entropy(logits, targets)
+        elif targets is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
