@@ -6,6 +6,7 @@
     python launch/train.py --schedule my_schedule.yaml --data data/tinystories --out runs/ts
     python launch/train.py --save-every 100 --out runs/a                    # checkpoints in runs/a/checkpoints
     deepspeed --num_gpus 1 launch/train.py --resume runs/a/checkpoints --out runs/a   # any ZeRO stage / rank count
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 4 launch/train.py --stage 3 --tp 2  # tensor parallel 2 x data parallel 2
 
 --schedule: a preset (tiny, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
 data, before anything is built. --data: a directory from tools/preprocess_data.py holding every vocabulary stage the
@@ -14,6 +15,10 @@ schedule uses; default: the embedded corpus (Python docstrings, own tokenizer, s
 (warm-up from its birth step, cosine decay to the end); old generations keep theirs and their Adam state. Rank 0
 writes OUT/log.csv, TensorBoard events in OUT/tensorboard, OUT/loss.png (validation bits per byte, growth marked)
 and OUT/summary.txt.
+
+--tp N: tensor parallelism over groups of N consecutive ranks (megababel/tensor_parallel.py), data parallelism (and
+ZeRO partitioning) over world / N. Every stage's heads, key/value heads, FFN width and vocabulary must be divisible
+by N: checked before anything is built. Checkpoints hold the unsharded model, so a run resumes under any --tp.
 """
 from __future__ import annotations
 
@@ -38,11 +43,13 @@ from megababel.data.readers import DataError  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
 from megababel.engine import GrowingEngine, init_distributed, load_ds_config  # noqa: E402
 from megababel.schedule import load_schedule  # noqa: E402
+from megababel.tensor_parallel import TensorParallel, check_tensor_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage (default 0)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1); data parallel = world / tp")
     p.add_argument("--schedule", default="tiny", help="preset name or YAML/JSON file (default: tiny)")
     p.add_argument("--data", type=Path, default=None, help="dataset directory (default: the embedded corpus)")
     p.add_argument("--steps", type=int, default=None, help="override training.steps of the schedule")
@@ -131,15 +138,20 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world = init_distributed()
-    tokens_per_step = args.micro_batch_size * world * args.seq_len
     try:
+        check_tensor_parallel([], args.tp, world)
+        # ranks of one TP group (consecutive) share a data-parallel rank: same batches, one shard of the model each
+        dp_rank, dp_world = rank // args.tp, world // args.tp
+        tokens_per_step = args.micro_batch_size * dp_world * args.seq_len
         schedule = load_schedule(args.schedule, tokens_per_step, {"steps": args.steps} if args.steps else None)
+        check_tensor_parallel([schedule.model] + [s.config for s in schedule.stages], args.tp, world)
         if args.seq_len > schedule.model.max_position_embeddings:
             p.error(f"--seq-len {args.seq_len} exceeds max_position_embeddings {schedule.model.max_position_embeddings}")
-        ds_config = load_ds_config(args.stage, args.micro_batch_size, 1, world, args.bf16, args.offload_optimizer,
+        ds_config = load_ds_config(args.stage, args.micro_batch_size, 1, dp_world, args.bf16, args.offload_optimizer,
                                    args.gradient_clipping, args.ds_config)
     except (ConfigError, ValueError) as e:
         p.error(str(e))
+    tp = TensorParallel(args.tp) if args.tp > 1 else None
     if args.data is None:
         if rank == 0:
             build_embedded_dataset(progress=True)
@@ -147,13 +159,13 @@ def main(argv=None):
     data = args.data or build_embedded_dataset()
     check_vocabulary(p, data, schedule)
     try:
-        stage = StageData(data, schedule.model.vocab_size, args, rank, world)
+        stage = StageData(data, schedule.model.vocab_size, args, dp_rank, dp_world)
     except DataError as e:
         p.error(str(e))
     is_main = rank == 0
     say = tqdm.write if is_main else (lambda *a, **k: None)
     say(f"data {data}; schedule {args.schedule}: {len(schedule.stages)} growth stages, {schedule.steps} steps; "
-        f"ZeRO-{args.stage}, {world} rank(s), {'bf16' if args.bf16 else 'fp32'}")
+        f"ZeRO-{args.stage}, {world} rank(s) = TP {args.tp} x DP {dp_world}, {'bf16' if args.bf16 else 'fp32'}")
 
     start, tokens, flops = 0, 0, 0
     if args.resume is not None:
@@ -166,19 +178,21 @@ def main(argv=None):
             p.error(f"--resume {saved['path']}: the checkpoint's model / sequence length do not match --schedule "
                     f"{args.schedule} and --seq-len {args.seq_len} (saved with --schedule {saved['schedule']}, "
                     f"--seq-len {saved['seq_len']})")
-        if saved["global_batch"] != args.micro_batch_size * world:
+        if saved["global_batch"] != args.micro_batch_size * dp_world:
             p.error(f"--resume: the checkpoint was trained with a global batch of {saved['global_batch']} sequences; "
-                    f"use --micro-batch-size {saved['global_batch'] // world} on {world} rank(s)")
+                    f"use --micro-batch-size {saved['global_batch'] // dp_world} with {dp_world} data-parallel "
+                    f"rank(s)")
         engine = GrowingEngine(saved["config"], ds_config, schedule, seed=args.seed, layout=saved["layout"],
                                values=saved["values"], generation=saved["generation"], groups=saved["groups"],
-                               moments=saved["moments"], steps=saved["steps"], counters=saved["counters"])
-        stage = StageData(data, saved["vocab"], args, rank, world)
+                               moments=saved["moments"], steps=saved["steps"], counters=saved["counters"], tp=tp)
+        stage = StageData(data, saved["vocab"], args, dp_rank, dp_world)
         stage.loader.load_state_dict(saved["loader"])
         start, tokens, flops = saved["step"], saved["tokens"], saved["flops"]
-        say(f"resumed from {saved['path']} at step {start} (saved by {saved['world_size']} rank(s))")
+        say(f"resumed from {saved['path']} at step {start} (saved by {saved['world_size']} rank(s), "
+            f"TP {saved.get('tensor_parallel', 1)})")
         del saved
     else:
-        engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed)
+        engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed, tp=tp)
     parameters = count_parameters(engine.model).total      # changes only at growth: not recounted every step
     pending = list(schedule.stages[engine.model.generation:])
     rows, events, growth_log = [], [], []
@@ -204,7 +218,7 @@ def main(argv=None):
             log_file.flush()
         save_checkpoint(args.out / "checkpoints", engine, dict(
             step=next_step, tokens=tokens, flops=flops, vocab=stage.size, loader=stage.loader.state_dict(),
-            schedule=str(args.schedule), seq_len=args.seq_len, global_batch=args.micro_batch_size * world,
+            schedule=str(args.schedule), seq_len=args.seq_len, global_batch=args.micro_batch_size * dp_world,
             data=str(data)))
 
     for step in bar:
@@ -217,7 +231,7 @@ def main(argv=None):
             seconds = time.perf_counter() - t0
             config = engine.model.config
             if config.vocab_size != stage.size:
-                stage = StageData(data, config.vocab_size, args, rank, world, previous=stage)
+                stage = StageData(data, config.vocab_size, args, dp_rank, dp_world, previous=stage)
             total = parameters = count_parameters(engine.model).total
             say(f"step {step}: growth -> generation {generation}: hidden {config.hidden_size}, ffn "
                 f"{config.intermediate_size}, layers {config.num_hidden_layers}, vocabulary {config.vocab_size}, "

@@ -3,7 +3,7 @@
     OUT/checkpoints/step_00000120_gen2/   (the step to run next; the generation tells a save just before a growth
                                            from the one right after it)
         megababel.json      step, schedule, config, generation, block layout, param groups (+ Adam steps),
-                            engine counters, loader position, data stage, tokens, FLOPs, RNG, DP world of the saver
+                            engine counters, loader position, data stage, tokens, FLOPs, RNG, world and TP of the saver
         tensors/00042.pt    one file per weight: the full fp32 tensor and each block's exp_avg / exp_avg_sq
     OUT/checkpoints/latest  name of the newest complete checkpoint
 
@@ -60,6 +60,7 @@ def save_checkpoint(directory: str | os.PathLike, engine, state: dict) -> Path |
                 groups=[vars(g) for g in engine.groups],
                 group_steps=[[g, d, s] for (g, d), s in engine.group_steps().items()],
                 counters=engine.counters(), world_size=dist.get_world_size() if dist.is_initialized() else 1,
+                tensor_parallel=engine.tp.tp_size if engine.tp else 1,
                 torch_rng=torch.get_rng_state().tolist())
     if rank == 0:
         (tmp / "megababel.json").write_text(json.dumps(meta, indent=1))

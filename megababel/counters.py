@@ -26,12 +26,15 @@ class ParameterCounts:
 
 
 def count_parameters(model) -> ParameterCounts:
-    """Count a model's parameters from its blocks (works for any number of generations)."""
+    """Count a model's parameters from its blocks (any number of generations; under tensor parallelism, the whole
+    model's, not this rank's shard)."""
     by_generation: Counter[int] = Counter()
     embedding = 0
     for path, tensor in model.growable_tensors():
         for block in tensor.blocks():
             n = block.ds_numel if hasattr(block, "ds_numel") else block.numel()  # ZeRO-3 partitions hold no data
+            if tensor.tp_split is not None:       # each rank holds an equal piece of every block
+                n *= tensor.tp_split.size
             by_generation[block.block_meta.generation] += n
             if "vocab" in block.block_meta.axes:
                 embedding += n

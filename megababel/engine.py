@@ -235,6 +235,7 @@ class GrowingEngine:
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=[param_groups[i] for i in keep],
                                                        config=self.ds_config, mpu=self.tp)
         self.engine, self.model = engine, model
+        self._check_parallel_layout()
         if counters:
             engine.global_steps, engine.global_samples = counters["global_steps"], counters["global_samples"]
         if values is not None:
@@ -272,6 +273,27 @@ class GrowingEngine:
                         safe_set_full_optimizer_state(p, value, key)
                     else:
                         inner.state[p][key].copy_(value)
+
+    def _check_parallel_layout(self):
+        """Refuse an engine whose DeepSpeed view of the ranks disagrees with the TP x DP layout (each mismatch
+        would otherwise train silently wrong: gradients averaged over TP ranks, ZeRO partitions across them)."""
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        dp = self.tp.dp_size if self.tp else world
+        problems = []
+        if self.engine.dp_world_size != dp:
+            problems.append(f"DeepSpeed's data-parallel size is {self.engine.dp_world_size}, the layout's {dp}")
+        if self.tp is not None and self.engine.mpu is not self.tp:
+            problems.append("the engine was built without the layout as mpu")
+        for name, p in self.model.named_parameters():
+            if self.tp is not None and getattr(p, "tp_split", None) is not None and not p.tensor_model_parallel:
+                problems.append(f"{name} is sharded but not flagged tensor_model_parallel")
+            if hasattr(p, "ds_process_group") and dist.get_world_size(p.ds_process_group) != dp:
+                problems.append(f"{name} is ZeRO-3-partitioned over {dist.get_world_size(p.ds_process_group)} "
+                                f"ranks, not the {dp} data-parallel ranks")
+            if len(problems) > 4:
+                break
+        if problems:
+            raise RuntimeError("inconsistent parallel layout: " + "; ".join(problems))
 
     # --- training -----------------------------------------------------------------------------------------------
     def set_lr(self, step: int):

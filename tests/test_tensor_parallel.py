@@ -1,0 +1,175 @@
+"""Tensor parallelism: shard metadata, layout checks, and real multi-process runs (gloo, CPU) through growth.
+
+The multi-process runs use gradient clipping at 0.01, so clipping acts at every step: the clipped gradient norm
+must then count sharded parameters across TP ranks and replicated ones (norm gains) once, or the runs diverge.
+Small steps also keep Adam from amplifying rounding differences in parameters whose gradients are still ~0 (new
+layers), which otherwise makes any two summation orders (2-rank data parallel too) drift apart by ~1e-2 in weights
+after a few steps."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megababel.config import ConfigError, LlamaConfig
+from megababel.engine import free_port
+from megababel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("tp_worker.py")
+
+# a q_proj-like weight grown twice: 4 heads of 2 rows -> 8 heads (hidden 3 -> 5), then hidden 5 -> 7
+GROWN = (((0, 0), (8, 3), 0), ((8, 0), (8, 5), 1), ((0, 3), (8, 2), 1), ((0, 5), (16, 2), 2))
+
+
+def test_split_dim_follows_the_axes():
+    assert split_dim(("q_heads", "hidden")) == 0
+    assert split_dim(("hidden", "ffn")) == 1
+    assert split_dim(("vocab", "hidden")) == 0
+    assert split_dim(("hidden",)) is None
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_every_generation_is_spread_evenly_and_shards_merge_back(size):
+    full = torch.randn(16, 7)
+    splits = [TPSplit(0, r, size, (16, 7), GROWN, "q_heads", unit=2) for r in range(size)]
+    positions = torch.cat([s.positions() for s in splits])
+    assert sorted(positions.tolist()) == list(range(16))                 # each row on exactly one rank
+    for s in splits:
+        rows = s.positions()
+        assert ((rows < 8).sum().item(), (rows >= 8).sum().item()) == (8 // size, 8 // size)   # both generations
+        shard = s.take(full)
+        assert shard.shape == s.local_shape == (16 // size, 7)
+        # local blocks tile the shard and are the rank's piece of the global blocks
+        assert sum(torch.Size(shape).numel() for _, shape, _ in s.local_layout()) == shard.numel()
+        for i, ((go, gs, gen), (lo, ls, lgen)) in enumerate(zip(GROWN, s.local_layout())):
+            assert gen == lgen
+            global_block = full[go[0]:go[0] + gs[0], go[1]:go[1] + gs[1]]
+            local_block = shard[lo[0]:lo[0] + ls[0], lo[1]:lo[1] + ls[1]]
+            assert torch.equal(s.take_block(global_block, i), local_block)
+    assert torch.equal(splits[0].merge([s.take(full) for s in splits]), full)
+
+
+def test_a_segment_that_does_not_split_evenly_is_refused():
+    TPSplit(0, 0, 4, (16, 7), GROWN, "q_heads", unit=2)      # 4 heads per segment over 4 ranks: fine
+    with pytest.raises(ConfigError, match=r"\[0, 8\) \(4 heads\) cannot be split evenly over 8 tensor-parallel"):
+        TPSplit(0, 0, 8, (16, 7), GROWN, "q_heads", unit=2)
+
+
+def test_layout_checks_name_the_field_and_the_fix():
+    base = LlamaConfig(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96, multiple_of=32)
+    check_tensor_parallel([base, base.replace(hidden_size=128, num_attention_heads=8, num_key_value_heads=8)], 2, 4)
+    with pytest.raises(ConfigError, match="world size 3 is not divisible by --tp 2"):
+        check_tensor_parallel([base], 2, 3)
+    with pytest.raises(ConfigError, match="num_attention_heads=4 of the initial model is not divisible by --tp 8"):
+        check_tensor_parallel([base], 8, 8)
+    grown = base.replace(hidden_size=96, num_attention_heads=6, num_key_value_heads=6)
+    with pytest.raises(ConfigError, match="num_attention_heads=6 of stage 1 is not divisible by --tp 4"):
+        check_tensor_parallel([base, grown], 4, 4)
+    with pytest.raises(ConfigError, match="num_key_value_heads=1"):
+        check_tensor_parallel([base.replace(num_key_value_heads=1)], 2, 2)
+    with pytest.raises(ConfigError, match="vocab_size=97"):
+        check_tensor_parallel([base.replace(vocab_size=97)], 2, 2)
+    with pytest.raises(ConfigError, match="intermediate_size=171"):
+        check_tensor_parallel([base.replace(intermediate_size=171, multiple_of=1)], 2, 2)
+    with pytest.raises(ConfigError, match="query heads per key/value head"):
+        check_tensor_parallel([base, base.replace(hidden_size=128, num_attention_heads=8, num_key_value_heads=2)], 2, 2)
+
+
+def test_launcher_refuses_a_bad_layout_before_building_anything(tmp_path):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_PORT=str(free_port()))
+    bad_world = subprocess.run([sys.executable, str(ROOT / "launch/train.py"), "--tp", "2", "--out", str(tmp_path)],
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert bad_world.returncode == 2 and "world size 1 is not divisible by --tp 2" in bad_world.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def run_ranks(world: int, stage: int, tp: int, out: Path, *extra) -> dict:
+    port = str(free_port())
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        command = [sys.executable, str(WORKER), str(stage), str(tp), str(out), "--clip", "0.01", *map(str, extra)]
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return torch.load(out, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """single: 1 process; tp2: TP=2 (ZeRO-0, 2 processes); tp2_dp2: TP=2 x DP=2 under ZeRO-3 (4 processes). The
+    first two also checkpoint at step 6 (between the growths), and each resumes from the other's checkpoint."""
+    tmp = tmp_path_factory.mktemp("tp")
+    return dict(
+        single=run_ranks(1, 0, 1, tmp / "single.pt", "--save-at", 6, tmp / "ckpt_tp1"),
+        tp2=run_ranks(2, 0, 2, tmp / "tp2.pt", "--save-at", 6, tmp / "ckpt_tp2"),
+        tp2_dp2=run_ranks(4, 3, 2, tmp / "tp2_dp2.pt"),
+        tp1_from_tp2=run_ranks(1, 0, 1, tmp / "tp1_from_tp2.pt", "--resume", tmp / "ckpt_tp2"),
+        tp2_from_tp1=run_ranks(2, 3, 2, tmp / "tp2_from_tp1.pt", "--resume", tmp / "ckpt_tp1"),
+        checkpoints=(tmp / "ckpt_tp1", tmp / "ckpt_tp2"))
+
+
+def _scaled_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / a.abs().max().clamp(min=1e-30)).item()
+
+
+def assert_same_state(reference, other, tolerance):
+    """Unsharded weights and every block's Adam moments within `tolerance` of each tensor's scale."""
+    values, moments, steps = reference
+    values_2, moments_2, steps_2 = other
+    assert values.keys() == values_2.keys() and moments.keys() == moments_2.keys() and steps == steps_2
+    for path in values:
+        assert values[path].shape == values_2[path].shape, path
+        assert _scaled_diff(values[path], values_2[path]) <= tolerance, path
+    for key in moments:
+        for m, m_2 in zip(moments[key], moments_2[key]):
+            assert _scaled_diff(m, m_2) <= tolerance, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tp2", "tp2_dp2"])
+def test_tensor_parallel_reproduces_the_single_process_run(runs, name):
+    single, parallel = runs["single"], runs[name]
+    assert len(single["losses"]) == len(parallel["losses"]) == 12
+    for step, a in single["losses"].items():
+        assert abs(parallel["losses"][step] - a) <= 1e-4 * abs(a), (step, a, parallel["losses"][step])
+    for event, event_2 in zip(single["growth"], parallel["growth"]):
+        assert abs(event_2["before"] - event["before"]) <= 1e-5 * abs(event["before"])
+        assert abs(event_2["after"] - event["after"]) <= 1e-5 * abs(event["after"])
+    # merged from the shards: right after the first growth (4 steps in), the second (8 steps in), and at the end
+    assert_same_state(state(single, 0), state(parallel, 0), tolerance=1e-4)
+    assert_same_state(state(single, 1), state(parallel, 1), tolerance=1e-3)
+    assert_same_state(single["final"], parallel["final"], tolerance=2e-2)
+
+
+def state(record, growth: int):
+    event = record["growth"][growth]
+    return event["values"], event["moments"], event["steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tp1_from_tp2", "tp2_from_tp1"])
+def test_a_checkpoint_resumes_under_another_tensor_parallel_degree(runs, name):
+    single, resumed = runs["single"], runs[name]
+    assert sorted(resumed["losses"]) == list(range(6, 12))
+    for step, loss in resumed["losses"].items():
+        assert abs(loss - single["losses"][step]) <= 1e-4 * abs(loss), (step, loss, single["losses"][step])
+    assert_same_state(state(single, 1), state(resumed, 0), tolerance=1e-3)
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
+    from megababel.checkpoint import load_checkpoint
+    tp1, tp2 = (load_checkpoint(path) for path in runs["checkpoints"])
+    assert (tp1["tensor_parallel"], tp2["tensor_parallel"]) == (1, 2)
+    assert tp1["layout"] == tp2["layout"]
+    for path, value in tp1["values"].items():
+        assert value.shape == tp2["values"][path].shape
+        assert _scaled_diff(value, tp2["values"][path]) <= 1e-3, path
