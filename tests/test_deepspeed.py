@@ -82,7 +82,9 @@ def test_adam_state_of_old_blocks_survives_growth(runs, key):
 @pytest.mark.parametrize("stage", [0, 3])
 def test_five_growth_events_do_not_leak_engines(stage):
     """After each of 5 growths exactly one engine and one model are alive, and resident memory grows by less than
-    the model's own training state (fp32 weights + grads + 2 Adam moments = 16 bytes per parameter)."""
+    twice the model's own training state (fp32 weights + grads + 2 Adam moments = 16 bytes per parameter). RSS
+    moves by +-60 MB between identical runs here (heap arenas), hence 2x; an engine leaked per growth would keep
+    four old ones alive by the end, about 4x."""
     import json
 
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
@@ -94,7 +96,7 @@ def test_five_growth_events_do_not_leak_engines(stage):
     record = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert all(r["engines"] == 1 and r["models"] == 1 for r in record), record
     own_size = 16 * record[-1]["parameters"]
-    assert record[-1]["rss"] - record[0]["rss"] < own_size, record
+    assert record[-1]["rss"] - record[0]["rss"] < 2 * own_size, record
 
 
 @pytest.mark.slow

@@ -1,0 +1,126 @@
+"""Tensor parallelism on CPU: tokens/s and memory per rank at TP=1 vs TP=2 (and DP=2 for reference), 60M model.
+
+    python bench/tp_speed.py                       # fp32 and bf16, ZeRO-0 (~5 minutes on 2 cores)
+    python bench/tp_speed.py --dtypes fp32 --steps 3
+
+Each layout runs in fresh processes sharing the machine's 2 cores (2 threads for 1 process, 1 thread each for 2),
+at the same global batch (8 sequences x 256 tokens): TP=1 (1 process, micro batch 8), DP=2 (2 processes, micro
+batch 4 each) and TP=2 (2 processes, each holding half of every head / FFN / vocabulary matrix, micro batch 8).
+After the timed steps each layout also grows once (hidden 512 -> 768, FFN 1536 -> 2048, 8 -> 10 layers), so the
+table shows what growth costs when the weights and Adam moments have to be re-split across TP ranks.
+Per rank: parameters held, resident memory in steady state and its peak, tokens/s (global) and growth seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = dict(hidden_size=512, head_dim=128, num_hidden_layers=8, vocab_size=32000)   # ~60M parameters
+EVENT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=10, layer_positions="interleave")
+LAYOUTS = {"TP=1": (1, 1), "DP=2": (2, 1), "TP=2": (2, 2)}     # name: (processes, tensor-parallel degree)
+GLOBAL_BATCH, SEQ = 8, 256
+
+
+def _status(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def worker(tp_size: int, bf16: bool, steps: int):
+    import torch
+    sys.path.insert(0, str(ROOT))
+    from megababel import GrowthEvent
+    from megababel.counters import count_parameters
+    from megababel.engine import GrowingEngine, init_distributed, load_ds_config
+    from megababel.schedule import parse_schedule
+    from megababel.tensor_parallel import TensorParallel
+
+    rank, world = init_distributed()
+    torch.set_num_threads(max(1, 2 // world))
+    tp = TensorParallel(tp_size) if tp_size > 1 else None
+    dp_rank, dp_world = (tp.dp_rank, tp.dp_size) if tp else (rank, world)
+    micro = GLOBAL_BATCH // dp_world
+    schedule = parse_schedule(dict(model=MODEL, training=dict(steps=1000)), GLOBAL_BATCH * SEQ)
+    engine = GrowingEngine(schedule.model, load_ds_config(0, micro, 1, dp_world, bf16=bf16), schedule, seed=0, tp=tp)
+    held = sum(p.numel() for p in engine.model.parameters())
+    batch = torch.randint(0, MODEL["vocab_size"], (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(0))
+    mine = batch[dp_rank * micro:(dp_rank + 1) * micro]
+    losses = [engine.train_step(mine[:, :-1], mine[:, 1:], 0)]      # warm-up (allocations, lazy Adam state)
+    torch.distributed.barrier()
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        losses.append(engine.train_step(mine[:, :-1], mine[:, 1:], step))
+    tokens_per_s = steps * GLOBAL_BATCH * SEQ / (time.perf_counter() - t0)
+    steady, peak = _status("VmRSS"), _status("VmHWM")
+    torch.distributed.barrier()
+    t0 = time.perf_counter()
+    engine.grow(GrowthEvent(**EVENT), step=steps + 1)
+    growth_seconds = time.perf_counter() - t0
+    result = dict(rank=rank, world=world, tp=tp_size, bf16=bf16, params_total=count_parameters(engine.model).total,
+                  params_held_before_growth=held, tokens_per_s=round(tokens_per_s),
+                  steady_rss_mb=round(steady / 2**20), peak_rss_mb=round(peak / 2**20),
+                  growth_seconds=round(growth_seconds, 2), losses=losses)
+    print("RESULT " + json.dumps(result), flush=True)
+    torch.distributed.barrier()
+    os._exit(0)     # skip interpreter teardown (a communication thread destroyed at exit can abort the process)
+
+
+def run(world: int, tp: int, bf16: bool, steps: int) -> list[dict]:
+    sys.path.insert(0, str(ROOT))
+    from megababel.engine import free_port
+    port, procs = str(free_port()), []
+    for rank in range(world):
+        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS=str(max(1, 2 // world)))
+        command = [sys.executable, __file__, "--worker", str(tp), "--steps", str(steps)] + (["--bf16"] if bf16 else [])
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    results = []
+    for p in procs:
+        out = p.communicate(timeout=1800)[0]
+        if p.returncode != 0:
+            raise RuntimeError(out[-3000:])
+        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args(argv)
+    if args.worker is not None:
+        return worker(args.worker, args.bf16, args.steps)
+    rows = []
+    for dtype in args.dtypes:
+        for name, (world, tp) in LAYOUTS.items():
+            for r in run(world, tp, dtype == "bf16", args.steps):
+                rows.append(dict(r, layout=name, dtype=dtype))
+                print(json.dumps(rows[-1]), flush=True)
+    lines = [f"{rows[0]['params_total'] / 1e6:.1f}M parameters after growth; global batch {GLOBAL_BATCH} x {SEQ}, "
+             f"ZeRO-0, {args.steps} timed steps", "",
+             "| dtype | layout | rank | parameters held | tokens/s | RSS MB | peak RSS MB | growth s | first loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dtype']} | {r['layout']} | {r['rank']} | {r['params_held_before_growth'] / 1e6:.1f}M | "
+                     f"{r['tokens_per_s']} | {r['steady_rss_mb']} | {r['peak_rss_mb']} | {r['growth_seconds']} | "
+                     f"{r['losses'][0]:.5f} |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tp_speed.md").write_text(table + "\n")
+    (args.out / "tp_speed.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
