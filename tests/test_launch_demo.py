@@ -35,6 +35,8 @@ def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
     (["--schedule", "nonexistent"], "not a preset"),
     (["--steps", "2"], "is not after the previous stage"),
     (["--offload-optimizer"], "needs --stage 1, 2 or 3"),
+    (["--tp", "0"], "--tp must be >= 1"),
+    (["--tp", "2"], "world size 1 is not divisible by --tp 2"),
 ])
 def test_demo_rejects_bad_flags(flags, message, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
