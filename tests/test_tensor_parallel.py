@@ -19,6 +19,8 @@ from megababel.config import ConfigError, LlamaConfig
 from megababel.engine import free_port
 from megababel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
 
+from conftest import tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tp_worker.py")
 
@@ -173,3 +175,25 @@ def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
     for path, value in tp1["values"].items():
         assert value.shape == tp2["values"][path].shape
         assert _scaled_diff(value, tp2["values"][path]) <= 1e-3, path
+
+
+def test_tensor_parallel_model_of_one_rank_equals_the_plain_model():
+    """The TP code path (vocab-parallel embedding and cross-entropy, copy/reduce functions) on a 1-rank group:
+    same loss and gradients as the plain model, also with ignored targets (-100)."""
+    from megababel.engine import init_distributed
+    from megababel.model import Llama
+    from megababel.tensor_parallel import TensorParallel
+
+    init_distributed()
+    config = tiny_config()
+    plain, sharded = Llama(config, seed=0), Llama(config, seed=0, tp=TensorParallel(1))
+    assert type(sharded.lm_head).__name__ == "GrowableColumnParallelLinear"
+    ids = torch.randint(0, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    targets = ids.roll(-1, dims=1)
+    targets[0, :3] = -100
+    (_, loss), (_, loss_tp) = plain(ids, targets), sharded(ids, targets)
+    assert torch.allclose(loss, loss_tp, rtol=1e-6, atol=0)
+    loss.backward()
+    loss_tp.backward()
+    for (name, p), (_, q) in zip(plain.named_parameters(), sharded.named_parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
