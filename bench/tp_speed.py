@@ -70,7 +70,8 @@ def worker(tp_size: int, bf16: bool, steps: int):
     growth_peak = _status("VmHWM")
     result = dict(rank=rank, world=world, tp=tp_size, bf16=bf16, params_total=count_parameters(engine.model).total,
                   params_held_before_growth=held, tokens_per_s=round(tokens_per_s),
-                  steady_rss_mb=round(steady / 2**20), peak_rss_mb=round(peak / 2**20), growth_peak_rss_mb=round(growth_peak / 2**20),
+                  steady_rss_mb=round(steady / 2**20), peak_rss_mb=round(peak / 2**20),
+                  growth_peak_rss_mb=round(growth_peak / 2**20),
                   growth_seconds=round(growth_seconds, 2), losses=losses)
     print("RESULT " + json.dumps(result), flush=True)
     torch.distributed.barrier()

@@ -197,3 +197,34 @@ def test_tensor_parallel_model_of_one_rank_equals_the_plain_model():
     loss_tp.backward()
     for (name, p), (_, q) in zip(plain.named_parameters(), sharded.named_parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.slow
+def test_launcher_with_tp2_trains_like_one_process_and_resumes_at_tp1(tmp_path):
+    """The real launchers on the embedded corpus (width, FFN, depth and vocabulary growth): `deepspeed --num_gpus 2
+    launch/train.py --tp 2` logs the same losses as `python launch/train.py`, and its checkpoint resumes at TP=1."""
+    import csv
+
+    common = ["--steps", "30", "--micro-batch-size", "4", "--seq-len", "64", "--eval-every", "10"]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(key, None)
+
+    def train(launcher: list, out: Path, *extra):
+        done = subprocess.run(launcher + [str(ROOT / "launch/train.py"), *common, "--out", str(out), *extra],
+                              env=dict(env, MASTER_PORT=str(free_port())), capture_output=True, text=True,
+                              timeout=900, cwd=ROOT)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return {int(r["step"]): (float(r["loss"]), r["generation"]) for r in csv.DictReader(open(out / "log.csv"))}
+
+    deepspeed = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2",
+                 "--master_port", str(free_port())]
+    single = train([sys.executable], tmp_path / "single")
+    tp2 = train(deepspeed, tmp_path / "tp2", "--tp", "2", "--save-every", "15")
+    checkpoint = tmp_path / "tp2/checkpoints/step_00000015_gen1"
+    resumed = train([sys.executable], tmp_path / "resumed", "--resume", str(checkpoint))
+    assert sorted(tp2) == list(range(30)) and {g for _, g in tp2.values()} == {"0", "1", "2"}
+    for step, (loss, generation) in single.items():
+        assert tp2[step][1] == generation and abs(tp2[step][0] - loss) <= 1e-4 * loss, (step, loss, tp2[step])
+        if step >= 15:
+            assert abs(resumed[step][0] - loss) <= 1e-4 * loss, (step, loss, resumed[step])
