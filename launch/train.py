@@ -174,6 +174,12 @@ def main(argv=None):
         except CheckpointError as e:
             p.error(str(e))
         expected = schedule.stages[saved["generation"] - 1].config if saved["generation"] else schedule.model
+        imported = "imported_from" in saved      # tools/convert_from_hf.py: weights only, the run starts at step 0
+        if imported and saved["config"] != expected:
+            p.error(f"--resume {saved['path']}: the imported model ({saved['config']}) differs from --schedule "
+                    f"{args.schedule}'s model ({expected}): write a schedule whose model is the imported one")
+        if imported:
+            saved.update(seq_len=args.seq_len, global_batch=args.micro_batch_size * dp_world, schedule=args.schedule)
         if saved["config"] != expected or saved["seq_len"] != args.seq_len:
             p.error(f"--resume {saved['path']}: the checkpoint's model / sequence length do not match --schedule "
                     f"{args.schedule} and --seq-len {args.seq_len} (saved with --schedule {saved['schedule']}, "
@@ -186,8 +192,10 @@ def main(argv=None):
                                values=saved["values"], generation=saved["generation"], groups=saved["groups"],
                                moments=saved["moments"], steps=saved["steps"], counters=saved["counters"], tp=tp)
         stage = StageData(data, saved["vocab"], args, dp_rank, dp_world)
-        stage.loader.load_state_dict(saved["loader"])
+        if not imported:
+            stage.loader.load_state_dict(saved["loader"])
         start, tokens, flops = saved["step"], saved["tokens"], saved["flops"]
+        history = saved.get("history") or []
         say(f"resumed from {saved['path']} at step {start} (saved by {saved['world_size']} rank(s), "
             f"TP {saved.get('tensor_parallel', 1)})")
         del saved
@@ -196,7 +204,11 @@ def main(argv=None):
     parameters = count_parameters(engine.model).total      # changes only at growth: not recounted every step
     pending = list(schedule.stages[engine.model.generation:])
     rows, events, growth_log = [], [], []
-    val_points = [(tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches)))]
+    if not start:
+        history = [dict(generation=0, step=0, tokens=0, config=engine.model.config.to_dict(), parameters=parameters,
+                        loss_before=None, loss_after=None)]
+    last_val_loss = engine.evaluate(stage.val_batches)
+    val_points = [(tokens, stage.bits_per_byte(last_val_loss))]
     if is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         log_path = args.out / "log.csv"
@@ -219,7 +231,9 @@ def main(argv=None):
         save_checkpoint(args.out / "checkpoints", engine, dict(
             step=next_step, tokens=tokens, flops=flops, vocab=stage.size, loader=stage.loader.state_dict(),
             schedule=str(args.schedule), seq_len=args.seq_len, global_batch=args.micro_batch_size * dp_world,
-            data=str(data)))
+            data=str(data), history=history, validation_loss=last_val_loss,
+            validation_bpb=stage.bits_per_byte(last_val_loss)),
+            files={"tokenizer.model": data / "tokenizer.model", "ranking.json": data / "ranking.json"})
 
     for step in bar:
         while pending and pending[0].at_step == step:
@@ -240,6 +254,8 @@ def main(argv=None):
             events.append((tokens, f"gen {generation}: {total / 1e6:.2f}M, V={config.vocab_size}"))
             if is_main:
                 board.add_text("growth", f"step {step}: generation {generation}, {config}", step)
+            history.append(dict(generation=generation, step=step, tokens=tokens, config=config.to_dict(),
+                                parameters=total, loss_before=before, loss_after=after))
             growth_log.append(dict(step=step, generation=generation, loss_before=before, loss_after=after,
                                    seconds=seconds, vocab_changed=growth.event.vocab_size is not None))
             if args.save_after_growth:
@@ -263,7 +279,8 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=row["tokens_per_s"], gen=row["generation"],
                             params=f"{row['parameters'] / 1e6:.2f}M", refresh=False)
         if (step + 1) % args.eval_every == 0 or step + 1 == schedule.steps:
-            val_points.append((tokens, stage.bits_per_byte(engine.evaluate(stage.val_batches))))
+            last_val_loss = engine.evaluate(stage.val_batches)
+            val_points.append((tokens, stage.bits_per_byte(last_val_loss)))
             if is_main:
                 board.add_scalar("validation/bits_per_byte", val_points[-1][1], step)
         if args.save_every and ((step + 1) % args.save_every == 0 or step + 1 == schedule.steps):

@@ -5,6 +5,7 @@
         megababel.json      step, schedule, config, generation, block layout, param groups (+ Adam steps),
                             engine counters, loader position, data stage, tokens, FLOPs, RNG, world and TP of the saver
         tensors/00042.pt    one file per weight: the full fp32 tensor and each block's exp_avg / exp_avg_sq
+        tokenizer.model, ranking.json   the run's tokenizer and vocabulary ranking (export needs them)
     OUT/checkpoints/latest  name of the newest complete checkpoint
 
 Tensors are merged from parameter metadata (block offsets), not in DeepSpeed's per-rank partition files, so a
@@ -38,8 +39,9 @@ def _fsync_dir(path: Path):
         os.close(fd)
 
 
-def save_checkpoint(directory: str | os.PathLike, engine, state: dict) -> Path | None:
-    """Collective. `state`: the run's own state (step, loader, tokens, ...), JSON-serialisable."""
+def save_checkpoint(directory: str | os.PathLike, engine, state: dict, files: dict | None = None) -> Path | None:
+    """Collective. `state`: the run's own state (step, loader, tokens, ...), JSON-serialisable. `files`: {name:
+    path} copied into the checkpoint (the tokenizer and vocabulary ranking, so that it exports on its own)."""
     directory = Path(directory)
     rank = dist.get_rank() if dist.is_initialized() else 0
     name = f"step_{state['step']:08d}_gen{engine.model.generation}"
@@ -63,6 +65,8 @@ def save_checkpoint(directory: str | os.PathLike, engine, state: dict) -> Path |
                 tensor_parallel=engine.tp.tp_size if engine.tp else 1,
                 torch_rng=torch.get_rng_state().tolist())
     if rank == 0:
+        for file_name, source in (files or {}).items():
+            shutil.copyfile(source, tmp / file_name)
         (tmp / "megababel.json").write_text(json.dumps(meta, indent=1))
         for file in (tmp / "tensors").iterdir():
             with open(file, "rb") as f:

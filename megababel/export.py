@@ -1,0 +1,293 @@
+"""Export a megababel checkpoint to a Hugging Face `LlamaForCausalLM` directory, and import one back.
+
+A checkpoint already holds every weight unsharded and merged over generations (checkpoint.py merges ZeRO
+partitions, TP shards and generation blocks from parameter metadata when it saves), so export is a rename
+(hf_adapter.hf_key) plus one permutation: model rows are in the vocabulary ranking's order (a vocabulary stage is a
+prefix of it), Hugging Face rows in the tokenizer's id order. Row `order[i]` of the export = model row i.
+
+Tokens not in the checkpoint's vocabulary stage (only before the last stage) get zero embedding and lm_head rows and
+are listed in generation_config.json's `suppress_tokens`, which generate() sets to -inf, so generation never emits
+them. The exported tokenizer is the full one: Hugging Face's fast tokenizer cannot honour a stage (SentencePiece
+re-segments out-of-stage pieces after BPE; `tokenizers` has no step for that), so at an intermediate stage it may
+produce ids the model never saw. Such exports also carry `vocab_stage.model` (the SentencePiece model restricted to
+the stage) and tools/eval.py uses it, which makes its figures equal megababel's own; the model card says so.
+
+The output is written into OUT.tmp-<pid>/ and renamed to OUT when complete: a failure never leaves a directory that
+looks like a finished export.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .config import LlamaConfig
+from .counters import config_parameters
+from .hf_adapter import from_hf_config, hf_key, to_hf_config
+from .tokenizer import Tokenizer, TokenizerError, VocabRanking
+
+VOCAB_PATHS = ("embed_tokens", "lm_head")       # weights whose dim 0 is the vocabulary (model-row order)
+SHARD_BYTES = 2 * 2**30                          # safetensors shard size
+
+
+class ExportError(ValueError):
+    """An export or import that cannot proceed; the message names the input and the fix."""
+
+
+# --- tokenizer ----------------------------------------------------------------------------------------------------
+
+def find_tokenizer(checkpoint: Path, meta: dict, tokenizer_dir: str | os.PathLike | None = None):
+    """(Tokenizer, VocabRanking) of a checkpoint: from `tokenizer_dir`, else the checkpoint itself, else its dataset."""
+    candidates = [Path(tokenizer_dir)] if tokenizer_dir else [checkpoint] + ([Path(meta["data"])] if meta.get("data")
+                                                                             else [])
+    for folder in candidates:
+        if (folder / "tokenizer.model").is_file() and (folder / "ranking.json").is_file():
+            try:
+                tokenizer = Tokenizer.load(folder / "tokenizer.model")
+                return tokenizer, VocabRanking.load(folder / "ranking.json", tokenizer)
+            except TokenizerError as e:
+                raise ExportError(str(e)) from None
+    raise ExportError(f"no tokenizer for {checkpoint}: looked for tokenizer.model + ranking.json in "
+                      f"{', '.join(str(c) for c in candidates)}; pass --tokenizer DIR (a dataset directory from "
+                      f"tools/preprocess_data.py)")
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+def _prepare_output(out: Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} exists and is not empty; choose another directory or pass --overwrite")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise ExportError(f"cannot write to {out.parent}: {e.strerror}; choose a writable output directory") from None
+    return tmp
+
+
+def _finish_output(tmp: Path, out: Path):
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], folder: Path, shard_bytes: int = SHARD_BYTES):
+    """model.safetensors, or model-0000K-of-0000N.safetensors + model.safetensors.index.json when larger."""
+    from safetensors.torch import save_file
+
+    shards, current, size = [], {}, 0
+    for key, value in tensors.items():
+        nbytes = value.numel() * value.element_size()
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[key], size = value.contiguous(), size + nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+        total += sum(v.numel() * v.element_size() for v in shard.values())
+    index = dict(metadata=dict(total_size=total), weight_map=weight_map)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ExportError(f"{folder}: no model.safetensors (or index); pytorch_model.bin is not supported, re-save "
+                          f"the model with safe_serialization=True")
+    tensors = {}
+    for name in files:
+        tensors.update(load_file(str(folder / name)))
+    return tensors
+
+
+def _save_tokenizer(tokenizer: Tokenizer, folder: Path):
+    from transformers import LlamaTokenizer
+
+    source = folder / "_tokenizer_source"
+    source.mkdir()
+    (source / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
+    hf_tokenizer = LlamaTokenizer.from_pretrained(str(source))
+    shutil.rmtree(source)
+    hf_tokenizer.save_pretrained(str(folder))
+    (folder / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
+
+
+def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int) -> str:
+    lines = ["---", "library_name: transformers", "tags: [llama, megababel, progressive-training]", "---", "",
+             f"# megababel Llama: {config_parameters(config) / 1e6:.1f}M parameters, generation "
+             f"{meta['generation']}", "",
+             "Trained with [megababel](https://github.com/) by progressive growth: the model grew while it trained. "
+             "Exported with `tools/convert_to_hf.py`; a plain `LlamaForCausalLM`, no custom code.", "",
+             f"- checkpoint step {meta['step']}, {meta.get('tokens', 0):,} training tokens, "
+             f"{meta.get('flops', 0):.3g} training FLOPs",
+             f"- hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads "
+             f"(head_dim {config.head_dim}, {config.num_key_value_heads} key/value heads), FFN "
+             f"{config.intermediate_size}, vocabulary {active} of the tokenizer's {tokenizer_size}", ""]
+    history = meta.get("history") or []
+    if history:
+        lines += ["## Growth history", "",
+                  "| generation | from step | tokens at start | hidden | layers | FFN | vocabulary | parameters | "
+                  "validation loss before / after growth |", "|---|---|---|---|---|---|---|---|---|"]
+        for h in history:
+            c = h["config"]
+            loss = "" if h.get("loss_before") is None else f"{h['loss_before']:.4f} / {h['loss_after']:.4f}"
+            lines.append(f"| {h['generation']} | {h['step']} | {h['tokens']:,} | {c['hidden_size']} | "
+                         f"{c['num_hidden_layers']} | {c['intermediate_size']} | {c['vocab_size']} | "
+                         f"{h['parameters']:,} | {loss} |")
+        lines.append("")
+        tokens_per_stage = [b["tokens"] - a["tokens"] for a, b in zip(history, history[1:])]
+        tokens_per_stage.append(meta.get("tokens", 0) - history[-1]["tokens"])
+        lines.append("Tokens per generation: " + ", ".join(f"{t:,}" for t in tokens_per_stage) + ".")
+        if meta.get("validation_loss") is not None:
+            lines.append(f"Last validation loss: {meta['validation_loss']:.4f} nats/token "
+                         f"({meta.get('validation_bpb', float('nan')):.4f} bits/byte).")
+        lines.append("")
+    else:
+        born = sorted({(g["generation"], g["born"]) for g in meta.get("groups", [])})
+        lines += ["## Generations", "", "Born at steps: " + ", ".join(f"generation {g}: {s}" for g, s in born), ""]
+    if active < tokenizer_size:
+        lines += ["## Vocabulary stage", "",
+                  f"Trained on the first {active} pieces of a frequency ranking. The other {tokenizer_size - active} "
+                  f"ids have zero rows and are in generation_config's `suppress_tokens`, so `generate()` never emits "
+                  f"them. The saved tokenizer is the full one and may produce such ids; `vocab_stage.model` is the "
+                  f"SentencePiece model restricted to the stage, which `tools/eval.py` uses.", ""]
+    return "\n".join(lines)
+
+
+def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = torch.float32,
+                      overwrite: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
+    """Write a Hugging Face directory for `checkpoint` (a step_N dir or a checkpoints dir). Returns OUT."""
+    try:
+        path = resolve_checkpoint(checkpoint)
+        meta = load_checkpoint(path)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    tokenizer, ranking = find_tokenizer(path, meta, tokenizer_dir)
+    config, active = meta["config"], meta["config"].vocab_size
+    if active > tokenizer.vocab_size:
+        raise ExportError(f"{path}: the model has {active} vocabulary rows but the tokenizer only "
+                          f"{tokenizer.vocab_size} pieces: wrong --tokenizer")
+    out = Path(out)
+    tmp = _prepare_output(out, overwrite)
+    try:
+        order = torch.from_numpy(ranking.order[:active].copy())
+        tensors = {}
+        for module_path, value in meta["values"].items():
+            value = value.to(dtype)
+            if module_path in VOCAB_PATHS:               # model rows -> tokenizer ids; rows out of stage stay zero
+                full = value.new_zeros((tokenizer.vocab_size,) + tuple(value.shape[1:]))
+                full[order] = value
+                value = full
+            tensors[hf_key(module_path)] = value
+        save_safetensors(tensors, tmp, shard_bytes)
+        hf_config = to_hf_config(config.replace(vocab_size=tokenizer.vocab_size))
+        hf_config.bos_token_id, hf_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+        hf_config.torch_dtype = dtype
+        hf_config.save_pretrained(str(tmp))
+        from transformers import GenerationConfig
+        inactive = sorted(ranking.order[active:].tolist())
+        GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                         suppress_tokens=inactive or None).save_pretrained(str(tmp))
+        _save_tokenizer(tokenizer, tmp)
+        if inactive:
+            stage = ranking.stage(tokenizer, active)
+            (tmp / "vocab_stage.model").write_bytes(stage.sp.serialized_model_proto())
+        info = dict(source=str(path), step=meta["step"], generation=meta["generation"], active_vocab_size=active,
+                    tokenizer_sha256=tokenizer.sha256, history=meta.get("history"))
+        (tmp / "megababel.json").write_text(json.dumps(info, indent=1))
+        (tmp / "README.md").write_text(model_card(meta, config, active, tokenizer.vocab_size))
+        _finish_output(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# --- import -------------------------------------------------------------------------------------------------------
+
+def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
+    """A megababel checkpoint (generation 0, step 0, no optimizer state) from a Hugging Face Llama directory, with
+    its tokenizer. `ranking_path`: a dataset's ranking.json (same tokenizer) to put the rows in that order, so the
+    run can train on that dataset; default: the tokenizer's own order (identity ranking)."""
+    from transformers import AutoConfig
+
+    hf_dir = Path(hf_dir)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(hf_dir))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{hf_dir}: not a Hugging Face model directory ({e})") from None
+    if hf_config.model_type != "llama":
+        raise ExportError(f"{hf_dir}: model_type {hf_config.model_type!r}; only Llama models can be imported")
+    if getattr(hf_config, "tie_word_embeddings", False):
+        raise ExportError(f"{hf_dir}: tied embeddings are not supported (megababel's lm_head is untied)")
+    config = from_hf_config(hf_config)
+    if not (hf_dir / "tokenizer.model").is_file():
+        raise ExportError(f"{hf_dir}: no tokenizer.model (SentencePiece); megababel needs it for its data pipeline")
+    tokenizer = Tokenizer.load(hf_dir / "tokenizer.model")
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ExportError(f"{hf_dir}: vocab_size {config.vocab_size} != the tokenizer's {tokenizer.vocab_size} pieces")
+    if ranking_path:
+        ranking = VocabRanking.load(ranking_path, tokenizer)
+    else:
+        ranking = VocabRanking(np.arange(tokenizer.vocab_size), len(tokenizer.required_ids),
+                               np.zeros(tokenizer.vocab_size, dtype=np.int64), tokenizer.sha256)
+    state = load_safetensors(hf_dir)
+    expected = _expected_shapes(config)
+    missing = sorted(hf_key(p) for p in expected if hf_key(p) not in state)
+    if missing:
+        raise ExportError(f"{hf_dir}: weights missing: {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+    out = Path(out)
+    tmp = _prepare_output(out, overwrite)
+    try:
+        order = torch.from_numpy(ranking.order.copy())
+        (tmp / "tensors").mkdir()
+        tensor_files = {}
+        for i, (path, shape) in enumerate(expected.items()):
+            value = state[hf_key(path)]
+            if tuple(value.shape) != shape:
+                raise ExportError(f"{hf_dir}: {hf_key(path)} has shape {tuple(value.shape)}, the config says {shape}")
+            if path in VOCAB_PATHS:
+                value = value[order]          # tokenizer ids -> model rows
+            tensor_files[path] = f"tensors/{i:05d}.pt"
+            torch.save(dict(path=path, weight=value.float().contiguous(), moments={}), tmp / tensor_files[path])
+        layout = {p: [[[0] * len(s), list(s), 0]] for p, s in expected.items()}
+        meta = dict(format="megababel-checkpoint/1", step=0, tokens=0, flops=0, vocab=config.vocab_size,
+                    config=config.to_dict(), generation=0, layout=layout, tensor_files=tensor_files, groups=[],
+                    group_steps=[], counters=dict(global_steps=0, global_samples=0), world_size=1,
+                    tensor_parallel=1, imported_from=str(hf_dir))
+        (tmp / "megababel.json").write_text(json.dumps(meta, indent=1))
+        (tmp / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
+        ranking.save(tmp / "ranking.json")
+        _finish_output(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _expected_shapes(config: LlamaConfig) -> dict[str, tuple]:
+    """{module path: full shape} of every weight, in model order (built without allocating weights)."""
+    from .model import Llama
+    with torch.device("meta"):
+        model = Llama(config, values={})
+    return {path: tensor.full_shape for path, tensor in model.growable_tensors()}
