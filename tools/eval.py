@@ -1,0 +1,168 @@
+"""Perplexity and bits per byte of a Hugging Face directory or a megababel checkpoint on a text file.
+
+    python tools/eval.py hf/a ../shared/data/tinystories/valid.txt             # an export (or any HF Llama)
+    python tools/eval.py runs/a/checkpoints ../shared/data/tinystories/valid.txt --seq-len 256
+    python tools/eval.py hf/a data.jsonl --text-key text --max-docs 500 --json result.json
+    python tools/eval.py hf/a - --tasks hellaswag,arc_easy    # lm-evaluation-harness, when installed (task data local)
+
+Both kinds of model are evaluated the same way: each document becomes BOS + tokens + EOS, the documents are
+concatenated and cut into windows of --seq-len + 1 tokens (no overlap), and every next-token loss counts. Bits per
+byte = total loss / ln 2 / UTF-8 bytes of the documents, comparable across tokenizers and vocabulary stages;
+perplexity is per token. A megababel export made at an intermediate vocabulary stage is evaluated with its
+`vocab_stage.model` and the out-of-stage logits masked, exactly as megababel evaluates the checkpoint itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megababel.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: E402
+from megababel.data.readers import DataError, read_documents  # noqa: E402
+
+
+class Evaluated:
+    """A model behind one interface: `encode(text) -> ids`, `bos`, `eos`, `nll(ids [B, T+1]) -> summed loss`."""
+
+    @classmethod
+    def load(cls, path: Path) -> "Evaluated":
+        if (path / "config.json").is_file():
+            return HFModel(path)
+        return MegababelModel(path)
+
+
+class MegababelModel(Evaluated):
+    def __init__(self, path: Path):
+        from megababel.export import find_tokenizer
+        from megababel.model import Llama
+        path = resolve_checkpoint(path)
+        saved = load_checkpoint(path)
+        tokenizer, ranking = find_tokenizer(path, saved)
+        self.stage = ranking.stage(tokenizer, saved["config"].vocab_size)
+        self.bos, self.eos = self.stage.bos_id, self.stage.eos_id
+        self.model = Llama(saved["config"], layout=saved["layout"], generation=saved["generation"],
+                           values=saved["values"]).eval()
+        self.name = f"megababel checkpoint {path}"
+
+    def encode(self, text: str) -> list[int]:
+        return self.stage.encode(text).tolist()
+
+    def nll(self, ids: torch.Tensor) -> float:
+        logits, _ = self.model(ids[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+
+
+class HFModel(Evaluated):
+    def __init__(self, path: Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        self.mask = None
+        stage = path / "vocab_stage.model"
+        if stage.is_file():      # an intermediate-stage megababel export: the stage's tokenizer, out-of-stage masked
+            import sentencepiece as spm
+            self.sp = spm.SentencePieceProcessor(model_file=str(stage))
+            self.encode = self.sp.encode
+            self.bos, self.eos = self.sp.bos_id(), self.sp.eos_id()
+            suppressed = self.model.generation_config.suppress_tokens or []
+            self.mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
+            self.mask[torch.tensor(suppressed, dtype=torch.long)] = True
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+            self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.name = f"Hugging Face model {path}"
+
+    def nll(self, ids: torch.Tensor) -> float:
+        logits = self.model(ids[:, :-1]).logits.float()
+        if self.mask is not None:
+            logits = logits.masked_fill(self.mask, float("-inf"))
+        return F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+
+
+@torch.no_grad()
+def evaluate(model: Evaluated, documents, seq_len: int, batch_size: int, progress: bool = True) -> dict:
+    stream, n_bytes, n_docs = [], 0, 0
+    for doc in documents:
+        stream += [model.bos] + list(model.encode(doc)) + [model.eos]
+        n_bytes += len(doc.encode("utf-8"))
+        n_docs += 1
+    if n_docs == 0 or len(stream) < 2:
+        raise DataError("no documents to evaluate")
+    windows = [stream[i:i + seq_len + 1] for i in range(0, len(stream) - 1, seq_len)]
+    total, targets, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(total=len(stream) - 1, unit="tok", desc="evaluating", disable=not progress, dynamic_ncols=True)
+    full = [w for w in windows if len(w) == seq_len + 1]
+    batches = [full[i:i + batch_size] for i in range(0, len(full), batch_size)]
+    batches += [[w] for w in windows if len(w) != seq_len + 1 and len(w) >= 2]
+    for batch in batches:
+        ids = torch.tensor(batch, dtype=torch.long)
+        total += model.nll(ids)
+        targets += ids[:, 1:].numel()
+        bar.update(ids[:, 1:].numel())
+        bar.set_postfix(nll=f"{total / targets:.4f}", tok_s=f"{targets / (time.perf_counter() - start):.0f}")
+    bar.close()
+    return dict(model=model.name, documents=n_docs, bytes=n_bytes, tokens=targets, nll_per_token=total / targets,
+                perplexity=math.exp(total / targets), bits_per_byte=total / math.log(2) / n_bytes)
+
+
+def run_lm_eval(path: Path, tasks: str) -> dict:
+    try:
+        import lm_eval
+    except ImportError:
+        raise SystemExit("--tasks needs lm-evaluation-harness: pip install lm-eval (and the task data available "
+                         "locally, e.g. HF_DATASETS_OFFLINE=1 with a populated cache)") from None
+    if not (path / "config.json").is_file():
+        raise SystemExit("--tasks runs on a Hugging Face directory: export the checkpoint first "
+                         "(tools/convert_to_hf.py)")
+    results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=tasks.split(","))
+    return results["results"]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("model", type=Path, help="Hugging Face directory, or megababel checkpoint (step dir or checkpoints dir)")
+    p.add_argument("data", help="txt / jsonl / parquet file ('-' with --tasks only)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--text-key", default="text", help="jsonl field / parquet column (default: text)")
+    p.add_argument("--txt-mode", default="paragraph", help="txt documents: paragraph | line | file")
+    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated lm-evaluation-harness tasks")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    if args.seq_len < 1 or args.batch_size < 1:
+        p.error("--seq-len and --batch-size must be positive")
+    if not args.model.exists():
+        p.error(f"{args.model}: no such model directory")
+    result = {}
+    if args.data != "-":
+        try:
+            model = Evaluated.load(args.model)
+            documents = read_documents(args.data, text_key=args.text_key, txt_mode=args.txt_mode)
+            if args.max_docs:
+                documents = (d for _, d in zip(range(args.max_docs), documents))
+            result = evaluate(model, documents, args.seq_len, args.batch_size)
+        except (CheckpointError, DataError, OSError, ValueError) as e:
+            p.error(str(e))
+        print(f"{result['model']}: {result['documents']} documents, {result['tokens']:,} tokens, "
+              f"{result['bytes']:,} bytes: {result['nll_per_token']:.4f} nats/token, perplexity "
+              f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte")
+    if args.tasks:
+        result["lm_eval"] = run_lm_eval(args.model, args.tasks)
+        print(json.dumps(result["lm_eval"], indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
