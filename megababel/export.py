@@ -202,7 +202,7 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
         save_safetensors(tensors, tmp, shard_bytes)
         hf_config = to_hf_config(config.replace(vocab_size=tokenizer.vocab_size))
         hf_config.bos_token_id, hf_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
-        hf_config.torch_dtype = dtype
+        hf_config.dtype, hf_config.architectures = dtype, ["LlamaForCausalLM"]
         hf_config.save_pretrained(str(tmp))
         from transformers import GenerationConfig
         inactive = sorted(ranking.order[active:].tolist())
