@@ -176,8 +176,10 @@ def main(argv=None):
         expected = schedule.stages[saved["generation"] - 1].config if saved["generation"] else schedule.model
         imported = "imported_from" in saved      # tools/convert_from_hf.py: weights only, the run starts at step 0
         if imported and saved["config"] != expected:
-            p.error(f"--resume {saved['path']}: the imported model ({saved['config']}) differs from --schedule "
-                    f"{args.schedule}'s model ({expected}): write a schedule whose model is the imported one")
+            a, b = saved["config"].to_dict(), expected.to_dict()
+            differ = ", ".join(f"{k}: {a[k]} imported vs {b.get(k)} in the schedule" for k in a if a[k] != b.get(k))
+            p.error(f"--resume {saved['path']}: the imported model differs from --schedule {args.schedule}'s model "
+                    f"({differ}): set these in the schedule's `model`")
         if imported:
             saved.update(seq_len=args.seq_len, global_batch=args.micro_batch_size * dp_world, schedule=args.schedule)
         if saved["config"] != expected or saved["seq_len"] != args.seq_len:

@@ -215,3 +215,34 @@ def test_hub_dry_run_lists_every_file_and_a_missing_token_keeps_the_export(small
     err = capsys.readouterr().err
     assert "no Hugging Face token" in err and "complete and untouched" in err
     assert (tmp_path / "hf_push" / "model.safetensors").is_file()
+
+
+def test_an_imported_hugging_face_llama_trains_and_grows(tmp_path, capsys):
+    """convert_from_hf -> launch/train.py --resume with a schedule whose model is the imported one: it grows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megababel.data.embedded import build_embedded_dataset
+    data = build_embedded_dataset()
+    config = LlamaConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, vocab_size=4000, tie_word_embeddings=False,
+                         rms_norm_eps=1e-6, max_position_embeddings=2048)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf/tokenizer.model").write_bytes((data / "tokenizer.model").read_bytes())
+    load_script("tools/convert_from_hf.py").main([str(tmp_path / "hf"), str(tmp_path / "ckpt"),
+                                                  "--ranking", str(data / "ranking.json")])
+    schedule = tmp_path / "grow.yaml"
+    schedule.write_text("model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, intermediate_size: 192,\n"
+                        "        num_key_value_heads: 2, vocab_size: 4000, rms_norm_eps: 1.0e-6}\n"
+                        "training: {steps: 12, lr: 0.003, warmup_steps: 2}\n"
+                        "stages: [{at_step: 6, hidden_size: 128, intermediate_size: 384}]\n")
+    train = load_script("launch/train.py").main
+    common = ["--resume", str(tmp_path / "ckpt"), "--data", str(data), "--micro-batch-size", "4", "--seq-len", "64",
+              "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):      # max_position_embeddings differs: named in the error
+        train(common + ["--schedule", str(schedule)])
+    assert "max_position_embeddings: 2048 imported vs 4096 in the schedule" in capsys.readouterr().err
+    schedule.write_text(schedule.read_text().replace("rms_norm_eps: 1.0e-6", "rms_norm_eps: 1.0e-6, "
+                                                     "max_position_embeddings: 2048"))
+    result = train(common + ["--schedule", str(schedule)])
+    assert result["generation"] == 1 and len(result["losses"]) == 12
+    assert result["growth"][0]["loss_before"] == pytest.approx(result["growth"][0]["loss_after"], rel=1e-5)
