@@ -116,14 +116,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     from .engine import GroupInfo
 
     path = resolve_checkpoint(path)
-    meta = json.loads((path / "megababel.json").read_text())
+    try:
+        meta = json.loads((path / "megababel.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}/megababel.json is unreadable ({e}): the checkpoint is damaged") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     values = {}
     for tensor_path, file in meta["tensor_files"].items():
         if not (path / file).is_file():
             raise CheckpointError(f"{path}: {file} is missing: the checkpoint is incomplete or damaged")
-        data = torch.load(path / file, weights_only=True, mmap=True)
+        try:
+            data = torch.load(path / file, weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, pickle errors, EOFError, ...
+            raise CheckpointError(f"{path}: {file} is unreadable ({type(e).__name__}): the checkpoint is damaged; "
+                                  f"use an earlier one") from None
         expected = tuple(max(o[d] + s[d] for o, s, _ in meta["layout"][tensor_path])
                          for d in range(len(meta["layout"][tensor_path][0][0])))
         if tuple(data["weight"].shape) != expected:

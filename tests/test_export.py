@@ -171,6 +171,15 @@ def test_bad_inputs_give_clear_errors_and_no_output(small_checkpoint, tmp_path, 
     shutil.copytree(small_checkpoint, broken)
     next((broken / "tensors").iterdir()).unlink()
     assert "is missing: the checkpoint is incomplete or damaged" in _export_error(capsys, broken, out)
+    # a truncated tensor file, a damaged megababel.json
+    victim = next((small_checkpoint / "tensors").iterdir())
+    shutil.copytree(small_checkpoint, tmp_path / "truncated")
+    data = (tmp_path / "truncated" / "tensors" / victim.name).read_bytes()
+    (tmp_path / "truncated" / "tensors" / victim.name).write_bytes(data[: len(data) // 2])
+    assert "is unreadable" in _export_error(capsys, tmp_path / "truncated", out)
+    shutil.copytree(small_checkpoint, tmp_path / "garbled")
+    (tmp_path / "garbled" / "megababel.json").write_text("{not json")
+    assert "megababel.json is unreadable" in _export_error(capsys, tmp_path / "garbled", out)
     # not a checkpoint at all
     assert "not a complete megababel checkpoint" in _export_error(capsys, tmp_path, out)
     # missing tokenizer
@@ -246,3 +255,18 @@ def test_an_imported_hugging_face_llama_trains_and_grows(tmp_path, capsys):
     result = train(common + ["--schedule", str(schedule)])
     assert result["generation"] == 1 and len(result["losses"]) == 12
     assert result["growth"][0]["loss_before"] == pytest.approx(result["growth"][0]["loss_after"], rel=1e-5)
+
+
+def test_large_exports_are_sharded_and_load(small_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from megababel.export import export_checkpoint
+    whole = export_checkpoint(small_checkpoint, tmp_path / "whole")
+    sharded = export_checkpoint(small_checkpoint, tmp_path / "sharded", shard_bytes=200_000)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2 and not (sharded / "model.safetensors").exists()
+    a = AutoModelForCausalLM.from_pretrained(whole).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(sharded).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(index["weight_map"]) == set(load_file(whole / "model.safetensors"))
