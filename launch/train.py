@@ -6,6 +6,7 @@
     python launch/train.py --schedule my_schedule.yaml --data data/tinystories --out runs/ts
     python launch/train.py --save-every 100 --out runs/a                    # checkpoints in runs/a/checkpoints
     deepspeed --num_gpus 1 launch/train.py --resume runs/a/checkpoints --out runs/a   # any ZeRO stage / rank count
+    sbatch --nodes=2 launch/slurm/train.sbatch --stage 3 --out runs/a          # Slurm: see launch/slurm/README.md
     DS_ACCELERATOR=cpu deepspeed --num_gpus 4 launch/train.py --stage 3 --tp 2  # tensor parallel 2 x data parallel 2
 
 --schedule: a preset (tiny, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
@@ -16,6 +17,9 @@ schedule uses; default: the embedded corpus (Python docstrings, own tokenizer, s
 writes OUT/log.csv, TensorBoard events in OUT/tensorboard, OUT/loss.png (validation bits per byte, growth marked)
 and OUT/summary.txt.
 
+SIGUSR1 or SIGTERM (Slurm's --signal before the time limit, preemption) makes every rank stop after the current
+step, write a checkpoint and OUT/preempted, and exit 0; `--resume auto` continues from OUT/checkpoints if present.
+
 --tp N: tensor parallelism over groups of N consecutive ranks (megababel/tensor_parallel.py), data parallelism (and
 ZeRO partitioning) over world / N. Every stage's heads, key/value heads, FFN width and vocabulary must be divisible
 by N: checked before anything is built. Checkpoints hold the unsharded model, so a run resumes under any --tp.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -62,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps and at the end (0: never)")
     p.add_argument("--save-after-growth", action="store_true", help="also checkpoint right after each growth")
-    p.add_argument("--resume", type=Path, default=None, help="checkpoint (step_N dir, or a checkpoints dir: latest)")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="checkpoint (step_N dir, or a checkpoints dir: latest); 'auto': OUT/checkpoints if it exists")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -101,6 +107,38 @@ class StageData:
 
     def bits_per_byte(self, loss: float) -> float:
         return loss * self.tokens_per_byte / math.log(2)
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: NCCL only moves GPU tensors."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class StopRequest:
+    """SIGUSR1 / SIGTERM ask for a checkpoint and a clean stop. Ranks may get the signal at different moments, so
+    they agree (an all-reduce of a flag) at every step boundary and all stop after the same step."""
+
+    def __init__(self):
+        self.signal_name = None
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+
+    def close(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self.signal_name else 0.0])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            flag = flag.to(_comm_device())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal_name is None:
+            self.signal_name = "on another rank"
+        return bool(flag.item())
 
 
 def check_vocabulary(p, data: Path, schedule):
@@ -168,6 +206,10 @@ def main(argv=None):
         f"ZeRO-{args.stage}, {world} rank(s) = TP {args.tp} x DP {dp_world}, {'bf16' if args.bf16 else 'fp32'}")
 
     start, tokens, flops = 0, 0, 0
+    if args.resume == Path("auto"):
+        latest = args.out / "checkpoints"
+        args.resume = latest if (latest / "latest").is_file() else None
+    stop = StopRequest()
     if args.resume is not None:
         try:
             saved = load_checkpoint(args.resume)
@@ -224,6 +266,9 @@ def main(argv=None):
         log.writerows(kept)
         from torch.utils.tensorboard import SummaryWriter
         board = SummaryWriter(str(args.out / "tensorboard"), purge_step=start)
+    if is_main:
+        (args.out / "preempted").unlink(missing_ok=True)
+    preempted = False
     bar = tqdm(range(start, schedule.steps), desc="training", unit="step", dynamic_ncols=True, mininterval=1.0,
                disable=not is_main, initial=start, total=schedule.steps)
     t_last = time.perf_counter()
@@ -285,8 +330,19 @@ def main(argv=None):
             val_points.append((tokens, stage.bits_per_byte(last_val_loss)))
             if is_main:
                 board.add_scalar("validation/bits_per_byte", val_points[-1][1], step)
-        if args.save_every and ((step + 1) % args.save_every == 0 or step + 1 == schedule.steps):
+        saved_now = args.save_every and ((step + 1) % args.save_every == 0 or step + 1 == schedule.steps)
+        if saved_now:
             save(step + 1)
+        if step + 1 < schedule.steps and stop.agreed():
+            if not saved_now:
+                save(step + 1)
+            if is_main:
+                (args.out / "preempted").write_text(f"{step + 1}\n")
+            say(f"signal {stop.signal_name}: checkpoint saved at step {step + 1}; stopping (resume with "
+                f"--resume auto, or requeue the Slurm job)")
+            preempted = True
+            break
+    stop.close()
     final = val_points[-1][1]
     summary = (f"final validation {final:.3f} bits/byte after {tokens:,} tokens, {flops:.3g} training FLOPs; model "
                f"{parameters:,} parameters in {engine.model.generation + 1} generations, "
@@ -298,7 +354,7 @@ def main(argv=None):
         (args.out / "summary.txt").write_text(summary + "\n")
         print(summary)
         print(f"logs: {args.out / 'log.csv'}, plot: {args.out / 'loss.png'}")
-    return dict(final_validation_bpb=final, initial_validation_bpb=val_points[0][1],
+    return dict(preempted=preempted, final_validation_bpb=final, initial_validation_bpb=val_points[0][1],
                 generation=engine.model.generation, growth=growth_log, vocab_size=engine.model.config.vocab_size,
                 parameters=parameters, losses=[r["loss"] for r in rows])
 

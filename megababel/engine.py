@@ -38,8 +38,12 @@ def free_port() -> int:
 
 
 def init_distributed():
-    """torch.distributed on gloo (CPU) or nccl, from the launcher's environment; a plain `python` run is rank 0 of 1."""
+    """torch.distributed on gloo (CPU) or nccl, from the launcher's environment (deepspeed / torchrun variables, or
+    Slurm's when srun started one task per rank); a plain `python` run is rank 0 of 1."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                          LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
@@ -303,7 +307,7 @@ class GrowingEngine:
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         """One optimizer step (no gradient accumulation here); returns the loss averaged over data-parallel ranks."""
         self.set_lr(step)
-        _, loss = self.engine(inputs, targets)
+        _, loss = self.engine(inputs.to(self.engine.device), targets.to(self.engine.device))
         self.engine.backward(loss)
         self.engine.step()
         loss = loss.detach().float().clone()
@@ -314,8 +318,11 @@ class GrowingEngine:
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
-        losses = torch.tensor([self.engine(x, y)[1].float().item() for x, y in batches]).mean()
+        device = self.engine.device
+        losses = torch.tensor([self.engine(x.to(device), y.to(device))[1].float().item() for x, y in batches]).mean()
         if dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":            # NCCL reduces GPU tensors only
+                losses = losses.to(torch.device("cuda", torch.cuda.current_device()))
             dist.all_reduce(losses)
             losses /= dist.get_world_size()
         return losses.item()

@@ -153,9 +153,10 @@ class LocalSlurmCluster:
         return "\n".join(f"--- {f.name}\n{f.read_text()[-1500:]}" for f in sorted((self.root / "logs").glob("*"))
                          if f.is_file())
 
-    def sbatch(self, script: str | os.PathLike, *args: str, cwd=None) -> int:
-        done = subprocess.run(["sbatch", "--parsable", *args, str(script)], env=self.env, capture_output=True,
-                              text=True, timeout=60, cwd=cwd)
+    def sbatch(self, script: str | os.PathLike, options=(), args=(), cwd=None, env=None) -> int:
+        """Submit `script` with sbatch `options`, passing it `args`; returns the job id."""
+        done = subprocess.run(["sbatch", "--parsable", *options, str(script), *args], env=dict(self.env, **(env or {})),
+                              capture_output=True, text=True, timeout=60, cwd=cwd)
         if done.returncode != 0:
             raise RuntimeError(f"sbatch failed: {done.stderr}")
         return int(done.stdout.strip().split(";")[0])
