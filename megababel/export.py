@@ -120,19 +120,75 @@ def load_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _save_tokenizer(tokenizer: Tokenizer, folder: Path):
-    from transformers import LlamaTokenizer
+def _probe_texts() -> list[str]:
+    """Texts with the whitespace patterns where converted tokenizers tend to differ from SentencePiece: docstrings
+    of standard-library modules (indented code, runs of spaces), plus a few synthetic lines."""
+    import collections
+    import json as json_module
+    import subprocess
+    docs = [m.__doc__ for m in (collections, json_module, os, subprocess, shutil) if m.__doc__]
+    lines = [" = Heading = \n", "And  \nTwice", "    >>> import json\n  x  y\tz  \u00e9\u4e2d \U0001F600",
+             "trailing   ", "Once upon a time, 1234 tokens.", "a\n\n  b"]
+    return [p for d in docs for p in d.split("\n\n") if p.strip()] + lines
+
+
+# SentencePiece's pipeline: prepend "▁", spaces -> "▁"; candidates for the pre-tokenizer (see _save_tokenizer)
+_NORMALIZER = {"type": "Sequence", "normalizers": [
+    {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+_PRE_TOKENIZERS = [None, {"type": "Split", "pattern": {"Regex": "\u2581+(?=\u2581[^\u2581])"},
+                          "behavior": "Isolated", "invert": False}]
+
+
+def _save_tokenizer(tokenizer: Tokenizer, folder: Path) -> dict:
+    """tokenizer.json + tokenizer_config.json made to encode like the SentencePiece model, plus the model itself.
+    Returns how many probe texts encode identically.
+
+    transformers' LlamaTokenizer builds its own Metaspace pre-tokenizer, which skips SentencePiece's dummy-prefix
+    space when a text already starts with a space: such texts get other ids. So the vocabulary and merges converted
+    by transformers are kept with SentencePiece's normalisation (prepend "▁", spaces -> "▁"; BOS added by the
+    post-processor), loaded as a plain PreTrainedTokenizerFast. BPE by merge rank can still differ from SentencePiece's
+    BPE by piece score on runs of spaces before a word, and which pre-tokenizer fixes that depends on the model (Llama
+    2 needs the run split off, tokenizers trained by this sentencepiece do not): both are tried on probe texts and
+    the better one is kept. tools/eval.py encodes with tokenizer.model itself, so its figures are exact anyway."""
+    from transformers import AutoTokenizer, LlamaTokenizer
 
     source = folder / "_tokenizer_source"
     source.mkdir()
     (source / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
-    hf_tokenizer = LlamaTokenizer.from_pretrained(str(source))
+    LlamaTokenizer.from_pretrained(str(source)).save_pretrained(str(folder))
     shutil.rmtree(source)
-    hf_tokenizer.save_pretrained(str(folder))
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    bos = tokenizer.sp.id_to_piece(tokenizer.bos_id)
+    spec["normalizer"] = _NORMALIZER
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [tokenizer.bos_id], "tokens": [bos]}}}
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="PreTrainedTokenizerFast", add_bos_token=True, add_eos_token=False)
+    config.pop("backend", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     (folder / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
+    probes = _probe_texts()
+    expected = [[tokenizer.bos_id] + ids for ids in tokenizer.encode_batch(probes)]
+    best = None
+    for pre_tokenizer in _PRE_TOKENIZERS:
+        spec["pre_tokenizer"] = pre_tokenizer
+        (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+        encoded = AutoTokenizer.from_pretrained(str(folder))(probes)["input_ids"]
+        same = sum(a == b for a, b in zip(encoded, expected))
+        if best is None or same > best[0]:
+            best = (same, pre_tokenizer)
+        if same == len(probes):
+            break
+    spec["pre_tokenizer"] = best[1]
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    return dict(identical=best[0], probes=len(probes), split_space_runs=best[1] is not None)
 
 
-def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int) -> str:
+def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int, agreement: dict) -> str:
     lines = ["---", "library_name: transformers", "tags: [llama, megababel, progressive-training]", "---", "",
              f"# megababel Llama: {config_parameters(config) / 1e6:.1f}M parameters, generation "
              f"{meta['generation']}", "",
@@ -165,6 +221,9 @@ def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int
     else:
         born = sorted({(g["generation"], g["born"]) for g in meta.get("groups", [])})
         lines += ["## Generations", "", "Born at steps: " + ", ".join(f"generation {g}: {s}" for g, s in born), ""]
+    lines += ["## Tokenizer", "", f"`tokenizer.json` (for `AutoTokenizer`) encodes {agreement['identical']} of "
+              f"{agreement['probes']} probe texts exactly like the SentencePiece model `tokenizer.model` it was "
+              f"converted from; where they differ (runs of spaces), `tokenizer.model` is the reference.", ""]
     if active < tokenizer_size:
         lines += ["## Vocabulary stage", "",
                   f"Trained on the first {active} pieces of a frequency ranking. The other {tokenizer_size - active} "
@@ -208,14 +267,14 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
         inactive = sorted(ranking.order[active:].tolist())
         GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                          suppress_tokens=inactive or None).save_pretrained(str(tmp))
-        _save_tokenizer(tokenizer, tmp)
+        agreement = _save_tokenizer(tokenizer, tmp)
         if inactive:
             stage = ranking.stage(tokenizer, active)
             (tmp / "vocab_stage.model").write_bytes(stage.sp.serialized_model_proto())
         info = dict(source=str(path), step=meta["step"], generation=meta["generation"], active_vocab_size=active,
-                    tokenizer_sha256=tokenizer.sha256, history=meta.get("history"))
+                    tokenizer_sha256=tokenizer.sha256, tokenizer_agreement=agreement, history=meta.get("history"))
         (tmp / "megababel.json").write_text(json.dumps(info, indent=1))
-        (tmp / "README.md").write_text(model_card(meta, config, active, tokenizer.vocab_size))
+        (tmp / "README.md").write_text(model_card(meta, config, active, tokenizer.vocab_size, agreement))
         _finish_output(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -74,6 +74,9 @@ def test_tp2_zero3_checkpoint_exports_to_a_plain_llama(run, tmp_path):
     # the saved tokenizer gives megababel's ids (in the tokenizer's order)
     hf_tokenizer = AutoTokenizer.from_pretrained(out)
     assert hf_tokenizer(text, add_special_tokens=False)["input_ids"][:256] == ids[0].tolist()
+    odd = "    leading spaces\n\ttabs  and  runs,  \u00e9\u4e2d\U0001F600 1234"
+    assert hf_tokenizer(odd)["input_ids"] == [stage.tokenizer.bos_id] + stage.tokenizer.encode(odd)
+    assert hf_tokenizer.decode(hf_tokenizer(odd, add_special_tokens=False)["input_ids"]) == odd
     with torch.no_grad():
         ours, theirs = model(rows)[0], hf(ids).logits
     order = torch.from_numpy(stage.ranking.order[:4000].copy())

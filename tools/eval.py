@@ -8,8 +8,9 @@
 Both kinds of model are evaluated the same way: each document becomes BOS + tokens + EOS, the documents are
 concatenated and cut into windows of --seq-len + 1 tokens (no overlap), and every next-token loss counts. Bits per
 byte = total loss / ln 2 / UTF-8 bytes of the documents, comparable across tokenizers and vocabulary stages;
-perplexity is per token. A megababel export made at an intermediate vocabulary stage is evaluated with its
-`vocab_stage.model` and the out-of-stage logits masked, exactly as megababel evaluates the checkpoint itself.
+perplexity is per token. A Hugging Face directory with a `tokenizer.model` is encoded by that SentencePiece model
+(else by AutoTokenizer); a megababel export made at an intermediate vocabulary stage with its `vocab_stage.model`
+and the out-of-stage logits masked, exactly as megababel evaluates the checkpoint itself.
 """
 from __future__ import annotations
 
@@ -65,15 +66,18 @@ class HFModel(Evaluated):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
         self.mask = None
-        stage = path / "vocab_stage.model"
-        if stage.is_file():      # an intermediate-stage megababel export: the stage's tokenizer, out-of-stage masked
+        stage, sentencepiece = path / "vocab_stage.model", path / "tokenizer.model"
+        if stage.is_file() or sentencepiece.is_file():
+            # the SentencePiece model itself (exact; the converted tokenizer.json may differ on runs of spaces);
+            # an intermediate-stage megababel export: the stage's model, and out-of-stage logits masked
             import sentencepiece as spm
-            self.sp = spm.SentencePieceProcessor(model_file=str(stage))
+            self.sp = spm.SentencePieceProcessor(model_file=str(stage if stage.is_file() else sentencepiece))
             self.encode = self.sp.encode
             self.bos, self.eos = self.sp.bos_id(), self.sp.eos_id()
-            suppressed = self.model.generation_config.suppress_tokens or []
-            self.mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
-            self.mask[torch.tensor(suppressed, dtype=torch.long)] = True
+            if stage.is_file():
+                suppressed = self.model.generation_config.suppress_tokens or []
+                self.mask = torch.zeros(self.model.config.vocab_size, dtype=torch.bool)
+                self.mask[torch.tensor(suppressed, dtype=torch.long)] = True
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
