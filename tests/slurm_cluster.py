@@ -80,8 +80,11 @@ class LocalSlurmCluster:
 
     @property
     def env(self) -> dict:
-        """Environment for Slurm clients (sbatch, squeue, scontrol) talking to this cluster."""
-        return dict(os.environ, SLURM_CONF=str(self.root / "slurm.conf"))
+        """Environment for Slurm clients (sbatch, squeue, scontrol) talking to this cluster, without the rank
+        variables of whatever process runs the tests (sbatch would export them into the job)."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        return dict(env, SLURM_CONF=str(self.root / "slurm.conf"))
 
     def _start(self, name: str, command: list[str]):
         log = open(self.root / "logs" / f"{name}.out", "w")
