@@ -164,6 +164,9 @@ class LocalSlurmCluster:
             raise RuntimeError(f"sbatch failed: {done.stderr}")
         return int(done.stdout.strip().split(";")[0])
 
+    def job_info(self, job: int) -> str:
+        return self._run(["scontrol", "show", "job", str(job)]).stdout
+
     def job_state(self, job: int) -> str:
         out = self._run(["scontrol", "show", "job", str(job)]).stdout
         for field in out.split():
