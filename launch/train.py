@@ -46,7 +46,7 @@ from megababel.data.embedded import build_embedded_dataset  # noqa: E402
 from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.readers import DataError  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.engine import GrowingEngine, init_distributed, load_ds_config  # noqa: E402
+from megababel.engine import GrowingEngine, comm_device, init_distributed, load_ds_config  # noqa: E402
 from megababel.schedule import load_schedule  # noqa: E402
 from megababel.tensor_parallel import TensorParallel, check_tensor_parallel  # noqa: E402
 
@@ -109,13 +109,6 @@ class StageData:
         return loss * self.tokens_per_byte / math.log(2)
 
 
-def _comm_device() -> torch.device:
-    """Where collective tensors must live: NCCL only moves GPU tensors."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 class StopRequest:
     """SIGUSR1 / SIGTERM ask for a checkpoint and a clean stop. Ranks may get the signal at different moments, so
     they agree (an all-reduce of a flag) at every step boundary and all stop after the same step."""
@@ -134,7 +127,7 @@ class StopRequest:
     def agreed(self) -> bool:
         flag = torch.tensor([1.0 if self.signal_name else 0.0])
         if dist.is_initialized() and dist.get_world_size() > 1:
-            flag = flag.to(_comm_device())
+            flag = flag.to(comm_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.signal_name is None:
             self.signal_name = "on another rank"

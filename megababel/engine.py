@@ -54,6 +54,13 @@ def init_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
+def comm_device() -> torch.device:
+    """Where tensors for collectives must live: NCCL only moves GPU tensors, gloo CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: int, bf16: bool,
                    offload_optimizer: bool = False, gradient_clipping: float | None = None,
                    path: str | None = None) -> dict:
@@ -321,8 +328,7 @@ class GrowingEngine:
         device = self.engine.device
         losses = torch.tensor([self.engine(x.to(device), y.to(device))[1].float().item() for x, y in batches]).mean()
         if dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":            # NCCL reduces GPU tensors only
-                losses = losses.to(torch.device("cuda", torch.cuda.current_device()))
+            losses = losses.to(comm_device())
             dist.all_reduce(losses)
             losses /= dist.get_world_size()
         return losses.item()

@@ -321,12 +321,12 @@ class TensorParallel:
     def merge_state(self, split: TPSplit, local: torch.Tensor, moments: dict) -> tuple[torch.Tensor, dict]:
         """Collective over the TP group: the unsharded weight and each global block's moments from every rank's
         shard (local `moments`: {block index: (exp_avg, exp_avg_sq)} shaped like the local blocks)."""
-        parts = [local]
+        parts, local_layout = [local], split.local_layout()
         if moments:
             for k in range(2):
                 full = torch.zeros_like(local)
                 for index, pair in moments.items():
-                    full[_slices(split.local_layout()[index])] = pair[k]
+                    full[_slices(local_layout[index])] = pair[k]
                 parts.append(full)
         stacked = torch.stack(parts)
         gathered = [torch.empty_like(stacked) for _ in range(self.tp_size)]
