@@ -43,8 +43,10 @@ class ExportError(ValueError):
 
 def find_tokenizer(checkpoint: Path, meta: dict, tokenizer_dir: str | os.PathLike | None = None):
     """(Tokenizer, VocabRanking) of a checkpoint: from `tokenizer_dir`, else the checkpoint itself, else its dataset."""
-    candidates = [Path(tokenizer_dir)] if tokenizer_dir else [checkpoint] + ([Path(meta["data"])] if meta.get("data")
-                                                                             else [])
+    if tokenizer_dir:
+        candidates = [Path(tokenizer_dir)]
+    else:
+        candidates = [checkpoint] + ([Path(meta["data"])] if meta.get("data") else [])
     for folder in candidates:
         if (folder / "tokenizer.model").is_file() and (folder / "ranking.json").is_file():
             try:
