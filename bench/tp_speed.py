@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,20 +79,10 @@ def worker(tp_size: int, bf16: bool, steps: int):
 
 def run(world: int, tp: int, bf16: bool, steps: int) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    from megababel.engine import free_port
-    port, procs = str(free_port()), []
-    for rank in range(world):
-        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS=str(max(1, 2 // world)))
-        command = [sys.executable, __file__, "--worker", str(tp), "--steps", str(steps)] + (["--bf16"] if bf16 else [])
-        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    results = []
-    for p in procs:
-        out = p.communicate(timeout=1800)[0]
-        if p.returncode != 0:
-            raise RuntimeError(out[-3000:])
-        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
-    return results
+    from megababel.local_ranks import run_local_ranks
+    command = [__file__, "--worker", tp, "--steps", steps] + (["--bf16"] if bf16 else [])
+    logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1800)
+    return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
 
 
 def main(argv=None):

@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from megababel.engine import free_port
+from megababel.local_ranks import run_local_ranks
 
 WORKER = Path(__file__).with_name("ds_worker.py")
 
 
 def run_ranks(stage: int, world: int, out: Path) -> dict:
-    port = str(free_port())
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(stage), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    run_local_ranks(world, [WORKER, stage, out])
     return torch.load(out, weights_only=False)
 
 

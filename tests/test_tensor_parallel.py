@@ -17,6 +17,7 @@ import torch
 
 from megababel.config import ConfigError, LlamaConfig
 from megababel.engine import free_port
+from megababel.local_ranks import run_local_ranks
 from megababel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
 
 from conftest import tiny_config
@@ -91,16 +92,7 @@ def test_launcher_refuses_a_bad_layout_before_building_anything(tmp_path):
 
 
 def run_ranks(world: int, stage: int, tp: int, out: Path, *extra) -> dict:
-    port = str(free_port())
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-        command = [sys.executable, str(WORKER), str(stage), str(tp), str(out), "--clip", "0.01", *map(str, extra)]
-        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    run_local_ranks(world, [WORKER, stage, tp, out, "--clip", "0.01", *extra])
     return torch.load(out, weights_only=False)
 
 
