@@ -280,7 +280,8 @@ def main(argv=None):
             growth = pending.pop(0)
             t0 = time.perf_counter()
             before = engine.evaluate(stage.val_batches)
-            generation = engine.grow(growth.event, step, growth.lr, growth.warmup_steps)
+            generation = engine.grow(growth.event, step, growth.lr, growth.warmup_steps,
+                                     reset_optimizer=growth.optimizer_state == "reset")
             after = engine.evaluate(stage.val_batches)
             seconds = time.perf_counter() - t0
             config = engine.model.config

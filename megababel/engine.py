@@ -208,7 +208,7 @@ class _ShardedMoments:
 
 
 class GrowingEngine:
-    """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curve (Schedule.lr_at)."""
+    """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curves (Schedule.group_lr)."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, layout: dict | None = None,
                  values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None,
@@ -309,7 +309,7 @@ class GrowingEngine:
     # --- training -----------------------------------------------------------------------------------------------
     def set_lr(self, step: int):
         for info, group in zip(self.groups, self.engine.optimizer.param_groups):
-            group["lr"] = self.schedule.lr_at(step, info.born, info.lr, info.warmup)
+            group["lr"] = self.schedule.group_lr(step, info.born, info.lr, info.warmup)
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         """One optimizer step (no gradient accumulation here); returns the loss averaged over data-parallel ranks."""
@@ -378,8 +378,10 @@ class GrowingEngine:
             moments.update({(path, index): pair for index, pair in pairs.items()})
         return values, moments, self.group_steps()
 
-    def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None) -> int:
-        """Collective. Peak memory per rank: the fp32 weights (a CPU model to grow) plus 2/world of the Adam state."""
+    def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None,
+             reset_optimizer: bool = False) -> int:
+        """Collective. Peak memory per rank: the fp32 weights (a CPU model to grow) plus 2/world of the Adam state.
+        reset_optimizer: every parameter, old or new, starts from a fresh Adam state (zero moments, step 0)."""
         config, generation = self.model.config, self.model.generation
         host = Llama(config, layout=self.model.block_layout(), generation=generation, values=EMPTY)
         host_tensors = dict(host.growable_tensors())
@@ -388,10 +390,10 @@ class GrowingEngine:
             for path, full, pairs in self.iter_state():      # one tensor at a time into the CPU model
                 for block in host_tensors[path].blocks():
                     block.copy_(full[block.block_meta.slices])
-                for index, pair in pairs.items():
+                for index, pair in ({} if reset_optimizer else pairs).items():
                     moments.add((path, index), count, pair, pair[0].shape)
                     count += 1
-        steps = self.group_steps()
+        steps = {} if reset_optimizer else self.group_steps()
         # moments follow their Parameter through growth: old blocks keep their identity, layers may be renumbered
         old_keys = {p: (path, i) for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
         counters = self.counters()

@@ -14,6 +14,12 @@ A schedule is a YAML or JSON file (or a preset name):
         layer_positions: interleave        # and any GrowthEvent init option (width_init, heads_init, ...)
         lr: 2.0e-3                         # peak lr / warm-up of the new generation (default: training's)
         warmup_steps: 20
+        optimizer_state: keep              # keep (default): old blocks keep their Adam moments and steps;
+                                           #   reset: every parameter starts from a fresh Adam state
+
+training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
+decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
+(new parameters join at the current learning rate), the baseline that bench/growth_vs_scratch.py compares against.
 
 `load_schedule` validates the whole schedule before anything is built: every stage is checked against the model it
 grows (shrinking, hidden not a multiple of head_dim, GQA groups, layer positions, ...), stages must come in order
@@ -30,7 +36,10 @@ from pathlib import Path
 from .config import ConfigError, LlamaConfig
 from .growth import GrowthEvent, check_growth
 
-TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1)
+TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
+                         lr_schedule="per_generation")
+LR_SCHEDULES = ("per_generation", "global")
+OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 
 PRESETS = {
@@ -64,6 +73,7 @@ class Stage:
     lr: float
     warmup_steps: int
     config: LlamaConfig          # the model after this stage
+    optimizer_state: str = "keep"
 
 
 @dataclass
@@ -74,6 +84,7 @@ class Schedule:
     warmup_steps: int
     min_lr_ratio: float
     weight_decay: float
+    lr_schedule: str = "per_generation"
     stages: list[Stage] = field(default_factory=list)
     source: str = ""
 
@@ -92,6 +103,12 @@ class Schedule:
             return peak * (age + 1) / warmup
         progress = min(1.0, (age - warmup) / max(1, self.steps - born - warmup))
         return peak * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def group_lr(self, step: int, born: int, peak: float, warmup: int) -> float:
+        """The learning rate of a param group at `step`, under training.lr_schedule."""
+        if self.lr_schedule == "global":
+            return self.lr_at(step, 0, self.lr, self.warmup_steps)
+        return self.lr_at(step, born, peak, warmup)
 
 
 def _error(where: str, message: str) -> ConfigError:
@@ -117,6 +134,8 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     for name in ("lr", "weight_decay", "min_lr_ratio", "warmup_steps"):
         if not isinstance(training[name], (int, float)) or training[name] < 0:
             raise _error(f"training.{name}", f"must be a non-negative number, got {training[name]!r}")
+    if training["lr_schedule"] not in LR_SCHEDULES:
+        raise _error("training.lr_schedule", f"must be one of {list(LR_SCHEDULES)}, got {training['lr_schedule']!r}")
     schedule = Schedule(model=model, source=source, **training)
     config, last_step = model, 0
     for i, stage in enumerate(spec.get("stages", []) or []):
@@ -147,6 +166,13 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
                                              f"(training.steps = {schedule.steps})")
         lr = stage.pop("lr", schedule.lr)
         warmup = stage.pop("warmup_steps", schedule.warmup_steps)
+        if schedule.lr_schedule == "global" and (lr != schedule.lr or warmup != schedule.warmup_steps):
+            raise _error(where, "lr / warmup_steps of a stage need training.lr_schedule: per_generation "
+                                "(under global every parameter follows training's curve)")
+        optimizer_state = stage.pop("optimizer_state", "keep")
+        if optimizer_state not in OPTIMIZER_STATES:
+            raise _error(f"{where}.optimizer_state", f"must be one of {list(OPTIMIZER_STATES)}, "
+                                                     f"got {optimizer_state!r}")
         unknown = set(stage) - EVENT_FIELDS
         if unknown:
             raise _error(where, f"unknown field(s) {sorted(unknown)}; growth fields: {sorted(EVENT_FIELDS)}")
@@ -155,7 +181,7 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
             new_config = check_growth(config, event)
         except ConfigError as e:
             raise _error(where, str(e)) from None
-        schedule.stages.append(Stage(step, event, lr, warmup, new_config))
+        schedule.stages.append(Stage(step, event, lr, warmup, new_config, optimizer_state))
         config, last_step = new_config, step
     return schedule
 
