@@ -117,7 +117,7 @@ def load(out: Path):
     return runs, tuned
 
 
-def write_report(out: Path, scratch_steps: int | None = None):
+def write_report(out: Path):
     runs, tuned = load(out)
     lr = tuned["lr"]
     by_name = defaultdict(dict)
@@ -149,8 +149,11 @@ def write_report(out: Path, scratch_steps: int | None = None):
                          f"{saving_cell([s['saving'] for s in summ]) if name != 'scratch' else '0'} | "
                          f"{saving_cell([s['wall_saving'] for s in summ]) if name != 'scratch' else '0'} | "
                          f"{effects_cell(summ)} |")
-    if scratch_steps:
-        lines += ["", f"Scratch budget: {scratch_steps} steps x {8 * 256} tokens."]
+    if scratch:
+        first = next(iter(scratch.values()))
+        lines += ["", f"Scratch budget: {first['steps']} steps x {8 * 256} tokens = {first['flops']:.3g} training FLOPs, "
+                      f"{np.mean([r['wall'] for r in scratch.values()]):.0f} s of training on 2 cores (mean); "
+                      f"every progressive run spends the same FLOPs (within rounding of its step count)."]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(by_name, out / "curves.png")

@@ -265,7 +265,7 @@ def main(argv=None):
         for name in wanted:
             for seed in (ablation_seeds if "/" in name else args.seeds):
                 run(name, seed, best)
-    write_report(args.out, args.scratch_steps)
+    write_report(args.out)
 
 
 if __name__ == "__main__":
