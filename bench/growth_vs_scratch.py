@@ -13,6 +13,7 @@ batch 8 x 256 tokens, the same data order for every schedule of a seed (the seed
                   each with a "-vocab" twin whose vocabulary grows too (2000 -> 8000, or 2000 -> 4000 -> 8000)
   both/...        ablations of "both": Adam state reset at growth, one global LR curve, stacked (copied) layers
                   instead of function-preserving ones, zero-init of new heads/FFN units/layers, zero-init width
+Seeds 0, 1, 2 for scratch and the six growth schedules, 0 and 1 for the ablations (--seeds, --ablation-seeds).
 Every progressive run gets the scratch run's training FLOPs (project counter, megababel/counters.py, small stages
 included), so it sees more tokens; the tuned scratch learning rate is used everywhere.
 Validation: the first 160 paragraphs of TinyStories valid.txt, all tokens, in bits per byte (comparable across
