@@ -133,12 +133,13 @@ def write_report(out: Path):
               "wall-time saving | bump at each growth (recovery steps per seed) |", "|---|---|---|---|---|---|---|"]
     summaries = {}
     for title, names in (("Growth vs scratch", ORDER[:7]), ("Ablations of width-then-depth", ORDER[5:6] + ORDER[7:])):
-        seeds = sorted({s for n in names for s in by_name.get(n, {})})
+        # compare on the seeds every run of the table has (the ablations run on fewer seeds than "both")
+        seeds = sorted(set.intersection(*[set(by_name[n]) for n in names if n in by_name]) or {0})
         lines += ["", f"### {title} (seeds {', '.join(map(str, seeds))}; peak LR {lr:g})", ""] + header
         for name in names:
             if name not in by_name:
                 continue
-            paired = [(r, scratch[s]) for s, r in sorted(by_name[name].items()) if s in scratch]
+            paired = [(r, scratch[s]) for s, r in sorted(by_name[name].items()) if s in scratch and s in seeds]
             if not paired:
                 continue
             summ = [summarise(r, s) for r, s in paired]

@@ -43,13 +43,24 @@ OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 
 PRESETS = {
-    # grows twice on 2 CPU cores in about a minute: width + FFN + vocabulary, then depth + vocabulary
+    # The default. The plan that saved the most compute in bench/growth_vs_scratch.py (see bench/README.md): width +
+    # FFN + vocabulary at 1/4 of the run, then depth (interleaved identity layers) + vocabulary at 1/2, exact inits,
+    # Adam state kept, per-generation learning rates; scaled to the embedded corpus, 2 CPU cores, about a minute.
     "tiny": dict(
         model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
                    max_position_embeddings=1024),
         training=dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1),
-        stages=[dict(at_fraction=1 / 3, hidden_size=128, intermediate_size=352, vocab_size=2000),
-                dict(at_fraction=2 / 3, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
+        stages=[dict(at_fraction=1 / 4, hidden_size=128, intermediate_size=352, vocab_size=2000),
+                dict(at_fraction=1 / 2, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
+    # that plan exactly as measured (both-vocab): 2.6M -> 10.5M parameters on TinyStories with the Llama 2 tokenizer,
+    # vocabulary 2000 -> 4000 -> 8000. --data: the benchmark's cache (~/.cache/megababel/bench-tinystories) or
+    # tools/preprocess_data.py --stages 2000 4000 8000; --seq-len 256 --micro-batch-size 8 --bf16
+    "tinystories": dict(
+        model=dict(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352, multiple_of=32,
+                   vocab_size=2000, max_position_embeddings=1024),
+        training=dict(steps=227, lr=1e-3, warmup_steps=15, min_lr_ratio=0.1, weight_decay=0.1),
+        stages=[dict(at_step=57, hidden_size=256, intermediate_size=704, vocab_size=4000),
+                dict(at_step=114, num_hidden_layers=8, layer_positions="interleave", vocab_size=8000)]),
     # the seed's plan: ~49M parameters, about 2x per stage as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
     "seed": dict(
         model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,

@@ -15,7 +15,7 @@ from megababel.engine import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "launch" / "train.py"
-STEPS = 30          # tiny preset: growth at steps 10 and 20
+STEPS = 40          # tiny preset: growth at steps 10 and 20 (1/4 and 1/2)
 
 
 def train(out: Path, *flags, world: int = 1, cache: Path) -> list[float]:
