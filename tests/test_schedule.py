@@ -45,8 +45,12 @@ def test_per_generation_curves_restart_at_birth_and_global_ignores_it():
 
 
 @pytest.mark.parametrize("reset", [False, True])
-def test_growth_keeps_or_resets_the_adam_state(reset):
-    from megababel.engine import GrowingEngine, init_distributed, load_ds_config
+def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
+    from megababel.engine import GrowingEngine, free_port, init_distributed, load_ds_config
+    # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
+        monkeypatch.setenv(key, value)
     init_distributed()
     sched = schedule(stages=[dict(at_step=3, hidden_size=96, optimizer_state="reset" if reset else "keep")])
     engine = GrowingEngine(sched.model, load_ds_config(0, 2, 1, 1, bf16=False), sched, seed=0)
