@@ -84,7 +84,7 @@ def test_tp2_zero3_checkpoint_exports_to_a_plain_llama(run, tmp_path):
     generated = hf.generate(ids[:, :16], max_new_tokens=8, do_sample=False)
     assert generated.shape == (1, 24)
     card = (out / "README.md").read_text()
-    assert "| 2 | 20 |" in card and "Growth history" in card          # generation 2 born at step 20
+    assert "| 2 | 15 |" in card and "Growth history" in card          # generation 2 born at step 15 (1/2 of 30)
 
 
 @pytest.mark.slow
