@@ -111,6 +111,11 @@ def effects_cell(summaries):
     return "; ".join(cells) if cells else "-"
 
 
+def common_seeds(by_name: dict, names) -> set:
+    """Seeds every present run of `names` has: tables and panels compare on these (ablations have fewer)."""
+    return set.intersection(*[set(by_name[n]) for n in names if n in by_name]) or {0}
+
+
 def load(out: Path):
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     tuned = json.loads((out / "tuned_lr.json").read_text())
@@ -133,8 +138,7 @@ def write_report(out: Path):
               "wall-time saving | bump at each growth (recovery steps per seed) |", "|---|---|---|---|---|---|---|"]
     summaries = {}
     for title, names in (("Growth vs scratch", ORDER[:7]), ("Ablations of width-then-depth", ORDER[5:6] + ORDER[7:])):
-        # compare on the seeds every run of the table has (the ablations run on fewer seeds than "both")
-        seeds = sorted(set.intersection(*[set(by_name[n]) for n in names if n in by_name]) or {0})
+        seeds = sorted(common_seeds(by_name, names))
         lines += ["", f"### {title} (seeds {', '.join(map(str, seeds))}; peak LR {lr:g})", ""] + header
         for name in names:
             if name not in by_name:
@@ -184,15 +188,16 @@ def plot(by_name, path: Path):
     sx, sy = mean_curve(by_name["scratch"], "flops")
     top = float(np.interp(0.15 * sx[-1], sx, sy))
     for ax, names, key, xlabel in panels:
+        seeds = common_seeds(by_name, names)
         for name in names:
             if name not in by_name:
                 continue
-            x, y = mean_curve(by_name[name], key)
+            runs = {s: r for s, r in by_name[name].items() if s in seeds}
+            x, y = mean_curve(runs, key)
             style = dict(lw=2.2, color="black") if name == "scratch" else dict(lw=1.2)
             line, = ax.plot(x, y, label=name, **style)
-            run = next(iter(by_name[name].values()))
-            for g in run["growths"]:
-                gx = np.mean([[e[key] for e in r["evals"] if e["step"] == g["step"]][0] for r in by_name[name].values()])
+            for g in next(iter(runs.values()))["growths"]:
+                gx = np.mean([[e[key] for e in r["evals"] if e["step"] == g["step"]][0] for r in runs.values()])
                 ax.axvline(gx, color=line.get_color(), ls=":", lw=0.8)
         ax.set_ylim(min(min(e["bpb"] for r in by_name[n].values() for e in r["evals"]) for n in names
                         if n in by_name) - 0.02, top)

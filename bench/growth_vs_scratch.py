@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from megababel.counters import config_parameters, flops_per_token  # noqa: E402
 from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.engine import GrowingEngine, init_distributed, load_ds_config  # noqa: E402
+from megababel.engine import GrowingEngine, init_distributed, load_ds_config, release_engine  # noqa: E402
 from megababel.schedule import parse_schedule  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -110,9 +110,7 @@ class Validation:
     def bits_per_byte(self, engine) -> float:
         nats = 0.0
         for x, y in self.batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                _, loss = engine.engine(x, y)
-            nats += loss.float().item() * int((y != -100).sum())
+            nats += engine.forward(x, y)[1].float().item() * int((y != -100).sum())
         return nats / math.log(2) / self.n_bytes
 
 
@@ -155,7 +153,7 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, log_ev
     schedule = parse_schedule(spec, TOKENS_PER_STEP)
     torch.manual_seed(seed)
     ds_config = load_ds_config(0, BATCH, 1, 1, bf16=False, gradient_clipping=1.0)
-    engine = GrowingEngine(schedule.model, ds_config, schedule, seed=seed)
+    engine = GrowingEngine(schedule.model, ds_config, schedule, seed=seed, autocast_dtype=torch.bfloat16)
     vocab = schedule.model.vocab_size
     loader = PackedLoader(TokenDataset(data / f"vocab_{vocab}", "train"), SEQ, BATCH, seed=seed)
     growth_steps = [s.at_step for s in schedule.stages]
@@ -182,19 +180,13 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, log_ev
             if engine.model.config.vocab_size != vocab:      # same documents, same fraction of the epoch
                 old, vocab = loader, engine.model.config.vocab_size
                 loader = PackedLoader(TokenDataset(data / f"vocab_{vocab}", "train"), SEQ, BATCH, seed=seed)
-                loader.epoch = old.epoch
-                loader.consumed = old.consumed * loader.sequences_per_epoch // old.sequences_per_epoch
+                loader.continue_from(old)
             state["wall"] += time.perf_counter() - t0
             growths.append(dict(step=step, flops=state["flops"], before=before, after=evaluate(step),
                                 seconds=round(time.perf_counter() - t0, 2), vocab=vocab))
         x, y = loader.next_batch()
         t0 = time.perf_counter()
-        engine.set_lr(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss_t = engine.engine(x, y)
-        engine.engine.backward(loss_t)
-        engine.engine.step()
-        loss = loss_t.item()
+        loss = engine.train_step(x, y, step)
         state["wall"] += time.perf_counter() - t0
         state["flops"] += flops_per_token(engine.model.config, SEQ) * TOKENS_PER_STEP
         if step + 1 in eval_steps:
@@ -204,7 +196,6 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, log_ev
             print(f"  {name} seed {seed}: step {step + 1}/{schedule.steps} loss {loss:.3f} val {evals[-1]['bpb']:.4f} "
                   f"bits/byte, gen {engine.model.generation}, {(step + 1) * TOKENS_PER_STEP / state['wall']:,.0f} "
                   f"tok/s, ETA {elapsed / (step + 1) * (schedule.steps - step - 1):.0f} s", flush=True)
-    from megababel.engine import release_engine
     release_engine(engine.engine)
     return dict(name=name, seed=seed, spec=spec, evals=evals, growths=growths, final_bpb=evals[-1]["bpb"],
                 flops=state["flops"], wall=state["wall"], steps=schedule.steps)

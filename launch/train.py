@@ -96,10 +96,8 @@ class StageData:
         train, valid = TokenDataset(data / f"vocab_{size}", "train"), TokenDataset(data / f"vocab_{size}", "valid")
         self.loader = PackedLoader(train, args.seq_len, args.micro_batch_size, dp_rank=rank, dp_world=world,
                                    seed=args.seed)
-        if previous is not None:   # same documents, same order: continue at the same fraction of the epoch
-            old = previous.loader
-            self.loader.epoch = old.epoch
-            self.loader.consumed = old.consumed * self.loader.sequences_per_epoch // old.sequences_per_epoch
+        if previous is not None:
+            self.loader.continue_from(previous.loader)
         val = PackedLoader(valid, args.seq_len, args.micro_batch_size, seed=12345)
         self.val_batches = [val.next_batch() for _ in range(min(4, val.sequences_per_epoch // val.global_batch))]
         # every target in the packed stream is a document token, an EOS or a BOS

@@ -212,12 +212,15 @@ class GrowingEngine:
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, layout: dict | None = None,
                  values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None,
-                 moments=None, steps: dict | None = None, counters: dict | None = None, tp=None):
+                 moments=None, steps: dict | None = None, counters: dict | None = None, tp=None,
+                 autocast_dtype: torch.dtype | None = None):
         """A fresh model, or (layout, values, generation, groups, moments, steps, counters) a saved/grown one.
         `moments` maps (path, block index) to (exp_avg, exp_avg_sq): a dict or any object with .get().
         `tp` (tensor_parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups. Values,
-        layouts and moments given and returned are always those of the unsharded model."""
+        layouts and moments given and returned are always those of the unsharded model.
+        `autocast_dtype` (e.g. torch.bfloat16): forward passes under torch.autocast, fp32 weights and optimizer."""
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
+        self.autocast_dtype = autocast_dtype
         self.stage = ds_config["zero_optimization"]["stage"]
         self.groups = list(groups or [])
         self._build(config, layout, values, generation, moments or {}, steps or {}, counters)
@@ -311,10 +314,17 @@ class GrowingEngine:
         for info, group in zip(self.groups, self.engine.optimizer.param_groups):
             group["lr"] = self.schedule.group_lr(step, info.born, info.lr, info.warmup)
 
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor):
+        """(logits, mean loss over targets != -100) of the engine's model, on its device, under autocast if set."""
+        device = self.engine.device
+        with torch.autocast(torch.device(device).type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            return self.engine(inputs.to(device), targets.to(device))
+
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         """One optimizer step (no gradient accumulation here); returns the loss averaged over data-parallel ranks."""
         self.set_lr(step)
-        _, loss = self.engine(inputs.to(self.engine.device), targets.to(self.engine.device))
+        _, loss = self.forward(inputs, targets)
         self.engine.backward(loss)
         self.engine.step()
         loss = loss.detach().float().clone()
@@ -325,8 +335,7 @@ class GrowingEngine:
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
-        device = self.engine.device
-        losses = torch.tensor([self.engine(x.to(device), y.to(device))[1].float().item() for x, y in batches]).mean()
+        losses = torch.tensor([self.forward(x, y)[1].float().item() for x, y in batches]).mean()
         if dist.get_world_size() > 1:
             losses = losses.to(comm_device())
             dist.all_reduce(losses)

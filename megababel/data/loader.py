@@ -43,6 +43,12 @@ class PackedLoader:
         return dict(epoch=self.epoch, consumed=self.consumed, seed=self.seed, seq_len=self.seq_len,
                     shuffle=self.shuffle, n_docs=self.dataset.n_docs, n_tokens=self.dataset.n_tokens)
 
+    def continue_from(self, previous: "PackedLoader"):
+        """Take over from the loader of another vocabulary stage of the same documents (same seed, so the same
+        order): same epoch, same fraction of it."""
+        self.epoch = previous.epoch
+        self.consumed = previous.consumed * self.sequences_per_epoch // previous.sequences_per_epoch
+
     def load_state_dict(self, state: dict):
         for key in ("seed", "seq_len", "shuffle", "n_docs", "n_tokens"):
             mine = self.state_dict()[key]
