@@ -38,7 +38,9 @@ def worker(stage: int, size: str, steps: int, micro: int, seq: int):
     sys.path.insert(0, str(ROOT))
     from megababel import GrowthEvent
     from megababel.counters import count_parameters
-    from megababel.engine import GrowingEngine, init_distributed, load_ds_config
+    from megababel.deepspeed_config import load_ds_config
+    from megababel.engine import GrowingEngine
+    from megababel.parallel import init_distributed
     from megababel.schedule import parse_schedule
 
     rank, world = init_distributed()

@@ -40,7 +40,9 @@ sys.path.insert(0, str(ROOT))
 from megababel.counters import config_parameters, flops_per_token  # noqa: E402
 from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.engine import GrowingEngine, init_distributed, load_ds_config, release_engine  # noqa: E402
+from megababel.deepspeed_config import load_ds_config  # noqa: E402
+from megababel.engine import GrowingEngine, release_engine  # noqa: E402
+from megababel.parallel import init_distributed  # noqa: E402
 from megababel.schedule import parse_schedule  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -133,18 +135,18 @@ def schedule_spec(name: str, lr: float, scratch_steps: int) -> dict:
         training.update(change.get("training", {}))
         stages = [dict(stage, **extra) for stage, extra in zip(stages, change.get("stages", [{}] * len(stages)))]
     spec = dict(model=model_spec(hidden, layers, vocabs[0]), training=dict(training, steps=scratch_steps),
-                stages=[])
+                growths=[])
     # cost of one step in each stage, from the configs the stages produce
-    probe = parse_schedule(dict(spec, stages=[dict(s, at_step=i + 1) for i, s in enumerate(stages)],
+    probe = parse_schedule(dict(spec, growths=[dict(s, at_step=i + 1) for i, s in enumerate(stages)],
                                 training=dict(training, steps=len(stages) + 2)), TOKENS_PER_STEP)
-    configs = [probe.model] + [s.config for s in probe.stages]
+    configs = [probe.model] + [s.config for s in probe.growths]
     fractions = [0.0] + [f for f, _ in growths] + [1.0]
     per_step = sum((fractions[i + 1] - fractions[i]) * flops_per_token(c, SEQ) * TOKENS_PER_STEP
                    for i, c in enumerate(configs))
     final = parse_schedule(dict(model=model_spec(256, 8, 8000), training=dict(steps=1)), TOKENS_PER_STEP).model
     steps = round(scratch_steps * flops_per_token(final, SEQ) * TOKENS_PER_STEP / per_step)
     spec["training"]["steps"] = steps
-    spec["stages"] = [dict(s, at_step=round(f * steps)) for s, (f, _) in zip(stages, growths)]
+    spec["growths"] = [dict(s, at_step=round(f * steps)) for s, (f, _) in zip(stages, growths)]
     return spec
 
 
@@ -156,7 +158,7 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, log_ev
     engine = GrowingEngine(schedule.model, ds_config, schedule, seed=seed, autocast_dtype=torch.bfloat16)
     vocab = schedule.model.vocab_size
     loader = PackedLoader(TokenDataset(data / f"vocab_{vocab}", "train"), SEQ, BATCH, seed=seed)
-    growth_steps = [s.at_step for s in schedule.stages]
+    growth_steps = [s.at_step for s in schedule.growths]
     eval_steps = set(range(0, schedule.steps, EVAL_EVERY)) | {schedule.steps} | set(growth_steps)
     eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < schedule.steps}
     state = dict(flops=0.0, wall=0.0)
@@ -169,7 +171,7 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, log_ev
         return evals[-1]["bpb"]
 
     evaluate(0)
-    pending, started, loss = list(schedule.stages), time.perf_counter(), float("nan")
+    pending, started, loss = list(schedule.growths), time.perf_counter(), float("nan")
     for step in range(schedule.steps):
         while pending and pending[0].at_step == step:
             stage = pending.pop(0)

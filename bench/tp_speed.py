@@ -39,9 +39,11 @@ def worker(tp_size: int, bf16: bool, steps: int):
     sys.path.insert(0, str(ROOT))
     from megababel import GrowthEvent
     from megababel.counters import count_parameters
-    from megababel.engine import GrowingEngine, init_distributed, load_ds_config
+    from megababel.deepspeed_config import load_ds_config
+    from megababel.engine import GrowingEngine
+    from megababel.parallel import init_distributed
     from megababel.schedule import parse_schedule
-    from megababel.tensor_parallel import TensorParallel
+    from megababel.parallel.tensor_parallel import TensorParallel
 
     rank, world = init_distributed()
     torch.set_num_threads(max(1, 2 // world))

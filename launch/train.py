@@ -20,7 +20,7 @@ and OUT/summary.txt.
 SIGUSR1 or SIGTERM (Slurm's --signal before the time limit, preemption) makes every rank stop after the current
 step, write a checkpoint and OUT/preempted, and exit 0; `--resume auto` continues from OUT/checkpoints if present.
 
---tp N: tensor parallelism over groups of N consecutive ranks (megababel/tensor_parallel.py), data parallelism (and
+--tp N: tensor parallelism over groups of N consecutive ranks (megababel/parallel/tensor_parallel.py), data parallelism (and
 ZeRO partitioning) over world / N. Every stage's heads, key/value heads, FFN width and vocabulary must be divisible
 by N: checked before anything is built. Checkpoints hold the unsharded model, so a run resumes under any --tp.
 """
@@ -46,9 +46,11 @@ from megababel.data.embedded import build_embedded_dataset  # noqa: E402
 from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.readers import DataError  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.engine import GrowingEngine, comm_device, init_distributed, load_ds_config  # noqa: E402
+from megababel.deepspeed_config import load_ds_config  # noqa: E402
+from megababel.engine import GrowingEngine  # noqa: E402
+from megababel.parallel import comm_device, init_distributed  # noqa: E402
 from megababel.schedule import load_schedule  # noqa: E402
-from megababel.tensor_parallel import TensorParallel, check_tensor_parallel  # noqa: E402
+from megababel.parallel.tensor_parallel import TensorParallel, check_tensor_parallel  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -173,7 +175,7 @@ def main(argv=None):
         dp_rank, dp_world = rank // args.tp, world // args.tp
         tokens_per_step = args.micro_batch_size * dp_world * args.seq_len
         schedule = load_schedule(args.schedule, tokens_per_step, {"steps": args.steps} if args.steps else None)
-        check_tensor_parallel([schedule.model] + [s.config for s in schedule.stages], args.tp, world)
+        check_tensor_parallel([schedule.model] + [s.config for s in schedule.growths], args.tp, world)
         if args.seq_len > schedule.model.max_position_embeddings:
             p.error(f"--seq-len {args.seq_len} exceeds max_position_embeddings {schedule.model.max_position_embeddings}")
         ds_config = load_ds_config(args.stage, args.micro_batch_size, 1, dp_world, args.bf16, args.offload_optimizer,
@@ -193,7 +195,7 @@ def main(argv=None):
         p.error(str(e))
     is_main = rank == 0
     say = tqdm.write if is_main else (lambda *a, **k: None)
-    say(f"data {data}; schedule {args.schedule}: {len(schedule.stages)} growth stages, {schedule.steps} steps; "
+    say(f"data {data}; schedule {args.schedule}: {len(schedule.growths)} growth stages, {schedule.steps} steps; "
         f"ZeRO-{args.stage}, {world} rank(s) = TP {args.tp} x DP {dp_world}, {'bf16' if args.bf16 else 'fp32'}")
 
     start, tokens, flops = 0, 0, 0
@@ -206,7 +208,7 @@ def main(argv=None):
             saved = load_checkpoint(args.resume)
         except CheckpointError as e:
             p.error(str(e))
-        expected = schedule.stages[saved["generation"] - 1].config if saved["generation"] else schedule.model
+        expected = schedule.growths[saved["generation"] - 1].config if saved["generation"] else schedule.model
         imported = "imported_from" in saved      # tools/convert_from_hf.py: weights only, the run starts at step 0
         if imported and saved["config"] != expected:
             a, b = saved["config"].to_dict(), expected.to_dict()
@@ -237,7 +239,7 @@ def main(argv=None):
     else:
         engine = GrowingEngine(schedule.model, ds_config, schedule, seed=args.seed, tp=tp)
     parameters = count_parameters(engine.model).total      # changes only at growth: not recounted every step
-    pending = list(schedule.stages[engine.model.generation:])
+    pending = list(schedule.growths[engine.model.generation:])
     rows, events, growth_log = [], [], []
     if not start:
         history = [dict(generation=0, step=0, tokens=0, config=engine.model.config.to_dict(), parameters=parameters,

@@ -14,10 +14,7 @@ Engine counters (global_steps, global_samples) carry over.
 from __future__ import annotations
 
 import gc
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -25,64 +22,7 @@ import torch.distributed as dist
 from .config import LlamaConfig
 from .growth import GrowthEvent, grow
 from .model import EMPTY, Llama
-
-DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"
-
-
-def free_port() -> int:
-    """A TCP port on localhost that nothing listens on right now (for MASTER_PORT)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed():
-    """torch.distributed on gloo (CPU) or nccl, from the launcher's environment (deepspeed / torchrun variables, or
-    Slurm's when srun started one task per rank); a plain `python` run is rank 0 of 1."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
-                          LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1").items():
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
-    import deepspeed
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def comm_device() -> torch.device:
-    """Where tensors for collectives must live: NCCL only moves GPU tensors, gloo CPU ones."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: int, bf16: bool,
-                   offload_optimizer: bool = False, gradient_clipping: float | None = None,
-                   path: str | None = None) -> dict:
-    """ds_configs/zero<stage>.json with the batch sizes derived here, in one place."""
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"--stage must be 0, 1, 2 or 3, got {stage}")
-    config = json.loads(Path(path or DS_CONFIGS / f"zero{stage}.json").read_text())
-    config["train_micro_batch_size_per_gpu"] = micro_batch
-    config["gradient_accumulation_steps"] = grad_accum
-    config["train_batch_size"] = micro_batch * grad_accum * world_size
-    config.setdefault("bf16", {})["enabled"] = bf16
-    if gradient_clipping is not None:
-        config["gradient_clipping"] = gradient_clipping
-    if "gradient_clipping" not in config:
-        raise ValueError("the DeepSpeed config must set gradient_clipping explicitly (DeepSpeed defaults to 1.0)")
-    if offload_optimizer:
-        if stage == 0:
-            raise ValueError("--offload-optimizer needs ZeRO stage 1, 2 or 3")
-        config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-        config["optimizer"]["params"].pop("torch_adam", None)  # DeepSpeedCPUAdam
-    return config
-
+from .parallel.distributed import comm_device
 
 @dataclass
 class GroupInfo:
@@ -221,7 +161,7 @@ class GrowingEngine:
         `autocast_dtype` (e.g. torch.bfloat16): forward passes under torch.autocast, fp32 weights and optimizer."""
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
         self.autocast_dtype = autocast_dtype
-        self.stage = ds_config["zero_optimization"]["stage"]
+        self.zero_stage = ds_config["zero_optimization"]["stage"]
         self.groups = list(groups or [])
         self._build(config, layout, values, generation, moments or {}, steps or {}, counters)
 
@@ -231,7 +171,7 @@ class GrowingEngine:
         # under TP both zero.Init and initialize need the layout (mpu): without it they partition and reduce
         # over the wrong ranks, silently
         parallel = dict(data_parallel_group=self.tp.dp_group, mpu=self.tp) if self.tp else {}
-        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=self.stage == 3, **parallel):
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=self.zero_stage == 3, **parallel):
             model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values, tp=self.tp)
         known = {(g.generation, g.decay) for g in self.groups}
         for gen in sorted({p.block_meta.generation for p in model.parameters()}):
@@ -260,7 +200,7 @@ class GrowingEngine:
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
         inner = _inner(self.engine.optimizer)
         plain = {}   # plain parameters (ZeRO-0, fp32) whose state is the moments themselves: no zeros + copy
-        if self.stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
+        if self.zero_stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
             for path, tensor in self.model.growable_tensors():
                 for index, p in enumerate(tensor.blocks()):
                     saved = _local_moments(tensor, index, moments.get((path, index)))

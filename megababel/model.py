@@ -31,6 +31,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over targets != -100, computed in fp32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
 EMPTY = {}   # values=EMPTY: leave tensors uninitialised (they are about to be overwritten)
 
 
@@ -63,6 +68,11 @@ class Builder:
         if self.tp is not None:
             return self.tp.make(GrowableEmbedding, (num, dim), ("vocab", "hidden"), init, blocks)
         return GrowableEmbedding(num, dim, init=init, blocks=blocks)
+
+    def loss_fn(self, lm_head):
+        """(logits, targets) -> mean cross-entropy over targets != -100; under TP the layout's vocab-parallel one
+        (each rank holds a vocabulary shard of the logits)."""
+        return self.tp.loss_fn(lm_head) if self.tp is not None else cross_entropy
 
     def norm(self, path: str, dim: int) -> GrowableRMSNorm:
         ones = torch.empty if self.values is EMPTY else torch.ones
@@ -147,6 +157,7 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, build, f"layers.{i}") for i in range(config.num_hidden_layers))
         self.norm = build.norm("norm", config.hidden_size)
         self.lm_head = build.linear("lm_head", config.hidden_size, config.vocab_size, ("vocab", "hidden"))
+        self.loss_fn = build.loss_fn(self.lm_head)
 
     def block_layout(self) -> dict:
         """{path: [(offset, shape, generation), ...]} for every growable tensor (unsharded, also under TP)."""
@@ -163,13 +174,7 @@ class Llama(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin)
         logits = self.lm_head(self.norm(x))
-        loss = None
-        if targets is not None and hasattr(self.lm_head, "cross_entropy"):     # vocab-parallel: logits stay sharded
-            loss = self.lm_head.cross_entropy(logits, targets)
-        elif targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=-100)
-        return logits, loss
+        return logits, None if targets is None else self.loss_fn(logits, targets)
 
     def growable_tensors(self):
         """(path, GrowableTensor) for every weight, paths in Hugging Face order without the `model.` prefix."""

@@ -1,10 +1,10 @@
-"""Growth schedules: the starting model, the training length and learning rates, and the growth stages.
+"""Growth schedules: the starting model, the training length and learning rates, and the growths.
 
 A schedule is a YAML or JSON file (or a preset name):
 
     model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, multiple_of: 32, vocab_size: 1000}
     training: {steps: 450, lr: 3.0e-3, warmup_steps: 30, min_lr_ratio: 0.1, weight_decay: 0.1}
-    stages:
+    growths:                               # (`stages:` is accepted too, the name before 0.2)
       - at_step: 150                       # or at_tokens: 2_000_000, or at_fraction: 0.33 (of training.steps)
         hidden_size: 128                   # any GrowthEvent target: hidden_size, intermediate_size,
         intermediate_size: 352             #   num_hidden_layers, vocab_size
@@ -21,9 +21,9 @@ training.lr_schedule: per_generation (default): each generation warms up from it
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
 (new parameters join at the current learning rate), the baseline that bench/growth_vs_scratch.py compares against.
 
-`load_schedule` validates the whole schedule before anything is built: every stage is checked against the model it
-grows (shrinking, hidden not a multiple of head_dim, GQA groups, layer positions, ...), stages must come in order
-and before the end of training; errors name the stage and the field.
+`load_schedule` validates the whole schedule before anything is built: every growth is checked against the model it
+grows (shrinking, hidden not a multiple of head_dim, GQA groups, layer positions, ...), growths must come in order
+and before the end of training; errors name the growth and the field.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ PRESETS = {
         model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
                    max_position_embeddings=1024),
         training=dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1),
-        stages=[dict(at_fraction=1 / 4, hidden_size=128, intermediate_size=352, vocab_size=2000),
+        growths=[dict(at_fraction=1 / 4, hidden_size=128, intermediate_size=352, vocab_size=2000),
                 dict(at_fraction=1 / 2, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
     # that plan exactly as measured (both-vocab): 2.6M -> 10.5M parameters on TinyStories with the Llama 2 tokenizer,
     # vocabulary 2000 -> 4000 -> 8000. --data: the benchmark's cache (~/.cache/megababel/bench-tinystories) or
@@ -59,14 +59,14 @@ PRESETS = {
         model=dict(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352, multiple_of=32,
                    vocab_size=2000, max_position_embeddings=1024),
         training=dict(steps=227, lr=1e-3, warmup_steps=15, min_lr_ratio=0.1, weight_decay=0.1),
-        stages=[dict(at_step=57, hidden_size=256, intermediate_size=704, vocab_size=4000),
+        growths=[dict(at_step=57, hidden_size=256, intermediate_size=704, vocab_size=4000),
                 dict(at_step=114, num_hidden_layers=8, layer_positions="interleave", vocab_size=8000)]),
-    # the seed's plan: ~49M parameters, about 2x per stage as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
+    # the seed's plan: ~49M parameters, about 2x per growth as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
     "seed": dict(
         model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,
                    max_position_embeddings=2048),
         training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
-        stages=[dict(at_step=10_000, hidden_size=640, num_hidden_layers=14, intermediate_size=1792,
+        growths=[dict(at_step=10_000, hidden_size=640, num_hidden_layers=14, intermediate_size=1792,
                      vocab_size=16000, layer_positions="interleave"),
                 dict(at_step=25_000, hidden_size=896, num_hidden_layers=16, intermediate_size=2560,
                      vocab_size=32000, layer_positions="interleave"),
@@ -78,12 +78,13 @@ PRESETS = {
 
 
 @dataclass
-class Stage:
+class Growth:
+    """One growth of the schedule, its step resolved (at_tokens / at_fraction -> at_step)."""
     at_step: int
     event: GrowthEvent
     lr: float
     warmup_steps: int
-    config: LlamaConfig          # the model after this stage
+    config: LlamaConfig          # the model after this growth
     optimizer_state: str = "keep"
 
 
@@ -96,15 +97,15 @@ class Schedule:
     min_lr_ratio: float
     weight_decay: float
     lr_schedule: str = "per_generation"
-    stages: list[Stage] = field(default_factory=list)
+    growths: list[Growth] = field(default_factory=list)
     source: str = ""
 
     @property
     def final_config(self) -> LlamaConfig:
-        return self.stages[-1].config if self.stages else self.model
+        return self.growths[-1].config if self.growths else self.model
 
     def vocab_sizes(self) -> list[int]:
-        return sorted({self.model.vocab_size, *(s.config.vocab_size for s in self.stages)})
+        return sorted({self.model.vocab_size, *(g.config.vocab_size for g in self.growths)})
 
     def lr_at(self, step: int, born: int, peak: float, warmup: int) -> float:
         """A generation born at `born`: linear warm-up, then cosine decay to min_lr_ratio at the end of training.
@@ -128,9 +129,13 @@ def _error(where: str, message: str) -> ConfigError:
 
 def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> Schedule:
     spec = copy.deepcopy(spec)
-    unknown = set(spec) - {"model", "training", "stages"}
+    if "stages" in spec:       # the section's name before 0.2; "growth" now means only a ZeRO or vocabulary growth
+        if "growths" in spec:
+            raise _error("", "give `growths` (or its old name `stages`), not both")
+        spec["growths"] = spec.pop("stages")
+    unknown = set(spec) - {"model", "training", "growths"}
     if unknown:
-        raise _error("", f"unknown section(s) {sorted(unknown)}; use model, training, stages")
+        raise _error("", f"unknown section(s) {sorted(unknown)}; use model, training, growths")
     try:
         model = LlamaConfig.from_dict(spec.get("model", {}))
     except ConfigError as e:
@@ -149,50 +154,50 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         raise _error("training.lr_schedule", f"must be one of {list(LR_SCHEDULES)}, got {training['lr_schedule']!r}")
     schedule = Schedule(model=model, source=source, **training)
     config, last_step = model, 0
-    for i, stage in enumerate(spec.get("stages", []) or []):
-        where = f"stage {i}"
-        if not isinstance(stage, dict):
-            raise _error(where, f"must be a mapping, got {stage!r}")
-        stage = dict(stage)
-        if sum(key in stage for key in ("at_step", "at_tokens", "at_fraction")) != 1:
+    for i, growth in enumerate(spec.get("growths", []) or []):
+        where = f"growth {i}"
+        if not isinstance(growth, dict):
+            raise _error(where, f"must be a mapping, got {growth!r}")
+        growth = dict(growth)
+        if sum(key in growth for key in ("at_step", "at_tokens", "at_fraction")) != 1:
             raise _error(where, "give exactly one of at_step, at_tokens or at_fraction")
-        if "at_fraction" in stage:
-            fraction = stage.pop("at_fraction")
+        if "at_fraction" in growth:
+            fraction = growth.pop("at_fraction")
             if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
                 raise _error(f"{where}.at_fraction", f"must be between 0 and 1, got {fraction!r}")
             step = max(1, round(fraction * schedule.steps))
-        elif "at_tokens" in stage:
-            at = stage.pop("at_tokens")
+        elif "at_tokens" in growth:
+            at = growth.pop("at_tokens")
             if not isinstance(at, int) or at <= 0:
                 raise _error(f"{where}.at_tokens", f"must be a positive integer, got {at!r}")
             step = -(-at // tokens_per_step)          # first step at or after that many tokens
         else:
-            step = stage.pop("at_step")
+            step = growth.pop("at_step")
             if not isinstance(step, int) or step <= 0:
                 raise _error(f"{where}.at_step", f"must be a positive integer, got {step!r}")
         if step <= last_step:
-            raise _error(f"{where}.at_step", f"step {step} is not after the previous stage's {last_step}")
+            raise _error(f"{where}.at_step", f"step {step} is not after the previous growth's {last_step}")
         if step >= schedule.steps:
             raise _error(f"{where}.at_step", f"step {step} is at or after the end of training "
                                              f"(training.steps = {schedule.steps})")
-        lr = stage.pop("lr", schedule.lr)
-        warmup = stage.pop("warmup_steps", schedule.warmup_steps)
+        lr = growth.pop("lr", schedule.lr)
+        warmup = growth.pop("warmup_steps", schedule.warmup_steps)
         if schedule.lr_schedule == "global" and (lr != schedule.lr or warmup != schedule.warmup_steps):
-            raise _error(where, "lr / warmup_steps of a stage need training.lr_schedule: per_generation "
+            raise _error(where, "lr / warmup_steps of a growth need training.lr_schedule: per_generation "
                                 "(under global every parameter follows training's curve)")
-        optimizer_state = stage.pop("optimizer_state", "keep")
+        optimizer_state = growth.pop("optimizer_state", "keep")
         if optimizer_state not in OPTIMIZER_STATES:
             raise _error(f"{where}.optimizer_state", f"must be one of {list(OPTIMIZER_STATES)}, "
                                                      f"got {optimizer_state!r}")
-        unknown = set(stage) - EVENT_FIELDS
+        unknown = set(growth) - EVENT_FIELDS
         if unknown:
             raise _error(where, f"unknown field(s) {sorted(unknown)}; growth fields: {sorted(EVENT_FIELDS)}")
-        event = GrowthEvent(**stage)
+        event = GrowthEvent(**growth)
         try:
             new_config = check_growth(config, event)
         except ConfigError as e:
             raise _error(where, str(e)) from None
-        schedule.stages.append(Stage(step, event, lr, warmup, new_config, optimizer_state))
+        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state))
         config, last_step = new_config, step
     return schedule
 
@@ -213,7 +218,7 @@ def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dic
         except Exception as e:  # noqa: BLE001 - yaml and json raise different types
             raise ConfigError(f"schedule {path}: cannot parse ({e})") from None
         if not isinstance(spec, dict):
-            raise ConfigError(f"schedule {path}: expected a mapping with model, training, stages")
+            raise ConfigError(f"schedule {path}: expected a mapping with model, training, growths")
     else:
         raise ConfigError(f"schedule {name_or_path!r}: not a preset ({sorted(PRESETS)}) nor a file")
     spec = copy.deepcopy(spec)

@@ -12,7 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel import GrowthEvent  # noqa: E402
 from megababel.counters import count_parameters  # noqa: E402
-from megababel.engine import GrowingEngine, init_distributed, load_ds_config  # noqa: E402
+from megababel.deepspeed_config import load_ds_config  # noqa: E402
+from megababel.engine import GrowingEngine  # noqa: E402
+from megababel.parallel import init_distributed  # noqa: E402
 from megababel.schedule import parse_schedule  # noqa: E402
 
 

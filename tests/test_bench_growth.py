@@ -46,8 +46,8 @@ def test_progressive_schedules_spend_the_scratch_flops(name):
     schedule = parse_schedule(spec, growth_vs_scratch.TOKENS_PER_STEP)
     assert schedule.final_config == parse_schedule(growth_vs_scratch.schedule_spec("scratch", 1e-3, steps),
                                                    growth_vs_scratch.TOKENS_PER_STEP).model
-    bounds = [0] + [s.at_step for s in schedule.stages] + [schedule.steps]
-    configs = [schedule.model] + [s.config for s in schedule.stages]
+    bounds = [0] + [s.at_step for s in schedule.growths] + [schedule.steps]
+    configs = [schedule.model] + [s.config for s in schedule.growths]
     flops = sum((b - a) * flops_per_token(c, growth_vs_scratch.SEQ) for a, b, c in zip(bounds, bounds[1:], configs))
     scratch = steps * flops_per_token(schedule.final_config, growth_vs_scratch.SEQ)
     assert schedule.steps > steps and flops == pytest.approx(scratch, rel=0.02)
@@ -61,7 +61,7 @@ def test_tinystories_preset_is_the_measured_best_schedule():
     preset = PRESETS["tinystories"]
     measured["model"].pop("max_position_embeddings")      # RoPE table length only: same function at 256 positions
     assert {k: v for k, v in preset["model"].items() if k != "max_position_embeddings"} == measured["model"]
-    assert preset["training"] == measured["training"] and preset["stages"] == measured["stages"]
+    assert preset["training"] == measured["training"] and preset["growths"] == measured["growths"]
 
 
 @pytest.mark.slow

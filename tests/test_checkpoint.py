@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from megababel.engine import free_port
+from megababel.parallel import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "launch" / "train.py"

@@ -12,7 +12,7 @@ import torch
 
 from conftest import SHARED_DATA, load_script
 from megababel.checkpoint import load_checkpoint
-from megababel.engine import free_port
+from megababel.parallel import free_port
 from megababel.model import Llama
 from megababel.tokenizer import Tokenizer, VocabRanking
 

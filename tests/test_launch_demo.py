@@ -33,7 +33,7 @@ def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
     (["--seq-len", "5000"], "max_position_embeddings"),
     (["--data", "/nonexistent/dir"], "no such directory"),
     (["--schedule", "nonexistent"], "not a preset"),
-    (["--steps", "2"], "is not after the previous stage"),
+    (["--steps", "2"], "is not after the previous growth"),
     (["--offload-optimizer"], "needs --stage 1, 2 or 3"),
     (["--tp", "0"], "--tp must be >= 1"),
     (["--tp", "2"], "world size 1 is not divisible by --tp 2"),

@@ -10,21 +10,21 @@ from megababel.schedule import PRESETS, parse_schedule
 MODEL = dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=96)
 
 
-def schedule(training=None, stages=None):
+def schedule(training=None, growths=None):
     return parse_schedule(dict(model=MODEL, training=dict(steps=40, lr=1e-3, warmup_steps=4, **(training or {})),
-                               stages=stages or []), tokens_per_step=128)
+                               growths=growths or []), tokens_per_step=128)
 
 
-@pytest.mark.parametrize("training, stages, message", [
+@pytest.mark.parametrize("training, growths, message", [
     (dict(lr_schedule="cosine"), [], "training.lr_schedule"),
-    ({}, [dict(at_step=5, hidden_size=96, optimizer_state="fresh")], "stage 0.optimizer_state"),
+    ({}, [dict(at_step=5, hidden_size=96, optimizer_state="fresh")], "growth 0.optimizer_state"),
     (dict(lr_schedule="global"), [dict(at_step=5, hidden_size=96, lr=1e-2)], "lr_schedule: per_generation"),
-    ({}, [dict(at_step=5, hidden_size=96), dict(at_step=5, num_hidden_layers=4)], "stage 1.at_step"),
+    ({}, [dict(at_step=5, hidden_size=96), dict(at_step=5, num_hidden_layers=4)], "growth 1.at_step"),
     ({}, [dict(at_step=40, hidden_size=96)], "end of training"),
 ])
-def test_bad_schedules_name_the_field(training, stages, message):
+def test_bad_schedules_name_the_field(training, growths, message):
     with pytest.raises(ConfigError, match=message):
-        schedule(training, stages)
+        schedule(training, growths)
 
 
 def test_every_preset_parses():
@@ -46,13 +46,15 @@ def test_per_generation_curves_restart_at_birth_and_global_ignores_it():
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
-    from megababel.engine import GrowingEngine, free_port, init_distributed, load_ds_config
+    from megababel.deepspeed_config import load_ds_config
+    from megababel.engine import GrowingEngine
+    from megababel.parallel import free_port, init_distributed
     # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
         monkeypatch.setenv(key, value)
     init_distributed()
-    sched = schedule(stages=[dict(at_step=3, hidden_size=96, optimizer_state="reset" if reset else "keep")])
+    sched = schedule(growths=[dict(at_step=3, hidden_size=96, optimizer_state="reset" if reset else "keep")])
     engine = GrowingEngine(sched.model, load_ds_config(0, 2, 1, 1, bf16=False), sched, seed=0)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, 96, (2, 17), generator=g)
@@ -60,7 +62,7 @@ def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
     for step in range(3):
         engine.train_step(x, y, step)
     before = engine.evaluate([(x, y)])
-    growth = sched.stages[0]
+    growth = sched.growths[0]
     engine.grow(growth.event, 3, reset_optimizer=growth.optimizer_state == "reset")
     assert engine.evaluate([(x, y)]) == pytest.approx(before, abs=1e-5)      # the function is kept either way
     _, moments, steps = engine.gather()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from megababel.engine import free_port
+from megababel.parallel import free_port
 from slurm_cluster import LocalSlurmCluster, ensure_installed
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from megababel.config import ConfigError, LlamaConfig
-from megababel.engine import free_port
+from megababel.parallel import free_port
 from megababel.local_ranks import run_local_ranks
-from megababel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
+from megababel.parallel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
 
 from conftest import tiny_config
 
@@ -71,7 +71,7 @@ def test_layout_checks_name_the_field_and_the_fix():
     with pytest.raises(ConfigError, match="num_attention_heads=4 of the initial model is not divisible by --tp 8"):
         check_tensor_parallel([base], 8, 8)
     grown = base.replace(hidden_size=96, num_attention_heads=6, num_key_value_heads=6)
-    with pytest.raises(ConfigError, match="num_attention_heads=6 of stage 1 is not divisible by --tp 4"):
+    with pytest.raises(ConfigError, match="num_attention_heads=6 of the model after growth 0 is not divisible by --tp 4"):
         check_tensor_parallel([base, grown], 4, 4)
     with pytest.raises(ConfigError, match="num_key_value_heads=1"):
         check_tensor_parallel([base.replace(num_key_value_heads=1)], 2, 2)
@@ -172,9 +172,9 @@ def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
 def test_tensor_parallel_model_of_one_rank_equals_the_plain_model():
     """The TP code path (vocab-parallel embedding and cross-entropy, copy/reduce functions) on a 1-rank group:
     same loss and gradients as the plain model, also with ignored targets (-100)."""
-    from megababel.engine import init_distributed
+    from megababel.parallel import init_distributed
     from megababel.model import Llama
-    from megababel.tensor_parallel import TensorParallel
+    from megababel.parallel.tensor_parallel import TensorParallel
 
     init_distributed()
     config = tiny_config()

@@ -17,14 +17,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from megababel.engine import GrowingEngine, init_distributed, load_ds_config  # noqa: E402
+from megababel.deepspeed_config import load_ds_config  # noqa: E402
+from megababel.engine import GrowingEngine  # noqa: E402
+from megababel.parallel import init_distributed  # noqa: E402
 from megababel.schedule import parse_schedule  # noqa: E402
-from megababel.tensor_parallel import TensorParallel  # noqa: E402
+from megababel.parallel.tensor_parallel import TensorParallel  # noqa: E402
 
 SCHEDULE = dict(
     model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=96, num_key_value_heads=2),
     training=dict(steps=12, lr=3e-3, warmup_steps=2, weight_decay=0.1),
-    stages=[dict(at_step=4, hidden_size=128, intermediate_size=256, vocab_size=128),
+    growths=[dict(at_step=4, hidden_size=128, intermediate_size=256, vocab_size=128),
             dict(at_step=8, num_hidden_layers=4, layer_positions="interleave")])
 GLOBAL_BATCH, SEQ = 4, 32
 
@@ -59,7 +61,7 @@ def main():
     batches = [torch.randint(0, 96, (GLOBAL_BATCH, SEQ + 1), generator=g) for _ in range(schedule.steps)]
     fixed = [(b[:, :-1], b[:, 1:]) for b in torch.randint(0, 96, (1, 2, SEQ + 1), generator=g)]
     record = dict(losses={}, growth=[])
-    pending = [s for s in schedule.stages if s.at_step >= start]
+    pending = [s for s in schedule.growths if s.at_step >= start]
     for step in range(start, args.steps):
         if args.save_at and step == int(args.save_at[0]):
             save_checkpoint(args.save_at[1], engine, dict(step=step))

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .config import ConfigError, LlamaConfig
-from .layers import GrowableEmbedding, GrowableLinear, GrowableTensor
+from ..config import ConfigError, LlamaConfig
+from ..layers import GrowableEmbedding, GrowableLinear, GrowableTensor
 
 SPLIT_AXES = ("q_heads", "kv_heads", "ffn", "vocab")   # a weight is split along its (only) axis among these
 
@@ -55,7 +55,7 @@ class TPSplit:
             if (b - a) % (self.size * self.unit):
                 what = "heads" if self.unit > 1 else self.axis
                 raise ConfigError(f"a {self.axis} segment [{a}, {b}) ({(b - a) // self.unit} {what}) cannot be split "
-                                  f"evenly over {self.size} tensor-parallel ranks: every stage's {what} count and "
+                                  f"evenly over {self.size} tensor-parallel ranks: every {what} count of the schedule and "
                                   f"every growth of it must be divisible by --tp {self.size}")
 
     @property
@@ -224,7 +224,8 @@ class GrowableVocabParallelEmbedding(GrowableEmbedding, _VocabIndex):
 # --- the layout -----------------------------------------------------------------------------------------------
 
 def check_tensor_parallel(configs: list[LlamaConfig], tp: int, world: int):
-    """Refuse, before any compute, a TP degree that cannot split every stage of a run evenly."""
+    """Refuse, before any compute, a TP degree that cannot split every model of a run (the initial one, then the
+    one after each growth) evenly."""
     if tp < 1:
         raise ConfigError(f"--tp must be >= 1, got {tp}")
     if world % tp:
@@ -233,13 +234,13 @@ def check_tensor_parallel(configs: list[LlamaConfig], tp: int, world: int):
     if tp == 1:
         return
     previous = None
-    for stage, config in enumerate(configs):
-        where = "the initial model" if stage == 0 else f"stage {stage}"
+    for index, config in enumerate(configs):
+        where = "the initial model" if index == 0 else f"the model after growth {index - 1}"
         for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"):
             value = getattr(config, name)
             if value % tp:
                 raise ConfigError(f"{name}={value} of {where} is not divisible by --tp {tp}: choose a --tp that "
-                                  f"divides it, or a schedule whose {name} is a multiple of {tp} at every stage")
+                                  f"divides it, or a schedule whose {name} is a multiple of {tp} after every growth")
         if previous is not None and config.kv_group_size != previous.kv_group_size:
             raise ConfigError(f"{where} changes the query heads per key/value head ({previous.kv_group_size} -> "
                               f"{config.kv_group_size}); tensor parallelism needs it fixed")
@@ -317,6 +318,10 @@ class TensorParallel:
                          tp_split=split, **kw)
         layer.tp_group = self.tp_group
         return layer
+
+    def loss_fn(self, lm_head: "GrowableColumnParallelLinear"):
+        """The model's loss under this layout: vocab-parallel cross-entropy on lm_head's logit shard."""
+        return lm_head.cross_entropy
 
     def merge_state(self, split: TPSplit, local: torch.Tensor, moments: dict) -> tuple[torch.Tensor, dict]:
         """Collective over the TP group: the unsharded weight and each global block's moments from every rank's

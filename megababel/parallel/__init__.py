@@ -1,0 +1,9 @@
+"""Everything parallel in one place: distributed start-up, collectives' device, tensor-parallel layout and layers.
+
+Nothing outside this package reaches into tensor-parallel internals: the model asks `TensorParallel` for its layers
+(`make`) and its loss (`loss_fn`), DeepSpeed gets it as `mpu`.
+"""
+from .distributed import comm_device, free_port, init_distributed
+from .tensor_parallel import TensorParallel, check_tensor_parallel
+
+__all__ = ["TensorParallel", "check_tensor_parallel", "comm_device", "free_port", "init_distributed"]
