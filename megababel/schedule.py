@@ -107,6 +107,17 @@ class Schedule:
     def vocab_sizes(self) -> list[int]:
         return sorted({self.model.vocab_size, *(g.config.vocab_size for g in self.growths)})
 
+    def resolved(self) -> dict:
+        """Everything that decides what a run does, positions resolved to steps, JSON-serialisable: a checkpoint
+        records it so that a resume can prove it follows the same plan (see `schedule_differences`)."""
+        def event_fields(event: GrowthEvent) -> dict:
+            return {f.name: getattr(event, f.name) for f in fields(GrowthEvent)}
+        return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
+            steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
+            weight_decay=self.weight_decay, lr_schedule=self.lr_schedule),
+            growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
+                          **event_fields(g.event)) for g in self.growths])))   # tuples -> lists, as saved
+
     def lr_at(self, step: int, born: int, peak: float, warmup: int) -> float:
         """A generation born at `born`: linear warm-up, then cosine decay to min_lr_ratio at the end of training.
         Older generations keep following their own curve when new ones are born."""
@@ -200,6 +211,24 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state))
         config, last_step = new_config, step
     return schedule
+
+
+def schedule_differences(saved: dict, current: dict) -> list[str]:
+    """Fields where two `Schedule.resolved()` dicts differ, as 'growth 1.at_step: 20 saved, 30 now'."""
+    out = []
+    for section in ("model", "training"):
+        for key in sorted(set(saved.get(section, {})) | set(current.get(section, {}))):
+            a, b = saved.get(section, {}).get(key), current.get(section, {}).get(key)
+            if a != b:
+                out.append(f"{section}.{key}: {a!r} saved, {b!r} now")
+    old, new = saved.get("growths", []), current.get("growths", [])
+    if len(old) != len(new):
+        out.append(f"number of growths: {len(old)} saved, {len(new)} now")
+    for i, (a, b) in enumerate(zip(old, new)):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                out.append(f"growth {i}.{key}: {a.get(key)!r} saved, {b.get(key)!r} now")
+    return out
 
 
 def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dict | None = None) -> Schedule:
