@@ -14,7 +14,6 @@ Engine counters (global_steps, global_samples) carry over.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -22,16 +21,8 @@ import torch.distributed as dist
 from .config import LlamaConfig
 from .growth import GrowthEvent, grow
 from .model import EMPTY, Llama
+from .state import EngineState, GroupInfo
 from .parallel.distributed import comm_device
-
-@dataclass
-class GroupInfo:
-    generation: int
-    decay: bool
-    born: int
-    lr: float
-    warmup: int
-
 
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
@@ -148,22 +139,28 @@ class _ShardedMoments:
 
 
 class GrowingEngine:
-    """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curves (Schedule.group_lr)."""
+    """A Llama in a DeepSpeed engine that can grow. `schedule` supplies the learning-rate curves (Schedule.group_lr)
+    and the defaults of a growth's learning rate.
 
-    def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, layout: dict | None = None,
-                 values: dict | None = None, generation: int = 0, groups: list[GroupInfo] | None = None,
-                 moments=None, steps: dict | None = None, counters: dict | None = None, tp=None,
-                 autocast_dtype: torch.dtype | None = None):
-        """A fresh model, or (layout, values, generation, groups, moments, steps, counters) a saved/grown one.
-        `moments` maps (path, block index) to (exp_avg, exp_avg_sq): a dict or any object with .get().
-        `tp` (tensor_parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups. Values,
-        layouts and moments given and returned are always those of the unsharded model.
-        `autocast_dtype` (e.g. torch.bfloat16): forward passes under torch.autocast, fp32 weights and optimizer."""
+    `GrowingEngine(config, ...)` builds a fresh model; `GrowingEngine.from_state(state, ...)` a saved or imported one
+    (state.EngineState). `tp` (parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups.
+    States, values and moments given and returned are always those of the unsharded model."""
+
+    def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, tp=None,
+                 _state: EngineState | None = None):
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
-        self.autocast_dtype = autocast_dtype
         self.zero_stage = ds_config["zero_optimization"]["stage"]
-        self.groups = list(groups or [])
-        self._build(config, layout, values, generation, moments or {}, steps or {}, counters)
+        if _state is None:
+            self.groups = []
+            self._build(config, None, None, 0, {}, {}, None)
+        else:
+            self.groups = list(_state.groups)
+            self._build(_state.config, _state.layout, _state.values, _state.generation, _state.moments,
+                        _state.group_steps, _state.counters)
+
+    @classmethod
+    def from_state(cls, state: EngineState, ds_config: dict, schedule, seed: int = 0, tp=None) -> "GrowingEngine":
+        return cls(state.config, ds_config, schedule, seed=seed, tp=tp, _state=state)
 
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
@@ -255,11 +252,9 @@ class GrowingEngine:
             group["lr"] = self.schedule.group_lr(step, info.born, info.lr, info.warmup)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor):
-        """(logits, mean loss over targets != -100) of the engine's model, on its device, under autocast if set."""
+        """(logits, mean loss over targets != -100) of the engine's model, on its device."""
         device = self.engine.device
-        with torch.autocast(torch.device(device).type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            return self.engine(inputs.to(device), targets.to(device))
+        return self.engine(inputs.to(device), targets.to(device))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         """One optimizer step (no gradient accumulation here); returns the loss averaged over data-parallel ranks."""
@@ -318,19 +313,31 @@ class GrowingEngine:
     def counters(self) -> dict:
         return dict(global_steps=self.engine.global_steps, global_samples=self.engine.global_samples)
 
-    def gather(self) -> tuple[dict, dict, dict]:
-        """(values {path: full fp32 tensor}, moments {(path, block): (exp_avg, exp_avg_sq)},
-        steps {(generation, decay): step}), unsharded. Collective: call on every rank."""
+    def state(self) -> EngineState:
+        """The whole unsharded state, in memory (tests, small models; checkpoints stream iter_state instead).
+        Collective: call on every rank."""
         values, moments = {}, {}
         for path, full, pairs in self.iter_state():
             values[path] = full
             moments.update({(path, index): pair for index, pair in pairs.items()})
-        return values, moments, self.group_steps()
+        return EngineState(self.model.config, self.model.generation, self.model.block_layout(), values, moments,
+                           self.group_steps(), [GroupInfo(**vars(g)) for g in self.groups], self.counters())
 
-    def grow(self, event: GrowthEvent, step: int, lr: float | None = None, warmup: int | None = None,
-             reset_optimizer: bool = False) -> int:
-        """Collective. Peak memory per rank: the fp32 weights (a CPU model to grow) plus 2/world of the Adam state.
-        reset_optimizer: every parameter, old or new, starts from a fresh Adam state (zero moments, step 0)."""
+    def state_meta(self) -> dict:
+        """EngineState.meta() without gathering any tensor."""
+        return EngineState(self.model.config, self.model.generation, self.model.block_layout(), {}, {},
+                           self.group_steps(), self.groups, self.counters()).meta()
+
+    def grow(self, growth, step: int) -> int:
+        """Apply `growth` (a schedule.Growth: event + the new generation's lr, warm-up and optimizer_state; or a bare
+        GrowthEvent with the schedule's defaults) at `step`. Collective. Peak memory per rank: the fp32 weights (a
+        CPU model to grow) plus 2/world of the Adam state. optimizer_state "reset": every parameter, old or new,
+        starts from a fresh Adam state (zero moments, step 0)."""
+        if isinstance(growth, GrowthEvent):
+            event, lr, warmup, reset_optimizer = growth, self.schedule.lr, self.schedule.warmup_steps, False
+        else:
+            event, lr, warmup = growth.event, growth.lr, growth.warmup_steps
+            reset_optimizer = growth.optimizer_state == "reset"
         config, generation = self.model.config, self.model.generation
         host = Llama(config, layout=self.model.block_layout(), generation=generation, values=EMPTY)
         host_tensors = dict(host.growable_tensors())
@@ -350,9 +357,7 @@ class GrowingEngine:
         self.engine = self.model = None
         gc.collect()
         new_generation = grow(host, event, seed=self.seed)
-        self.groups += [GroupInfo(new_generation, decay, born=step, lr=lr if lr is not None else self.schedule.lr,
-                                  warmup=warmup if warmup is not None else self.schedule.warmup_steps)
-                        for decay in (True, False)]
+        self.groups += [GroupInfo(new_generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
         moments.rekey({old_keys[p]: (path, i) for path, t in host.growable_tensors()
                        for i, p in enumerate(t.blocks()) if p in old_keys})
         layout, new_config = host.block_layout(), host.config

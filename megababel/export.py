@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, write_state
 from .config import LlamaConfig
 from .counters import config_parameters
 from .hf_adapter import from_hf_config, hf_key, to_hf_config
+from .state import EngineState
 from .tokenizer import Tokenizer, TokenizerError, VocabRanking
 
 VOCAB_PATHS = ("embed_tokens", "lm_head")       # weights whose dim 0 is the vocabulary (model-row order)
@@ -41,17 +42,26 @@ class ExportError(ValueError):
 
 # --- tokenizer ----------------------------------------------------------------------------------------------------
 
-def find_tokenizer(checkpoint: Path, meta: dict, tokenizer_dir: str | os.PathLike | None = None):
-    """(Tokenizer, VocabRanking) of a checkpoint: from `tokenizer_dir`, else the checkpoint itself, else its dataset."""
+def find_tokenizer(checkpoint: Path, run: dict, tokenizer_dir: str | os.PathLike | None = None):
+    """(Tokenizer, VocabRanking) of a checkpoint: from `tokenizer_dir`, else the checkpoint itself, else its dataset.
+    A tokenizer or ranking that differs from the checkpoint's own copy is refused: its rows would be mislabelled."""
     if tokenizer_dir:
         candidates = [Path(tokenizer_dir)]
     else:
-        candidates = [checkpoint] + ([Path(meta["data"])] if meta.get("data") else [])
+        candidates = [checkpoint] + ([Path(run["data"])] if run.get("data") else [])
     for folder in candidates:
         if (folder / "tokenizer.model").is_file() and (folder / "ranking.json").is_file():
             try:
                 tokenizer = Tokenizer.load(folder / "tokenizer.model")
-                return tokenizer, VocabRanking.load(folder / "ranking.json", tokenizer)
+                ranking = VocabRanking.load(folder / "ranking.json", tokenizer)
+                if folder != checkpoint and (checkpoint / "ranking.json").is_file():
+                    own_tokenizer = Tokenizer.load(checkpoint / "tokenizer.model")
+                    own = VocabRanking.load(checkpoint / "ranking.json", own_tokenizer)
+                    if (own_tokenizer.sha256, own.fingerprint) != (tokenizer.sha256, ranking.fingerprint):
+                        raise ExportError(f"{folder}: its tokenizer.model / ranking.json differ from the ones the "
+                                          f"checkpoint {checkpoint} was trained with; omit --tokenizer to use the "
+                                          f"checkpoint's own")
+                return tokenizer, ranking
             except TokenizerError as e:
                 raise ExportError(str(e)) from None
     raise ExportError(f"no tokenizer for {checkpoint}: looked for tokenizer.model + ranking.json in "
@@ -239,12 +249,14 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
                       overwrite: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
     """Write a Hugging Face directory for `checkpoint` (a step_N dir or a checkpoints dir). Returns OUT."""
     try:
-        path = resolve_checkpoint(checkpoint)
-        meta = load_checkpoint(path)
+        saved = load_checkpoint(checkpoint)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
-    tokenizer, ranking = find_tokenizer(path, meta, tokenizer_dir)
-    config, active = meta["config"], meta["config"].vocab_size
+    path, state = saved.path, saved.state
+    tokenizer, ranking = find_tokenizer(path, saved.run, tokenizer_dir)
+    config, active = state.config, state.config.vocab_size
+    meta = dict(saved.run, step=saved.run.get("step", 0), generation=state.generation,
+                groups=saved.meta["engine"]["groups"])       # what the card shows
     if active > tokenizer.vocab_size:
         raise ExportError(f"{path}: the model has {active} vocabulary rows but the tokenizer only "
                           f"{tokenizer.vocab_size} pieces: wrong --tokenizer")
@@ -253,7 +265,7 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
     try:
         order = torch.from_numpy(ranking.order[:active].copy())
         tensors = {}
-        for module_path, value in meta["values"].items():
+        for module_path, value in state.values.items():
             value = value.to(dtype)
             if module_path in VOCAB_PATHS:               # model rows -> tokenizer ids; rows out of stage stay zero
                 full = value.new_zeros((tokenizer.vocab_size,) + tuple(value.shape[1:]))
@@ -297,11 +309,7 @@ def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
         hf_config = AutoConfig.from_pretrained(str(hf_dir))
     except (OSError, ValueError) as e:
         raise ExportError(f"{hf_dir}: not a Hugging Face model directory ({e})") from None
-    if hf_config.model_type != "llama":
-        raise ExportError(f"{hf_dir}: model_type {hf_config.model_type!r}; only Llama models can be imported")
-    if getattr(hf_config, "tie_word_embeddings", False):
-        raise ExportError(f"{hf_dir}: tied embeddings are not supported (megababel's lm_head is untied)")
-    config = from_hf_config(hf_config)
+    config = from_hf_config(hf_config)    # UnsupportedHFConfigError for anything it cannot represent exactly
     if not (hf_dir / "tokenizer.model").is_file():
         raise ExportError(f"{hf_dir}: no tokenizer.model (SentencePiece); megababel needs it for its data pipeline")
     tokenizer = Tokenizer.load(hf_dir / "tokenizer.model")
@@ -312,37 +320,33 @@ def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
     else:
         ranking = VocabRanking(np.arange(tokenizer.vocab_size), len(tokenizer.required_ids),
                                np.zeros(tokenizer.vocab_size, dtype=np.int64), tokenizer.sha256)
-    state = load_safetensors(hf_dir)
+    weights = load_safetensors(hf_dir)
     expected = _expected_shapes(config)
-    missing = sorted(hf_key(p) for p in expected if hf_key(p) not in state)
+    missing = sorted(hf_key(p) for p in expected if hf_key(p) not in weights)
     if missing:
         raise ExportError(f"{hf_dir}: weights missing: {missing[:4]}{' ...' if len(missing) > 4 else ''}")
     out = Path(out)
-    tmp = _prepare_output(out, overwrite)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} exists and is not empty; choose another directory or pass --overwrite")
+    order = torch.from_numpy(ranking.order.copy())
+    values = {}
+    for path, shape in expected.items():
+        value = weights[hf_key(path)]
+        if tuple(value.shape) != shape:
+            raise ExportError(f"{hf_dir}: {hf_key(path)} has shape {tuple(value.shape)}, the config says {shape}")
+        values[path] = (value[order] if path in VOCAB_PATHS else value).float().contiguous()   # ids -> model rows
+    state = EngineState(config, generation=0, layout={p: [((0,) * len(s), s, 0)] for p, s in expected.items()},
+                        values=values)
+    scratch = _prepare_output(out.with_name(out.name + ".sources"), overwrite=True)
     try:
-        order = torch.from_numpy(ranking.order.copy())
-        (tmp / "tensors").mkdir()
-        tensor_files = {}
-        for i, (path, shape) in enumerate(expected.items()):
-            value = state[hf_key(path)]
-            if tuple(value.shape) != shape:
-                raise ExportError(f"{hf_dir}: {hf_key(path)} has shape {tuple(value.shape)}, the config says {shape}")
-            if path in VOCAB_PATHS:
-                value = value[order]          # tokenizer ids -> model rows
-            tensor_files[path] = f"tensors/{i:05d}.pt"
-            torch.save(dict(path=path, weight=value.float().contiguous(), moments={}), tmp / tensor_files[path])
-        layout = {p: [[[0] * len(s), list(s), 0]] for p, s in expected.items()}
-        meta = dict(format="megababel-checkpoint/1", step=0, tokens=0, flops=0, vocab=config.vocab_size,
-                    config=config.to_dict(), generation=0, layout=layout, tensor_files=tensor_files, groups=[],
-                    group_steps=[], counters=dict(global_steps=0, global_samples=0), world_size=1,
-                    tensor_parallel=1, imported_from=str(hf_dir))
-        (tmp / "megababel.json").write_text(json.dumps(meta, indent=1))
-        (tmp / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
-        ranking.save(tmp / "ranking.json")
-        _finish_output(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (scratch / "tokenizer.model").write_bytes(tokenizer.proto_bytes)
+        ranking.save(scratch / "ranking.json")
+        # a run starting from this checkpoint begins at step 0 with a fresh optimizer; the trainer checks that its
+        # data has this tokenizer and ranking, and that the schedule's `model` is this config
+        write_state(out, state, run=dict(step=0, tokens=0, flops=0, imported_from=str(hf_dir)),
+                    files={name: scratch / name for name in ("tokenizer.model", "ranking.json")})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

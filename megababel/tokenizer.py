@@ -129,6 +129,12 @@ class VocabRanking:
     def stage(self, tokenizer: Tokenizer, size: int) -> "VocabStage":
         return VocabStage(tokenizer, self, size)
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what decides the model's rows (the tokenizer and the order), not of the counts: two rankings
+        with the same fingerprint map token ids to the same rows."""
+        return hashlib.sha256(self.tokenizer_sha256.encode() + self.order.astype(np.int64).tobytes()).hexdigest()
+
     def save(self, path: str | os.PathLike):
         data = dict(tokenizer_sha256=self.tokenizer_sha256, n_required=self.n_required,
                     order=self.order.tolist(), counts=self.counts.tolist())

@@ -87,7 +87,7 @@ def test_a_crash_during_saving_leaves_the_previous_checkpoint_loadable(tmp_path,
     assert (checkpoints / "latest").is_file()
     from megababel.checkpoint import load_checkpoint
     saved = load_checkpoint(checkpoints)           # the newest complete one
-    assert saved["step"] >= 4
+    assert saved.run["step"] >= 4
     resumed = train(tmp_path / "run", "--micro-batch-size", "2", "--resume", str(checkpoints), cache=cache)
     # resumed into the same run: its log keeps the rows before the checkpoint and continues, without duplicates
     steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv"))]

@@ -48,9 +48,10 @@ def run(tmp_path_factory):
 
 def _megababel(checkpoint: Path):
     saved = load_checkpoint(checkpoint)
-    model = Llama(saved["config"], layout=saved["layout"], generation=saved["generation"], values=saved["values"])
-    tokenizer = Tokenizer.load(saved["path"] / "tokenizer.model")
-    stage = VocabRanking.load(saved["path"] / "ranking.json", tokenizer).stage(tokenizer, saved["config"].vocab_size)
+    state = saved.state
+    model = Llama(state.config, layout=state.layout, generation=state.generation, values=state.values)
+    tokenizer = Tokenizer.load(saved.path / "tokenizer.model")
+    stage = VocabRanking.load(saved.path / "ranking.json", tokenizer).stage(tokenizer, state.config.vocab_size)
     return saved, model.eval(), stage
 
 
@@ -63,11 +64,11 @@ def test_tp2_zero3_checkpoint_exports_to_a_plain_llama(run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     saved, model, stage = _megababel(run)
-    assert saved["generation"] == 2 and saved["tensor_parallel"] == 2 and saved["config"].vocab_size == 4000
+    assert saved.state.generation == 2 and saved.meta["tensor_parallel"] == 2 and saved.state.config.vocab_size == 4000
     out = _export(run, tmp_path / "hf")
     assert not list(tmp_path.glob("hf.tmp-*"))
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    assert json.loads((out / "config.json").read_text())["head_dim"] == saved["config"].head_dim
+    assert json.loads((out / "config.json").read_text())["head_dim"] == saved.state.config.head_dim
     text = _text()
     rows = torch.from_numpy(stage.encode(text))[None, :256]
     ids = torch.from_numpy(stage.to_tokenizer_ids(rows[0]))[None]
@@ -93,7 +94,7 @@ def test_intermediate_vocabulary_stage_never_generates_out_of_stage_tokens(run, 
 
     checkpoint = run / "step_00000015_gen1"
     saved, model, stage = _megababel(checkpoint)
-    assert saved["config"].vocab_size == 2000
+    assert saved.state.config.vocab_size == 2000
     out = _export(checkpoint, tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     inactive = set(stage.ranking.order[2000:].tolist())
@@ -134,7 +135,7 @@ def test_hugging_face_to_megababel_to_hugging_face_is_bit_exact(tmp_path):
     load_script("tools/convert_from_hf.py").main([str(tmp_path / "hf"), str(tmp_path / "ckpt"),
                                                   "--ranking", str(data / "ranking.json")])
     saved = load_checkpoint(tmp_path / "ckpt")
-    assert not torch.equal(saved["values"]["embed_tokens"], load_file(tmp_path / "hf/model.safetensors")[
+    assert not torch.equal(saved.state.values["embed_tokens"], load_file(tmp_path / "hf/model.safetensors")[
         "model.embed_tokens.weight"])
     _export(tmp_path / "ckpt", tmp_path / "hf2")
     before, after = load_file(tmp_path / "hf/model.safetensors"), load_file(tmp_path / "hf2/model.safetensors")
@@ -173,22 +174,22 @@ def test_bad_inputs_give_clear_errors_and_no_output(small_checkpoint, tmp_path, 
     import shutil
     shutil.copytree(small_checkpoint, broken)
     next((broken / "tensors").iterdir()).unlink()
-    assert "is missing: the checkpoint is incomplete or damaged" in _export_error(capsys, broken, out)
-    # a truncated tensor file, a damaged megababel.json
+    assert "is missing: the checkpoint is incomplete" in _export_error(capsys, broken, out)
+    # a truncated tensor file (caught by its checksum), a damaged megababel.json
     victim = next((small_checkpoint / "tensors").iterdir())
     shutil.copytree(small_checkpoint, tmp_path / "truncated")
     data = (tmp_path / "truncated" / "tensors" / victim.name).read_bytes()
     (tmp_path / "truncated" / "tensors" / victim.name).write_bytes(data[: len(data) // 2])
-    assert "is unreadable" in _export_error(capsys, tmp_path / "truncated", out)
+    assert "does not match its recorded sha256" in _export_error(capsys, tmp_path / "truncated", out)
     shutil.copytree(small_checkpoint, tmp_path / "garbled")
     (tmp_path / "garbled" / "megababel.json").write_text("{not json")
     assert "megababel.json is unreadable" in _export_error(capsys, tmp_path / "garbled", out)
     # not a checkpoint at all
     assert "not a complete megababel checkpoint" in _export_error(capsys, tmp_path, out)
-    # missing tokenizer
-    (small_checkpoint / "tokenizer.model").unlink()
-    assert "no tokenizer for" in _export_error(capsys, small_checkpoint, out)
-    shutil.copyfile(tmp_path / "hf/tokenizer.model", small_checkpoint / "tokenizer.model")
+    # missing tokenizer (its checksum is recorded: the checkpoint is incomplete)
+    shutil.copytree(small_checkpoint, tmp_path / "no_tokenizer")
+    (tmp_path / "no_tokenizer" / "tokenizer.model").unlink()
+    assert "tokenizer.model is missing" in _export_error(capsys, tmp_path / "no_tokenizer", out)
     # unwritable output: a path under a regular file
     (tmp_path / "file").write_text("x")
     assert "cannot write to" in _export_error(capsys, small_checkpoint, tmp_path / "file" / "out")

@@ -29,13 +29,13 @@ def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--steps", "0"], "--steps must be positive"),
+    (["--steps", "0"], "--steps must be an integer >= 1"),
     (["--seq-len", "5000"], "max_position_embeddings"),
     (["--data", "/nonexistent/dir"], "no such directory"),
     (["--schedule", "nonexistent"], "not a preset"),
     (["--steps", "2"], "is not after the previous growth"),
-    (["--offload-optimizer"], "needs --stage 1, 2 or 3"),
-    (["--tp", "0"], "--tp must be >= 1"),
+    (["--offload-optimizer"], "needs --zero-stage 1, 2 or 3"),
+    (["--tp", "0"], "--tp must be an integer >= 1"),
     (["--tp", "2"], "world size 1 is not divisible by --tp 2"),
 ])
 def test_demo_rejects_bad_flags(flags, message, capsys, monkeypatch, tmp_path):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint  # noqa: E402
+from megababel.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from megababel.data.readers import DataError, read_documents  # noqa: E402
 
 
@@ -44,13 +44,12 @@ class MegababelModel(Evaluated):
     def __init__(self, path: Path):
         from megababel.export import find_tokenizer
         from megababel.model import Llama
-        path = resolve_checkpoint(path)
         saved = load_checkpoint(path)
-        tokenizer, ranking = find_tokenizer(path, saved)
-        self.stage = ranking.stage(tokenizer, saved["config"].vocab_size)
+        path, state = saved.path, saved.state
+        tokenizer, ranking = find_tokenizer(path, saved.run)
+        self.stage = ranking.stage(tokenizer, state.config.vocab_size)
         self.bos, self.eos = self.stage.bos_id, self.stage.eos_id
-        self.model = Llama(saved["config"], layout=saved["layout"], generation=saved["generation"],
-                           values=saved["values"]).eval()
+        self.model = Llama(state.config, layout=state.layout, generation=state.generation, values=state.values).eval()
         self.name = f"megababel checkpoint {path}"
 
     def encode(self, text: str) -> list[int]:
