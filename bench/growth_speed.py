@@ -79,7 +79,8 @@ def worker(stage: int, size: str, steps: int, micro: int, seq: int):
 
 def run(stage: int, world: int, size: str, steps: int, micro: int, seq: int) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    from megababel.local_ranks import run_local_ranks
+    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
+    from local_ranks import run_local_ranks
     command = [__file__, "--worker", stage, "--size", size, "--steps", steps, "--micro", micro, "--seq", seq]
     logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1200)
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]

@@ -81,7 +81,8 @@ def worker(tp_size: int, bf16: bool, steps: int):
 
 def run(world: int, tp: int, bf16: bool, steps: int) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    from megababel.local_ranks import run_local_ranks
+    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
+    from local_ranks import run_local_ranks
     command = [__file__, "--worker", tp, "--steps", steps] + (["--bf16"] if bf16 else [])
     logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1800)
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megababel.local_ranks import run_local_ranks
+from local_ranks import run_local_ranks
 
 WORKER = Path(__file__).with_name("ds_worker.py")
 

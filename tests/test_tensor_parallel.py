@@ -17,10 +17,10 @@ import torch
 
 from megababel.config import ConfigError, LlamaConfig
 from megababel.parallel import free_port
-from megababel.local_ranks import run_local_ranks
 from megababel.parallel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
 
 from conftest import tiny_config
+from local_ranks import run_local_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tp_worker.py")

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from .parallel import free_port
+from megababel.parallel import free_port
 
 
 def run_local_ranks(world: int, argv: list, threads: int = 1, timeout: float = 600) -> list[str]:
