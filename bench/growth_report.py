@@ -111,9 +111,14 @@ def effects_cell(summaries):
     return "; ".join(cells) if cells else "-"
 
 
+SECTIONS = (("Growth vs scratch", ORDER[:7]), ("Ablations of width-then-depth", ORDER[5:6] + ORDER[7:]))
+
+
 def common_seeds(by_name: dict, names) -> set:
-    """Seeds every present run of `names` has: tables and panels compare on these (ablations have fewer)."""
-    return set.intersection(*[set(by_name[n]) for n in names if n in by_name]) or {0}
+    """Seeds every present run of `names` has: tables and panels compare on these (ablations have fewer).
+    Empty when none of `names` has saved runs (e.g. after `--only scratch both-vocab`)."""
+    present = [set(by_name[n]) for n in names if by_name.get(n)]
+    return set.intersection(*present) if present else set()
 
 
 def load(out: Path):
@@ -130,15 +135,28 @@ def write_report(out: Path):
         if r["lr"] == lr:
             by_name[r["name"]][r["seed"]] = r
     scratch = by_name.get("scratch", {})
-    lines = ["### Scratch learning rate (seed %d)" % min(r["seed"] for r in runs), "",
-             "| peak LR | final bits/byte |", "|---|---|"]
-    tuning = sorted((r["lr"], r["final_bpb"]) for r in runs if r["name"] == "scratch" and r["seed"] == min(scratch))
-    lines += [f"| {a:g}{' (chosen)' if a == lr else ''} | {b:.4f} |" for a, b in tuning]
+    lines = []
+    scratch_runs = [r for r in runs if r["name"] == "scratch"]
+    if scratch_runs:     # the learning-rate search runs on the first seed
+        tuning_seed = min(r["seed"] for r in scratch_runs)
+        lines += [f"### Scratch learning rate (seed {tuning_seed})", "", "| peak LR | final bits/byte |", "|---|---|"]
+        tuning = sorted((r["lr"], r["final_bpb"]) for r in scratch_runs if r["seed"] == tuning_seed)
+        lines += [f"| {a:g}{' (chosen)' if a == lr else ''} | {b:.4f} |" for a, b in tuning]
     header = ["| run | steps | final bits/byte | Δ bits/byte at equal FLOPs | FLOPs saving to reach scratch | "
               "wall-time saving | bump at each growth (recovery steps per seed) |", "|---|---|---|---|---|---|---|"]
     summaries = {}
-    for title, names in (("Growth vs scratch", ORDER[:7]), ("Ablations of width-then-depth", ORDER[5:6] + ORDER[7:])):
+    for title, names in SECTIONS:
         seeds = sorted(common_seeds(by_name, names))
+        not_run = [n for n in names if n not in by_name]
+        # a partial set of runs (`--only`, an interrupted bench) still gets a table, and says what it lacks
+        note = ["", f"Not run (no saved run at peak LR {lr:g}): {', '.join(not_run)}."] if not_run else []
+        if not seeds:
+            lines += ["", f"### {title}"] + note
+            continue
+        if not scratch:
+            lines += ["", f"### {title}", "", "No scratch run at this learning rate: every figure is relative to it."]
+            lines += note
+            continue
         lines += ["", f"### {title} (seeds {', '.join(map(str, seeds))}; peak LR {lr:g})", ""] + header
         for name in names:
             if name not in by_name:
@@ -154,6 +172,7 @@ def write_report(out: Path):
                          f"{saving_cell([s['saving'] for s in summ]) if name != 'scratch' else '0'} | "
                          f"{saving_cell([s['wall_saving'] for s in summ]) if name != 'scratch' else '0'} | "
                          f"{effects_cell(summ)} |")
+        lines += note
     if scratch:
         first = next(iter(scratch.values()))
         lines += ["", f"Scratch budget: {first['steps']} steps x {8 * 256} tokens = {first['flops']:.3g} training FLOPs, "
@@ -179,19 +198,22 @@ def plot(by_name, path: Path):
     except ImportError:
         print("matplotlib not installed: no plot")
         return
+    if "scratch" not in by_name:     # the curves' scale (y range) comes from scratch
+        print("no scratch runs: no plot")
+        return
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     panels = [(axes[0], ORDER[:7], "flops", "training FLOPs (project counter)"),
               (axes[1], ORDER[:7], "wall", "training wall time (s, 2 CPU cores)"),
               (axes[2], ["scratch", "both"] + ORDER[7:], "flops", "training FLOPs (project counter)")]
-    if "scratch" not in by_name:
-        return
     sx, sy = mean_curve(by_name["scratch"], "flops")
     top = float(np.interp(0.15 * sx[-1], sx, sy))
     for ax, names, key, xlabel in panels:
         seeds = common_seeds(by_name, names)
+        names = [n for n in names if n in by_name and seeds]
+        if not names:
+            ax.text(0.5, 0.5, "no saved runs", ha="center", va="center", transform=ax.transAxes)
+            continue
         for name in names:
-            if name not in by_name:
-                continue
             runs = {s: r for s, r in by_name[name].items() if s in seeds}
             x, y = mean_curve(runs, key)
             style = dict(lw=2.2, color="black") if name == "scratch" else dict(lw=1.2)
@@ -199,8 +221,7 @@ def plot(by_name, path: Path):
             for g in next(iter(runs.values()))["growths"]:
                 gx = np.mean([[e[key] for e in r["evals"] if e["step"] == g["step"]][0] for r in runs.values()])
                 ax.axvline(gx, color=line.get_color(), ls=":", lw=0.8)
-        ax.set_ylim(min(min(e["bpb"] for r in by_name[n].values() for e in r["evals"]) for n in names
-                        if n in by_name) - 0.02, top)
+        ax.set_ylim(min(min(e["bpb"] for r in by_name[n].values() for e in r["evals"]) for n in names) - 0.02, top)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation bits per byte (mean over seeds)")
         ax.grid(alpha=0.3)

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from .config import LlamaConfig
+from .config import ConfigError, LlamaConfig
 from .model import Llama
+
+
+class UnsupportedHFConfigError(ConfigError):
+    """A Hugging Face config asks for something megababel's Llama cannot represent exactly (importing it would
+    silently change the model); the message is one line naming the field, its value and what to do."""
 
 
 def hf_key(path: str) -> str:
@@ -29,7 +34,54 @@ def to_hf_config(config: LlamaConfig):
         hidden_act="silu", attention_bias=False, mlp_bias=False, tie_word_embeddings=False)
 
 
+def check_hf_config_is_representable(hf_config) -> None:
+    """Raise UnsupportedHFConfigError for the first field megababel's Llama (no biases, untied lm_head, plain RoPE,
+    SiLU SwiGLU, no dropout, hidden_size = heads * head_dim) cannot reproduce exactly."""
+    def refuse(field, value, why_and_fix):
+        raise UnsupportedHFConfigError(f"{field} = {value!r}: {why_and_fix}")
+
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type != "llama":     # checked first: other architectures name their fields differently
+        refuse("model_type", model_type, "only Llama (LlamaForCausalLM) models can be imported; "
+               "convert it to a Llama checkpoint first or import a Llama model")
+    # transformers >= 5 folds a legacy `rope_scaling` into `rope_parameters` (and aliases the two); older versions
+    # keep `rope_scaling` alone, with the type under "rope_type" or the older "type"
+    for field in ("rope_parameters", "rope_scaling"):
+        rope = getattr(hf_config, field, None) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            refuse(f"{field}['rope_type']", rope_type, "RoPE scaling (`rope_scaling` in older config.json files) "
+                   "is not supported, megababel's RoPE is plain (rope_theta only); import a model with rope_type "
+                   "'default' (dropping the scaling would change what the model computes)")
+    for field in ("attention_bias", "mlp_bias"):
+        if getattr(hf_config, field, False):
+            refuse(field, getattr(hf_config, field), "megababel's linear layers have no bias; "
+                   "import a model trained with " + field + " false")
+    if getattr(hf_config, "tie_word_embeddings", False):
+        refuse("tie_word_embeddings", True, "megababel's lm_head is a separate matrix; untie the model first (save "
+               "lm_head.weight as a copy of embed_tokens.weight and set tie_word_embeddings false)")
+    hidden_act = getattr(hf_config, "hidden_act", "silu")
+    if hidden_act not in ("silu", "swish"):     # transformers maps both names to SiLU
+        refuse("hidden_act", hidden_act, "megababel's MLP is SwiGLU with SiLU; import a model with hidden_act 'silu'")
+    pretraining_tp = getattr(hf_config, "pretraining_tp", None)
+    if pretraining_tp not in (None, 1):
+        refuse("pretraining_tp", pretraining_tp, "megababel computes each projection as one matmul; "
+               "set pretraining_tp to 1 in config.json")
+    attention_dropout = getattr(hf_config, "attention_dropout", 0.0) or 0.0
+    if attention_dropout != 0:
+        refuse("attention_dropout", attention_dropout, "megababel's attention has no dropout; "
+               "set attention_dropout to 0.0 in config.json")
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    if head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
+        refuse("head_dim", head_dim, f"num_attention_heads * head_dim = {hf_config.num_attention_heads * head_dim} "
+               f"!= hidden_size {hf_config.hidden_size}; megababel's heads tile hidden_size exactly, so this model "
+               "cannot be imported")
+
+
 def from_hf_config(hf_config) -> LlamaConfig:
+    """megababel's config for a Hugging Face Llama config; UnsupportedHFConfigError if the model cannot be
+    represented exactly."""
+    check_hf_config_is_representable(hf_config)
     rope_theta = getattr(hf_config, "rope_theta", None)
     if rope_theta is None:  # transformers >= 5 keeps it in rope_parameters
         rope_theta = hf_config.rope_parameters["rope_theta"]

@@ -8,7 +8,9 @@
     deepspeed launch/train.py --resume runs/grow/init --schedule grow.yaml --data data/c --out runs/grow
 
 The checkpoint is generation 0 at step 0 without optimizer state (Adam starts fresh). Needs model.safetensors
-(or a sharded index) and tokenizer.model; tied embeddings are refused (megababel's lm_head is untied).
+(or a sharded index) and tokenizer.model. A model megababel's Llama cannot represent exactly is refused with the
+config.json field to blame: another architecture, RoPE scaling, attention or MLP biases, tied embeddings, an activation
+other than SiLU, pretraining_tp != 1, attention dropout.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megababel.config import ConfigError  # noqa: E402
 from megababel.export import ExportError, import_hf  # noqa: E402
 from megababel.tokenizer import TokenizerError  # noqa: E402
 
@@ -34,6 +37,8 @@ def main(argv=None) -> Path:
         out = import_hf(args.hf_dir, args.out, args.ranking, overwrite=args.overwrite)
     except (ExportError, TokenizerError) as e:
         p.error(str(e))
+    except ConfigError as e:    # hf_adapter.UnsupportedHFConfigError, or a config megababel's LlamaConfig rejects
+        p.error(f"{args.hf_dir / 'config.json'}: {e}")
     print(f"imported {args.hf_dir} -> {out} (resume from it with launch/train.py --resume {out})")
     return out
 
