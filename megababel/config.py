@@ -6,11 +6,47 @@ fixed for the life of a run (growth adds heads, never changes head_dim, so RoPE 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 
 
 class ConfigError(ValueError):
     """A configuration or growth request that cannot be honoured; the message names the field and the fix."""
+    field: str | None = None   # set (by `about`) when the error concerns one field, so that a schedule can prefix
+    problem: str = ""          # where that field sits ("schedule growth 1.init_std: ...") without repeating its name
+
+    @classmethod
+    def about(cls, field: str, problem: str) -> ConfigError:
+        """The error `"{field} {problem}"`, e.g. about("init_std", "must be a positive number, got 0")."""
+        error = cls(f"{field} {problem}")
+        error.field, error.problem = field, problem
+        return error
+
+
+# YAML 1.1 (PyYAML) reads 3e-3 as a string: its floats need a dot in the mantissa (3.0e-3)
+_YAML_TEXT_EXPONENT = re.compile(r"[-+]?[0-9]+[eE][-+]?[0-9]+")
+
+
+def is_number(value) -> bool:
+    """An int or float that is not a bool (`isinstance(True, int)` holds in Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def describe(value) -> str:
+    """`value` for an error message, plus why it is wrong when that is easy to miss."""
+    if isinstance(value, bool):
+        return f"{value!r} (a boolean)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} (not finite)"
+    if isinstance(value, str) and _YAML_TEXT_EXPONENT.fullmatch(value):
+        mantissa, exponent = re.split("[eE]", value, maxsplit=1)
+        return f"{value!r} (text: YAML reads {value} as a string; write {mantissa}.0e{exponent})"
+    return repr(value)
 
 
 def llama_intermediate_size(hidden_size: int, multiple_of: int = 256) -> int:
@@ -37,16 +73,13 @@ class LlamaConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_hidden_layers", "head_dim", "vocab_size", "multiple_of",
-                     "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self._check_positive_integers("hidden_size", "num_hidden_layers", "head_dim", "vocab_size", "multiple_of",
+                                      "max_position_embeddings")
         if self.head_dim % 2:
-            raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+            raise ConfigError.about("head_dim", f"must be even for rotary embeddings, got {self.head_dim}")
         if self.hidden_size % self.head_dim:
-            raise ConfigError(
-                f"hidden_size {self.hidden_size} is not a multiple of head_dim {self.head_dim}: heads are "
+            raise ConfigError.about(
+                "hidden_size", f"{self.hidden_size} is not a multiple of head_dim {self.head_dim}: heads are "
                 f"hidden_size / head_dim; use a hidden_size such as {self._nearest_multiple(self.hidden_size)}")
         if self.intermediate_size is None:
             self.intermediate_size = llama_intermediate_size(self.hidden_size, self.multiple_of)
@@ -54,22 +87,30 @@ class LlamaConfig:
             self.num_attention_heads = self.hidden_size // self.head_dim
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        for name in ("intermediate_size", "num_attention_heads", "num_key_value_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self._check_positive_integers("intermediate_size", "num_attention_heads", "num_key_value_heads")
         if self.num_attention_heads * self.head_dim != self.hidden_size:
-            raise ConfigError(
-                f"num_attention_heads * head_dim = {self.num_attention_heads} * {self.head_dim} != hidden_size "
+            raise ConfigError.about(
+                "num_attention_heads", f"{self.num_attention_heads} * head_dim {self.head_dim} != hidden_size "
                 f"{self.hidden_size}; set num_attention_heads to {self.hidden_size // self.head_dim} (or leave it unset)")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(
-                f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads "
-                f"{self.num_key_value_heads}; each key/value head must serve the same number of query heads")
+            raise ConfigError.about(
+                "num_key_value_heads", f"{self.num_key_value_heads} does not divide num_attention_heads "
+                f"{self.num_attention_heads}: each key/value head must serve the same number of query heads")
         for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            if not (is_number(value) and math.isfinite(value) and value > 0):
+                raise ConfigError.about(name, f"must be a positive number, got {describe(value)}; "
+                                              f"the default is {self._default(name)}")
+
+    def _check_positive_integers(self, *names: str):
+        for name in names:
+            value = getattr(self, name)
+            if not (is_integer(value) and value > 0):
+                raise ConfigError.about(name, f"must be a positive integer, got {describe(value)}")
+
+    @classmethod
+    def _default(cls, name: str):
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
     def _nearest_multiple(self, n: int) -> int:
         return max(self.head_dim, round(n / self.head_dim) * self.head_dim)
@@ -88,8 +129,11 @@ class LlamaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlamaConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a mapping of field: value (e.g. {{hidden_size: 512}}), "
+                              f"got {describe(d)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)      # key=str: YAML keys need not be strings
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**d)

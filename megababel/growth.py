@@ -36,12 +36,12 @@ New random weights use normal(0, init_std), init_std defaulting to config.initia
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, LlamaConfig
+from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
 from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableTensor, growable_tensors
 from .model import DecoderLayer, Llama
 
@@ -49,6 +49,7 @@ WIDTH_INITS = ("split", "zero")
 UNIT_INITS = ("pairs", "zero")
 DEPTH_INITS = ("identity", "zero", "copy")
 VOCAB_INITS = ("mean", "random")
+LAYER_POSITIONS = ("append", "interleave")
 AXIS_ORDER = ("hidden", "q_heads", "kv_heads", "ffn", "vocab")  # order in which a tensor's dims are grown
 
 
@@ -204,9 +205,45 @@ def _ffn_groups(old: int, new: int) -> list[list[int]] | None:
 
 # --- validation -------------------------------------------------------------------------------------------------
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]):
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {choices}")
+def _size_or_none(value) -> bool:
+    return value is None or (is_integer(value) and value > 0)
+
+
+def _layer_indices(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(is_integer(i) and i >= 0 for i in value)
+
+
+def _one_of(choices: tuple[str, ...]):
+    return lambda value: isinstance(value, str) and value in choices
+
+
+# every GrowthEvent field: (does a value pass on its own, whatever the model?, what is accepted)
+EVENT_FIELD_RULES = {
+    "hidden_size": (_size_or_none, "a positive integer (the size after growth)"),
+    "intermediate_size": (_size_or_none, "a positive integer (the size after growth)"),
+    "num_hidden_layers": (_size_or_none, "a positive integer (the number of layers after growth)"),
+    "vocab_size": (_size_or_none, "a positive integer (the size after growth)"),
+    "layer_positions": (lambda v: v in LAYER_POSITIONS if isinstance(v, str) else _layer_indices(v),
+                        "'append', 'interleave' or a list of the new layers' indices after growth"),
+    "copy_from": (lambda v: v is None or _layer_indices(v),
+                  "a list of old layer indices, one per new layer (with depth_init 'copy')"),
+    "width_init": (_one_of(WIDTH_INITS), f"one of {list(WIDTH_INITS)}"),
+    "heads_init": (_one_of(UNIT_INITS), f"one of {list(UNIT_INITS)}"),
+    "ffn_init": (_one_of(UNIT_INITS), f"one of {list(UNIT_INITS)}"),
+    "depth_init": (_one_of(DEPTH_INITS), f"one of {list(DEPTH_INITS)}"),
+    "vocab_init": (_one_of(VOCAB_INITS), f"one of {list(VOCAB_INITS)}"),
+    "init_std": (lambda v: v is None or (is_number(v) and math.isfinite(v) and v > 0),
+                 "a positive finite number (or leave it out: the model's initializer_range)"),
+}
+
+
+def check_event_fields(event: GrowthEvent):
+    """Refuse a field whose value is wrong whatever the model (a wrong type, an unknown option), naming it."""
+    for f in fields(event):
+        value = getattr(event, f.name)
+        accepts, expected = EVENT_FIELD_RULES[f.name]
+        if not accepts(value):
+            raise ConfigError.about(f.name, f"must be {expected}, got {describe(value)}")
 
 
 def _final_positions(event: GrowthEvent, old_layers: int, new_layers: int) -> list[int]:
@@ -218,34 +255,24 @@ def _final_positions(event: GrowthEvent, old_layers: int, new_layers: int) -> li
         # the k-th new layer goes right after old layer floor((k+1) * old / added) - 1: evenly spread
         after = [((k + 1) * old_layers) // added - 1 for k in range(added)]
         return [a + k + 1 for k, a in enumerate(after)]
-    if isinstance(where, str) or not all(isinstance(p, int) and not isinstance(p, bool) for p in where):
-        raise ConfigError(f"layer_positions={where!r}: use 'append', 'interleave' or a list of layer indices")
-    positions = sorted(where)
+    positions = sorted(where)      # a list of indices: check_event_fields refused anything else
     if len(positions) != added or len(set(positions)) != added or \
             any(not 0 <= p < new_layers for p in positions):
-        raise ConfigError(f"layer_positions={where!r} must list {added} distinct indices in [0, {new_layers}) "
-                          f"(where the new layers sit after growth)")
+        raise ConfigError.about("layer_positions", f"{list(where)} must list {added} distinct indices in "
+                                                   f"[0, {new_layers}) (where the new layers sit after growth)")
     return positions
 
 
 def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
     """Validate `event` against `config` and return the grown config; raises ConfigError naming the field."""
-    _check_choice("width_init", event.width_init, WIDTH_INITS)
-    _check_choice("heads_init", event.heads_init, UNIT_INITS)
-    _check_choice("ffn_init", event.ffn_init, UNIT_INITS)
-    _check_choice("depth_init", event.depth_init, DEPTH_INITS)
-    _check_choice("vocab_init", event.vocab_init, VOCAB_INITS)
-    if event.init_std is not None and not event.init_std > 0:
-        raise ConfigError(f"init_std must be positive, got {event.init_std}")
+    check_event_fields(event)
     changes = {}
     for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"):
         target, current = getattr(event, name), getattr(config, name)
         if target is None:
             continue
-        if isinstance(target, bool) or not isinstance(target, int):
-            raise ConfigError(f"{name} must be an integer, got {target!r}")
         if target < current:
-            raise ConfigError(f"{name} {current} -> {target} would shrink the model; growth only adds")
+            raise ConfigError.about(name, f"{current} -> {target} would shrink the model; growth only adds")
         if target > current:
             changes[name] = target
     if not changes:
@@ -254,12 +281,12 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
     if "hidden_size" in changes:
         d = changes["hidden_size"]
         if d % config.head_dim:
-            raise ConfigError(f"hidden_size {d} is not a multiple of head_dim {config.head_dim} (head_dim is fixed; "
-                              f"growth adds heads)")
+            raise ConfigError.about("hidden_size", f"{d} is not a multiple of head_dim {config.head_dim} (head_dim is "
+                                                   f"fixed; growth adds heads)")
         heads, group = d // config.head_dim, config.kv_group_size
         if heads % group:
-            raise ConfigError(f"hidden_size {d} gives {heads} heads, not a multiple of the key/value group size "
-                              f"{group}; use a multiple of {group * config.head_dim}")
+            raise ConfigError.about("hidden_size", f"{d} gives {heads} heads, not a multiple of the key/value group "
+                                                   f"size {group}; use a multiple of {group * config.head_dim}")
         changes.update(num_attention_heads=heads, num_key_value_heads=heads // group)
     new = config.replace(**changes)
     if "num_hidden_layers" in changes:
@@ -272,13 +299,16 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
                               f"units: use depth_init='zero'")
         if event.copy_from is not None:
             if event.depth_init != "copy":
-                raise ConfigError("copy_from is only used with depth_init='copy'")
+                raise ConfigError.about("copy_from", "is only used with depth_init='copy': set depth_init or "
+                                                     "remove copy_from")
             if len(event.copy_from) != len(positions) or \
                     any(not 0 <= i < config.num_hidden_layers for i in event.copy_from):
-                raise ConfigError(f"copy_from must list {len(positions)} old layer indices in "
-                                  f"[0, {config.num_hidden_layers})")
+                raise ConfigError.about("copy_from", f"must list {len(positions)} old layer indices in "
+                                                     f"[0, {config.num_hidden_layers}), got {list(event.copy_from)}")
     elif event.layer_positions != "append" or event.copy_from is not None:
-        raise ConfigError("layer_positions / copy_from given but num_hidden_layers does not grow")
+        given = "layer_positions" if event.layer_positions != "append" else "copy_from"
+        raise ConfigError.about(given, "is given but num_hidden_layers does not grow: remove it or grow "
+                                       "num_hidden_layers")
     return new
 
 

@@ -23,7 +23,9 @@ decays to the end of training, old generations keep their curves; global: one cu
 
 `load_schedule` validates the whole schedule before anything is built: every growth is checked against the model it
 grows (shrinking, hidden not a multiple of head_dim, GQA groups, layer positions, ...), growths must come in order
-and before the end of training; errors name the growth and the field.
+and before the end of training; errors name the growth and the field. Types are strict: a key given twice in a file,
+a boolean or a non-finite number where a number is meant, a float where an integer is meant and an option value
+outside its choices are all refused.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .config import ConfigError, LlamaConfig
+from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
 from .growth import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
@@ -41,6 +43,7 @@ TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, 
 LR_SCHEDULES = ("per_generation", "global")
 OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
+GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state"}   # beside the event's
 
 PRESETS = {
     # The default. The plan that saved the most compute in bench/growth_vs_scratch.py (see bench/README.md): width +
@@ -135,79 +138,124 @@ class Schedule:
 
 
 def _error(where: str, message: str) -> ConfigError:
-    return ConfigError(f"schedule {where}: {message}")
+    return ConfigError(f"schedule {where}: {message}" if where else f"schedule: {message}")
+
+
+def _placed(where: str, error: ConfigError) -> ConfigError:
+    """A model config's or growth event's error, placed in the schedule: 'schedule growth 1.init_std: ...'."""
+    if error.field:
+        return _error(f"{where}.{error.field}", error.problem)
+    return _error(where, str(error))
+
+
+def _integer(where: str, value, minimum: int) -> int:
+    if not (is_integer(value) and value >= minimum):
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise _error(where, f"must be {kind}, got {describe(value)}")
+    return value
+
+
+def _number(where: str, value, in_range, expected_range: str) -> float:
+    """A finite int or float (not a bool) for which in_range(value) holds."""
+    if not (is_number(value) and math.isfinite(value) and in_range(value)):
+        raise _error(where, f"must be a finite number {expected_range}, got {describe(value)}")
+    return value
+
+
+def _choice(where: str, value, choices: tuple[str, ...]) -> str:
+    if not (isinstance(value, str) and value in choices):
+        raise _error(where, f"must be one of {list(choices)}, got {describe(value)}")
+    return value
+
+
+def _mapping(where: str, value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise _error(where, f"must be a mapping of {what}, got {describe(value)}")
+    return value
+
+
+def _unknown(keys, known) -> list:
+    return sorted(set(keys) - set(known), key=str)     # key=str: YAML keys need not be strings
+
+
+def _training(section) -> dict:
+    """training, defaults filled in, every field checked."""
+    section = _mapping("training", section, f"field: value (fields: {', '.join(TRAINING_DEFAULTS)})")
+    unknown = _unknown(section, TRAINING_DEFAULTS)
+    if unknown:
+        raise _error("training", f"unknown field(s) {unknown}; known: {sorted(TRAINING_DEFAULTS)}")
+    training = {**TRAINING_DEFAULTS, **section}
+    _integer("training.steps", training["steps"], 1)
+    _integer("training.warmup_steps", training["warmup_steps"], 0)
+    _number("training.lr", training["lr"], lambda value: value > 0, "> 0")
+    _number("training.weight_decay", training["weight_decay"], lambda decay: decay >= 0, ">= 0")
+    _number("training.min_lr_ratio", training["min_lr_ratio"], lambda ratio: 0 <= ratio <= 1, "in [0, 1]")
+    _choice("training.lr_schedule", training["lr_schedule"], LR_SCHEDULES)
+    return training
+
+
+def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int) -> int:
+    """The step of a growth from its one position field (popped from `growth`)."""
+    given = [key for key in ("at_step", "at_tokens", "at_fraction") if key in growth]
+    if len(given) != 1:
+        raise _error(where, f"give exactly one of at_step, at_tokens or at_fraction, got {given or 'none'}")
+    if "at_fraction" in growth:
+        fraction = _number(f"{where}.at_fraction", growth.pop("at_fraction"), lambda f: 0 < f < 1,
+                           "strictly between 0 and 1 (a fraction of training.steps)")
+        return max(1, round(fraction * steps))
+    if "at_tokens" in growth:
+        tokens = _integer(f"{where}.at_tokens", growth.pop("at_tokens"), 1)
+        return -(-tokens // tokens_per_step)          # first step at or after that many tokens
+    return _integer(f"{where}.at_step", growth.pop("at_step"), 1)
+
+
+def _growths(section) -> list:
+    if section is None:               # `growths:` with nothing under it: no growth
+        return []
+    if not isinstance(section, list):
+        raise _error("growths", f"must be a list of growths (`- at_step: ...` entries), got {describe(section)}")
+    return section
 
 
 def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> Schedule:
-    spec = copy.deepcopy(spec)
+    spec = copy.deepcopy(_mapping("", spec, "sections model, training, growths"))
     if "stages" in spec:       # the section's name before 0.2; "growth" now means only a ZeRO or vocabulary growth
         if "growths" in spec:
             raise _error("", "give `growths` (or its old name `stages`), not both")
         spec["growths"] = spec.pop("stages")
-    unknown = set(spec) - {"model", "training", "growths"}
+    unknown = _unknown(spec, ("model", "training", "growths"))
     if unknown:
-        raise _error("", f"unknown section(s) {sorted(unknown)}; use model, training, growths")
+        raise _error("", f"unknown section(s) {unknown}; use model, training, growths")
     try:
         model = LlamaConfig.from_dict(spec.get("model", {}))
     except ConfigError as e:
-        raise _error("model", str(e)) from None
-    training = dict(TRAINING_DEFAULTS)
-    unknown = set(spec.get("training", {})) - set(TRAINING_DEFAULTS)
-    if unknown:
-        raise _error("training", f"unknown field(s) {sorted(unknown)}; known: {sorted(TRAINING_DEFAULTS)}")
-    training.update(spec.get("training", {}))
-    if not isinstance(training["steps"], int) or training["steps"] <= 0:
-        raise _error("training.steps", f"must be a positive integer, got {training['steps']!r}")
-    for name in ("lr", "weight_decay", "min_lr_ratio", "warmup_steps"):
-        if not isinstance(training[name], (int, float)) or training[name] < 0:
-            raise _error(f"training.{name}", f"must be a non-negative number, got {training[name]!r}")
-    if training["lr_schedule"] not in LR_SCHEDULES:
-        raise _error("training.lr_schedule", f"must be one of {list(LR_SCHEDULES)}, got {training['lr_schedule']!r}")
-    schedule = Schedule(model=model, source=source, **training)
+        raise _placed("model", e) from None
+    schedule = Schedule(model=model, source=source, **_training(spec.get("training", {})))
     config, last_step = model, 0
-    for i, growth in enumerate(spec.get("growths", []) or []):
+    for i, growth in enumerate(_growths(spec.get("growths"))):
         where = f"growth {i}"
-        if not isinstance(growth, dict):
-            raise _error(where, f"must be a mapping, got {growth!r}")
-        growth = dict(growth)
-        if sum(key in growth for key in ("at_step", "at_tokens", "at_fraction")) != 1:
-            raise _error(where, "give exactly one of at_step, at_tokens or at_fraction")
-        if "at_fraction" in growth:
-            fraction = growth.pop("at_fraction")
-            if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-                raise _error(f"{where}.at_fraction", f"must be between 0 and 1, got {fraction!r}")
-            step = max(1, round(fraction * schedule.steps))
-        elif "at_tokens" in growth:
-            at = growth.pop("at_tokens")
-            if not isinstance(at, int) or at <= 0:
-                raise _error(f"{where}.at_tokens", f"must be a positive integer, got {at!r}")
-            step = -(-at // tokens_per_step)          # first step at or after that many tokens
-        else:
-            step = growth.pop("at_step")
-            if not isinstance(step, int) or step <= 0:
-                raise _error(f"{where}.at_step", f"must be a positive integer, got {step!r}")
+        growth = dict(_mapping(where, growth, "growth fields (at_step, hidden_size, ...)"))
+        unknown = _unknown(growth, EVENT_FIELDS | GROWTH_FIELDS)
+        if unknown:
+            raise _error(where, f"unknown field(s) {unknown}; growth fields: {sorted(EVENT_FIELDS | GROWTH_FIELDS)}")
+        step = _growth_step(where, growth, schedule.steps, tokens_per_step)
         if step <= last_step:
             raise _error(f"{where}.at_step", f"step {step} is not after the previous growth's {last_step}")
         if step >= schedule.steps:
             raise _error(f"{where}.at_step", f"step {step} is at or after the end of training "
                                              f"(training.steps = {schedule.steps})")
-        lr = growth.pop("lr", schedule.lr)
-        warmup = growth.pop("warmup_steps", schedule.warmup_steps)
+        lr = _number(f"{where}.lr", growth.pop("lr", schedule.lr), lambda value: value > 0, "> 0")
+        warmup = _integer(f"{where}.warmup_steps", growth.pop("warmup_steps", schedule.warmup_steps), 0)
         if schedule.lr_schedule == "global" and (lr != schedule.lr or warmup != schedule.warmup_steps):
             raise _error(where, "lr / warmup_steps of a growth need training.lr_schedule: per_generation "
                                 "(under global every parameter follows training's curve)")
-        optimizer_state = growth.pop("optimizer_state", "keep")
-        if optimizer_state not in OPTIMIZER_STATES:
-            raise _error(f"{where}.optimizer_state", f"must be one of {list(OPTIMIZER_STATES)}, "
-                                                     f"got {optimizer_state!r}")
-        unknown = set(growth) - EVENT_FIELDS
-        if unknown:
-            raise _error(where, f"unknown field(s) {sorted(unknown)}; growth fields: {sorted(EVENT_FIELDS)}")
+        optimizer_state = _choice(f"{where}.optimizer_state", growth.pop("optimizer_state", "keep"),
+                                  OPTIMIZER_STATES)
         event = GrowthEvent(**growth)
         try:
-            new_config = check_growth(config, event)
+            new_config = check_growth(config, event)     # every event field first, then against the model
         except ConfigError as e:
-            raise _error(where, str(e)) from None
+            raise _placed(where, e) from None
         schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state))
         config, last_step = new_config, step
     return schedule
@@ -231,26 +279,79 @@ def schedule_differences(saved: dict, current: dict) -> list[str]:
     return out
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, lines: tuple[int, int] | None = None):
+        super().__init__(key)
+        self.key, self.lines = key, lines       # lines: YAML's, 1-based; json's hook does not know them
+
+    def where(self) -> str:
+        if not self.lines:
+            return ""
+        first, second = self.lines
+        return f" (line {first})" if first == second else f" (lines {first} and {second})"
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: a JSON object whose key repeats is refused (json.loads keeps the last silently)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _yaml_loader():
+    """yaml.SafeLoader refusing a mapping whose key repeats (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            first_line = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":    # `<<: *defaults` may be overridden, by design
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in first_line:
+                        raise _DuplicateKey(key, (first_line[key], line))
+                except TypeError:                               # an unhashable key: SafeLoader refuses it itself
+                    continue
+                first_line[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
+def _read_spec(path: Path):
+    """The parsed file; ConfigError if it cannot be parsed or repeats a key."""
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            return yaml.load(text, Loader=_yaml_loader())    # a SafeLoader subclass: no arbitrary objects
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise ConfigError(f"schedule {path}: key {e.key!r} appears twice in one mapping{e.where()}; "
+                          f"remove one of them") from None
+    except Exception as e:  # noqa: BLE001 - yaml and json raise different types
+        raise ConfigError(f"schedule {path}: cannot parse ({' '.join(str(e).split())})") from None
+
+
 def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dict | None = None) -> Schedule:
     """A preset name or a .yaml/.yml/.json file; `overrides` replace training fields (e.g. steps from the CLI)."""
     path = Path(name_or_path)
     if str(name_or_path) in PRESETS:
         spec = PRESETS[str(name_or_path)]
     elif path.is_file():
-        text = path.read_text()
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-                spec = yaml.safe_load(text)
-            else:
-                spec = json.loads(text)
-        except Exception as e:  # noqa: BLE001 - yaml and json raise different types
-            raise ConfigError(f"schedule {path}: cannot parse ({e})") from None
+        spec = _read_spec(path)
         if not isinstance(spec, dict):
             raise ConfigError(f"schedule {path}: expected a mapping with model, training, growths")
     else:
         raise ConfigError(f"schedule {name_or_path!r}: not a preset ({sorted(PRESETS)}) nor a file")
     spec = copy.deepcopy(spec)
     if overrides:
-        spec.setdefault("training", {}).update(overrides)
+        training = spec.setdefault("training", {})
+        if isinstance(training, dict):        # anything else: parse_schedule says what is wrong with it
+            training.update(overrides)
     return parse_schedule(spec, tokens_per_step, str(name_or_path))

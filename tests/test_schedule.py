@@ -1,18 +1,32 @@
 """Schedules: validation errors, learning-rate curves (per generation vs global), Adam state kept vs reset."""
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
 from megababel.config import ConfigError
-from megababel.schedule import PRESETS, parse_schedule
+from megababel.growth import GrowthEvent
+from megababel.schedule import GROWTH_FIELDS, PRESETS, load_schedule, parse_schedule
 
 MODEL = dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=96)
+NAN, INF = math.nan, math.inf
 
 
 def schedule(training=None, growths=None):
-    return parse_schedule(dict(model=MODEL, training=dict(steps=40, lr=1e-3, warmup_steps=4, **(training or {})),
+    return parse_schedule(dict(model=MODEL, training={**dict(steps=40, lr=1e-3, warmup_steps=4), **(training or {})},
                                growths=growths or []), tokens_per_step=128)
+
+
+def refusal(call, *args) -> str:
+    """The message of the ConfigError that call(*args) raises."""
+    with pytest.raises(ConfigError) as refused:
+        call(*args)
+    message = str(refused.value)
+    assert "\n" not in message
+    return message
 
 
 @pytest.mark.parametrize("training, growths, message", [
@@ -25,6 +39,175 @@ def schedule(training=None, growths=None):
 def test_bad_schedules_name_the_field(training, growths, message):
     with pytest.raises(ConfigError, match=message):
         schedule(training, growths)
+
+
+@pytest.mark.parametrize("training, field, expected", [
+    (dict(steps=True), "training.steps", "got True (a boolean"),      # isinstance(True, int) holds in Python
+    (dict(steps=40.0), "training.steps", "positive integer"),
+    (dict(steps=0), "training.steps", "positive integer"),
+    (dict(warmup_steps=False), "training.warmup_steps", "integer >= 0"),
+    (dict(warmup_steps=2.5), "training.warmup_steps", "integer >= 0"),
+    (dict(warmup_steps=-1), "training.warmup_steps", "integer >= 0"),
+    (dict(lr=True), "training.lr", "a boolean"),
+    (dict(lr=NAN), "training.lr", "not finite"),
+    (dict(lr=INF), "training.lr", "not finite"),
+    (dict(lr=0.0), "training.lr", "> 0"),
+    (dict(lr="3e-3"), "training.lr", "write 3.0e-3"),                 # how PyYAML reads `lr: 3e-3`
+    (dict(weight_decay=-0.1), "training.weight_decay", ">= 0"),
+    (dict(weight_decay=INF), "training.weight_decay", "not finite"),
+    (dict(min_lr_ratio=1.5), "training.min_lr_ratio", "in [0, 1]"),
+    (dict(min_lr_ratio=True), "training.min_lr_ratio", "a boolean"),
+    (dict(min_lr_ratio=NAN), "training.min_lr_ratio", "not finite"),
+    (dict(lr_schedule=None), "training.lr_schedule", "per_generation"),
+])
+def test_training_fields_are_strictly_typed(training, field, expected):
+    message = refusal(schedule, training)
+    assert f"schedule {field}: " in message and expected in message
+
+
+FIRST_GROWTH = dict(at_step=5, hidden_size=96)
+DEPTH = dict(at_step=10, num_hidden_layers=4)
+
+# one bad value per field of a growth, as the second growth: (growth, the field named, what the message says)
+BAD_GROWTHS = [
+    (dict(at_step=True, num_hidden_layers=4), "at_step", "a boolean"),
+    (dict(at_step=10.0, num_hidden_layers=4), "at_step", "positive integer"),
+    (dict(at_tokens=True, num_hidden_layers=4), "at_tokens", "a boolean"),
+    (dict(at_tokens=1.5e3, num_hidden_layers=4), "at_tokens", "positive integer"),
+    (dict(at_fraction=True, num_hidden_layers=4), "at_fraction", "a boolean"),
+    (dict(at_fraction=NAN, num_hidden_layers=4), "at_fraction", "not finite"),
+    (dict(at_fraction=1.0, num_hidden_layers=4), "at_fraction", "strictly between 0 and 1"),
+    (dict(DEPTH, lr=True), "lr", "a boolean"),
+    (dict(DEPTH, lr=NAN), "lr", "not finite"),
+    (dict(DEPTH, lr=-1e-3), "lr", "> 0"),
+    (dict(DEPTH, warmup_steps=True), "warmup_steps", "a boolean"),
+    (dict(DEPTH, warmup_steps=1.5), "warmup_steps", "integer >= 0"),
+    (dict(DEPTH, optimizer_state=True), "optimizer_state", "['keep', 'reset']"),
+    (dict(DEPTH, hidden_size=True), "hidden_size", "a boolean"),
+    (dict(DEPTH, intermediate_size=512.0), "intermediate_size", "positive integer"),
+    (dict(at_step=10, num_hidden_layers=NAN), "num_hidden_layers", "not finite"),
+    (dict(at_step=10, vocab_size=-5), "vocab_size", "positive integer"),
+    (dict(DEPTH, layer_positions="middle"), "layer_positions", "'append', 'interleave' or a list"),
+    (dict(DEPTH, layer_positions=[True, 3]), "layer_positions", "'append', 'interleave' or a list"),
+    (dict(DEPTH, depth_init="copy", copy_from="0"), "copy_from", "a list of old layer indices"),
+    (dict(DEPTH, depth_init="copy", copy_from=[0.0, 1.0]), "copy_from", "a list of old layer indices"),
+    (dict(DEPTH, width_init="magic"), "width_init", "['split', 'zero']"),
+    (dict(DEPTH, heads_init="copy"), "heads_init", "['pairs', 'zero']"),
+    (dict(DEPTH, ffn_init=None), "ffn_init", "['pairs', 'zero']"),
+    (dict(DEPTH, depth_init="random"), "depth_init", "['identity', 'zero', 'copy']"),
+    (dict(DEPTH, vocab_init=True), "vocab_init", "['mean', 'random']"),
+    (dict(DEPTH, init_std=0), "init_std", "positive finite number"),
+    (dict(DEPTH, init_std=True), "init_std", "a boolean"),
+    (dict(DEPTH, init_std=INF), "init_std", "not finite"),
+]
+
+
+@pytest.mark.parametrize("growth, field, expected", BAD_GROWTHS)
+def test_every_growth_field_is_validated_before_any_model_is_built(growth, field, expected):
+    message = refusal(schedule, {}, [FIRST_GROWTH, growth])
+    assert f"schedule growth 1.{field}: " in message and expected in message
+
+
+def test_the_bad_growths_cover_every_growth_field():
+    """A field added to GrowthEvent or to a schedule's growths needs its case above."""
+    covered = {field for _, field, _ in BAD_GROWTHS}
+    assert covered >= {f.name for f in GrowthEvent.__dataclass_fields__.values()} | GROWTH_FIELDS
+
+
+@pytest.mark.parametrize("model, field, expected", [
+    (dict(MODEL, hidden_size=True), "model.hidden_size", "a boolean"),
+    (dict(MODEL, vocab_size=96.0), "model.vocab_size", "positive integer"),
+    (dict(MODEL, rms_norm_eps=NAN), "model.rms_norm_eps", "not finite"),
+    (dict(MODEL, rope_theta=INF), "model.rope_theta", "not finite"),
+    (dict(MODEL, initializer_range=True), "model.initializer_range", "a boolean"),
+    (dict(MODEL, hidden_size=72), "model.hidden_size", "not a multiple of head_dim 16"),
+])
+def test_model_fields_are_named_in_the_schedule(model, field, expected):
+    message = refusal(parse_schedule, dict(model=model), 128)
+    assert f"schedule {field}: " in message and expected in message
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ([MODEL], "schedule: must be a mapping of sections"),
+    (dict(model=[64]), "schedule model: a model config must be a mapping"),
+    (dict(model=MODEL, training=5), "schedule training: must be a mapping"),
+    (dict(model=MODEL, training=None), "schedule training: must be a mapping"),
+    (dict(model=MODEL, growths=dict(a=1)), "schedule growths: must be a list"),
+    (dict(model=MODEL, growths=[5]), "schedule growth 0: must be a mapping"),
+    (dict(model={**MODEL, 1: 2, "n_embd": 3}), "unknown config field(s) [1, 'n_embd']"),
+    (dict(model=MODEL, training={1: 2, "epochs": 3}), "schedule training: unknown field(s) [1, 'epochs']"),
+])
+def test_sections_of_the_wrong_shape_are_refused_cleanly(spec, expected):
+    assert expected in refusal(parse_schedule, spec, 128)
+
+
+TRAINING = "training: {steps: 40, lr: 1.0e-3}\n"
+YAML_MODEL = "model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, multiple_of: 32, vocab_size: 96}\n"
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("block.yaml", YAML_MODEL + "training:\n  steps: 40\n  lr: 1.0e-3\n  steps: 50\n",
+     "key 'steps' appears twice in one mapping (lines 3 and 5)"),
+    ("flow.yml", "model: {hidden_size: 64, head_dim: 16, hidden_size: 32}\n" + TRAINING,
+     "key 'hidden_size' appears twice in one mapping (line 1)"),
+    ("sections.yaml", YAML_MODEL + TRAINING + YAML_MODEL, "key 'model' appears twice in one mapping (lines 1 and 3)"),
+    ("growth.yaml", YAML_MODEL + TRAINING + "growths:\n  - {at_step: 5, hidden_size: 96, at_step: 6}\n",
+     "key 'at_step' appears twice"),
+    ("top.json", '{"model": {"hidden_size": 64}, "model": {"hidden_size": 64, "head_dim": 16}}',
+     "key 'model' appears twice in one mapping"),
+    ("nested.json", '{"model": {"hidden_size": 64, "head_dim": 16}, "training": {"lr": 1e-3, "lr": 2e-3}}',
+     "key 'lr' appears twice in one mapping"),
+])
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    message = refusal(load_schedule, path, 128)
+    assert message.startswith(f"schedule {path}: ") and expected in message and "remove one of them" in message
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    """`<<: *base` then the same key is YAML's way to override a default, not a repeated key."""
+    path = tmp_path / "merge.yaml"
+    path.write_text("model:\n  <<: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, vocab_size: 96}\n"
+                    "  hidden_size: 128\n" + TRAINING)
+    assert load_schedule(path, 128).model.hidden_size == 128
+
+
+@pytest.mark.parametrize("name, text, field", [
+    ("nan.yaml", YAML_MODEL + "training: {steps: 40, lr: .nan}\n", "training.lr"),
+    ("inf.yaml", YAML_MODEL + "training: {steps: 40, weight_decay: .inf}\n", "training.weight_decay"),
+    ("growth.yaml", YAML_MODEL + TRAINING + "growths:\n  - {at_fraction: .nan, hidden_size: 96}\n",
+     "growth 0.at_fraction"),
+    ("model.yaml", YAML_MODEL.replace("}", ", rope_theta: -.inf}") + TRAINING, "model.rope_theta"),
+    ("nan.json", json.dumps(dict(model=MODEL, training=dict(steps=40, lr=NAN))), "training.lr"),
+    ("inf.json", json.dumps(dict(model=MODEL, growths=[dict(at_step=5, hidden_size=96, init_std=INF)])),
+     "growth 0.init_std"),
+])
+def test_non_finite_numbers_in_files_are_refused(tmp_path, name, text, field):
+    path = tmp_path / name
+    path.write_text(text)
+    message = refusal(load_schedule, path, 128)
+    assert f"schedule {field}: " in message and "not finite" in message
+
+
+def test_a_yaml_exponent_without_a_dot_gets_the_fix(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text(YAML_MODEL + "training: {steps: 40, lr: 3e-3}\n")       # PyYAML reads 3e-3 as a string
+    assert "schedule training.lr: " in (message := refusal(load_schedule, path, 128)) and "write 3.0e-3" in message
+
+
+def test_overrides_do_not_hide_a_training_section_of_the_wrong_shape(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(YAML_MODEL + "training: 5\n")
+    assert "schedule training: must be a mapping" in refusal(load_schedule, path, 128, {"steps": 10})
+
+
+def test_well_typed_files_still_load(tmp_path):
+    """ints are numbers (lr: 1), `growths:` may be empty, and the old `stages` name still works."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(YAML_MODEL + "training: {steps: 40, lr: 1, weight_decay: 0, min_lr_ratio: 1}\nstages:\n")
+    loaded = load_schedule(path, 128, {"steps": 30})
+    assert (loaded.steps, loaded.lr, loaded.growths) == (30, 1, [])
 
 
 def test_every_preset_parses():
@@ -63,9 +246,10 @@ def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
         engine.train_step(x, y, step)
     before = engine.evaluate([(x, y)])
     growth = sched.growths[0]
-    engine.grow(growth.event, 3, reset_optimizer=growth.optimizer_state == "reset")
+    engine.grow(growth, 3)          # a schedule Growth: its optimizer_state decides keep or reset
     assert engine.evaluate([(x, y)]) == pytest.approx(before, abs=1e-5)      # the function is kept either way
-    _, moments, steps = engine.gather()
+    state = engine.state()
+    moments, steps = state.moments, state.group_steps
     old_steps = [s for (generation, _), s in steps.items() if generation == 0]
     new_steps = [s for (generation, _), s in steps.items() if generation == 1]
     assert new_steps == [0.0, 0.0]
@@ -73,5 +257,5 @@ def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
     largest = max(m.abs().max().item() for pair in moments.values() for m in pair)
     assert (largest == 0.0) if reset else (largest > 0.0)
     engine.train_step(x, y, 3)        # and it trains on
-    _, moments, steps = engine.gather()
+    moments = engine.state().moments
     assert all(m.abs().max() > 0 for (path, _), (m, _) in moments.items() if "norm" not in path)
