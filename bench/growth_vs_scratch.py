@@ -6,8 +6,8 @@
     python bench/growth_vs_scratch.py --quick --out /tmp/gvs             # smoke test: tiny budget, one seed
 
 Every run trains toward the same final model (hidden 256, 8 layers, FFN 704, vocabulary 8000 of the Llama 2
-tokenizer: 10.5M parameters) with GrowingEngine (DeepSpeed ZeRO-0, AdamW, one process, bf16 autocast, 2 threads),
-batch 8 x 256 tokens, the same data order for every schedule of a seed (the seed sets init and data order).
+tokenizer: 10.5M parameters) through megababel's Trainer exactly as `launch/train.py --bf16` trains (DeepSpeed
+ZeRO-0, bf16 weights with fp32 master weights, AdamW, one process, 2 threads), batch 8 x 256 tokens, the same data order for every schedule of a seed (the seed sets init and data order).
   scratch         the final model from step 0; its peak learning rate is tuned first (seed 0, --lrs)
   width/depth/both  grown 2x in width (128 -> 256), depth (4 -> 8 layers) or both (128x4 -> 256x4 -> 256x8),
                   each with a "-vocab" twin whose vocabulary grows too (2000 -> 8000, or 2000 -> 4000 -> 8000)
@@ -29,6 +29,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +39,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from megababel.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.deepspeed_config import load_ds_config  # noqa: E402
-from megababel.engine import GrowingEngine, release_engine  # noqa: E402
+from megababel.engine import release_engine  # noqa: E402
 from megababel.parallel import init_distributed  # noqa: E402
 from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SEQ, BATCH = 256, 8
@@ -150,57 +150,60 @@ def schedule_spec(name: str, lr: float, scratch_steps: int) -> dict:
     return spec
 
 
-# --- one run --------------------------------------------------------------------------------------------------
-def train(name: str, spec: dict, seed: int, data: Path, validation: dict, log_every: int = 25) -> dict:
-    schedule = parse_schedule(spec, TOKENS_PER_STEP)
-    torch.manual_seed(seed)
-    ds_config = load_ds_config(0, BATCH, 1, 1, bf16=False, gradient_clipping=1.0)
-    engine = GrowingEngine(schedule.model, ds_config, schedule, seed=seed, autocast_dtype=torch.bfloat16)
-    vocab = schedule.model.vocab_size
-    loader = PackedLoader(TokenDataset(data / f"vocab_{vocab}", "train"), SEQ, BATCH, seed=seed)
-    growth_steps = [s.at_step for s in schedule.growths]
-    eval_steps = set(range(0, schedule.steps, EVAL_EVERY)) | {schedule.steps} | set(growth_steps)
-    eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < schedule.steps}
-    state = dict(flops=0.0, wall=0.0)
-    evals, growths = [], []
+# --- one run ---------------------------------------------------------------------------------------------------
+class BenchRecorder(Callback):
+    """Validation bits per byte (all tokens of the valid subset) at fixed steps and right after each growth, with
+    the trainer's cumulative FLOPs and training wall time (train steps and growths only, not these evaluations)."""
 
-    def evaluate(step):
-        evals.append(dict(step=step, flops=state["flops"], wall=round(state["wall"], 3), tokens=step * TOKENS_PER_STEP,
-                          bpb=validation[vocab].bits_per_byte(engine), generation=engine.model.generation,
-                          parameters=config_parameters(engine.model.config)))
-        return evals[-1]["bpb"]
+    def __init__(self, name: str, seed: int, validation: dict, log_every: int = 25):
+        self.name, self.seed, self.validation, self.log_every = name, seed, validation, log_every
+        self.evals, self.growths = [], []
 
-    evaluate(0)
-    pending, started, loss = list(schedule.growths), time.perf_counter(), float("nan")
-    for step in range(schedule.steps):
-        while pending and pending[0].at_step == step:
-            stage = pending.pop(0)
-            before = evals[-1]["bpb"]
-            t0 = time.perf_counter()
-            engine.grow(stage.event, step, stage.lr, stage.warmup_steps,
-                        reset_optimizer=stage.optimizer_state == "reset")
-            if engine.model.config.vocab_size != vocab:      # same documents, same fraction of the epoch
-                old, vocab = loader, engine.model.config.vocab_size
-                loader = PackedLoader(TokenDataset(data / f"vocab_{vocab}", "train"), SEQ, BATCH, seed=seed)
-                loader.continue_from(old)
-            state["wall"] += time.perf_counter() - t0
-            growths.append(dict(step=step, flops=state["flops"], before=before, after=evaluate(step),
-                                seconds=round(time.perf_counter() - t0, 2), vocab=vocab))
-        x, y = loader.next_batch()
-        t0 = time.perf_counter()
-        loss = engine.train_step(x, y, step)
-        state["wall"] += time.perf_counter() - t0
-        state["flops"] += flops_per_token(engine.model.config, SEQ) * TOKENS_PER_STEP
-        if step + 1 in eval_steps:
-            evaluate(step + 1)
-        if (step + 1) % log_every == 0 or step + 1 == schedule.steps:
-            elapsed = time.perf_counter() - started
-            print(f"  {name} seed {seed}: step {step + 1}/{schedule.steps} loss {loss:.3f} val {evals[-1]['bpb']:.4f} "
-                  f"bits/byte, gen {engine.model.generation}, {(step + 1) * TOKENS_PER_STEP / state['wall']:,.0f} "
-                  f"tok/s, ETA {elapsed / (step + 1) * (schedule.steps - step - 1):.0f} s", flush=True)
-    release_engine(engine.engine)
-    return dict(name=name, seed=seed, spec=spec, evals=evals, growths=growths, final_bpb=evals[-1]["bpb"],
-                flops=state["flops"], wall=state["wall"], steps=schedule.steps)
+    def evaluate(self, trainer) -> float:
+        config = trainer.engine.model.config
+        self.evals.append(dict(step=trainer.step, flops=trainer.flops, wall=round(trainer.train_seconds, 3),
+                               tokens=trainer.step * TOKENS_PER_STEP,
+                               bpb=self.validation[config.vocab_size].bits_per_byte(trainer.engine),
+                               generation=trainer.engine.model.generation, parameters=config_parameters(config)))
+        return self.evals[-1]["bpb"]
+
+    def on_fit_start(self, trainer):
+        steps, growth_steps = trainer.schedule.steps, [g.at_step for g in trainer.schedule.growths]
+        self.eval_steps = set(range(0, steps, EVAL_EVERY)) | {steps}
+        self.eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < steps}
+        self.started = time.perf_counter()
+        self.evaluate(trainer)
+
+    def on_growth(self, trainer, record):
+        before = self.evals[-1]["bpb"]
+        self.growths.append(dict(step=record["step"], flops=trainer.flops, before=before, after=self.evaluate(trainer),
+                                 seconds=round(record["seconds"], 2), vocab=record["config"].vocab_size))
+
+    def on_step_end(self, trainer, row):
+        step, steps = trainer.step, trainer.schedule.steps      # steps done
+        if step in self.eval_steps:
+            self.evaluate(trainer)
+        if step % self.log_every == 0 or step == steps:
+            elapsed = time.perf_counter() - self.started
+            print(f"  {self.name} seed {self.seed}: step {step}/{steps} loss {row['loss']:.3f} val "
+                  f"{self.evals[-1]['bpb']:.4f} bits/byte, gen {row['generation']}, "
+                  f"{step * TOKENS_PER_STEP / trainer.train_seconds:,.0f} tok/s, "
+                  f"ETA {elapsed / step * (steps - step):.0f} s", flush=True)
+
+
+def train(name: str, spec: dict, seed: int, data: Path, validation: dict) -> dict:
+    """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
+    bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints."""
+    recorder = BenchRecorder(name, seed, validation)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=BATCH, seq_len=SEQ, bf16=True,
+                                    gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),
+                          callbacks=[recorder])
+        trainer.setup().fit()
+    release_engine(trainer.engine.engine)
+    return dict(name=name, seed=seed, spec=spec, evals=recorder.evals, growths=recorder.growths,
+                final_bpb=recorder.evals[-1]["bpb"], flops=trainer.flops, wall=trainer.train_seconds,
+                steps=trainer.schedule.steps, precision="deepspeed-bf16")
 
 
 # --- command line ---------------------------------------------------------------------------------------------

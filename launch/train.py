@@ -151,6 +151,13 @@ class RunLogger(Callback):
             self.board.add_text("growth", f"step {record['step']}: generation {record['generation']}, {config}",
                                 record["step"])
 
+    def abort(self):
+        """Close the progress bar and the logs of a run that stops with an error (the bar would print over it)."""
+        if self.is_main and hasattr(self, "bar"):
+            self.bar.close()
+            self.log_file.close()
+            self.board.close()
+
     def on_save(self, trainer, path):
         if self.is_main:
             self.log_file.flush()
@@ -217,8 +224,10 @@ def main(argv=None):
         logger.is_main = trainer.rank == 0
         result = trainer.fit()
     except (ConfigError, DataError, CheckpointError, TokenizerError) as e:
+        logger.abort()
         fail(p, str(e))
     except TrainingDiverged as e:
+        logger.abort()
         fail(p, str(e), status=3)
     first = logger.val_points[0][1] if logger.val_points else float("nan")
     return dict(result, final_validation_bpb=result["validation_bpb"], initial_validation_bpb=first,

@@ -1,14 +1,18 @@
 """DeepSpeed engines for a growing model: ZeRO 0-3, per-generation param groups, growth with Adam state carried.
 
-A growth event cannot reshape partitioned parameters in place, so it rebuilds (ZeRO-3 facts: ../shared/NOTES.md):
+A growth event cannot reshape partitioned parameters in place (DeepSpeed's safe_set_full_fp32_param asserts the old
+numel), so it rebuilds:
   1. gather every block's fp32 master weight and Adam moments, and each param group's step (collectives: every
      rank, same order) into a plain CPU model with the same block layout;
   2. release the old engine (engine.destroy() leaks the model through hooks and caches: removed here);
   3. grow the CPU model (old blocks keep their Parameter identity, so their moments follow them);
-  4. build the grown model under zero.Init with its weights set inside each layer's __init__, then
-     deepspeed.initialize with one decayed and one undecayed param group per generation;
-  5. create the optimizer state, write the fp32 masters and the old blocks' moments, and the groups' steps
-     (a new generation's groups start at step 0, so Adam's bias correction treats them as fresh).
+  4. build the grown model under zero.Init with its weights set inside each layer's __init__ (writing only the fp32
+     masters after initialize would leave the working copy stale: a silent loss jump), then deepspeed.initialize
+     with one decayed and one undecayed param group per generation;
+  5. create the optimizer state (DeepSpeed creates it lazily, at the first step), write the fp32 masters, the old
+     blocks' moments and the groups' steps (a new generation's groups start at step 0, so Adam's bias correction
+     treats them as fresh).
+DeepSpeed's default gradient_clipping is 1.0, so the configs set it explicitly (deepspeed_config.py).
 Engine counters (global_steps, global_samples) carry over.
 """
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .config import LlamaConfig
+from .deepspeed_compat import check_deepspeed, clear_params_to_release_cache
 from .growth import GrowthEvent, grow
 from .model import EMPTY, Llama
 from .state import EngineState, GroupInfo
@@ -76,13 +81,10 @@ def release_engine(engine):
         m._backward_hooks.clear()
         if hasattr(m, "_backward_pre_hooks"):
             m._backward_pre_hooks.clear()
-    try:
-        from deepspeed.runtime.zero import parameter_offload
-        from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
-        parameter_offload.FWD_MODULE_STACK.clear()
-        PartitionedParameterCoordinator._PartitionedParameterCoordinator__params_to_release.cache_clear()
-    except (ImportError, AttributeError):
-        pass
+    # both internals are checked to exist by check_deepspeed() (deepspeed_compat.py): no silent skip here
+    from deepspeed.runtime.zero import parameter_offload
+    parameter_offload.FWD_MODULE_STACK.clear()
+    clear_params_to_release_cache()
     gc.collect()
 
 
@@ -165,6 +167,7 @@ class GrowingEngine:
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
         import deepspeed
+        check_deepspeed()      # every DeepSpeed internal this file touches, once per process (cached)
         # under TP both zero.Init and initialize need the layout (mpu): without it they partition and reduce
         # over the wrong ranks, silently
         parallel = dict(data_parallel_group=self.tp.dp_group, mpu=self.tp) if self.tp else {}

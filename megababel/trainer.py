@@ -114,7 +114,9 @@ class VocabData:
                                    seed=run.seed)
         if previous is not None:
             self.loader.continue_from(previous.loader)
-        val = PackedLoader(valid, run.seq_len, run.micro_batch_size, seed=12345)
+        # the same global batches whatever the layout: each data-parallel rank evaluates its slice, and
+        # engine.evaluate averages over ranks
+        val = PackedLoader(valid, run.seq_len, run.micro_batch_size, dp_rank=dp_rank, dp_world=dp_world, seed=12345)
         self.val_batches = [val.next_batch() for _ in range(min(run.eval_batches, val.sequences_per_epoch //
                                                                 val.global_batch))]
         # every target in the packed stream is a document token, an EOS or a BOS
@@ -137,9 +139,10 @@ def check_data(data: Path, schedule: Schedule, run: RunConfig, dp_world: int):
         raise ConfigError(f"the schedule uses vocabulary stages {missing} that {data} does not have (available: "
                           f"{available}); preprocess them with tools/preprocess_data.py --stages ...")
     for size in schedule.vocab_sizes():
-        for split, batch, world in (("train", run.micro_batch_size, dp_world), ("valid", run.micro_batch_size, 1)):
+        for split in ("train", "valid"):
             try:
-                PackedLoader(TokenDataset(data / f"vocab_{size}", split), run.seq_len, batch, dp_world=world)
+                PackedLoader(TokenDataset(data / f"vocab_{size}", split), run.seq_len, run.micro_batch_size,
+                             dp_world=dp_world)
             except DataError as e:
                 raise ConfigError(f"--data {data}, vocabulary stage {size}, {split} split: {e}; use a smaller "
                                   f"--seq-len / --micro-batch-size or more data") from None
@@ -349,7 +352,6 @@ class Trainer:
                 while self.pending and self.pending[0].at_step <= step:
                     self._grow(self.pending.pop(0), step)
                 self._train_step(step)
-                self.step = step + 1
                 if run.eval_every and (self.step % run.eval_every == 0 or self.step == schedule.steps):
                     self.validate()
                 saved_now = run.save_every and (self.step % run.save_every == 0 or self.step == schedule.steps)
@@ -383,6 +385,7 @@ class Trainer:
                 f"the training loss is {loss} at step {step} (generation {self.engine.model.generation}); nothing "
                 f"was saved after it. Resume from the last checkpoint in {Path(self.run.out) / 'checkpoints'} "
                 f"with a lower learning rate or gradient clipping (--gradient-clipping)")
+        self.step = step + 1                       # steps done; what a checkpoint saved now resumes from
         self.tokens += self.tokens_per_step
         self.flops += flops_per_token(self.engine.model.config, self.run.seq_len) * self.tokens_per_step
         row = dict(step=step, tokens=self.tokens, flops=self.flops, loss=loss,

@@ -1,4 +1,5 @@
-"""Five growth events in one process (ZeRO stage argv[1]); prints JSON: RSS after each event and the model's size."""
+"""Five growth events in one process through the Trainer (ZeRO stage argv[1]); prints JSON: RSS after each growth
+(and the training step that follows it), the model's size, and how many engines and models are alive."""
 from __future__ import annotations
 
 import gc
@@ -10,12 +11,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel import GrowthEvent  # noqa: E402
 from megababel.counters import count_parameters  # noqa: E402
-from megababel.deepspeed_config import load_ds_config  # noqa: E402
-from megababel.engine import GrowingEngine  # noqa: E402
-from megababel.parallel import init_distributed  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
+
+# FFN +64 at each of steps 1..5 (the embedded corpus' largest vocabulary stage keeps the model big enough for the
+# RSS bound of the test to mean something)
+SCHEDULE = dict(model=dict(hidden_size=512, head_dim=64, num_hidden_layers=2, intermediate_size=1024,
+                           vocab_size=4000),
+                training=dict(steps=6, warmup_steps=1),
+                growths=[dict(at_step=k, intermediate_size=1024 + 64 * k) for k in range(1, 6)])
 
 
 def rss() -> int:
@@ -23,28 +27,28 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def main():
-    stage = int(sys.argv[1])
-    torch.set_num_threads(1)
-    init_distributed()
-    spec = dict(model=dict(hidden_size=256, head_dim=64, num_hidden_layers=2, vocab_size=8000),
-                training=dict(steps=100))
-    schedule = parse_schedule(spec, 64)
-    engine = GrowingEngine(schedule.model, load_ds_config(stage, 1, 1, 1, bf16=False), schedule, seed=0)
-    x = torch.randint(0, 8000, (1, 17))
-    engine.train_step(x[:, :-1], x[:, 1:], 0)
-    record = []
-    for k in range(1, 6):
-        engine.grow(GrowthEvent(intermediate_size=engine.model.config.intermediate_size + 64), step=k)
-        engine.train_step(x[:, :-1], x[:, 1:], k)
+class LeakProbe(Callback):
+    def __init__(self):
+        self.record = []
+
+    def on_step_end(self, trainer, row):
+        if row["step"] == 0:
+            return
         gc.collect()
-        params = count_parameters(engine.model).total
         from deepspeed.runtime.engine import DeepSpeedEngine
         from megababel.model import Llama
         alive = dict(engines=sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()),
                      models=sum(isinstance(o, Llama) for o in gc.get_objects()))
-        record.append(dict(rss=rss(), parameters=params, **alive))
-    print("RESULT " + json.dumps(record))
+        self.record.append(dict(rss=rss(), parameters=count_parameters(trainer.engine.model).total, **alive))
+
+
+def main():
+    torch.set_num_threads(1)
+    probe = LeakProbe()
+    trainer = Trainer(RunConfig(schedule=SCHEDULE, zero_stage=int(sys.argv[1]), micro_batch_size=1, seq_len=16,
+                                eval_every=0, out=Path(sys.argv[2])), callbacks=[probe])
+    trainer.setup().fit()
+    print("RESULT " + json.dumps(probe.record))
 
 
 if __name__ == "__main__":

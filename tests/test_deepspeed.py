@@ -71,7 +71,7 @@ def test_adam_state_of_old_blocks_survives_growth(runs, key):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 3])
-def test_five_growth_events_do_not_leak_engines(stage):
+def test_five_growth_events_do_not_leak_engines(stage, tmp_path):
     """After each of 5 growths exactly one engine and one model are alive, and resident memory grows by less than
     twice the model's own training state (fp32 weights + grads + 2 Adam moments = 16 bytes per parameter). RSS
     moves by +-60 MB between identical runs here (heap arenas), hence 2x; an engine leaked per growth would keep
@@ -81,7 +81,8 @@ def test_five_growth_events_do_not_leak_engines(stage):
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(key, None)
-    out = subprocess.run([sys.executable, str(WORKER.with_name("ds_leak_worker.py")), str(stage)], env=env,
+    out = subprocess.run([sys.executable, str(WORKER.with_name("ds_leak_worker.py")), str(stage), str(tmp_path)],
+                         env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     record = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])

@@ -102,12 +102,15 @@ def runs(tmp_path_factory):
     first two also checkpoint at step 6 (between the growths), and each resumes from the other's checkpoint."""
     tmp = tmp_path_factory.mktemp("tp")
     return dict(
-        single=run_ranks(1, 0, 1, tmp / "single.pt", "--save-at", 6, tmp / "ckpt_tp1"),
-        tp2=run_ranks(2, 0, 2, tmp / "tp2.pt", "--save-at", 6, tmp / "ckpt_tp2"),
+        single=run_ranks(1, 0, 1, tmp / "single.pt", "--save-every", 6, "--checkpoints", tmp / "tp1"),
+        tp2=run_ranks(2, 0, 2, tmp / "tp2.pt", "--save-every", 6, "--checkpoints", tmp / "tp2"),
         tp2_dp2=run_ranks(4, 3, 2, tmp / "tp2_dp2.pt"),
-        tp1_from_tp2=run_ranks(1, 0, 1, tmp / "tp1_from_tp2.pt", "--resume", tmp / "ckpt_tp2"),
-        tp2_from_tp1=run_ranks(2, 3, 2, tmp / "tp2_from_tp1.pt", "--resume", tmp / "ckpt_tp1"),
-        checkpoints=(tmp / "ckpt_tp1", tmp / "ckpt_tp2"))
+        tp1_from_tp2=run_ranks(1, 0, 1, tmp / "tp1_from_tp2.pt", "--resume", tmp / "tp2" / STEP_6),
+        tp2_from_tp1=run_ranks(2, 3, 2, tmp / "tp2_from_tp1.pt", "--resume", tmp / "tp1" / STEP_6),
+        checkpoints=(tmp / "tp1" / STEP_6, tmp / "tp2" / STEP_6))
+
+
+STEP_6 = "checkpoints/step_00000006_gen1"      # between the two growths
 
 
 def _scaled_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -162,11 +165,11 @@ def test_a_checkpoint_resumes_under_another_tensor_parallel_degree(runs, name):
 def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
     from megababel.checkpoint import load_checkpoint
     tp1, tp2 = (load_checkpoint(path) for path in runs["checkpoints"])
-    assert (tp1["tensor_parallel"], tp2["tensor_parallel"]) == (1, 2)
-    assert tp1["layout"] == tp2["layout"]
-    for path, value in tp1["values"].items():
-        assert value.shape == tp2["values"][path].shape
-        assert _scaled_diff(value, tp2["values"][path]) <= 1e-3, path
+    assert (tp1.meta["tensor_parallel"], tp2.meta["tensor_parallel"]) == (1, 2)
+    assert tp1.state.layout == tp2.state.layout
+    for path, value in tp1.state.values.items():
+        assert value.shape == tp2.state.values[path].shape
+        assert _scaled_diff(value, tp2.state.values[path]) <= 1e-3, path
 
 
 def test_tensor_parallel_model_of_one_rank_equals_the_plain_model():
