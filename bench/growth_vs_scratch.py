@@ -169,7 +169,7 @@ class BenchRecorder(Callback):
 
     def on_fit_start(self, trainer):
         steps, growth_steps = trainer.schedule.steps, [g.at_step for g in trainer.schedule.growths]
-        self.eval_steps = set(range(0, steps, EVAL_EVERY)) | {steps}
+        self.eval_steps = set(range(0, steps, EVAL_EVERY)) | {steps} | set(growth_steps)   # right before each
         self.eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < steps}
         self.started = time.perf_counter()
         self.evaluate(trainer)
