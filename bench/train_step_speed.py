@@ -127,7 +127,7 @@ def assembly_seconds(dtype=None, consolidated=False, repeats: int = 5) -> float:
     model = grown_model()
     if consolidated:
         model.consolidate()
-    tensors = [t for _, t in model.growable_tensors()]
+    tensors = [t for _, t in model.growable_layers()]
     grads = [torch.ones(t.full_shape, dtype=dtype or torch.float32) for t in tensors]
     times = []
     for _ in range(repeats):

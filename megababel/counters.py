@@ -30,7 +30,7 @@ def count_parameters(model) -> ParameterCounts:
     model's, not this rank's shard)."""
     by_generation: Counter[int] = Counter()
     embedding = 0
-    for path, tensor in model.growable_tensors():
+    for path, tensor in model.growable_layers():
         for block in tensor.blocks():
             n = block.ds_numel if hasattr(block, "ds_numel") else block.numel()  # ZeRO-3 partitions hold no data
             if tensor.tp_split is not None:       # each rank holds an equal piece of every block

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from .config import LlamaConfig
 from .deepspeed_compat import check_deepspeed, clear_params_to_release_cache
 from .growth import GrowthEvent, grow
-from .model import EMPTY, Llama
+from .model import UNINITIALISED, Llama
 from .state import EngineState, GroupInfo
 from .parallel.distributed import comm_device
 
@@ -99,7 +99,7 @@ class _FullTensors:
     """{path: full tensor} of a model, assembled on access (one at a time, not all at once)."""
 
     def __init__(self, model: Llama):
-        self.tensors = dict(model.growable_tensors())
+        self.tensors = dict(model.growable_layers())
 
     def get(self, path, default=None):
         return self.tensors[path].full_tensor() if path in self.tensors else default
@@ -201,7 +201,7 @@ class GrowingEngine:
         inner = _inner(self.engine.optimizer)
         plain = {}   # plain parameters (ZeRO-0, fp32) whose state is the moments themselves: no zeros + copy
         if self.zero_stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
-            for path, tensor in self.model.growable_tensors():
+            for path, tensor in self.model.growable_layers():
                 for index, p in enumerate(tensor.blocks()):
                     saved = _local_moments(tensor, index, moments.get((path, index)))
                     if saved is not None:
@@ -212,7 +212,7 @@ class GrowingEngine:
                 exp_avg, exp_avg_sq = plain.get(flat) or (torch.zeros_like(flat), torch.zeros_like(flat))
                 inner.state[flat] = dict(step=torch.tensor(step), exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
         self._link_optimizer_state()
-        for (path, tensor) in self.model.growable_tensors():
+        for (path, tensor) in self.model.growable_layers():
             full = None
             for index, p in enumerate(tensor.blocks()):
                 if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # ZeRO/bf16 keep a separate fp32 master
@@ -294,7 +294,7 @@ class GrowingEngine:
         """Yield (path, full fp32 weight, {block index: (exp_avg, exp_avg_sq)}) tensor by tensor, merged from the
         blocks' metadata whatever the ZeRO partitioning. Collective: every rank iterates in the same order."""
         self._link_optimizer_state()
-        for path, tensor in self.model.growable_tensors():
+        for path, tensor in self.model.growable_layers():
             full, moments = torch.empty(tensor.full_shape), {}
             for index, p in enumerate(tensor.blocks()):
                 full[p.block_meta.slices] = _full_param(p).view(p.block_meta.shape)
@@ -342,8 +342,8 @@ class GrowingEngine:
             event, lr, warmup = growth.event, growth.lr, growth.warmup_steps
             reset_optimizer = growth.optimizer_state == "reset"
         config, generation = self.model.config, self.model.generation
-        host = Llama(config, layout=self.model.block_layout(), generation=generation, values=EMPTY)
-        host_tensors = dict(host.growable_tensors())
+        host = Llama(config, layout=self.model.block_layout(), generation=generation, values=UNINITIALISED)
+        host_tensors = dict(host.growable_layers())
         moments, count = _ShardedMoments(), 0
         with torch.no_grad():
             for path, full, pairs in self.iter_state():      # one tensor at a time into the CPU model
@@ -354,14 +354,14 @@ class GrowingEngine:
                     count += 1
         steps = {} if reset_optimizer else self.group_steps()
         # moments follow their Parameter through growth: old blocks keep their identity, layers may be renumbered
-        old_keys = {p: (path, i) for path, t in host.growable_tensors() for i, p in enumerate(t.blocks())}
+        old_keys = {p: (path, i) for path, t in host.growable_layers() for i, p in enumerate(t.blocks())}
         counters = self.counters()
         release_engine(self.engine)
         self.engine = self.model = None
         gc.collect()
         new_generation = grow(host, event, seed=self.seed)
         self.groups += [GroupInfo(new_generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
-        moments.rekey({old_keys[p]: (path, i) for path, t in host.growable_tensors()
+        moments.rekey({old_keys[p]: (path, i) for path, t in host.growable_layers()
                        for i, p in enumerate(t.blocks()) if p in old_keys})
         layout, new_config = host.block_layout(), host.config
         del old_keys

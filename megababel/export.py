@@ -352,7 +352,7 @@ def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
 
 def _expected_shapes(config: LlamaConfig) -> dict[str, tuple]:
     """{module path: full shape} of every weight, in model order (built without allocating weights)."""
-    from .model import Llama
+    from .model import UNINITIALISED, Llama
     with torch.device("meta"):
-        model = Llama(config, values={})
-    return {path: tensor.full_shape for path, tensor in model.growable_tensors()}
+        model = Llama(config, values=UNINITIALISED)
+    return {path: tensor.full_shape for path, tensor in model.growable_layers()}

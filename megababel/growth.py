@@ -6,7 +6,7 @@ per growing axis, and each plan knows how to extend a tensor along its axis, dep
   output  - the tensor produces features along the axis (q_proj rows, o_proj rows, embedding columns, ...)
   input   - the tensor reads (contracts over) the axis (q_proj columns, o_proj columns, lm_head columns, ...)
   gain    - RMSNorm gains over the residual stream.
-The growth code touches the model only through `growable_tensors()`, `GrowableTensor.full_tensor()/grow_to()`,
+The growth code touches the model only through `growable_layers()`, `GrowableLayer.full_tensor()/grow_to()`,
 `model.layers` and `model.config`.
 
 Default initialisations are exact (same logits) AND give every new tensor a non-zero gradient in the first backward.
@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
-from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableTensor, growable_tensors
+from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableLayer, growable_layers
 from .model import DecoderLayer, Llama
 
 WIDTH_INITS = ("split", "zero")
@@ -70,7 +70,7 @@ class GrowthEvent:
     init_std: float | None = None
 
 
-def _dim_role(tensor: GrowableTensor, dim: int) -> str:
+def _dim_role(tensor: GrowableLayer, dim: int) -> str:
     if isinstance(tensor, GrowableRMSNorm):
         return "gain"
     if isinstance(tensor, GrowableEmbedding):
@@ -334,7 +334,7 @@ def _axis_plans(old: LlamaConfig, new: LlamaConfig, event: GrowthEvent, std: flo
     return plans
 
 
-def _apply_plans(tensor: GrowableTensor, full: torch.Tensor, plans: dict, rng: torch.Generator) -> torch.Tensor:
+def _apply_plans(tensor: GrowableLayer, full: torch.Tensor, plans: dict, rng: torch.Generator) -> torch.Tensor:
     """Grow `full` (the tensor's values) along each of its axes that has a plan, in AXIS_ORDER."""
     for axis in AXIS_ORDER:
         if axis in plans and axis in tensor.axes:
@@ -349,7 +349,7 @@ def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator,
     layer = DecoderLayer(config)
     with torch.no_grad():
         if mode == "copy":
-            for (_, dst), (_, src) in zip(growable_tensors(layer), growable_tensors(source)):
+            for (_, dst), (_, src) in zip(growable_layers(layer), growable_layers(source)):
                 (block,) = dst.blocks()
                 block.copy_(src.full_tensor())
         else:
@@ -364,14 +364,14 @@ def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator,
                 "ffn": UnitPlan(0, config.intermediate_size, 1, unit_mode, std,
                                 _ffn_groups(0, config.intermediate_size) if identity else []),
             }
-            for _, tensor in growable_tensors(layer):
+            for _, tensor in growable_layers(layer):
                 (block,) = tensor.blocks()
                 if isinstance(tensor, GrowableRMSNorm):
                     block.fill_(1.0)
                 else:
                     empty = torch.empty([0 if a in plans else s for a, s in zip(tensor.axes, tensor.full_shape)])
                     block.copy_(_apply_plans(tensor, empty, plans, rng))
-    for _, tensor in growable_tensors(layer):
+    for _, tensor in growable_layers(layer):
         (block,) = tensor.blocks()
         block.block_meta = replace(block.block_meta, generation=generation)
     return layer
@@ -390,7 +390,7 @@ def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
     rng = torch.Generator().manual_seed(seed * 1_000_003 + generation)
 
     plans = _axis_plans(old, new, event, std)
-    for _, tensor in model.growable_tensors():
+    for _, tensor in model.growable_layers():
         full = _apply_plans(tensor, tensor.full_tensor(), plans, rng)
         if tuple(full.shape) != tensor.full_shape:
             tensor.grow_to(full, generation)

@@ -1,7 +1,7 @@
 """Declarative mapping between megababel's Llama and Hugging Face's LlamaForCausalLM.
 
 Our parameter paths are HF's minus the `model.` prefix, and each weight is assembled from its generation blocks
-(`GrowableTensor.full_tensor()`), so the mapping is a rename. RoPE needs no permutation: both use rotate_half.
+(`GrowableLayer.full_tensor()`), so the mapping is a rename. RoPE needs no permutation: both use rotate_half.
 """
 from __future__ import annotations
 
@@ -96,14 +96,14 @@ def from_hf_config(hf_config) -> LlamaConfig:
 
 def to_hf_state_dict(model: Llama) -> dict[str, torch.Tensor]:
     """Full (generation-merged) weights under Hugging Face keys."""
-    return {hf_key(path): tensor.full_tensor() for path, tensor in model.growable_tensors()}
+    return {hf_key(path): tensor.full_tensor() for path, tensor in model.growable_layers()}
 
 
 @torch.no_grad()
 def from_hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConfig) -> Llama:
     """A single-generation megababel model holding the given Hugging Face weights."""
     model = Llama(config)
-    expected = {hf_key(path): tensor for path, tensor in model.growable_tensors()}
+    expected = {hf_key(path): tensor for path, tensor in model.growable_layers()}
     missing = sorted(set(expected) - set(state_dict))
     if missing:
         raise KeyError(f"Hugging Face state dict lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")

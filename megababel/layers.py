@@ -57,8 +57,9 @@ class _AssembleBlocks(torch.autograd.Function):
         return (None, None, None, *(grad[region].to(ctx.block_dtype) for region in ctx.slices))
 
 
-class GrowableTensor(nn.Module):
-    """Base class: owns the blocks of one weight tensor named by `axes`."""
+class GrowableLayer(nn.Module):
+    """Base class of the growable layers: a module that owns the blocks of one weight tensor (named by `axes`) and
+    computes with the assembled weight."""
 
     def __init__(self, full_shape: tuple[int, ...], axes: tuple[str, ...], generation: int = 0,
                  init: torch.Tensor | Callable | None = None, blocks: list[tuple] | None = None, tp_split=None):
@@ -212,12 +213,12 @@ class GrowableTensor(nn.Module):
         return f"shape={self.full_shape}, axes={self.axes}, blocks={len(self._block_names)}"
 
 
-def growable_tensors(module: nn.Module):
-    """(path, GrowableTensor) for every growable weight under `module`, in module order."""
-    return [(name, m) for name, m in module.named_modules() if isinstance(m, GrowableTensor)]
+def growable_layers(module: nn.Module):
+    """(path, GrowableLayer) for every growable weight under `module`, in module order."""
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, GrowableLayer)]
 
 
-class GrowableLinear(GrowableTensor):
+class GrowableLinear(GrowableLayer):
     """y = x @ W.T without bias, W of shape [out_features, in_features]."""
 
     def __init__(self, in_features: int, out_features: int, axes=("out", "in"), **kw):
@@ -238,7 +239,7 @@ class GrowableLinear(GrowableTensor):
         return F.linear(x, self.weight)
 
 
-class GrowableEmbedding(GrowableTensor):
+class GrowableEmbedding(GrowableLayer):
     """Token embedding, W of shape [num_embeddings, embedding_dim]."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, axes=("vocab", "hidden"), **kw):
@@ -252,7 +253,7 @@ class GrowableEmbedding(GrowableTensor):
         return F.embedding(ids, self.weight)
 
 
-class GrowableRMSNorm(GrowableTensor):
+class GrowableRMSNorm(GrowableLayer):
     """RMSNorm with a learned gain, computed in fp32 like Hugging Face's LlamaRMSNorm."""
 
     def __init__(self, dim: int, eps: float, axes=("hidden",), **kw):

@@ -1,7 +1,7 @@
 """The Llama-2 decoder, built from growable layers (plain single-device model; parallelism is applied elsewhere).
 
 Parameter paths mirror Hugging Face's LlamaForCausalLM (embed_tokens, layers.N.self_attn.q_proj, ..., norm, lm_head)
-without the `model.` prefix; each weight is a GrowableTensor whose blocks are `weight_0`, `weight_1`, ...
+without the `model.` prefix; each weight is a GrowableLayer whose blocks are `weight_0`, `weight_1`, ...
 
 Rotary embeddings use the Hugging Face "rotate_half" layout: within a head, dims i and i + head_dim/2 form a rotation
 pair (Meta's original checkpoints pair 2i with 2i+1). Because we train in the HF layout, q_proj and k_proj export to
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LlamaConfig
-from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, growable_tensors
+from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, growable_layers
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
-EMPTY = {}   # values=EMPTY: leave tensors uninitialised (they are about to be overwritten)
+class Uninitialised:
+    """values=UNINITIALISED: allocate every tensor without computing initial values (they are about to be
+    overwritten, e.g. by a growth copying the old model in). A type of its own, so no dict can mean it by accident."""
+
+    def get(self, path, default=None):
+        return default
+
+
+UNINITIALISED = Uninitialised()
 
 
 class Builder:
@@ -48,11 +56,11 @@ class Builder:
     def __init__(self, config: LlamaConfig, seed: int | None = None, layout: dict | None = None,
                  values: dict | None = None, tp=None):
         self.config, self.layout, self.tp = config, layout or {}, tp
-        self.values = values if values is EMPTY else (values or {})
+        self.values = values if isinstance(values, Uninitialised) else (values or {})
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def _normal(self, shape):
-        if self.values is EMPTY:
+        if isinstance(self.values, Uninitialised):
             return torch.empty(shape)
         return torch.randn(shape, generator=self.generator) * self.config.initializer_range
 
@@ -75,7 +83,7 @@ class Builder:
         return self.tp.loss_fn(lm_head) if self.tp is not None else cross_entropy
 
     def norm(self, path: str, dim: int) -> GrowableRMSNorm:
-        ones = torch.empty if self.values is EMPTY else torch.ones
+        ones = torch.empty if isinstance(self.values, Uninitialised) else torch.ones
         return GrowableRMSNorm(dim, self.config.rms_norm_eps, init=self.values.get(path, ones),
                                blocks=self.layout.get(path))
 
@@ -161,7 +169,7 @@ class Llama(nn.Module):
 
     def block_layout(self) -> dict:
         """{path: [(offset, shape, generation), ...]} for every growable tensor (unsharded, also under TP)."""
-        return {path: tensor.global_layout() for path, tensor in self.growable_tensors()}
+        return {path: tensor.global_layout() for path, tensor in self.growable_layers()}
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
         """Return (logits, loss); loss is the mean next-token cross-entropy over targets != -100, or None."""
@@ -176,12 +184,12 @@ class Llama(nn.Module):
         logits = self.lm_head(self.norm(x))
         return logits, None if targets is None else self.loss_fn(logits, targets)
 
-    def growable_tensors(self):
-        """(path, GrowableTensor) for every weight, paths in Hugging Face order without the `model.` prefix."""
-        return growable_tensors(self)
+    def growable_layers(self):
+        """(path, GrowableLayer) for every weight, paths in Hugging Face order without the `model.` prefix."""
+        return growable_layers(self)
 
     def consolidate(self):
         """Fold every weight's generations into one block each (function unchanged)."""
-        for _, tensor in self.growable_tensors():
+        for _, tensor in self.growable_layers():
             tensor.consolidate()
         return self

@@ -129,14 +129,14 @@ def test_three_growths_compose_and_consolidate(text_batch):
     assert {p.block_meta.generation for p in model.parameters()} == {0, 1, 2, 3}
     full = _logits(model, ids)
     model.consolidate()
-    assert all(len(t.blocks()) == 1 for _, t in model.growable_tensors())
+    assert all(len(t.blocks()) == 1 for _, t in model.growable_layers())
     assert (_logits(model, ids) - full).abs().max().item() <= 1e-6
 
 
 def test_blocks_tile_the_full_tensor_and_carry_metadata(text_batch):
     model, event = _setup("combined", text_batch)
     grow(model, event)
-    for path, tensor in model.growable_tensors():
+    for path, tensor in model.growable_layers():
         covered = torch.zeros(tensor.full_shape, dtype=torch.int32)
         for block in tensor.blocks():
             meta = block.block_meta

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..config import ConfigError, LlamaConfig
-from ..layers import GrowableEmbedding, GrowableLinear, GrowableTensor
+from ..layers import GrowableEmbedding, GrowableLinear, GrowableLayer
 
 SPLIT_AXES = ("q_heads", "kv_heads", "ffn", "vocab")   # a weight is split along its (only) axis among these
 
@@ -299,7 +299,7 @@ class TensorParallel:
         return self.dp_size
 
     # building sharded layers
-    def make(self, cls, full_shape: tuple, axes: tuple, init, blocks, unit: int = 1, **kw) -> GrowableTensor:
+    def make(self, cls, full_shape: tuple, axes: tuple, init, blocks, unit: int = 1, **kw) -> GrowableLayer:
         """A growable layer of class `cls` holding this rank's shard of a tensor of `full_shape`. `init`: the full
         tensor, a function shape -> tensor drawn per global block (so values equal the unsharded model's), or None."""
         dim = split_dim(axes)
