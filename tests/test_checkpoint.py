@@ -74,7 +74,7 @@ def test_two_rank_zero3_checkpoint_resumes_on_one_rank(tmp_path, cache):
 @pytest.mark.slow
 def test_a_crash_during_saving_leaves_the_previous_checkpoint_loadable(tmp_path, cache):
     env = dict(os.environ, DS_ACCELERATOR="cpu", MEGABABEL_CACHE=str(cache))
-    process = subprocess.Popen([sys.executable, str(TRAIN), "--steps", "200", "--seq-len", "64",
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--steps", str(STEPS), "--seq-len", "64",
                                 "--micro-batch-size", "2", "--save-every", "1", "--out", str(tmp_path / "run")],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -121,7 +121,10 @@ def test_non_editable_install_trains_outside_the_checkout(tmp_path):
     """Install a copy of the project (pip, non-editable) into a fresh virtualenv that sees this environment's
     site-packages for the dependencies only (no torch/deepspeed download), then train one step with a copy of
     launch/train.py from a directory outside the checkout."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # no PYTHONPATH (the checkout must not leak in), no rank variables of an earlier in-process test (its port is
+    # still held by that process group)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MEGABABEL_CACHE=str(tmp_path / "cache"),
                PIP_DISABLE_PIP_VERSION_CHECK="1")
     # a copy, so that setuptools' build/ folder (which can carry stale modules into a wheel) stays out of the checkout

@@ -172,13 +172,17 @@ def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
         assert _scaled_diff(value, tp2.state.values[path]) <= 1e-3, path
 
 
-def test_tensor_parallel_model_of_one_rank_equals_the_plain_model():
+def test_tensor_parallel_model_of_one_rank_equals_the_plain_model(monkeypatch):
     """The TP code path (vocab-parallel embedding and cross-entropy, copy/reduce functions) on a 1-rank group:
     same loss and gradients as the plain model, also with ignored targets (-100)."""
-    from megababel.parallel import init_distributed
     from megababel.model import Llama
+    from megababel.parallel import init_distributed
     from megababel.parallel.tensor_parallel import TensorParallel
 
+    # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(key, value)
     init_distributed()
     config = tiny_config()
     plain, sharded = Llama(config, seed=0), Llama(config, seed=0, tp=TensorParallel(1))
