@@ -46,7 +46,7 @@ def _fsync_dir(path: Path):
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -80,7 +80,7 @@ class CheckpointWriter:
         for file in sorted(p for p in self.tmp.rglob("*") if p.is_file()):
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
-            checksums[str(file.relative_to(self.tmp))] = _sha256(file)
+            checksums[str(file.relative_to(self.tmp))] = file_sha256(file)
         meta = dict(format=FORMAT, **meta, tensor_files=self.tensor_files, checksums=checksums)
         (self.tmp / "megababel.json").write_text(json.dumps(meta, indent=1))
         _fsync_dir(self.tmp / "tensors")
@@ -177,9 +177,6 @@ class Checkpoint:
     run: dict                   # the run record the trainer saved
     meta: dict                  # the whole megababel.json
 
-    def file_sha256(self, name: str) -> str | None:
-        return self.meta["checksums"].get(name)
-
 
 def _read_meta(path: Path) -> dict:
     try:
@@ -199,7 +196,7 @@ def verify_checkpoint(path: Path, meta: dict):
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{path}: {name} is missing: the checkpoint is incomplete; use an earlier one")
-        if _sha256(file) != expected:
+        if file_sha256(file) != expected:
             raise CheckpointError(f"{path}: {name} does not match its recorded sha256: the checkpoint is damaged; "
                                   f"use an earlier one")
 

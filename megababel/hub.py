@@ -6,25 +6,18 @@ raised as HubError before or instead of anything partial; the local export is ne
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from .checkpoint import file_sha256
 
 
 class HubError(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def upload_plan(folder: Path, repo: str, revision: str) -> dict:
-    files = [dict(path=str(f.relative_to(folder)), bytes=f.stat().st_size, sha256=_sha256(f))
+    files = [dict(path=str(f.relative_to(folder)), bytes=f.stat().st_size, sha256=file_sha256(f))
              for f in sorted(folder.rglob("*")) if f.is_file()]
     return dict(repo_id=repo, revision=revision, repo_type="model", files=files)
 
