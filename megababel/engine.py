@@ -28,6 +28,7 @@ from .growth import GrowthEvent, grow
 from .model import UNINITIALISED, Llama
 from .state import EngineState, GroupInfo
 from .parallel.distributed import comm_device
+from .parallel.tensor_parallel import block_shard, merge_layer_state, shard_of, unflagged_shards
 
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
@@ -86,13 +87,6 @@ def release_engine(engine):
     parameter_offload.FWD_MODULE_STACK.clear()
     clear_params_to_release_cache()
     gc.collect()
-
-
-def _local_moments(tensor, index: int, saved):
-    """A global block's saved moments -> this rank's piece of that block (the same under no TP)."""
-    if saved is None or tensor.tp_split is None:
-        return saved
-    return tuple(tensor.tp_split.take_block(m, index) for m in saved)
 
 
 class _FullTensors:
@@ -203,7 +197,7 @@ class GrowingEngine:
         if self.zero_stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
             for path, tensor in self.model.growable_layers():
                 for index, p in enumerate(tensor.blocks()):
-                    saved = _local_moments(tensor, index, moments.get((path, index)))
+                    saved = block_shard(tensor, index, moments.get((path, index)))
                     if saved is not None:
                         plain[p] = tuple(m.reshape(p.shape).to(p.dtype) for m in saved)
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
@@ -217,9 +211,9 @@ class GrowingEngine:
             for index, p in enumerate(tensor.blocks()):
                 if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # ZeRO/bf16 keep a separate fp32 master
                     if full is None:
-                        full = values[path] if tensor.tp_split is None else tensor.tp_split.take(values[path])
+                        full = shard_of(tensor, values[path])
                     safe_set_full_fp32_param(p, full[p.block_meta.slices].contiguous())
-                saved = None if p in plain else _local_moments(tensor, index, moments.get((path, index)))
+                saved = None if p in plain else block_shard(tensor, index, moments.get((path, index)))
                 if saved is None:
                     continue
                 for key, value in zip(("exp_avg", "exp_avg_sq"), saved):
@@ -238,9 +232,9 @@ class GrowingEngine:
             problems.append(f"DeepSpeed's data-parallel size is {self.engine.dp_world_size}, the layout's {dp}")
         if self.tp is not None and self.engine.mpu is not self.tp:
             problems.append("the engine was built without the layout as mpu")
+        problems += [f"{name} is sharded but not flagged tensor_model_parallel"
+                     for name in unflagged_shards(self.model)[:4]]
         for name, p in self.model.named_parameters():
-            if self.tp is not None and getattr(p, "tp_split", None) is not None and not p.tensor_model_parallel:
-                problems.append(f"{name} is sharded but not flagged tensor_model_parallel")
             if hasattr(p, "ds_process_group") and dist.get_world_size(p.ds_process_group) != dp:
                 problems.append(f"{name} is ZeRO-3-partitioned over {dist.get_world_size(p.ds_process_group)} "
                                 f"ranks, not the {dp} data-parallel ranks")
@@ -301,8 +295,7 @@ class GrowingEngine:
                 pair = tuple(_full_moment(p, key, self.engine.optimizer) for key in ("exp_avg", "exp_avg_sq"))
                 if pair[0] is not None:
                     moments[index] = tuple(m.view(p.block_meta.shape) for m in pair)
-            if tensor.tp_split is not None:
-                full, moments = self.tp.merge_state(tensor.tp_split, full, moments)
+            full, moments = merge_layer_state(self.tp, tensor, full, moments)
             yield path, full, moments
 
     def group_steps(self) -> dict:

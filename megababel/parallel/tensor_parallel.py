@@ -342,6 +342,33 @@ class TensorParallel:
         return merged[0], blocks
 
 
+# --- what the engine needs to know of a (possibly) sharded layer -----------------------------------------------------
+
+def shard_of(layer: GrowableLayer, full: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an unsharded tensor of `layer` (the tensor itself when the layer is not sharded)."""
+    return full if layer.tp_split is None else layer.tp_split.take(full)
+
+
+def block_shard(layer: GrowableLayer, index: int, tensors):
+    """This rank's part of each unsharded tensor of block `index` (e.g. its Adam moments); None stays None."""
+    if tensors is None or layer.tp_split is None:
+        return tensors
+    return tuple(layer.tp_split.take_block(m, index) for m in tensors)
+
+
+def merge_layer_state(tp: "TensorParallel | None", layer: GrowableLayer, local: torch.Tensor, moments: dict):
+    """Collective over the TP group when `layer` is sharded: its unsharded weight and block moments."""
+    if layer.tp_split is None:
+        return local, moments
+    return tp.merge_state(layer.tp_split, local, moments)
+
+
+def unflagged_shards(model) -> list[str]:
+    """Sharded parameters that DeepSpeed would not know are sharded (it would count them once in the gradient norm)."""
+    return [name for name, p in model.named_parameters()
+            if getattr(p, "tp_split", None) is not None and not getattr(p, "tensor_model_parallel", False)]
+
+
 def _slices(block) -> tuple[slice, ...]:
     offset, shape, _ = block
     return tuple(slice(o, o + n) for o, n in zip(offset, shape))
