@@ -280,8 +280,9 @@ class Trainer:
             checkpoint = load_checkpoint(resolve_checkpoint(resume))
         except CheckpointError as e:
             raise ConfigError(f"--resume: {e}") from None
-        newer = [p for p in existing if _checkpoint_order(p) > _checkpoint_order(checkpoint.path)]
-        if newer and checkpoint.path.resolve() != newer[-1].resolve():
+        resumed_at = (checkpoint.run.get("step", 0), checkpoint.state.generation)
+        newer = [p for p in existing if _checkpoint_order(p) > resumed_at]
+        if newer:
             raise ConfigError(f"--resume {checkpoint.path}: {checkpoints} holds newer checkpoints ({newer[-1].name}) "
                               f"that this run would overwrite; resume from the newest (--resume auto), move them "
                               f"away, or choose another --out")
