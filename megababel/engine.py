@@ -46,20 +46,16 @@ def _flats_per_group(optimizer) -> list[list[torch.Tensor]]:
     return [group["params"] for group in inner.param_groups]
 
 
-def _full_param(p: torch.nn.Parameter) -> torch.Tensor:
-    from deepspeed.utils import safe_get_full_fp32_param
-    value = safe_get_full_fp32_param(p)
-    return (value if value is not None else p.detach()).float().cpu()     # callers copy it where it belongs
-
-
-def _full_moment(p, key: str, optimizer) -> torch.Tensor | None:
-    from deepspeed.utils import safe_get_full_optimizer_state
-    if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
-        value = safe_get_full_optimizer_state(p, key)
-    else:
-        value = _inner(optimizer).state.get(p, {}).get(key)
-        value = None if value is None else value.clone()       # a snapshot, not the live optimizer state
-    return None if value is None else value.float().cpu()
+def _fp32_masters(optimizer) -> dict:
+    """{id(low-precision parameter): its fp32 master} under DeepSpeed's mixed-precision optimizer without ZeRO (bf16
+    or fp16 at ZeRO-0: FP16_UnfusedOptimizer). It keeps the masters in fp32_groups, parallel to fp16_groups, and its
+    inner optimizer's state is keyed by them, while safe_get/set_full_* know nothing of them: without this map a
+    growth or a checkpoint would take the bf16-rounded working weights and lose the Adam moments, silently."""
+    masters = getattr(optimizer, "fp32_groups", None)
+    if not isinstance(masters, list) or not hasattr(optimizer, "fp16_groups"):
+        return {}
+    return {id(lp): hp for lp_group, hp_group in zip(optimizer.fp16_groups, masters)
+            for lp, hp in zip(lp_group, hp_group)}
 
 
 def _return_freed_memory():
@@ -183,44 +179,71 @@ class GrowingEngine:
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=[param_groups[i] for i in keep],
                                                        config=self.ds_config, mpu=self.tp)
         self.engine, self.model = engine, model
+        self._masters = _fp32_masters(optimizer)
         self._check_parallel_layout()
         if counters:
             engine.global_steps, engine.global_samples = counters["global_steps"], counters["global_samples"]
         if values is not None:
             self._restore(values, moments, steps)
+        elif self._masters:
+            self._undo_initial_step()
 
     def _restore(self, values, moments: dict, steps: dict):
         """Create the (lazy) Adam state, then write fp32 masters, moments of old blocks and group steps."""
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
         inner = _inner(self.engine.optimizer)
-        plain = {}   # plain parameters (ZeRO-0, fp32) whose state is the moments themselves: no zeros + copy
+        # parameters whose optimizer state is keyed by a tensor we hold (the parameter itself at ZeRO-0 fp32, its
+        # fp32 master at ZeRO-0 bf16): their moments go straight into the new state, no zeros + copy
+        direct = {}
         if self.zero_stage == 0 and not any(hasattr(p, "_hp_mapping") for p in self.model.parameters()):
             for path, tensor in self.model.growable_layers():
                 for index, p in enumerate(tensor.blocks()):
                     saved = block_shard(tensor, index, moments.get((path, index)))
                     if saved is not None:
-                        plain[p] = tuple(m.reshape(p.shape).to(p.dtype) for m in saved)
+                        key = self._masters.get(id(p), p)
+                        direct[key] = tuple(m.reshape(p.shape).to(key.dtype) for m in saved)
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
             step = float(steps.get((info.generation, info.decay), 0))
             for flat in flats:
-                exp_avg, exp_avg_sq = plain.get(flat) or (torch.zeros_like(flat), torch.zeros_like(flat))
+                exp_avg, exp_avg_sq = direct.get(flat) or (torch.zeros_like(flat), torch.zeros_like(flat))
                 inner.state[flat] = dict(step=torch.tensor(step), exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
         self._link_optimizer_state()
-        for (path, tensor) in self.model.growable_layers():
-            full = None
-            for index, p in enumerate(tensor.blocks()):
-                if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # ZeRO/bf16 keep a separate fp32 master
-                    if full is None:
-                        full = shard_of(tensor, values[path])
-                    safe_set_full_fp32_param(p, full[p.block_meta.slices].contiguous())
-                saved = None if p in plain else block_shard(tensor, index, moments.get((path, index)))
-                if saved is None:
-                    continue
-                for key, value in zip(("exp_avg", "exp_avg_sq"), saved):
-                    if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
-                        safe_set_full_optimizer_state(p, value, key)
-                    else:
-                        inner.state[p][key].copy_(value)
+        with torch.no_grad():
+            for (path, tensor) in self.model.growable_layers():
+                full = None
+                for index, p in enumerate(tensor.blocks()):
+                    master = self._masters.get(id(p))
+                    if master is not None or hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # a separate master
+                        if full is None:
+                            full = shard_of(tensor, values[path])
+                        value = full[p.block_meta.slices].contiguous()
+                        if master is not None:        # the fp32 value, not the bf16 copy it was cloned from
+                            master.copy_(value.reshape(master.shape))
+                        else:
+                            safe_set_full_fp32_param(p, value)
+                    if self._masters.get(id(p), p) in direct:
+                        continue
+                    saved = block_shard(tensor, index, moments.get((path, index)))
+                    if saved is None:
+                        continue
+                    for key, value in zip(("exp_avg", "exp_avg_sq"), saved):
+                        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+                            safe_set_full_optimizer_state(p, value, key)
+                        else:
+                            inner.state[self._masters.get(id(p), p)][key].copy_(value)
+
+    @torch.no_grad()
+    def _undo_initial_step(self):
+        """DeepSpeed's ZeRO-0 mixed-precision optimizer creates its state with one optimizer step on zero gradients:
+        Adam's step count starts at 1 and the masters get one weight decay. Undo both, so that a fresh bf16 run
+        counts its steps (and bias-corrects) like an fp32 run and a resumed one."""
+        inner = _inner(self.engine.optimizer)
+        for p in self.model.parameters():
+            master = self._masters.get(id(p))
+            if master is not None:
+                master.copy_(p.reshape(master.shape))
+                if "step" in inner.state.get(master, {}):
+                    inner.state[master]["step"].zero_()
 
     def _check_parallel_layout(self):
         """Refuse an engine whose DeepSpeed view of the ranks disagrees with the TP x DP layout (each mismatch
@@ -284,6 +307,23 @@ class GrowingEngine:
             optimizer._hp_optimizer_states_linked = False
             optimizer._lazy_init_hp_params_optimizer_state()
 
+    def _full_param(self, p: torch.nn.Parameter) -> torch.Tensor:
+        """The fp32 master of a parameter, whole (collective under ZeRO); callers copy it where it belongs."""
+        from deepspeed.utils import safe_get_full_fp32_param
+        if id(p) in self._masters:
+            return self._masters[id(p)].detach().float().cpu()
+        value = safe_get_full_fp32_param(p)
+        return (value if value is not None else p.detach()).float().cpu()
+
+    def _full_moment(self, p, key: str) -> torch.Tensor | None:
+        from deepspeed.utils import safe_get_full_optimizer_state
+        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            value = safe_get_full_optimizer_state(p, key)
+        else:
+            value = _inner(self.engine.optimizer).state.get(self._masters.get(id(p), p), {}).get(key)
+            value = None if value is None else value.clone()       # a snapshot, not the live optimizer state
+        return None if value is None else value.float().cpu()
+
     def iter_state(self):
         """Yield (path, full fp32 weight, {block index: (exp_avg, exp_avg_sq)}) tensor by tensor, merged from the
         blocks' metadata whatever the ZeRO partitioning. Collective: every rank iterates in the same order."""
@@ -291,8 +331,8 @@ class GrowingEngine:
         for path, tensor in self.model.growable_layers():
             full, moments = torch.empty(tensor.full_shape), {}
             for index, p in enumerate(tensor.blocks()):
-                full[p.block_meta.slices] = _full_param(p).view(p.block_meta.shape)
-                pair = tuple(_full_moment(p, key, self.engine.optimizer) for key in ("exp_avg", "exp_avg_sq"))
+                full[p.block_meta.slices] = self._full_param(p).view(p.block_meta.shape)
+                pair = tuple(self._full_moment(p, key) for key in ("exp_avg", "exp_avg_sq"))
                 if pair[0] is not None:
                     moments[index] = tuple(m.view(p.block_meta.shape) for m in pair)
             full, moments = merge_layer_state(self.tp, tensor, full, moments)

@@ -58,3 +58,38 @@ def test_resume_restores_rng_and_continues_exactly(distributed_env, tmp_path):
 def test_run_config_names_the_flag(field, value, flag):
     with pytest.raises(ConfigError, match=flag):
         RunConfig(**{field: value}).check()
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 3])
+def test_bf16_growth_keeps_fp32_masters_and_adam_moments(distributed_env, zero_stage):
+    """DeepSpeed's bf16 path keeps fp32 masters and the Adam state apart from the bf16 weights (at ZeRO-0 in
+    fp32_groups, which DeepSpeed's safe_get_* accessors do not see). Growth must carry both: the old blocks' moments
+    unchanged, the weights the fp32 masters (not their bf16 rounding), the groups' steps as counted by fp32 runs."""
+    from megababel.deepspeed_config import load_ds_config
+    from megababel.engine import GrowingEngine
+    from megababel.schedule import parse_schedule
+    schedule = parse_schedule(dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96,
+                                              multiple_of=32), training=dict(steps=20),
+                                   growths=[dict(at_step=3, hidden_size=96)]), 64)
+    engine = GrowingEngine(schedule.model, load_ds_config(zero_stage, 2, 1, 1, bf16=True), schedule, seed=0)
+    batch = torch.randint(0, 96, (2, 17), generator=torch.Generator().manual_seed(0))
+    for step in range(3):
+        engine.train_step(batch[:, :-1], batch[:, 1:], step)
+    before = engine.state()
+    engine.grow(schedule.growths[0], 3)
+    after = engine.state()
+    assert before.group_steps == {(0, True): 3.0, (0, False): 3.0}
+    assert after.group_steps == {**before.group_steps, (1, True): 0.0, (1, False): 0.0}
+    assert len(before.moments) == 21 and all(m.abs().sum() > 0 for m, _ in before.moments.values())
+    for key, (m, v) in before.moments.items():
+        assert torch.equal(after.moments[key][0], m) and torch.equal(after.moments[key][1], v), key
+    for state in (before, after):        # real fp32 masters, not their bf16 copies
+        q_proj = state.values["layers.0.self_attn.q_proj"]
+        assert not torch.equal(q_proj, q_proj.bfloat16().float())
+    engine.engine.destroy()
+
+
+def test_bf16_resume_is_exact(distributed_env, tmp_path):
+    whole = fit(tmp_path / "whole", save_every=8, bf16=True)
+    resumed = fit(tmp_path / "resumed", bf16=True, resume=tmp_path / "whole/checkpoints/step_00000008_gen1")
+    assert all(resumed.losses[step] == whole.losses[step] for step in range(8, 24)), (whole.losses, resumed.losses)
