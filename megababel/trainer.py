@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint import NAME as CHECKPOINT_NAME
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import ConfigError
 from .counters import count_parameters, flops_per_token
@@ -246,10 +247,11 @@ class Trainer:
         if checkpoint is None:
             self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp)
             self.data = VocabData(self.data_dir, self.schedule.model.vocab_size, run, self.dp_rank, self.dp_world)
-            self.history = [self._history_entry(None, None)]
         else:
             self._restore(checkpoint, tp)
         self.parameters = count_parameters(self.engine.model).total   # changes only at growth
+        if not self.history:           # a fresh run, or one from an imported model
+            self.history = [self._history_entry(None, None)]
         self.pending = list(self.schedule.growths[self.engine.model.generation:])
         return self
 
@@ -329,9 +331,7 @@ class Trainer:
         self.engine = GrowingEngine.from_state(checkpoint.state, self.ds_config, self.schedule, seed=run.seed, tp=tp)
         imported = bool(saved.get("imported_from"))
         self.data = VocabData(self.data_dir, self.engine.model.config.vocab_size, run, self.dp_rank, self.dp_world)
-        if imported:
-            self.history = [self._history_entry(None, None)]
-        else:
+        if not imported:
             self.data.loader.load_state_dict(saved["loader"])
             self.step, self.tokens, self.flops = saved["step"], saved["tokens"], saved["flops"]
             self.train_seconds, self.history = saved.get("train_seconds", 0.0), saved["history"]
@@ -343,12 +343,11 @@ class Trainer:
         run, schedule = self.run, self.schedule
         for callback in self.callbacks:
             callback.on_fit_start(self)
-        self.start = self.step
         if run.eval_every:
             self.validate()
         stop, preempted = StopRequest(), False
         try:
-            for step in range(self.start, schedule.steps):
+            for step in range(self.step, schedule.steps):
                 self.step = step
                 while self.pending and self.pending[0].at_step <= step:
                     self._grow(self.pending.pop(0), step)
@@ -422,7 +421,7 @@ class Trainer:
 
     def _history_entry(self, before, after) -> dict:
         return dict(generation=self.engine.model.generation, step=self.step, tokens=self.tokens,
-                    config=self.engine.model.config.to_dict(), parameters=count_parameters(self.engine.model).total,
+                    config=self.engine.model.config.to_dict(), parameters=self.parameters,
                     loss_before=before, loss_after=after)
 
     @torch.no_grad()
@@ -451,7 +450,7 @@ class Trainer:
 
 
 def _checkpoint_order(path: Path) -> tuple[int, int]:
-    step, generation = path.name.removeprefix("step_").split("_gen")
+    step, generation = CHECKPOINT_NAME.match(path.name).groups()
     return int(step), int(generation)
 
 
