@@ -3,8 +3,9 @@
     python bench/growth_speed.py                     # 60M -> 120M: 1 and 2 ranks x ZeRO-0 and ZeRO-3 (~5 minutes)
     python bench/growth_speed.py --small             # 17M -> 34M, what tests/test_deepspeed.py checks
 
-Each configuration runs in fresh processes (one per rank, 2 cores shared, 1 thread per rank with 2 ranks): a few
-training steps (steady state), then one growth event (hidden 512 -> 768, FFN 1536 -> 2048, 8 -> 10 layers;
+Each configuration trains through megababel's Trainer, as launch/train.py does (fp32, TinyStories with the Llama 2
+tokenizer's full vocabulary), in fresh processes (one per rank, 2 cores shared, 1 thread per rank with 2 ranks): a
+few training steps (steady state), then one growth event (hidden 512 -> 768, FFN 1536 -> 2048, 8 -> 10 layers;
 every kind of block). Per rank it reports the growth's wall time, resident memory in steady state, and the peak
 resident memory during the growth (VmHWM, reset just before it), plus training tokens/s before the growth.
 """
@@ -14,10 +15,17 @@ import argparse
 import json
 import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_data import SPEED_STAGES, tinystories  # noqa: E402
+from megababel.trainer import Callback  # noqa: E402
+
 CONFIGS = {
     "large": dict(model=dict(hidden_size=512, head_dim=128, num_hidden_layers=8, vocab_size=32000),
                   event=dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=10, layer_positions="interleave")),
@@ -33,54 +41,75 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:                  # VmHWM := the current RSS
+        f.write("5")
+
+
+def schedule_spec(size: str, steps: int) -> dict:
+    """Step 0 warms up (allocations, lazy Adam state), steps 1..`steps` are timed, the growth comes before step
+    steps + 1, and two steps after it reach the grown engine's steady state."""
+    spec = CONFIGS[size]
+    return dict(model=spec["model"], training=dict(steps=steps + 3),
+                growths=[dict(spec["event"], at_step=steps + 1)])
+
+
+class GrowthProbe(Callback):
+    """Time per step before the growth (step 0, the warm-up, excluded), parameters this rank holds, resident memory
+    before / at the peak of / after the growth, losses."""
+
+    def __init__(self):
+        self.step_seconds, self.losses = [], []
+
+    def on_fit_start(self, trainer):
+        self.held = sum(p.numel() for p in trainer.engine.model.parameters())
+
+    def on_step_end(self, trainer, row):
+        self.losses.append(row["loss"])
+        if trainer.engine.model.generation == 0 and row["step"] > 0:
+            self.step_seconds.append(trainer.tokens_per_step / row["tokens_per_s"])
+
+    def tokens_per_s(self, trainer) -> float:
+        return trainer.tokens_per_step * len(self.step_seconds) / sum(self.step_seconds)
+
+    def on_before_growth(self, trainer, growth):
+        self.params_before, self.steady, self.peak_before = trainer.parameters, _status("VmRSS"), _status("VmHWM")
+        _reset_peak()
+        torch.distributed.barrier()
+
+    def on_growth(self, trainer, record):
+        self.peak, self.seconds, self.params_after = _status("VmHWM"), record["seconds"], record["parameters"]
+
+    def on_fit_end(self, trainer, result):
+        self.steady_after = _status("VmRSS")
+
+
 def worker(stage: int, size: str, steps: int, micro: int, seq: int):
-    import torch
-    sys.path.insert(0, str(ROOT))
-    from megababel import GrowthEvent
-    from megababel.counters import count_parameters
-    from megababel.deepspeed_config import load_ds_config
-    from megababel.engine import GrowingEngine
     from megababel.parallel import init_distributed
-    from megababel.schedule import parse_schedule
+    from megababel.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
     torch.set_num_threads(max(1, 2 // world))
-    spec = CONFIGS[size]
-    schedule = parse_schedule(dict(model=spec["model"], training=dict(steps=1000)), micro * world * seq)
-    engine = GrowingEngine(schedule.model, load_ds_config(stage, micro, 1, world, bf16=False), schedule, seed=0)
-    g = torch.Generator().manual_seed(rank)
-    batch = torch.randint(0, spec["model"]["vocab_size"], (micro, seq + 1), generator=g)
-    engine.train_step(batch[:, :-1], batch[:, 1:], 0)              # warm-up (allocations, lazy Adam state)
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        engine.train_step(batch[:, :-1], batch[:, 1:], step)
-    tokens_per_s = steps * micro * world * seq / (time.perf_counter() - t0)
-    params_before = count_parameters(engine.model).total
-    steady = _status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:                  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    torch.distributed.barrier()
-    t0 = time.perf_counter()
-    engine.grow(GrowthEvent(**spec["event"]), step=steps + 1)
-    seconds = time.perf_counter() - t0
-    peak = _status("VmHWM")
-    for step in range(steps + 1, steps + 3):                         # the grown engine trains: its steady state
-        engine.train_step(batch[:, :-1], batch[:, 1:], step)
-    steady_after = _status("VmRSS")
-    result = dict(rank=rank, world=world, stage=stage, growth_seconds=round(seconds, 2),
-                  steady_rss_mb=round(steady / 2**20), peak_rss_during_growth_mb=round(peak / 2**20),
-                  steady_rss_after_mb=round(steady_after / 2**20),
-                  tokens_per_s=round(tokens_per_s), params_before=params_before,
-                  params_after=count_parameters(engine.model).total)
+    probe = GrowthProbe()
+    with tempfile.TemporaryDirectory() as out:
+        run = RunConfig(schedule=schedule_spec(size, steps), data=tinystories(SPEED_STAGES), micro_batch_size=micro,
+                        seq_len=seq, zero_stage=stage, eval_every=0, out=Path(out))
+        trainer = Trainer(run, callbacks=[probe]).setup()
+        trainer.fit()
+    result = dict(rank=rank, world=world, stage=stage, growth_seconds=round(probe.seconds, 2),
+                  steady_rss_mb=round(probe.steady / 2**20), peak_rss_during_growth_mb=round(probe.peak / 2**20),
+                  steady_rss_after_mb=round(probe.steady_after / 2**20),
+                  tokens_per_s=round(probe.tokens_per_s(trainer)),
+                  params_before=probe.params_before, params_after=probe.params_after)
     print("RESULT " + json.dumps(result), flush=True)
     torch.distributed.barrier()
     os._exit(0)     # skip interpreter teardown (a communication thread destroyed at exit can abort the process)
 
 
 def run(stage: int, world: int, size: str, steps: int, micro: int, seq: int) -> list[dict]:
-    sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
     from local_ranks import run_local_ranks
+    tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     command = [__file__, "--worker", stage, "--size", size, "--steps", steps, "--micro", micro, "--seq", seq]
     logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1200)
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]

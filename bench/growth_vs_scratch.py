@@ -44,8 +44,9 @@ from megababel.engine import release_engine  # noqa: E402
 from megababel.parallel import init_distributed  # noqa: E402
 from megababel.schedule import parse_schedule  # noqa: E402
 from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_data import tinystories  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
 SEQ, BATCH = 256, 8
 TOKENS_PER_STEP = SEQ * BATCH
 VALID_PARAGRAPHS = 160
@@ -77,21 +78,7 @@ ALL = MAIN + [f"both/{a}" for a in ABLATIONS]
 # --- data -----------------------------------------------------------------------------------------------------
 def prepare_data(cache: Path) -> Path:
     """TinyStories through the Llama 2 tokenizer, vocabulary stages 2000/4000/8000, once."""
-    if (cache / "vocab_8000" / "index.json").is_file():
-        return cache
-    from megababel.data.preprocess import preprocess
-    from megababel.tokenizer import Tokenizer
-    stories, valid = SHARED / "tinystories" / "train.txt", SHARED / "tinystories" / "valid.txt"
-    for path in (stories, valid):
-        if not path.is_file():
-            sys.exit(f"{path} not found: this benchmark needs ../shared/data (see its README)")
-    paragraphs = [p for p in valid.read_text().split("\n\n") if p.strip()][:VALID_PARAGRAPHS]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    subset = cache.parent / f"{cache.name}-valid-subset.txt"      # outside `cache`: preprocess empties it
-    subset.write_text("\n\n".join(paragraphs) + "\n")
-    tokenizer = Tokenizer.load(SHARED / "tokenizers" / "llama2" / "tokenizer.model")
-    preprocess([str(stories)], cache, tokenizer, [2000, 4000, 8000], valid_sources=[str(subset)], overwrite=True)
-    return cache
+    return tinystories([2000, 4000, 8000], cache, VALID_PARAGRAPHS)
 
 
 class Validation:

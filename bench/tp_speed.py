@@ -3,8 +3,9 @@
     python bench/tp_speed.py                       # fp32 and bf16, ZeRO-0 (~5 minutes on 2 cores)
     python bench/tp_speed.py --dtypes fp32 --steps 3
 
-Each layout runs in fresh processes sharing the machine's 2 cores (2 threads for 1 process, 1 thread each for 2),
-at the same global batch (8 sequences x 256 tokens): TP=1 (1 process, micro batch 8), DP=2 (2 processes, micro
+Each layout trains through megababel's Trainer, as launch/train.py --tp N does (TinyStories with the Llama 2
+tokenizer's full vocabulary), in fresh processes sharing the machine's 2 cores (2 threads for 1 process, 1 thread
+each for 2), at the same global batch (8 sequences x 256 tokens): TP=1 (1 process, micro batch 8), DP=2 (2 processes, micro
 batch 4 each) and TP=2 (2 processes, each holding half of every head / FFN / vocabulary matrix, micro batch 8).
 After the timed steps each layout also grows once (hidden 512 -> 768, FFN 1536 -> 2048, 8 -> 10 layers), so the
 table shows what growth costs when the weights and Adam moments have to be re-split across TP ranks.
@@ -17,72 +18,49 @@ import argparse
 import json
 import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_data import SPEED_STAGES, tinystories  # noqa: E402
+from growth_speed import GrowthProbe  # noqa: E402
+
 MODEL = dict(hidden_size=512, head_dim=128, num_hidden_layers=8, vocab_size=32000)   # ~60M parameters
 EVENT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=10, layer_positions="interleave")
 LAYOUTS = {"TP=1": (1, 1), "DP=2": (2, 1), "TP=2": (2, 2)}     # name: (processes, tensor-parallel degree)
 GLOBAL_BATCH, SEQ = 8, 256
 
 
-def _status(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def worker(tp_size: int, bf16: bool, steps: int):
-    import torch
-    sys.path.insert(0, str(ROOT))
-    from megababel import GrowthEvent
-    from megababel.counters import count_parameters
-    from megababel.deepspeed_config import load_ds_config
-    from megababel.engine import GrowingEngine
     from megababel.parallel import init_distributed
-    from megababel.schedule import parse_schedule
-    from megababel.parallel.tensor_parallel import TensorParallel
+    from megababel.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
     torch.set_num_threads(max(1, 2 // world))
-    tp = TensorParallel(tp_size) if tp_size > 1 else None
-    dp_rank, dp_world = (tp.dp_rank, tp.dp_size) if tp else (rank, world)
-    micro = GLOBAL_BATCH // dp_world
-    schedule = parse_schedule(dict(model=MODEL, training=dict(steps=1000)), GLOBAL_BATCH * SEQ)
-    engine = GrowingEngine(schedule.model, load_ds_config(0, micro, 1, dp_world, bf16=bf16), schedule, seed=0, tp=tp)
-    held = sum(p.numel() for p in engine.model.parameters())
-    batch = torch.randint(0, MODEL["vocab_size"], (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(0))
-    mine = batch[dp_rank * micro:(dp_rank + 1) * micro]
-    losses = [engine.train_step(mine[:, :-1], mine[:, 1:], 0)]      # warm-up (allocations, lazy Adam state)
-    torch.distributed.barrier()
-    t0 = time.perf_counter()
-    for step in range(1, steps + 1):
-        losses.append(engine.train_step(mine[:, :-1], mine[:, 1:], step))
-    tokens_per_s = steps * GLOBAL_BATCH * SEQ / (time.perf_counter() - t0)
-    steady, peak = _status("VmRSS"), _status("VmHWM")
-    with open("/proc/self/clear_refs", "w") as f:                  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    torch.distributed.barrier()
-    t0 = time.perf_counter()
-    engine.grow(GrowthEvent(**EVENT), step=steps + 1)
-    growth_seconds = time.perf_counter() - t0
-    growth_peak = _status("VmHWM")
-    result = dict(rank=rank, world=world, tp=tp_size, bf16=bf16, params_total=count_parameters(engine.model).total,
-                  params_held_before_growth=held, tokens_per_s=round(tokens_per_s),
-                  steady_rss_mb=round(steady / 2**20), peak_rss_mb=round(peak / 2**20),
-                  growth_peak_rss_mb=round(growth_peak / 2**20),
-                  growth_seconds=round(growth_seconds, 2), losses=losses)
+    probe = GrowthProbe()
+    schedule = dict(model=MODEL, training=dict(steps=steps + 2), growths=[dict(EVENT, at_step=steps + 1)])
+    with tempfile.TemporaryDirectory() as out:
+        run = RunConfig(schedule=schedule, data=tinystories(SPEED_STAGES),
+                        micro_batch_size=GLOBAL_BATCH * tp_size // world, seq_len=SEQ, tp=tp_size, bf16=bf16, eval_every=0, out=Path(out))
+        trainer = Trainer(run, callbacks=[probe]).setup()
+        trainer.fit()
+    result = dict(rank=rank, world=world, tp=tp_size, bf16=bf16, params_total=probe.params_after,
+                  params_held_before_growth=probe.held, tokens_per_s=round(probe.tokens_per_s(trainer)),
+                  steady_rss_mb=round(probe.steady / 2**20), peak_rss_mb=round(probe.peak_before / 2**20),
+                  growth_peak_rss_mb=round(probe.peak / 2**20),
+                  growth_seconds=round(probe.seconds, 2), losses=probe.losses)
     print("RESULT " + json.dumps(result), flush=True)
     torch.distributed.barrier()
     os._exit(0)     # skip interpreter teardown (a communication thread destroyed at exit can abort the process)
 
 
 def run(world: int, tp: int, bf16: bool, steps: int) -> list[dict]:
-    sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
     from local_ranks import run_local_ranks
+    tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     command = [__file__, "--worker", tp, "--steps", steps] + (["--bf16"] if bf16 else [])
     logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1800)
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]

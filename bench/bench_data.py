@@ -1,0 +1,44 @@
+"""The benchmarks' training data: TinyStories through the Llama 2 tokenizer, from ../shared/data, preprocessed once.
+
+    from bench_data import tinystories
+    data = tinystories([8000, 32000])      # a dataset directory for RunConfig(data=...), cached
+
+Benchmarks train through megababel's Trainer, so they need a real dataset directory (tokenizer, ranking, one
+folder per vocabulary stage), made by the same preprocessing as tools/preprocess_data.py.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SPEED_STAGES = (8000, 16000, 24000, 32000)   # the speed benchmarks' models use the full Llama 2 vocabulary
+
+
+def tinystories(stages, cache: Path | None = None, valid_paragraphs: int | None = None) -> Path:
+    """TinyStories train.txt at the given vocabulary stages, validation from valid.txt (its first
+    `valid_paragraphs` paragraphs, or all); built into `cache` (default: the megababel cache) unless already there."""
+    sys.path.insert(0, str(ROOT))
+    from megababel.data.embedded import default_cache_dir
+
+    stages = sorted(stages)
+    if cache is None:
+        cache = default_cache_dir() / ("bench-tinystories-" + "-".join(map(str, stages)) +
+                                       (f"-valid{valid_paragraphs}" if valid_paragraphs else ""))
+    if all((cache / f"vocab_{s}" / "index.json").is_file() for s in stages):
+        return cache
+    from megababel.data.preprocess import preprocess
+    from megababel.tokenizer import Tokenizer
+    stories, valid = SHARED / "tinystories" / "train.txt", SHARED / "tinystories" / "valid.txt"
+    llama2 = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
+    for path in (stories, valid, llama2):
+        if not path.is_file():
+            sys.exit(f"{path} not found: the benchmarks need ../shared/data (see its README)")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if valid_paragraphs:
+        paragraphs = [p for p in valid.read_text().split("\n\n") if p.strip()][:valid_paragraphs]
+        valid = cache.parent / f"{cache.name}-valid-subset.txt"      # outside `cache`: preprocess empties it
+        valid.write_text("\n\n".join(paragraphs) + "\n")
+    preprocess([str(stories)], cache, Tokenizer.load(llama2), stages, valid_sources=[str(valid)], overwrite=True)
+    return cache
