@@ -8,8 +8,15 @@
     deepspeed --num_gpus 1 launch/train.py --resume runs/a/checkpoints --out runs/a   # any ZeRO stage / rank count
     sbatch --nodes=2 launch/slurm/train.sbatch --zero-stage 3 --out runs/a      # Slurm: see launch/slurm/README.md
     DS_ACCELERATOR=cpu deepspeed --num_gpus 4 launch/train.py --zero-stage 3 --tp 2  # tensor parallel 2 x data parallel 2
+    deepspeed --num_gpus 8 launch/train.py --zero-stage 3 --bf16 --seq-len 2048 --micro-batch-size 4 \
+        --global-batch-tokens 1048576 --activation-checkpointing    # 1M tokens per step: 16 micro-steps per rank
 
 (`--stage` is the old name of `--zero-stage` and still works.)
+
+Batch: --global-batch-tokens (or training.global_batch_tokens, or a growth's global_batch_tokens for the stages
+after it) sets the tokens per optimizer step; gradient accumulation is derived from it, the micro batch and the
+data-parallel size. An accumulated step trains on the same sequences as one big batch would, so changing
+--micro-batch-size or the number of ranks at the same global batch keeps the run (and a resume) the same.
 
 This script is the command line and the logging around megababel.trainer.Trainer, which owns the loop. --schedule:
 a preset (tiny, tinystories, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
@@ -58,7 +65,13 @@ def parse_args(argv=None):
     p.add_argument("--schedule", default="tiny", help="preset name or YAML/JSON file (default: tiny)")
     p.add_argument("--data", type=Path, default=None, help="dataset directory (default: the embedded corpus)")
     p.add_argument("--steps", type=int, default=None, help="override training.steps of the schedule")
-    p.add_argument("--micro-batch-size", type=int, default=8, help="sequences per rank per step (default 8)")
+    p.add_argument("--micro-batch-size", type=int, default=8,
+                   help="sequences per rank per forward/backward (default 8)")
+    p.add_argument("--global-batch-tokens", type=int, default=None,
+                   help="tokens per optimizer step (overrides training.global_batch_tokens); gradient accumulation = "
+                        "this / (micro batch x data-parallel ranks x seq len). Default: no accumulation")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each decoder layer's activations in backward: less memory, ~1/3 more compute")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master weights (DeepSpeed)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer state in CPU memory")
@@ -95,7 +108,11 @@ class RunLogger(Callback):
         run = trainer.run
         self.say(f"data {trainer.data_dir}; schedule {run.schedule}: {len(trainer.schedule.growths)} growths, "
                  f"{trainer.schedule.steps} steps; ZeRO-{run.zero_stage}, {trainer.world} rank(s) = TP {run.tp} x "
-                 f"DP {trainer.dp_world}, {'bf16' if run.bf16 else 'fp32'}")
+                 f"DP {trainer.dp_world}, {'bf16' if run.bf16 else 'fp32'}"
+                 f"{', activation checkpointing' if run.activation_checkpointing else ''}")
+        plans = [f"{sequences * run.seq_len:,} tokens ({run.micro_batch_size} x {accumulation} x {trainer.dp_world})"
+                 for sequences, accumulation in trainer.batches]
+        self.say("global batch per generation (micro batch x accumulation x DP): " + ", ".join(plans))
         if getattr(trainer, "resumed_from", None):
             self.say(f"resumed from {trainer.resumed_from} at step {trainer.step}")
         if not self.is_main:

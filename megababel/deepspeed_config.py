@@ -1,4 +1,5 @@
-"""DeepSpeed configs: the JSON templates in ds_configs/ with the batch sizes and precision derived in one place.
+"""DeepSpeed configs: the JSON templates in ds_configs/ with the batch sizes and precision derived in one place, and
+the ZeRO buffer sizes derived from the model (`model_sized`, again at every growth).
 
 The templates live in the repository's top-level ds_configs/; setup.cfg installs them as package data in
 megababel/ds_configs/, so an installed package finds them without a checkout."""
@@ -48,3 +49,43 @@ def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: in
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
         config["optimizer"]["params"].pop("torch_adam", None)  # DeepSpeedCPUAdam
     return config
+
+
+AUTO = "auto"
+REDUCE_BUCKET_FLOOR = 10_000_000
+
+
+def zero_sizes(stage: int, hidden_size: int, layer_parameters: int) -> dict:
+    """ZeRO buffer sizes (in elements) for a model: the rules of Hugging Face's DeepSpeed integration for its "auto"
+    values (reduce buckets of hidden^2, here at least REDUCE_BUCKET_FLOOR, prefetch 0.9 hidden^2, parameters under 10 x hidden stay whole on every rank), and
+    at most two decoder layers' parameters gathered at once under ZeRO-3. DeepSpeed's own defaults (5e8-element
+    buckets, 1e9 live parameters) are sized for billions of parameters: at 120M they are most of a rank's memory."""
+    if stage == 0:
+        return {}
+    # the reduce bucket has a floor: 2-rank ZeRO-3 on gloo (CPU) hung with buckets of 4096-16384 elements (tiny test
+    # models, DeepSpeed 0.19.8) and ran with 40000; 1e7 fp32 elements are 40 MB
+    sizes = dict(reduce_bucket_size=max(hidden_size * hidden_size, REDUCE_BUCKET_FLOOR))
+    if stage == 3:
+        sizes.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
+                     stage3_param_persistence_threshold=10 * hidden_size,
+                     stage3_max_live_parameters=2 * layer_parameters,
+                     stage3_max_reuse_distance=2 * layer_parameters)
+    return sizes
+
+
+def model_sized(ds_config: dict, config) -> dict:
+    """A copy of `ds_config` whose ZeRO sizes (zero_sizes) that are absent or "auto" are derived from `config` (a
+    LlamaConfig). An explicit number in the user's config wins. The engine calls this at every build, so the sizes
+    follow the model as it grows."""
+    zero = dict(ds_config.get("zero_optimization", {}))
+    h, f = config.hidden_size, config.intermediate_size
+    attention = 2 * h * config.num_attention_heads * config.head_dim + 2 * h * config.num_key_value_heads * config.head_dim
+    derived = zero_sizes(zero.get("stage", 0), h, attention + 3 * h * f + 2 * h)
+    for key, value in derived.items():
+        if zero.get(key, AUTO) == AUTO:
+            zero[key] = value
+    leftover = [key for key, value in zero.items() if value == AUTO]
+    if leftover:
+        raise ValueError(f"DeepSpeed config zero_optimization: {leftover} cannot be 'auto' (megababel derives only "
+                         f"{sorted(derived) or 'none at this ZeRO stage'}); give numbers")
+    return dict(ds_config, zero_optimization=zero)

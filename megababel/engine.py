@@ -24,10 +24,11 @@ import torch.distributed as dist
 
 from .config import LlamaConfig
 from .deepspeed_compat import check_deepspeed, clear_params_to_release_cache
+from .deepspeed_config import model_sized
 from .growth import GrowthEvent, grow
 from .model import UNINITIALISED, Llama
 from .state import EngineState, GroupInfo
-from .parallel.distributed import comm_device
+from .parallel.distributed import all_reduce, broadcast
 from .parallel.tensor_parallel import block_shard, merge_layer_state, shard_of, unflagged_shards
 
 def _inner(optimizer):
@@ -126,7 +127,7 @@ class _ShardedMoments:
         if self.world == 1:
             return self.kept[key]
         pair = torch.stack(self.kept[key]) if self.keeper[key] == self.rank else torch.empty((2,) + self.shape[key])
-        dist.broadcast(pair, src=self.keeper[key])
+        pair = broadcast(pair, src=self.keeper[key])
         return pair[0], pair[1]
 
 
@@ -136,11 +137,13 @@ class GrowingEngine:
 
     `GrowingEngine(config, ...)` builds a fresh model; `GrowingEngine.from_state(state, ...)` a saved or imported one
     (state.EngineState). `tp` (parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups.
-    States, values and moments given and returned are always those of the unsharded model."""
+    States, values and moments given and returned are always those of the unsharded model.
+    `activation_checkpointing`: recompute each decoder layer in backward (less memory, ~1/3 more compute)."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, tp=None,
-                 _state: EngineState | None = None):
+                 activation_checkpointing: bool = False, _state: EngineState | None = None):
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
+        self.activation_checkpointing = activation_checkpointing
         self.zero_stage = ds_config["zero_optimization"]["stage"]
         if _state is None:
             self.groups = []
@@ -151,8 +154,10 @@ class GrowingEngine:
                         _state.group_steps, _state.counters)
 
     @classmethod
-    def from_state(cls, state: EngineState, ds_config: dict, schedule, seed: int = 0, tp=None) -> "GrowingEngine":
-        return cls(state.config, ds_config, schedule, seed=seed, tp=tp, _state=state)
+    def from_state(cls, state: EngineState, ds_config: dict, schedule, seed: int = 0, tp=None,
+                   activation_checkpointing: bool = False) -> "GrowingEngine":
+        return cls(state.config, ds_config, schedule, seed=seed, tp=tp,
+                   activation_checkpointing=activation_checkpointing, _state=state)
 
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
@@ -161,8 +166,10 @@ class GrowingEngine:
         # under TP both zero.Init and initialize need the layout (mpu): without it they partition and reduce
         # over the wrong ranks, silently
         parallel = dict(data_parallel_group=self.tp.dp_group, mpu=self.tp) if self.tp else {}
-        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, enabled=self.zero_stage == 3, **parallel):
+        self.built_ds_config = ds_config = model_sized(self.ds_config, config)     # ZeRO buffers for this size
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=self.zero_stage == 3, **parallel):
             model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values, tp=self.tp)
+        model.activation_checkpointing = self.activation_checkpointing
         known = {(g.generation, g.decay) for g in self.groups}
         for gen in sorted({p.block_meta.generation for p in model.parameters()}):
             for decay in (True, False):
@@ -177,7 +184,7 @@ class GrowingEngine:
         keep = [i for i, group in enumerate(param_groups) if group["params"]]
         self.groups = [self.groups[i] for i in keep]
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=[param_groups[i] for i in keep],
-                                                       config=self.ds_config, mpu=self.tp)
+                                                       config=ds_config, mpu=self.tp)
         self.engine, self.model = engine, model
         self._masters = _fp32_masters(optimizer)
         self._check_parallel_layout()
@@ -201,7 +208,8 @@ class GrowingEngine:
                     saved = block_shard(tensor, index, moments.get((path, index)))
                     if saved is not None:
                         key = self._masters.get(id(p), p)
-                        direct[key] = tuple(m.reshape(p.shape).to(key.dtype) for m in saved)
+                        # on the parameter's device: Adam's state must live where the parameter does
+                        direct[key] = tuple(m.reshape(p.shape).to(key.device, key.dtype) for m in saved)
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
             step = float(steps.get((info.generation, info.decay), 0))
             for flat in flats:
@@ -277,24 +285,31 @@ class GrowingEngine:
         return self.engine(inputs.to(device), targets.to(device))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
-        """One optimizer step (no gradient accumulation here); returns the loss averaged over data-parallel ranks."""
+        """One optimizer step on this rank's share of the global batch: its rows are cut into the DeepSpeed config's
+        gradient_accumulation_steps micro-batches of train_micro_batch_size_per_gpu (DeepSpeed scales each loss by
+        1/accumulation and steps the optimizer at the last one). Returns the loss averaged over micro-batches and
+        ranks."""
+        micro, accumulation = self.ds_config["train_micro_batch_size_per_gpu"], self.engine.gradient_accumulation_steps()
+        if inputs.shape[0] != micro * accumulation:
+            raise ValueError(f"train_step got {inputs.shape[0]} sequences; the engine takes {accumulation} micro-batches "
+                             f"of {micro}")
         self.set_lr(step)
-        _, loss = self.forward(inputs, targets)
-        self.engine.backward(loss)
-        self.engine.step()
-        loss = loss.detach().float().clone()
+        losses = []
+        for first in range(0, inputs.shape[0], micro):
+            _, loss = self.forward(inputs[first:first + micro], targets[first:first + micro])
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach().float())
+        loss = torch.stack(losses).mean()
         if dist.get_world_size() > 1:
-            dist.all_reduce(loss)
-            loss /= dist.get_world_size()
+            loss = all_reduce(loss) / dist.get_world_size()
         return loss.item()
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
         losses = torch.tensor([self.forward(x, y)[1].float().item() for x, y in batches]).mean()
         if dist.get_world_size() > 1:
-            losses = losses.to(comm_device())
-            dist.all_reduce(losses)
-            losses /= dist.get_world_size()
+            losses = all_reduce(losses) / dist.get_world_size()
         return losses.item()
 
     # --- state and growth ---------------------------------------------------------------------------------------
@@ -318,7 +333,10 @@ class GrowingEngine:
     def _full_moment(self, p, key: str) -> torch.Tensor | None:
         from deepspeed.utils import safe_get_full_optimizer_state
         if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
-            value = safe_get_full_optimizer_state(p, key)
+            try:
+                value = safe_get_full_optimizer_state(p, key)
+            except KeyError:          # ZeRO-3 creates Adam's state at the first step: none yet
+                value = None
         else:
             value = _inner(self.engine.optimizer).state.get(self._masters.get(id(p), p), {}).get(key)
             value = None if value is None else value.clone()       # a snapshot, not the live optimizer state
@@ -364,9 +382,10 @@ class GrowingEngine:
         return EngineState(self.model.config, self.model.generation, self.model.block_layout(), {}, {},
                            self.group_steps(), self.groups, self.counters()).meta()
 
-    def grow(self, growth, step: int) -> int:
+    def grow(self, growth, step: int, ds_config: dict | None = None) -> int:
         """Apply `growth` (a schedule.Growth: event + the new generation's lr, warm-up and optimizer_state; or a bare
-        GrowthEvent with the schedule's defaults) at `step`. Collective. Peak memory per rank: the fp32 weights (a
+        GrowthEvent with the schedule's defaults) at `step`; `ds_config`: the grown engine's, when it changes (e.g.
+        the gradient accumulation of a new global batch). Collective. Peak memory per rank: the fp32 weights (a
         CPU model to grow) plus 2/world of the Adam state. optimizer_state "reset": every parameter, old or new,
         starts from a fresh Adam state (zero moments, step 0)."""
         if isinstance(growth, GrowthEvent):
@@ -389,6 +408,8 @@ class GrowingEngine:
         # moments follow their Parameter through growth: old blocks keep their identity, layers may be renumbered
         old_keys = {p: (path, i) for path, t in host.growable_layers() for i, p in enumerate(t.blocks())}
         counters = self.counters()
+        if ds_config is not None:
+            self.ds_config = ds_config
         release_engine(self.engine)
         self.engine = self.model = None
         gc.collect()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import LlamaConfig
 from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, growable_layers
@@ -166,6 +167,10 @@ class Llama(nn.Module):
         self.norm = build.norm("norm", config.hidden_size)
         self.lm_head = build.linear("lm_head", config.hidden_size, config.vocab_size, ("vocab", "hidden"))
         self.loss_fn = build.loss_fn(self.lm_head)
+        # recompute each decoder layer's activations in backward instead of keeping them (a runtime choice, not part
+        # of the config; the engine sets it). Non-reentrant checkpointing re-enters the layer as a module, so
+        # ZeRO-3's hooks gather its weights again for the recomputation and TP's collectives run again in order.
+        self.activation_checkpointing = False
 
     def block_layout(self) -> dict:
         """{path: [(offset, shape, generation), ...]} for every growable tensor (unsharded, also under TP)."""
@@ -179,8 +184,9 @@ class Llama(nn.Module):
                              f"{self.config.max_position_embeddings}")
         cos, sin = rope_cos_sin(seq, self.config.head_dim, self.config.rope_theta, input_ids.device)
         x = self.embed_tokens(input_ids)
+        checkpointing = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = checkpoint(layer, x, cos, sin, use_reentrant=False) if checkpointing else layer(x, cos, sin)
         logits = self.lm_head(self.norm(x))
         return logits, None if targets is None else self.loss_fn(logits, targets)
 

@@ -39,11 +39,12 @@ from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
 from .growth import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
-                         lr_schedule="per_generation")
+                         lr_schedule="per_generation", global_batch_tokens=None)
 LR_SCHEDULES = ("per_generation", "global")
 OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
-GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state"}   # beside the event's
+GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
+                 "global_batch_tokens"}   # beside the event's
 
 PRESETS = {
     # The default. The plan that saved the most compute in bench/growth_vs_scratch.py (see bench/README.md): width +
@@ -89,6 +90,7 @@ class Growth:
     warmup_steps: int
     config: LlamaConfig          # the model after this growth
     optimizer_state: str = "keep"
+    global_batch_tokens: int | None = None    # tokens per optimizer step from this growth on (None: as before)
 
 
 @dataclass
@@ -100,12 +102,17 @@ class Schedule:
     min_lr_ratio: float
     weight_decay: float
     lr_schedule: str = "per_generation"
+    global_batch_tokens: int | None = None    # tokens per optimizer step; None: micro batch x data-parallel ranks
     growths: list[Growth] = field(default_factory=list)
     source: str = ""
 
     @property
     def final_config(self) -> LlamaConfig:
         return self.growths[-1].config if self.growths else self.model
+
+    def batch_tokens(self, generation: int) -> int | None:
+        """Tokens per optimizer step while `generation` trains (None: one micro batch per data-parallel rank)."""
+        return self.growths[generation - 1].global_batch_tokens if generation else self.global_batch_tokens
 
     def vocab_sizes(self) -> list[int]:
         return sorted({self.model.vocab_size, *(g.config.vocab_size for g in self.growths)})
@@ -117,9 +124,10 @@ class Schedule:
             return {f.name: getattr(event, f.name) for f in fields(GrowthEvent)}
         return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay, lr_schedule=self.lr_schedule),
+            weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens),
             growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
-                          **event_fields(g.event)) for g in self.growths])))   # tuples -> lists, as saved
+                          global_batch_tokens=g.global_batch_tokens, **event_fields(g.event))
+                     for g in self.growths])))   # tuples -> lists, as saved
 
     def lr_at(self, step: int, born: int, peak: float, warmup: int) -> float:
         """A generation born at `born`: linear warm-up, then cosine decay to min_lr_ratio at the end of training.
@@ -191,11 +199,14 @@ def _training(section) -> dict:
     _number("training.weight_decay", training["weight_decay"], lambda decay: decay >= 0, ">= 0")
     _number("training.min_lr_ratio", training["min_lr_ratio"], lambda ratio: 0 <= ratio <= 1, "in [0, 1]")
     _choice("training.lr_schedule", training["lr_schedule"], LR_SCHEDULES)
+    if training["global_batch_tokens"] is not None:
+        _integer("training.global_batch_tokens", training["global_batch_tokens"], 1)
     return training
 
 
-def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int) -> int:
-    """The step of a growth from its one position field (popped from `growth`)."""
+def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int, last_step: int, last_tokens: int) -> int:
+    """The step of a growth from its one position field (popped from `growth`). `tokens_per_step` is the batch of
+    the stage that ends here, which started at `last_step` with `last_tokens` tokens seen."""
     given = [key for key in ("at_step", "at_tokens", "at_fraction") if key in growth]
     if len(given) != 1:
         raise _error(where, f"give exactly one of at_step, at_tokens or at_fraction, got {given or 'none'}")
@@ -205,7 +216,7 @@ def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int) -> 
         return max(1, round(fraction * steps))
     if "at_tokens" in growth:
         tokens = _integer(f"{where}.at_tokens", growth.pop("at_tokens"), 1)
-        return -(-tokens // tokens_per_step)          # first step at or after that many tokens
+        return last_step + max(0, -(-(tokens - last_tokens) // tokens_per_step))   # first step at or after them
     return _integer(f"{where}.at_step", growth.pop("at_step"), 1)
 
 
@@ -231,14 +242,14 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     except ConfigError as e:
         raise _placed("model", e) from None
     schedule = Schedule(model=model, source=source, **_training(spec.get("training", {})))
-    config, last_step = model, 0
+    config, last_step, last_tokens, batch = model, 0, 0, schedule.global_batch_tokens
     for i, growth in enumerate(_growths(spec.get("growths"))):
         where = f"growth {i}"
         growth = dict(_mapping(where, growth, "growth fields (at_step, hidden_size, ...)"))
         unknown = _unknown(growth, EVENT_FIELDS | GROWTH_FIELDS)
         if unknown:
             raise _error(where, f"unknown field(s) {unknown}; growth fields: {sorted(EVENT_FIELDS | GROWTH_FIELDS)}")
-        step = _growth_step(where, growth, schedule.steps, tokens_per_step)
+        step = _growth_step(where, growth, schedule.steps, batch or tokens_per_step, last_step, last_tokens)
         if step <= last_step:
             raise _error(f"{where}.at_step", f"step {step} is not after the previous growth's {last_step}")
         if step >= schedule.steps:
@@ -251,13 +262,17 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
                                 "(under global every parameter follows training's curve)")
         optimizer_state = _choice(f"{where}.optimizer_state", growth.pop("optimizer_state", "keep"),
                                   OPTIMIZER_STATES)
+        new_batch = growth.pop("global_batch_tokens", batch)
+        if new_batch is not None:
+            _integer(f"{where}.global_batch_tokens", new_batch, 1)
         event = GrowthEvent(**growth)
         try:
             new_config = check_growth(config, event)     # every event field first, then against the model
         except ConfigError as e:
             raise _placed(where, e) from None
-        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state))
-        config, last_step = new_config, step
+        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state, new_batch))
+        last_tokens += (step - last_step) * (batch or tokens_per_step)
+        config, last_step, batch = new_config, step, new_batch
     return schedule
 
 

@@ -36,7 +36,7 @@ from .data.readers import DataError
 from .data.shards import TokenDataset
 from .deepspeed_config import load_ds_config
 from .engine import GrowingEngine
-from .parallel import TensorParallel, check_tensor_parallel, comm_device, init_distributed
+from .parallel import TensorParallel, all_reduce, check_tensor_parallel, init_distributed
 from .schedule import Schedule, load_schedule, parse_schedule, schedule_differences
 
 
@@ -50,12 +50,14 @@ class RunConfig:
     schedule: str | Path | dict = "tiny"      # preset name, YAML/JSON file, or a schedule dict
     data: Path | None = None                  # tools/preprocess_data.py output; None: the embedded corpus
     steps: int | None = None                  # overrides the schedule's training.steps
-    micro_batch_size: int = 8                 # sequences per data-parallel rank per step
+    micro_batch_size: int = 8                 # sequences per data-parallel rank per forward/backward
+    global_batch_tokens: int | None = None    # overrides training.global_batch_tokens (tokens per optimizer step)
     seq_len: int = 128
     zero_stage: int = 0
     tp: int = 1
     bf16: bool = False                        # DeepSpeed bf16: bf16 weights and compute, fp32 master weights
     offload_optimizer: bool = False
+    activation_checkpointing: bool = False    # recompute each decoder layer's activations in backward
     gradient_clipping: float | None = None    # None: the DeepSpeed config's
     ds_config: str | None = None
     seed: int = 0                             # initial weights, growth's random values and data order
@@ -72,8 +74,9 @@ class RunConfig:
             _require_int(name, getattr(self, name), minimum=1)
         for name in ("eval_every", "save_every", "keep_last", "seed"):
             _require_int(name, getattr(self, name), minimum=0)
-        if self.steps is not None:
-            _require_int("steps", self.steps, minimum=1)
+        for name in ("steps", "global_batch_tokens"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name), minimum=1)
         if self.zero_stage not in (0, 1, 2, 3) or isinstance(self.zero_stage, bool):
             raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         if self.offload_optimizer and self.zero_stage == 0:
@@ -107,11 +110,13 @@ class Callback:
 class VocabData:
     """This rank's training loader and the (shared) validation batches of one vocabulary stage."""
 
-    def __init__(self, data: Path, size: int, run: RunConfig, dp_rank: int, dp_world: int,
+    def __init__(self, data: Path, size: int, run: RunConfig, dp_rank: int, dp_world: int, rank_batch: int,
                  previous: "VocabData | None" = None):
         self.size = size
         train, valid = TokenDataset(data / f"vocab_{size}", "train"), TokenDataset(data / f"vocab_{size}", "valid")
-        self.loader = PackedLoader(train, run.seq_len, run.micro_batch_size, dp_rank=dp_rank, dp_world=dp_world,
+        # a rank's share of the global batch, all micro-batches of an accumulated step together: the global batch
+        # is the same consecutive sequences whatever the micro batch, accumulation and number of ranks
+        self.loader = PackedLoader(train, run.seq_len, rank_batch, dp_rank=dp_rank, dp_world=dp_world,
                                    seed=run.seed)
         if previous is not None:
             self.loader.continue_from(previous.loader)
@@ -131,9 +136,10 @@ class VocabData:
         return loss * self.train_tokens_per_byte / math.log(2)
 
 
-def check_data(data: Path, schedule: Schedule, run: RunConfig, dp_world: int):
-    """Every vocabulary stage the schedule uses: both splits readable, a global batch fits in the training split and
-    one validation batch in the validation split. Before any compute."""
+def check_data(data: Path, schedule: Schedule, run: RunConfig, dp_world: int, rank_batches: dict | None = None):
+    """Every vocabulary stage the schedule uses: both splits readable, its largest global batch (`rank_batches`:
+    {vocabulary size: sequences per rank per step}, default one micro batch) fits in the training split and one
+    validation batch in the validation split. Before any compute."""
     available = sorted(int(d.name.split("_")[1]) for d in data.glob("vocab_*") if (d / "index.json").is_file())
     missing = [v for v in schedule.vocab_sizes() if v not in available]
     if missing:
@@ -141,9 +147,9 @@ def check_data(data: Path, schedule: Schedule, run: RunConfig, dp_world: int):
                           f"{available}); preprocess them with tools/preprocess_data.py --stages ...")
     for size in schedule.vocab_sizes():
         for split in ("train", "valid"):
+            batch = (rank_batches or {}).get(size, run.micro_batch_size) if split == "train" else run.micro_batch_size
             try:
-                PackedLoader(TokenDataset(data / f"vocab_{size}", split), run.seq_len, run.micro_batch_size,
-                             dp_world=dp_world)
+                PackedLoader(TokenDataset(data / f"vocab_{size}", split), run.seq_len, batch, dp_world=dp_world)
             except DataError as e:
                 raise ConfigError(f"--data {data}, vocabulary stage {size}, {split} split: {e}; use a smaller "
                                   f"--seq-len / --micro-batch-size or more data") from None
@@ -170,8 +176,7 @@ class StopRequest:
     def agreed(self) -> bool:
         flag = torch.tensor([1.0 if self.signal_name else 0.0])
         if dist.is_initialized() and dist.get_world_size() > 1:
-            flag = flag.to(comm_device())
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            flag = all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and self.signal_name is None:
             self.signal_name = "on another rank"
         return bool(flag.item())
@@ -222,22 +227,27 @@ class Trainer:
         check_tensor_parallel([], run.tp, self.world)
         # ranks of one TP group (consecutive) share a data-parallel rank: same batches, one shard of the model each
         self.dp_rank, self.dp_world = self.rank // run.tp, self.world // run.tp
-        self.global_batch = run.micro_batch_size * self.dp_world
-        self.tokens_per_step = self.global_batch * run.seq_len
-        overrides = {"steps": run.steps} if run.steps else None
+        default_batch_tokens = run.micro_batch_size * self.dp_world * run.seq_len   # no accumulation
+        overrides = {key: getattr(run, key) for key in ("steps", "global_batch_tokens") if getattr(run, key)} or None
         if isinstance(run.schedule, dict):
             spec = dict(run.schedule, training=dict(run.schedule.get("training", {}), **(overrides or {})))
-            self.schedule = parse_schedule(spec, self.tokens_per_step)
+            self.schedule = parse_schedule(spec, default_batch_tokens)
         else:
-            self.schedule = load_schedule(run.schedule, self.tokens_per_step, overrides)
+            self.schedule = load_schedule(run.schedule, default_batch_tokens, overrides)
         check_tensor_parallel([self.schedule.model] + [g.config for g in self.schedule.growths], run.tp, self.world)
         if run.seq_len > self.schedule.model.max_position_embeddings:
             raise ConfigError(f"--seq-len {run.seq_len} exceeds the schedule's max_position_embeddings "
                               f"{self.schedule.model.max_position_embeddings}: lower --seq-len or raise it in `model`")
-        self.ds_config = load_ds_config(run.zero_stage, run.micro_batch_size, 1, self.dp_world, run.bf16,
-                                        run.offload_optimizer, run.gradient_clipping, run.ds_config)
+        generations = range(len(self.schedule.growths) + 1)
+        self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
+        self.global_batch = self.batches[0][0]
+        self.ds_config = self._ds_config(0)
         self.data_dir = self._data_dir()
-        check_data(self.data_dir, self.schedule, run, self.dp_world)
+        rank_batches = {}
+        for g in generations:
+            size = self.schedule.growths[g - 1].config.vocab_size if g else self.schedule.model.vocab_size
+            rank_batches[size] = max(rank_batches.get(size, 0), self._rank_batch(g))
+        check_data(self.data_dir, self.schedule, run, self.dp_world, rank_batches)
         self.record = dict(schedule=self.schedule.resolved(), seq_len=run.seq_len, global_batch=self.global_batch,
                            seed=run.seed, precision="bf16" if run.bf16 else "fp32",
                            gradient_clipping=self.ds_config["gradient_clipping"],
@@ -245,15 +255,44 @@ class Trainer:
         checkpoint = self._resume_checkpoint()
         tp = TensorParallel(run.tp) if run.tp > 1 else None
         if checkpoint is None:
-            self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp)
-            self.data = VocabData(self.data_dir, self.schedule.model.vocab_size, run, self.dp_rank, self.dp_world)
+            self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp,
+                                        activation_checkpointing=run.activation_checkpointing)
+            self.data = VocabData(self.data_dir, self.schedule.model.vocab_size, run, self.dp_rank, self.dp_world,
+                                  self._rank_batch(0))
         else:
             self._restore(checkpoint, tp)
         self.parameters = count_parameters(self.engine.model).total   # changes only at growth
+        self.tokens_per_step = self.batches[self.engine.model.generation][0] * run.seq_len
         if not self.history:           # a fresh run, or one from an imported model
             self.history = [self._history_entry(None, None)]
         self.pending = list(self.schedule.growths[self.engine.model.generation:])
         return self
+
+    def _batch_plan(self, generation: int) -> tuple[int, int]:
+        """(global batch in sequences, gradient accumulation steps) while `generation` trains; ConfigError when its
+        global_batch_tokens cannot be made of whole micro-batches on every data-parallel rank."""
+        run, tokens = self.run, self.schedule.batch_tokens(generation)
+        if tokens is None:
+            return run.micro_batch_size * self.dp_world, 1
+        unit = run.micro_batch_size * self.dp_world * run.seq_len
+        if tokens % unit:
+            where = ("--global-batch-tokens" if run.global_batch_tokens else "training.global_batch_tokens") \
+                if generation == 0 else f"growth {generation - 1}.global_batch_tokens"
+            nearest = max(unit, round(tokens / unit) * unit)
+            raise ConfigError(f"{where} {tokens} is not a whole number of micro-batches: --micro-batch-size "
+                              f"{run.micro_batch_size} x {self.dp_world} data-parallel rank(s) x --seq-len {run.seq_len} "
+                              f"= {unit} tokens per micro-step; use a multiple of {unit} (e.g. {nearest}) or change "
+                              f"--micro-batch-size / --seq-len")
+        return tokens // run.seq_len, tokens // unit
+
+    def _rank_batch(self, generation: int) -> int:
+        """Sequences each data-parallel rank takes per optimizer step (all its micro-batches)."""
+        return self.run.micro_batch_size * self.batches[generation][1]
+
+    def _ds_config(self, generation: int) -> dict:
+        run = self.run
+        return load_ds_config(run.zero_stage, run.micro_batch_size, self.batches[generation][1], self.dp_world,
+                              run.bf16, run.offload_optimizer, run.gradient_clipping, run.ds_config)
 
     def _data_dir(self) -> Path:
         if self.run.data is not None:
@@ -319,7 +358,8 @@ class Trainer:
         if saved.get("global_batch") != mine["global_batch"]:
             batch = saved.get("global_batch")
             problems.append(f"the global batch is {batch} sequences in the checkpoint, {mine['global_batch']} now: use "
-                            f"--micro-batch-size {batch / self.dp_world:g} with {self.dp_world} data-parallel rank(s)")
+                            f"--global-batch-tokens {batch * self.run.seq_len} (or --micro-batch-size "
+                            f"{batch / self.dp_world:g} with {self.dp_world} data-parallel rank(s))")
         differences = schedule_differences(saved.get("schedule", {}), mine["schedule"])
         if differences:
             problems.append(f"the schedule differs ({'; '.join(differences[:6])}): resume with the schedule and "
@@ -328,9 +368,13 @@ class Trainer:
 
     def _restore(self, checkpoint, tp):
         run, saved = self.run, checkpoint.run
-        self.engine = GrowingEngine.from_state(checkpoint.state, self.ds_config, self.schedule, seed=run.seed, tp=tp)
+        generation = checkpoint.state.generation
+        self.engine = GrowingEngine.from_state(checkpoint.state, self._ds_config(generation), self.schedule,
+                                               seed=run.seed, tp=tp,
+                                               activation_checkpointing=run.activation_checkpointing)
         imported = bool(saved.get("imported_from"))
-        self.data = VocabData(self.data_dir, self.engine.model.config.vocab_size, run, self.dp_rank, self.dp_world)
+        self.data = VocabData(self.data_dir, self.engine.model.config.vocab_size, run, self.dp_rank, self.dp_world,
+                              self._rank_batch(generation))
         if not imported:
             self.data.loader.load_state_dict(saved["loader"])
             self.step, self.tokens, self.flops = saved["step"], saved["tokens"], saved["flops"]
@@ -401,11 +445,14 @@ class Trainer:
         started = time.perf_counter()
         before = self.validate(notify=False) if self.run.eval_every else None
         grow_started = time.perf_counter()
-        generation = self.engine.grow(growth, step)
+        generation = self.engine.grow(growth, step, ds_config=self._ds_config(self.engine.model.generation + 1))
         config = self.engine.model.config
         if config.vocab_size != self.data.size:
             self.data = VocabData(self.data_dir, config.vocab_size, self.run, self.dp_rank, self.dp_world,
-                                  previous=self.data)
+                                  self._rank_batch(generation), previous=self.data)
+        else:
+            self.data.loader.set_batch_size(self._rank_batch(generation))     # same position, new batch
+        self.tokens_per_step = self.batches[generation][0] * self.run.seq_len
         self.train_seconds += time.perf_counter() - grow_started
         after = self.validate(notify=False) if self.run.eval_every else None
         self.parameters = count_parameters(self.engine.model).total

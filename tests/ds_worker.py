@@ -1,7 +1,10 @@
-"""One rank of a small progressive DeepSpeed run through the Trainer, for tests: python tests/ds_worker.py STAGE OUT.pt
+"""One rank of a small progressive DeepSpeed run through the Trainer, for tests:
+
+    python tests/ds_worker.py STAGE OUT.pt [MICRO GLOBAL]
 
 Schedule: width + FFN growth at step 4, depth growth at step 8 (no vocabulary change, so every growth is exact), on
-the embedded corpus (vocabulary stage 1000), global batch of 4 sequences of 32 tokens over however many ranks run.
+the embedded corpus (vocabulary stage 1000), global batch of 4 sequences of 32 tokens over however many ranks run;
+or GLOBAL sequences per step made of micro-batches of MICRO per rank (gradient accumulation).
 Rank 0 saves the losses, the loss on a fixed validation batch before/after each growth, and the full Adam moments
 before/after each growth."""
 from __future__ import annotations
@@ -47,9 +50,11 @@ def main():
     stage, out = int(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro, global_batch = map(int, sys.argv[3:5]) if len(sys.argv) > 3 else (GLOBAL_BATCH // world, GLOBAL_BATCH)
     recorder = Recorder()
-    trainer = Trainer(RunConfig(schedule=SCHEDULE, zero_stage=stage, micro_batch_size=GLOBAL_BATCH // world,
-                                seq_len=SEQ, eval_every=0, out=out.with_suffix(".run")), callbacks=[recorder])
+    trainer = Trainer(RunConfig(schedule=SCHEDULE, zero_stage=stage, micro_batch_size=micro,
+                                global_batch_tokens=global_batch * SEQ, seq_len=SEQ, eval_every=0,
+                                out=out.with_suffix(".run")), callbacks=[recorder])
     trainer.setup().fit()
     if trainer.rank == 0:
         torch.save(recorder.record, out.with_name(out.name + ".tmp"))

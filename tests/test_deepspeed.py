@@ -14,8 +14,8 @@ from local_ranks import run_local_ranks
 WORKER = Path(__file__).with_name("ds_worker.py")
 
 
-def run_ranks(stage: int, world: int, out: Path) -> dict:
-    run_local_ranks(world, [WORKER, stage, out])
+def run_ranks(stage: int, world: int, out: Path, *batch) -> dict:
+    run_local_ranks(world, [WORKER, stage, out, *batch])
     return torch.load(out, weights_only=False)
 
 
@@ -24,6 +24,30 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ds")
     return {(stage, world): run_ranks(stage, world, tmp / f"z{stage}_w{world}.pt")
             for stage, world in ((0, 1), (1, 1), (2, 2), (3, 1), (3, 2))}
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory):
+    """Global batch of 8 sequences: one micro-batch of 8 on 1 rank (the reference), and micro-batches of 2 with
+    gradient accumulation (4 steps on 1 rank, 2 on each of 2 ranks)."""
+    tmp = tmp_path_factory.mktemp("accumulation")
+    return {(stage, world, micro): run_ranks(stage, world, tmp / f"z{stage}_w{world}_m{micro}.pt", micro, 8)
+            for stage, world, micro in ((0, 1, 8), (0, 1, 2), (3, 1, 2), (0, 2, 2), (3, 2, 2))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [(0, 1, 2), (3, 1, 2), (0, 2, 2), (3, 2, 2)])
+def test_accumulated_micro_batches_train_like_one_big_batch(accumulated, runs, key):
+    """Same sequences per optimizer step, so the same run up to summation order, through both growths."""
+    reference, run = accumulated[(0, 1, 8)], accumulated[key]
+    assert len(run["losses"]) == len(reference["losses"]) == 12
+    for step, (a, b) in enumerate(zip(reference["losses"], run["losses"])):
+        assert abs(a - b) <= 1e-4 * abs(a), (step, a, b)
+    for event in run["growth"]:        # its fixed validation batch is one micro-batch: compare within the run
+        assert abs(event["after"] - event["before"]) <= 1e-5 * abs(event["before"]), event
+    # the tolerance separates batches: a global batch of 4 (no accumulation) ends elsewhere
+    smaller = runs[(0, 1)]["losses"]
+    assert max(abs(a - b) / abs(a) for a, b in zip(reference["losses"][1:], smaller[1:])) > 1e-2
 
 
 @pytest.mark.slow

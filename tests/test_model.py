@@ -67,3 +67,22 @@ def test_too_long_sequence_is_refused():
     model = Llama(tiny_config(max_position_embeddings=16), seed=0)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Recomputing each decoder layer in backward changes memory, not math: same loss and gradients, also for a
+    grown model whose weights are several generation blocks."""
+    model = Llama(tiny_config(num_hidden_layers=3), seed=0)
+    grow(model, GrowthEvent(hidden_size=96, intermediate_size=256, num_hidden_layers=4, layer_positions="interleave"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.activation_checkpointing = checkpointing
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_plain, plain), (loss_ckpt, ckpt) = grads
+    assert loss_plain == loss_ckpt and plain.keys() == ckpt.keys() and len(plain) > 20
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)

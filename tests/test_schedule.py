@@ -43,6 +43,7 @@ def test_bad_schedules_name_the_field(training, growths, message):
 
 @pytest.mark.parametrize("training, field, expected", [
     (dict(steps=True), "training.steps", "got True (a boolean"),      # isinstance(True, int) holds in Python
+    (dict(global_batch_tokens=65536.0), "training.global_batch_tokens", "positive integer"),
     (dict(steps=40.0), "training.steps", "positive integer"),
     (dict(steps=0), "training.steps", "positive integer"),
     (dict(warmup_steps=False), "training.warmup_steps", "integer >= 0"),
@@ -82,6 +83,8 @@ BAD_GROWTHS = [
     (dict(DEPTH, lr=-1e-3), "lr", "> 0"),
     (dict(DEPTH, warmup_steps=True), "warmup_steps", "a boolean"),
     (dict(DEPTH, warmup_steps=1.5), "warmup_steps", "integer >= 0"),
+    (dict(DEPTH, global_batch_tokens=0), "global_batch_tokens", "positive integer"),
+    (dict(DEPTH, global_batch_tokens=True), "global_batch_tokens", "a boolean"),
     (dict(DEPTH, optimizer_state=True), "optimizer_state", "['keep', 'reset']"),
     (dict(DEPTH, hidden_size=True), "hidden_size", "a boolean"),
     (dict(DEPTH, intermediate_size=512.0), "intermediate_size", "positive integer"),
@@ -259,3 +262,14 @@ def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
     engine.train_step(x, y, 3)        # and it trains on
     moments = engine.state().moments
     assert all(m.abs().max() > 0 for (path, _), (m, _) in moments.items() if "norm" not in path)
+
+
+def test_at_tokens_counts_each_stage_at_its_own_batch():
+    """64 tokens per step until step 4, then 256: 1000 tokens are reached at step 4 + ceil((1000 - 256) / 256)."""
+    schedule = parse_schedule(dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96),
+                                   training=dict(steps=40, global_batch_tokens=64),
+                                   growths=[dict(at_step=4, num_hidden_layers=3, global_batch_tokens=256),
+                                            dict(at_tokens=1000, num_hidden_layers=4)]), 32)
+    assert [g.at_step for g in schedule.growths] == [4, 7]
+    assert [schedule.batch_tokens(g) for g in range(3)] == [64, 256, 256]      # a growth without one keeps it
+    assert schedule.resolved()["growths"][1]["global_batch_tokens"] == 256

@@ -93,3 +93,48 @@ def test_bf16_resume_is_exact(distributed_env, tmp_path):
     whole = fit(tmp_path / "whole", save_every=8, bf16=True)
     resumed = fit(tmp_path / "resumed", bf16=True, resume=tmp_path / "whole/checkpoints/step_00000008_gen1")
     assert all(resumed.losses[step] == whole.losses[step] for step in range(8, 24)), (whole.losses, resumed.losses)
+
+
+BATCH_SCHEDULE = dict(       # seq_len 32, micro batch 2: 1, then 2, then 4 micro-batches per optimizer step
+    model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
+    training=dict(steps=16, lr=3e-3, warmup_steps=2, global_batch_tokens=64),
+    growths=[dict(at_step=6, hidden_size=96, intermediate_size=256, vocab_size=2000, global_batch_tokens=128),
+             dict(at_step=11, num_hidden_layers=4, layer_positions="interleave", global_batch_tokens=256)])
+
+
+class Batches(Callback):
+    def __init__(self):
+        self.tokens, self.losses, self.accumulation = {}, {}, {}
+
+    def on_step_end(self, trainer, row):
+        self.tokens[row["step"]], self.losses[row["step"]] = row["tokens"], row["loss"]
+        self.accumulation[row["step"]] = trainer.engine.engine.gradient_accumulation_steps()
+
+
+def test_a_growing_global_batch_accumulates_and_resumes_exactly(distributed_env, tmp_path):
+    def fit_batches(out, **changes):
+        batches = Batches()
+        Trainer(RunConfig(**dict(dict(schedule=BATCH_SCHEDULE, seq_len=32, micro_batch_size=2, eval_every=0, out=out),
+                                 **changes)), callbacks=[batches]).setup().fit()
+        return batches
+
+    whole = fit_batches(tmp_path / "whole", save_every=4)
+    assert [whole.accumulation[s] for s in (0, 5, 6, 10, 11, 15)] == [1, 1, 2, 2, 4, 4]
+    assert whole.tokens[15] == 6 * 64 + 5 * 128 + 5 * 256
+    for step in (4, 8, 12):            # before both changes, between them (vocabulary and batch), after both
+        resumed = fit_batches(tmp_path / f"from{step}", resume=next((tmp_path / "whole/checkpoints").glob(
+            f"step_{step:08d}_*")))
+        assert sorted(resumed.losses) == list(range(step, 16))
+        assert all(resumed.losses[s] == whole.losses[s] for s in range(step, 16)), (step, whole.losses,
+                                                                                   resumed.losses)
+        assert resumed.tokens[15] == whole.tokens[15]
+
+
+def test_a_global_batch_that_is_not_whole_micro_batches_is_refused(distributed_env, tmp_path):
+    schedule = dict(BATCH_SCHEDULE, growths=[dict(BATCH_SCHEDULE["growths"][0], global_batch_tokens=96)])
+    with pytest.raises(ConfigError, match=r"growth 0.global_batch_tokens 96 .* use a multiple of 64 \(e.g. 128\)"):
+        Trainer(RunConfig(schedule=schedule, seq_len=32, micro_batch_size=2, eval_every=0, out=tmp_path)).setup()
+    with pytest.raises(ConfigError, match="--global-batch-tokens 100 "):
+        Trainer(RunConfig(schedule=BATCH_SCHEDULE, global_batch_tokens=100, seq_len=32, micro_batch_size=2,
+                          out=tmp_path)).setup()
+    assert not (tmp_path / "checkpoints").exists()

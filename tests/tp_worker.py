@@ -1,10 +1,11 @@
 """One rank of a small tensor-parallel progressive run through the Trainer, for tests.
 
     python tests/tp_worker.py STAGE TP OUT.pt [--save-every K --checkpoints DIR] [--resume CKPT] [--clip C]
+                                             [--micro M] [--activation-checkpointing] [--bf16]
 
 Schedule: width + FFN + vocabulary growth (1000 -> 2000) at step 4, depth at step 8, every count divisible by 2 so
 TP=2 can split it; the embedded corpus, global batch of 4 sequences of 32 tokens (all TP ranks of a data-parallel
-group see the same slice). Rank 0 saves the losses, the loss on a fixed validation batch around each growth, and
+group see the same slice; --micro M: micro-batches of M per data-parallel rank, accumulated). Rank 0 saves the losses, the loss on a fixed validation batch around each growth, and
 the unsharded state (weights, moments, steps) right after each growth and at the end."""
 from __future__ import annotations
 
@@ -62,12 +63,16 @@ def main():
     p.add_argument("--checkpoints", type=Path, default=None, help="run folder (its checkpoints/ subfolder)")
     p.add_argument("--resume", type=Path, default=None)
     p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--micro", type=int, default=None)
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--bf16", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(1)
     dp_world = int(os.environ.get("WORLD_SIZE", "1")) // args.tp
     recorder = Recorder()
-    run = RunConfig(schedule=SCHEDULE, zero_stage=args.stage, tp=args.tp, micro_batch_size=GLOBAL_BATCH // dp_world,
-                    seq_len=SEQ, eval_every=0, gradient_clipping=args.clip, save_every=args.save_every,
+    run = RunConfig(schedule=SCHEDULE, zero_stage=args.stage, tp=args.tp,
+                    micro_batch_size=args.micro or GLOBAL_BATCH // dp_world, global_batch_tokens=GLOBAL_BATCH * SEQ,
+                    activation_checkpointing=args.activation_checkpointing, bf16=args.bf16, seq_len=SEQ, eval_every=0, gradient_clipping=args.clip, save_every=args.save_every,
                     resume=args.resume, out=args.checkpoints or args.out.with_suffix(".run"))
     trainer = Trainer(run, callbacks=[recorder])
     trainer.setup().fit()

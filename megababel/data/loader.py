@@ -43,6 +43,14 @@ class PackedLoader:
         return dict(epoch=self.epoch, consumed=self.consumed, seed=self.seed, seq_len=self.seq_len,
                     shuffle=self.shuffle, n_docs=self.dataset.n_docs, n_tokens=self.dataset.n_tokens)
 
+    def set_batch_size(self, batch_size: int):
+        """A new per-rank batch from the next batch on (a schedule's batch change); the position stays, so the
+        sequence order continues exactly."""
+        if batch_size * self.dp_world > self.sequences_per_epoch:
+            raise DataError(f"{self.dataset.directory}: one epoch holds {self.sequences_per_epoch} sequences, fewer "
+                            f"than one global batch of {batch_size * self.dp_world}")
+        self.batch_size, self.global_batch = batch_size, batch_size * self.dp_world
+
     def continue_from(self, previous: "PackedLoader"):
         """Take over from the loader of another vocabulary stage of the same documents (same seed, so the same
         order): same epoch, same fraction of it."""

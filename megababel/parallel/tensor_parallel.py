@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, LlamaConfig
 from ..layers import GrowableEmbedding, GrowableLinear, GrowableLayer
+from .distributed import all_gather
 
 SPLIT_AXES = ("q_heads", "kv_heads", "ffn", "vocab")   # a weight is split along its (only) axis among these
 
@@ -333,9 +334,7 @@ class TensorParallel:
                 for index, pair in moments.items():
                     full[_slices(local_layout[index])] = pair[k]
                 parts.append(full)
-        stacked = torch.stack(parts)
-        gathered = [torch.empty_like(stacked) for _ in range(self.tp_size)]
-        dist.all_gather(gathered, stacked, group=self.tp_group)
+        gathered = all_gather(torch.stack(parts), group=self.tp_group)
         merged = split.merge(gathered, dim_offset=1)
         blocks = {i: (merged[1][_slices(split.global_layout[i])], merged[2][_slices(split.global_layout[i])])
                   for i in moments}
