@@ -7,13 +7,15 @@ activation checkpointing, each next to the variant without it.
 Every variant trains through megababel's Trainer, as launch/train.py does (fp32, 1 process with 2 threads, ZeRO-3
 unless named, TinyStories with the Llama 2 tokenizer), the 119.9M model of bench/growth_speed.py (hidden 768, 10
 layers, FFN 2048, vocabulary 32000), sequences of 256 tokens, in a fresh process: one warm-up step, then --steps
-timed steps. Per variant: resident memory after the last step (VmRSS) and its peak over the run (VmHWM), both
-against the model's training state (fp32 weights + gradients + 2 Adam moments = 16 bytes per parameter) and against
+timed steps. Per variant: resident memory after the last step (VmRSS), the same after malloc_trim (freed heap
+that glibc keeps from the steps' activations handed back: what is alive), its peak over the run (VmHWM), against the
+model's training state (fp32 weights + gradients + 2 Adam moments = 16 bytes per parameter) and against
 an idle process that has imported torch + DeepSpeed and started its process group; and tokens/s.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import sys
@@ -57,6 +59,10 @@ class StepProbe(Callback):
     def on_fit_end(self, trainer, result):
         self.rss, self.peak = _status("VmRSS"), _status("VmHWM")
         self.parameters = result["parameters"]
+        # what is alive, without the freed heap glibc keeps from the steps' activations (CPU only: on a GPU the
+        # activations are device memory)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.trimmed = _status("VmRSS")
 
 
 def worker(name: str, steps: int):
@@ -85,7 +91,8 @@ def worker(name: str, steps: int):
         trainer = Trainer(run, callbacks=[probe]).setup()
         trainer.fit()
     tokens_per_s = trainer.tokens_per_step * len(probe.seconds) / sum(probe.seconds)
-    print("RESULT " + json.dumps(dict(name=name, rss=probe.rss, peak=probe.peak, parameters=probe.parameters,
+    print("RESULT " + json.dumps(dict(name=name, rss=probe.rss, trimmed=probe.trimmed, peak=probe.peak,
+                                      parameters=probe.parameters,
                                       tokens_per_s=tokens_per_s, step_seconds=probe.seconds)), flush=True)
     os._exit(0)     # skip interpreter teardown (a communication thread destroyed at exit can abort the process)
 
@@ -103,16 +110,17 @@ def to_markdown(rows: list[dict], steps: int) -> str:
     lines = [f"119.9M parameters, 1 rank, fp32, seq {SEQ}, {steps} timed steps; model state = 16 B/parameter = "
              f"{16 * rows[-1]['parameters'] / gb:.2f} GB; idle process (torch + DeepSpeed + process group) "
              f"{idle / gb:.2f} GB", "",
-             "| variant | ZeRO | micro batch x accumulation | activation checkpointing | RSS GB | peak RSS GB | "
-             "RSS / model state | (RSS - idle) / model state | tokens/s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | ZeRO | micro batch x accumulation | activation checkpointing | RSS GB | RSS trimmed GB | "
+             "peak RSS GB | trimmed / model state | (trimmed - idle) / model state | tokens/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["name"] == "idle":
             continue
         stage, micro, global_batch, checkpointing, _ = VARIANTS[r["name"]]
         state = 16 * r["parameters"]
         lines.append(f"| {r['name']} | {stage} | {micro} x {global_batch // micro} | {'yes' if checkpointing else 'no'} | "
-                     f"{r['rss'] / gb:.2f} | {r['peak'] / gb:.2f} | {r['rss'] / state:.2f} | "
-                     f"{(r['rss'] - idle) / state:.2f} | {r['tokens_per_s']:.0f} |")
+                     f"{r['rss'] / gb:.2f} | {r['trimmed'] / gb:.2f} | {r['peak'] / gb:.2f} | "
+                     f"{r['trimmed'] / state:.2f} | {(r['trimmed'] - idle) / state:.2f} | {r['tokens_per_s']:.0f} |")
     return "\n".join(lines)
 
 
