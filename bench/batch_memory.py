@@ -107,9 +107,9 @@ def run(name: str, steps: int) -> dict:
 def to_markdown(rows: list[dict], steps: int) -> str:
     idle = next(r for r in rows if r["name"] == "idle")["rss"]
     gb = 2**30
-    lines = [f"119.9M parameters, 1 rank, fp32, seq {SEQ}, {steps} timed steps; model state = 16 B/parameter = "
-             f"{16 * rows[-1]['parameters'] / gb:.2f} GB; idle process (torch + DeepSpeed + process group) "
-             f"{idle / gb:.2f} GB", "",
+    lines = [f"119.9M parameters, 1 rank, fp32, seq {SEQ}, {steps} timed steps; memory in GiB; model state = 16 "
+             f"B/parameter = {16 * rows[-1]['parameters'] / gb:.2f} GiB; idle process (torch + DeepSpeed + process "
+             f"group) {idle / gb:.2f} GiB", "",
              "| variant | ZeRO | micro batch x accumulation | activation checkpointing | RSS GB | RSS trimmed GB | "
              "peak RSS GB | trimmed / model state | (trimmed - idle) / model state | tokens/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
