@@ -4,8 +4,8 @@ activation checkpointing, each next to the variant without it.
     python bench/batch_memory.py                  # ~8 minutes on 2 cores; results/batch_memory.{md,json}
     python bench/batch_memory.py --only zero3-derived zero3-accumulation --steps 2
 
-Every variant trains through megababel's Trainer, as launch/train.py does (fp32, 1 process with 2 threads, ZeRO-3
-unless named, TinyStories with the Llama 2 tokenizer), the 119.9M model of bench/growth_speed.py (hidden 768, 10
+Every variant trains through megababel's Trainer, as launch/train.py does (fp32 unless named bf16, 1 process with 2
+threads, ZeRO-3 unless named, TinyStories with the Llama 2 tokenizer), the 119.9M model of bench/growth_speed.py (hidden 768, 10
 layers, FFN 2048, vocabulary 32000), sequences of 256 tokens, in a fresh process: one warm-up step, then --steps
 timed steps. Per variant: resident memory after the last step (VmRSS), the same after malloc_trim (freed heap
 that glibc keeps from the steps' activations handed back: what is alive), its peak over the run (VmHWM), against the
@@ -36,15 +36,16 @@ SEQ = 256
 # DeepSpeed's sizes before megababel derived them (ds_configs/zero3.json of issue 4, DeepSpeed's 5e8 reduce bucket)
 FIXED_ZERO3 = dict(stage=3, stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=5e7,
                    stage3_max_live_parameters=1e9, stage3_max_reuse_distance=1e9, reduce_bucket_size=5e8)
-# name: (ZeRO stage, micro batch, global batch in sequences, activation checkpointing, fixed ZeRO-3 sizes)
+# name: (ZeRO stage, micro batch, global batch in sequences, activation checkpointing, fixed ZeRO-3 sizes, bf16)
 VARIANTS = {
-    "zero3-fixed-sizes": (3, 2, 2, False, True),
-    "zero3-derived": (3, 2, 2, False, False),
-    "zero3-micro8": (3, 8, 8, False, False),
-    "zero3-accumulation": (3, 2, 8, False, False),          # the same 8 sequences per step as zero3-micro8
-    "zero3-micro8-checkpointing": (3, 8, 8, True, False),
-    "zero0-micro8": (0, 8, 8, False, False),
-    "zero0-micro8-checkpointing": (0, 8, 8, True, False),
+    "zero3-fixed-sizes": (3, 2, 2, False, True, False),
+    "zero3-derived": (3, 2, 2, False, False, False),
+    "zero3-derived-bf16": (3, 2, 2, False, False, True),
+    "zero3-micro8": (3, 8, 8, False, False, False),
+    "zero3-accumulation": (3, 2, 8, False, False, False),          # the same 8 sequences per step as zero3-micro8
+    "zero3-micro8-checkpointing": (3, 8, 8, True, False, False),
+    "zero0-micro8": (0, 8, 8, False, False, False),
+    "zero0-micro8-checkpointing": (0, 8, 8, True, False, False),
 }
 
 
@@ -75,7 +76,7 @@ def worker(name: str, steps: int):
     if name == "idle":
         print("RESULT " + json.dumps(dict(name=name, rss=_status("VmRSS"), peak=_status("VmHWM"))), flush=True)
         os._exit(0)
-    stage, micro, global_batch, checkpointing, fixed = VARIANTS[name]
+    stage, micro, global_batch, checkpointing, fixed, bf16 = VARIANTS[name]
     probe = StepProbe()
     with tempfile.TemporaryDirectory() as out:
         ds_config = None
@@ -86,7 +87,7 @@ def worker(name: str, steps: int):
             ds_config.write_text(json.dumps(config))
         run = RunConfig(schedule=dict(model=MODEL, training=dict(steps=steps + 1)), data=tinystories(SPEED_STAGES),
                         micro_batch_size=micro, global_batch_tokens=global_batch * SEQ, seq_len=SEQ,
-                        zero_stage=stage, activation_checkpointing=checkpointing, ds_config=ds_config,
+                        zero_stage=stage, activation_checkpointing=checkpointing, ds_config=ds_config, bf16=bf16,
                         eval_every=0, out=Path(out) / "run")
         trainer = Trainer(run, callbacks=[probe]).setup()
         trainer.fit()
@@ -110,15 +111,16 @@ def to_markdown(rows: list[dict], steps: int) -> str:
     lines = [f"119.9M parameters, 1 rank, fp32, seq {SEQ}, {steps} timed steps; memory in GiB; model state = 16 "
              f"B/parameter = {16 * rows[-1]['parameters'] / gb:.2f} GiB; idle process (torch + DeepSpeed + process "
              f"group) {idle / gb:.2f} GiB", "",
-             "| variant | ZeRO | micro batch x accumulation | activation checkpointing | RSS GB | RSS trimmed GB | "
-             "peak RSS GB | trimmed / model state | (trimmed - idle) / model state | tokens/s |",
+             "| variant | ZeRO | micro batch x accumulation | activation checkpointing | RSS | RSS trimmed | "
+             "peak RSS | trimmed / model state | (trimmed - idle) / model state | tokens/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["name"] == "idle":
             continue
-        stage, micro, global_batch, checkpointing, _ = VARIANTS[r["name"]]
+        stage, micro, global_batch, checkpointing, _, bf16 = VARIANTS[r["name"]]
         state = 16 * r["parameters"]
-        lines.append(f"| {r['name']} | {stage} | {micro} x {global_batch // micro} | {'yes' if checkpointing else 'no'} | "
+        lines.append(f"| {r['name']} | {stage}{' bf16' if bf16 else ''} | {micro} x {global_batch // micro} | "
+                     f"{'yes' if checkpointing else 'no'} | "
                      f"{r['rss'] / gb:.2f} | {r['trimmed'] / gb:.2f} | {r['peak'] / gb:.2f} | "
                      f"{r['trimmed'] / state:.2f} | {(r['trimmed'] - idle) / state:.2f} | {r['tokens_per_s']:.0f} |")
     return "\n".join(lines)
