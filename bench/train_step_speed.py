@@ -101,7 +101,8 @@ def run_trainer(args) -> list[dict]:
         for variant, seconds in times.items():
             results.append(dict(part="trainer", dtype=dtype, variant=variant, **info[variant],
                                 tokens_per_s=round(BATCH * SEQ / statistics.median(seconds), 1),
-                                tokens_per_s_range=[round(BATCH * SEQ / max(seconds)), round(BATCH * SEQ / min(seconds))],
+                                tokens_per_s_range=[round(BATCH * SEQ / max(seconds)),
+                                                    round(BATCH * SEQ / min(seconds))],
                                 vs_fresh=round(fresh / statistics.median(seconds), 3),
                                 step_seconds=[round(t, 3) for t in seconds]))
     return results
@@ -150,9 +151,11 @@ def run_models(args) -> list[dict]:
         hf = statistics.median(times[names[0]])
         for n in names:
             seconds = times[n]
-            results.append(dict(part="model", dtype=dtype_name, variant=n, vs_hf=round(hf / statistics.median(seconds), 3),
+            results.append(dict(part="model", dtype=dtype_name, variant=n,
+                                vs_hf=round(hf / statistics.median(seconds), 3),
                                 tokens_per_s=round(BATCH * SEQ / statistics.median(seconds), 1),
-                                tokens_per_s_range=[round(BATCH * SEQ / max(seconds)), round(BATCH * SEQ / min(seconds))],
+                                tokens_per_s_range=[round(BATCH * SEQ / max(seconds)),
+                                                    round(BATCH * SEQ / min(seconds))],
                                 parameter_tensors=sum(1 for _ in models[n].parameters())))
             print(f"[model {dtype_name}] {n}: {results[-1]['tokens_per_s']:.0f} tokens/s forward+backward", flush=True)
         del models

@@ -57,9 +57,10 @@ REDUCE_BUCKET_FLOOR = 10_000_000
 
 def zero_sizes(stage: int, hidden_size: int, layer_parameters: int) -> dict:
     """ZeRO buffer sizes (in elements) for a model: the rules of Hugging Face's DeepSpeed integration for its "auto"
-    values (reduce buckets of hidden^2, here at least REDUCE_BUCKET_FLOOR, prefetch 0.9 hidden^2, parameters under 10 x hidden stay whole on every rank), and
-    at most two decoder layers' parameters gathered at once under ZeRO-3. DeepSpeed's own defaults (5e8-element
-    buckets, 1e9 live parameters) are sized for billions of parameters: at 120M they are most of a rank's memory."""
+    values (reduce buckets of hidden^2, here at least REDUCE_BUCKET_FLOOR, prefetch 0.9 hidden^2, parameters under
+    10 x hidden stay whole on every rank), and at most two decoder layers' parameters gathered at once under ZeRO-3.
+    DeepSpeed's own defaults (5e8-element buckets, 1e9 live parameters) are sized for billions of parameters: at 120M
+    they are most of a rank's memory."""
     if stage == 0:
         return {}
     # the reduce bucket has a floor: 2-rank ZeRO-3 on gloo (CPU) hung with buckets of 4096-16384 elements (tiny test
@@ -79,7 +80,7 @@ def model_sized(ds_config: dict, config) -> dict:
     follow the model as it grows."""
     zero = dict(ds_config.get("zero_optimization", {}))
     h, f = config.hidden_size, config.intermediate_size
-    attention = 2 * h * config.num_attention_heads * config.head_dim + 2 * h * config.num_key_value_heads * config.head_dim
+    attention = 2 * h * config.head_dim * (config.num_attention_heads + config.num_key_value_heads)   # q, o; k, v
     derived = zero_sizes(zero.get("stage", 0), h, attention + 3 * h * f + 2 * h)
     for key, value in derived.items():
         if zero.get(key, AUTO) == AUTO:

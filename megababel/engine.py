@@ -166,7 +166,7 @@ class GrowingEngine:
         # under TP both zero.Init and initialize need the layout (mpu): without it they partition and reduce
         # over the wrong ranks, silently
         parallel = dict(data_parallel_group=self.tp.dp_group, mpu=self.tp) if self.tp else {}
-        self.built_ds_config = ds_config = model_sized(self.ds_config, config)     # ZeRO buffers for this size
+        ds_config = model_sized(self.ds_config, config)     # ZeRO buffer sizes for this size of model
         with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=self.zero_stage == 3, **parallel):
             model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values, tp=self.tp)
         model.activation_checkpointing = self.activation_checkpointing
@@ -289,10 +289,11 @@ class GrowingEngine:
         gradient_accumulation_steps micro-batches of train_micro_batch_size_per_gpu (DeepSpeed scales each loss by
         1/accumulation and steps the optimizer at the last one). Returns the loss averaged over micro-batches and
         ranks."""
-        micro, accumulation = self.ds_config["train_micro_batch_size_per_gpu"], self.engine.gradient_accumulation_steps()
+        micro = self.engine.train_micro_batch_size_per_gpu()
+        accumulation = self.engine.gradient_accumulation_steps()
         if inputs.shape[0] != micro * accumulation:
-            raise ValueError(f"train_step got {inputs.shape[0]} sequences; the engine takes {accumulation} micro-batches "
-                             f"of {micro}")
+            raise ValueError(f"train_step got {inputs.shape[0]} sequences; the engine takes {accumulation} "
+                             f"micro-batches of {micro}")
         self.set_lr(step)
         losses = []
         for first in range(0, inputs.shape[0], micro):

@@ -5,7 +5,8 @@
     result = trainer.fit()     # data, vocabulary switches, LR per generation, growth when due, eval, checkpoints
 
 What it owns: the data of the current vocabulary stage (switched at a vocabulary growth, same documents, same
-fraction of the epoch), the learning rate of every generation (engine.set_lr, from the schedule), growth when due
+fraction of the epoch), the global batch of each stage (gradient accumulation derived from its global_batch_tokens,
+the micro batch and the data-parallel size; the loader keeps its position when the batch changes), the learning rate of every generation (engine.set_lr, from the schedule), growth when due
 (`at_step <= step`: a due growth is never skipped), validation, checkpoints (every N steps, after growth, on
 SIGUSR1/SIGTERM), the NaN guard, and the run record a resume must match. What it leaves to callbacks: logging,
 progress bars, plots, benchmark measurements (`Callback`).
@@ -280,9 +281,9 @@ class Trainer:
                 if generation == 0 else f"growth {generation - 1}.global_batch_tokens"
             nearest = max(unit, round(tokens / unit) * unit)
             raise ConfigError(f"{where} {tokens} is not a whole number of micro-batches: --micro-batch-size "
-                              f"{run.micro_batch_size} x {self.dp_world} data-parallel rank(s) x --seq-len {run.seq_len} "
-                              f"= {unit} tokens per micro-step; use a multiple of {unit} (e.g. {nearest}) or change "
-                              f"--micro-batch-size / --seq-len")
+                              f"{run.micro_batch_size} x {self.dp_world} data-parallel rank(s) x --seq-len "
+                              f"{run.seq_len} = {unit} tokens per micro-step; use a multiple of {unit} (e.g. "
+                              f"{nearest}) or change --micro-batch-size / --seq-len")
         return tokens // run.seq_len, tokens // unit
 
     def _rank_batch(self, generation: int) -> int:
