@@ -11,6 +11,7 @@ Values are mean +- standard deviation over seeds (min..max for the saving).
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -123,6 +124,9 @@ def common_seeds(by_name: dict, names) -> set:
 
 def load(out: Path):
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    if not (out / "tuned_lr.json").is_file():
+        sys.exit(f"{out / 'tuned_lr.json'} is missing: the report compares runs at the tuned scratch learning rate; "
+                 f"run bench/growth_vs_scratch.py (it tunes first) with --out {out}")
     tuned = json.loads((out / "tuned_lr.json").read_text())
     return runs, tuned
 

@@ -92,3 +92,9 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_report_without_a_tuned_learning_rate_says_what_to_run(partial_bench):
+    (partial_bench / "tuned_lr.json").unlink()
+    with pytest.raises(SystemExit, match="tuned_lr.json is missing: .* run bench/growth_vs_scratch.py"):
+        growth_report.write_report(partial_bench)
