@@ -128,6 +128,12 @@ def test_a_growing_global_batch_accumulates_and_resumes_exactly(distributed_env,
         assert all(resumed.losses[s] == whole.losses[s] for s in range(step, 16)), (step, whole.losses,
                                                                                    resumed.losses)
         assert resumed.tokens[15] == whole.tokens[15]
+    # the same global batch from smaller micro-batches (twice the accumulation): the same sequences, so the same run
+    # up to summation order
+    smaller = fit_batches(tmp_path / "micro1", micro_batch_size=1, resume=next(
+        (tmp_path / "whole/checkpoints").glob("step_00000008_*")))
+    assert [smaller.accumulation[s] for s in (8, 11)] == [4, 8]
+    assert all(abs(smaller.losses[s] - whole.losses[s]) <= 1e-5 * whole.losses[s] for s in range(8, 16))
 
 
 def test_a_global_batch_that_is_not_whole_micro_batches_is_refused(distributed_env, tmp_path):
