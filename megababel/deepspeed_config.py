@@ -48,6 +48,7 @@ def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: in
             raise ValueError("--offload-optimizer needs ZeRO stage 1, 2 or 3")
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
         config["optimizer"]["params"].pop("torch_adam", None)  # DeepSpeedCPUAdam
+        config["optimizer"]["params"].pop("fused", None)       # a torch.optim.AdamW option it does not take
     return config
 
 

@@ -210,11 +210,15 @@ class GrowingEngine:
                         key = self._masters.get(id(p), p)
                         # on the parameter's device: Adam's state must live where the parameter does
                         direct[key] = tuple(m.reshape(p.shape).to(key.device, key.dtype) for m in saved)
+        # torch's fused AdamW (one pass per tensor, the templates' choice) keeps each step count on its parameter's
+        # device; the other implementations keep it on the CPU
+        fused = bool(getattr(inner, "defaults", {}).get("fused"))
         for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
             step = float(steps.get((info.generation, info.decay), 0))
             for flat in flats:
                 exp_avg, exp_avg_sq = direct.get(flat) or (torch.zeros_like(flat), torch.zeros_like(flat))
-                inner.state[flat] = dict(step=torch.tensor(step), exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+                inner.state[flat] = dict(step=torch.tensor(step, device=flat.device if fused else "cpu"),
+                                         exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
         self._link_optimizer_state()
         with torch.no_grad():
             for (path, tensor) in self.model.growable_layers():
