@@ -130,3 +130,25 @@ def test_zero3_growth_spreads_its_memory_over_ranks():
     for rank in two:
         extra = rank["peak_rss_during_growth_mb"] - rank["steady_rss_mb"]
         assert extra < extra_one - adam_and_weights_mb / 4, (extra, extra_one, adam_and_weights_mb)
+
+
+SHM_PROBE = """
+import os, torch
+from megababel.parallel import all_reduce, init_distributed
+os.environ["LOCAL_SIZE"] = os.environ["WORLD_SIZE"]     # as the deepspeed launcher sets it: all ranks on one host
+init_distributed()
+assert all_reduce(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]
+print("PORT", os.environ["MASTER_PORT"])
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_no_shared_memory_left_behind_by_a_run(tmp_path):
+    """Under the deepspeed launcher, DeepSpeed's CPU backend leaves a 67 MB /dev/shm workspace per rank unless
+    megababel unlinks it (RAM lost until reboot, run after run)."""
+    script = tmp_path / "probe.py"
+    script.write_text(SHM_PROBE)
+    logs = run_local_ranks(2, [script])
+    port = logs[0].split("PORT")[1].split()[0]
+    left = [name for name in os.listdir("/dev/shm") if name.startswith("deepspeed_allreduce_buffer") and f"_{port}_" in name]
+    assert not left, left

@@ -34,7 +34,24 @@ def init_distributed():
     import deepspeed
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        _unlink_shm_workspace()
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_workspace():
+    """DeepSpeed's CPU backend maps a 67 MB shared-memory all-reduce workspace per rank, named after MASTER_ADDR and
+    MASTER_PORT, and never unlinks it: every run left ~67 MB per rank in /dev/shm (RAM) until reboot. Once every
+    rank has mapped every workspace (the barrier), the names can go; the mappings live until the processes exit."""
+    path = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+            f"{os.environ['MASTER_PORT']}_{dist.get_rank()}")
+    if dist.get_backend() != "gloo":
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()            # on every rank, file or not: a barrier some ranks skip would hang
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def comm_device() -> torch.device:
