@@ -1,17 +1,17 @@
 """DeepSpeed engines for a growing model: ZeRO 0-3, per-generation param groups, growth with Adam state carried.
 
 A growth event cannot reshape partitioned parameters in place (DeepSpeed's safe_set_full_fp32_param asserts the old
-numel), so it rebuilds:
-  1. gather every block's fp32 master weight and Adam moments, and each param group's step (collectives: every
-     rank, same order) into a plain CPU model with the same block layout;
+numel), so it rebuilds (sharded_growth.py):
+  1. each rank copies out its own pieces of every block's fp32 master weight and Adam moments (its ZeRO partition
+     or fragment of its tensor-parallel shard), and each param group's step;
   2. release the old engine (engine.destroy() leaks the model through hooks and caches: removed here);
-  3. grow the CPU model (old blocks keep their Parameter identity, so their moments follow them);
-  4. build the grown model under zero.Init with its weights set inside each layer's __init__ (writing only the fp32
-     masters after initialize would leave the working copy stale: a silent loss jump), then deepspeed.initialize
-     with one decayed and one undecayed param group per generation;
-  5. create the optimizer state (DeepSpeed creates it lazily, at the first step), write the fp32 masters, the old
-     blocks' moments and the groups' steps (a new generation's groups start at step 0, so Adam's bias correction
-     treats them as fresh).
+  3. build the grown model under zero.Init with its weights set inside each layer's __init__ (writing only the fp32
+     masters after initialize would leave the working copy stale: a silent loss jump), one tensor at a time: the
+     ranks assemble the old tensor from their pieces, grow it (growth.GrowthStep) and keep their part; then
+     deepspeed.initialize with one decayed and one undecayed param group per generation;
+  4. create the optimizer state (DeepSpeed creates it lazily, at the first step), write the fp32 masters, the old
+     blocks' moments (old blocks keep their index) and the groups' steps (a new generation's groups start at
+     step 0, so Adam's bias correction treats them as fresh).
 DeepSpeed's default gradient_clipping is 1.0, so the configs set it explicitly (deepspeed_config.py).
 Engine counters (global_steps, global_samples) carry over.
 """
@@ -25,10 +25,11 @@ import torch.distributed as dist
 from .config import LlamaConfig
 from .deepspeed_compat import check_deepspeed, clear_params_to_release_cache
 from .deepspeed_config import model_sized
-from .growth import GrowthEvent, grow
-from .model import UNINITIALISED, Llama
+from .growth import GrowthEvent, GrowthStep
+from .model import Llama
+from .sharded_growth import GrownState, LocalPieces
 from .state import EngineState, GroupInfo
-from .parallel.distributed import all_reduce, broadcast
+from .parallel.distributed import all_reduce
 from .parallel.tensor_parallel import block_shard, merge_layer_state, shard_of, unflagged_shards
 
 def _inner(optimizer):
@@ -84,51 +85,6 @@ def release_engine(engine):
     parameter_offload.FWD_MODULE_STACK.clear()
     clear_params_to_release_cache()
     gc.collect()
-
-
-class _FullTensors:
-    """{path: full tensor} of a model, assembled on access (one at a time, not all at once)."""
-
-    def __init__(self, model: Llama):
-        self.tensors = dict(model.growable_layers())
-
-    def get(self, path, default=None):
-        return self.tensors[path].full_tensor() if path in self.tensors else default
-
-    def __getitem__(self, path):
-        return self.tensors[path].full_tensor()
-
-
-class _ShardedMoments:
-    """Adam moments of the old blocks, spread over the data-parallel ranks while a growth rebuilds the engine:
-    block k is kept by rank k % world only, and broadcast by its keeper when the new engine asks for it (one block
-    at a time, every rank asking in the same order). So no rank holds the whole Adam state next to the model."""
-
-    def __init__(self):
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        self.world = dist.get_world_size() if dist.is_initialized() else 1
-        self.keeper, self.shape, self.kept = {}, {}, {}
-
-    def add(self, key, index: int, pair, shape):
-        self.keeper[key], self.shape[key] = index % self.world, tuple(shape)
-        if self.keeper[key] == self.rank:
-            self.kept[key] = pair
-
-    def rekey(self, mapping: dict):
-        """Rename keys (old key -> new key); keys not in `mapping` are dropped."""
-        for table in (self.keeper, self.shape, self.kept):
-            renamed = {mapping[k]: v for k, v in table.items() if k in mapping}
-            table.clear()
-            table.update(renamed)
-
-    def get(self, key, default=None):
-        if key not in self.keeper:
-            return default
-        if self.world == 1:
-            return self.kept[key]
-        pair = torch.stack(self.kept[key]) if self.keeper[key] == self.rank else torch.empty((2,) + self.shape[key])
-        pair = broadcast(pair, src=self.keeper[key])
-        return pair[0], pair[1]
 
 
 class GrowingEngine:
@@ -390,42 +346,29 @@ class GrowingEngine:
     def grow(self, growth, step: int, ds_config: dict | None = None) -> int:
         """Apply `growth` (a schedule.Growth: event + the new generation's lr, warm-up and optimizer_state; or a bare
         GrowthEvent with the schedule's defaults) at `step`; `ds_config`: the grown engine's, when it changes (e.g.
-        the gradient accumulation of a new global batch). Collective. Peak memory per rank: the fp32 weights (a
-        CPU model to grow) plus 2/world of the Adam state. optimizer_state "reset": every parameter, old or new,
-        starts from a fresh Adam state (zero moments, step 0)."""
+        the gradient accumulation of a new global batch). Collective. No rank holds the whole model or Adam state
+        (sharded_growth.py): peak per rank is the grown engine plus this rank's pieces of the old state plus one
+        full tensor. optimizer_state "reset": every parameter, old or new, starts from a fresh Adam state (zero
+        moments, step 0)."""
         if isinstance(growth, GrowthEvent):
             event, lr, warmup, reset_optimizer = growth, self.schedule.lr, self.schedule.warmup_steps, False
         else:
             event, lr, warmup = growth.event, growth.lr, growth.warmup_steps
             reset_optimizer = growth.optimizer_state == "reset"
-        config, generation = self.model.config, self.model.generation
-        host = Llama(config, layout=self.model.block_layout(), generation=generation, values=UNINITIALISED)
-        host_tensors = dict(host.growable_layers())
-        moments, count = _ShardedMoments(), 0
-        with torch.no_grad():
-            for path, full, pairs in self.iter_state():      # one tensor at a time into the CPU model
-                for block in host_tensors[path].blocks():
-                    block.copy_(full[block.block_meta.slices])
-                for index, pair in ({} if reset_optimizer else pairs).items():
-                    moments.add((path, index), count, pair, pair[0].shape)
-                    count += 1
+        plan = GrowthStep(self.model.config, self.model.block_layout(), self.model.generation, event, seed=self.seed)
+        old = LocalPieces(self, moments=not reset_optimizer)
         steps = {} if reset_optimizer else self.group_steps()
-        # moments follow their Parameter through growth: old blocks keep their identity, layers may be renumbered
-        old_keys = {p: (path, i) for path, t in host.growable_layers() for i, p in enumerate(t.blocks())}
         counters = self.counters()
         if ds_config is not None:
             self.ds_config = ds_config
         release_engine(self.engine)
         self.engine = self.model = None
         gc.collect()
-        new_generation = grow(host, event, seed=self.seed)
-        self.groups += [GroupInfo(new_generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
-        moments.rekey({old_keys[p]: (path, i) for path, t in host.growable_layers()
-                       for i, p in enumerate(t.blocks()) if p in old_keys})
-        layout, new_config = host.block_layout(), host.config
-        del old_keys
-        self._build(new_config, layout, _FullTensors(host), new_generation, moments, steps, counters)
-        del host, moments
+        _return_freed_memory()
+        self.groups += [GroupInfo(plan.generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
+        grown = GrownState(old, plan)
+        self._build(plan.new, plan.layout, grown, plan.generation, grown.moments, steps, counters)
+        del grown, old
         gc.collect()
         _return_freed_memory()
-        return new_generation
+        return plan.generation

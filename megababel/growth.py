@@ -36,14 +36,16 @@ New random weights use normal(0, init_std), init_std defaulting to config.initia
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+import re
+import zlib
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
 from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
-from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableLayer, growable_layers
-from .model import DecoderLayer, Llama
+from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableLayer, grown_layout
+from .model import Builder, DecoderLayer, Llama
 
 WIDTH_INITS = ("split", "zero")
 UNIT_INITS = ("pairs", "zero")
@@ -343,74 +345,131 @@ def _apply_plans(tensor: GrowableLayer, full: torch.Tensor, plans: dict, rng: to
     return full
 
 
-def _new_layer(config: LlamaConfig, mode: str, std: float, rng: torch.Generator, generation: int,
-               source: DecoderLayer | None) -> DecoderLayer:
-    """A new decoder layer: an exact identity ("identity", "zero") or a copy of `source` ("copy")."""
-    layer = DecoderLayer(config)
-    with torch.no_grad():
-        if mode == "copy":
-            for (_, dst), (_, src) in zip(growable_layers(layer), growable_layers(source)):
-                (block,) = dst.blocks()
-                block.copy_(src.full_tensor())
-        else:
-            # grow every tensor from zero heads / zero FFN units with the pairs (or zero) rule
-            identity = mode == "identity"
-            q_groups, kv_groups = head_groups(0, config.num_attention_heads, 0, config.num_key_value_heads) \
-                if identity else ([], [])
-            unit_mode = "pairs" if identity else "zero"
-            plans = {
-                "q_heads": UnitPlan(0, config.num_attention_heads, config.head_dim, unit_mode, std, q_groups),
-                "kv_heads": UnitPlan(0, config.num_key_value_heads, config.head_dim, unit_mode, std, kv_groups),
-                "ffn": UnitPlan(0, config.intermediate_size, 1, unit_mode, std,
-                                _ffn_groups(0, config.intermediate_size) if identity else []),
-            }
-            for _, tensor in growable_layers(layer):
-                (block,) = tensor.blocks()
-                if isinstance(tensor, GrowableRMSNorm):
-                    block.fill_(1.0)
-                else:
-                    empty = torch.empty([0 if a in plans else s for a, s in zip(tensor.axes, tensor.full_shape)])
-                    block.copy_(_apply_plans(tensor, empty, plans, rng))
-    for _, tensor in growable_layers(layer):
-        (block,) = tensor.blocks()
-        block.block_meta = replace(block.block_meta, generation=generation)
-    return layer
+def _tensor_rng(seed: int, generation: int, path: str) -> torch.Generator:
+    """The generator of one tensor's new random values, keyed by (seed, generation, path): a tensor grows the same
+    whichever rank grows it and whatever else is grown before it, so ranks can grow their own tensors one at a
+    time and still match the unsharded growth bit for bit."""
+    key = ((seed * 1_000_003 + generation) * (1 << 32) + zlib.crc32(path.encode())) % (1 << 63)
+    return torch.Generator().manual_seed(key)
+
+
+def _skeleton(config: LlamaConfig, layout: dict | None, generation: int) -> Llama:
+    """The model's structure on the meta device: paths, axes, shapes and block layout, no memory."""
+    from .model import UNINITIALISED
+    with torch.device("meta"):
+        return Llama(config, layout=layout, generation=generation, values=UNINITIALISED)
+
+
+_LAYER_PATH = re.compile(r"layers\.(\d+)\.(.*)")
+
+
+class GrowthStep:
+    """One growth event planned for a model given by its config, block layout and generation, applied one tensor at
+    a time: `grown(path, fetch)` is the grown model's full tensor at `path`, from the old model's tensors that
+    `fetch(old_path)` supplies. The plan itself holds no tensor of the model, so a rank can grow the tensors it needs
+    (its shard of them) in turn without ever holding the whole model; grow() below applies it to a whole model.
+
+    `paths`: the grown model's tensors in module order; `layout`: their block layouts; `origin[path]`: the old
+    tensor it grows from (None: a tensor of a new layer); `old_block(path, i)`: the old (path, block) that block i
+    is (old blocks keep their index and their Adam state), or None for a new block."""
+
+    def __init__(self, config: LlamaConfig, layout: dict, generation: int, event: GrowthEvent, seed: int = 0):
+        self.old, self.new = config, check_growth(config, event)
+        self.event, self.seed, self.generation = event, seed, generation + 1
+        self.std = event.init_std if event.init_std is not None else config.initializer_range
+        self.plans = _axis_plans(self.old, self.new, event, self.std)
+        self.old_tensors = dict(_skeleton(config, layout, generation).growable_layers())
+        self.tensors = dict(_skeleton(self.new, None, self.generation).growable_layers())
+        self.paths = list(self.tensors)
+
+        # which old layer each new layer is (None: new), and which grown layer a depth_init="copy" layer copies
+        old_layers, new_layers = config.num_hidden_layers, self.new.num_hidden_layers
+        layer_origin, copies = list(range(old_layers)), {}
+        if new_layers > old_layers:
+            positions = _final_positions(event, old_layers, new_layers)
+            sources = event.copy_from
+            if sources is None:  # stack: cycle through the old layers in order when appending, else the one before
+                sources = [max(p - k - 1, 0) if event.layer_positions != "append" else k % old_layers
+                           for k, p in enumerate(positions)]
+            remaining = iter(range(old_layers))
+            layer_origin = [None if i in positions else next(remaining) for i in range(new_layers)]
+            if event.depth_init == "copy":
+                copies = dict(zip(positions, (layer_origin.index(src) for src in sources)))
+        self.origin, self.copy_of, self.layout = {}, {}, {}
+        for path, tensor in self.tensors.items():
+            match = _LAYER_PATH.fullmatch(path)
+            origin = path
+            if match:
+                index, rest = int(match.group(1)), match.group(2)
+                origin = None if layer_origin[index] is None else f"layers.{layer_origin[index]}.{rest}"
+                if index in copies:
+                    self.copy_of[path] = f"layers.{copies[index]}.{rest}"
+            self.origin[path] = origin
+            if origin is None:
+                self.layout[path] = [((0,) * len(tensor.full_shape), tensor.full_shape, self.generation)]
+            else:
+                old = self.old_tensors[origin]
+                self.layout[path] = grown_layout(old.layout(), old.full_shape, tensor.full_shape, self.generation)
+
+    def old_block(self, path: str, index: int) -> tuple[str, int] | None:
+        origin = self.origin[path]
+        if origin is None or index >= len(self.old_tensors[origin].layout()):
+            return None
+        return origin, index
+
+    def grown(self, path: str, fetch) -> torch.Tensor:
+        """The grown model's full fp32 tensor at `path`; fetch(old_path) gives an old full tensor (it is called for
+        the one old tensor this one grows from, if any)."""
+        rng = _tensor_rng(self.seed, self.generation, path)
+        origin, tensor = self.origin[path], self.tensors[path]
+        if origin is not None:
+            return _apply_plans(self.old_tensors[origin], fetch(origin), self.plans, rng).contiguous()
+        if path in self.copy_of:          # G_stack-style: a copy of an existing layer, as grown
+            return self.grown(self.copy_of[path], fetch)
+        if isinstance(tensor, GrowableRMSNorm):
+            return torch.ones(tensor.full_shape)
+        # a new layer is grown from zero heads / zero FFN units with the pairs (or zero) rule
+        config, identity = self.new, self.event.depth_init == "identity"
+        q_groups, kv_groups = head_groups(0, config.num_attention_heads, 0, config.num_key_value_heads) \
+            if identity else ([], [])
+        unit_mode = "pairs" if identity else "zero"
+        plans = {
+            "q_heads": UnitPlan(0, config.num_attention_heads, config.head_dim, unit_mode, self.std, q_groups),
+            "kv_heads": UnitPlan(0, config.num_key_value_heads, config.head_dim, unit_mode, self.std, kv_groups),
+            "ffn": UnitPlan(0, config.intermediate_size, 1, unit_mode, self.std,
+                            _ffn_groups(0, config.intermediate_size) if identity else []),
+        }
+        empty = torch.empty([0 if a in plans else n for a, n in zip(tensor.axes, tensor.full_shape)])
+        return _apply_plans(tensor, empty, plans, rng).contiguous()
 
 
 @torch.no_grad()
 def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
-    """Apply `event` to `model` in place (validated first: nothing changes if it is invalid).
+    """Apply `event` to `model` in place (validated first: nothing changes if it is invalid): the unsharded
+    growth, the reference that sharded growth (engine.py) matches bit for bit.
 
     Returns the new generation number. Old parameters keep their identity; new regions become new parameters
-    tagged with the new generation. New random values come from a generator seeded by (seed, generation), so every
-    data-parallel rank that calls grow() with the same seed builds the same model."""
-    old, new = model.config, check_growth(model.config, event)
-    generation = model.generation + 1
-    std = event.init_std if event.init_std is not None else old.initializer_range
-    rng = torch.Generator().manual_seed(seed * 1_000_003 + generation)
-
-    plans = _axis_plans(old, new, event, std)
-    for _, tensor in model.growable_layers():
-        full = _apply_plans(tensor, tensor.full_tensor(), plans, rng)
-        if tuple(full.shape) != tensor.full_shape:
-            tensor.grow_to(full, generation)
-
-    if new.num_hidden_layers > old.num_hidden_layers:
-        positions = _final_positions(event, old.num_hidden_layers, new.num_hidden_layers)
+    tagged with the new generation. New random values come from generators keyed by (seed, generation, tensor), so
+    every rank that calls grow() with the same seed builds the same model."""
+    step = GrowthStep(model.config, model.block_layout(), model.generation, event, seed)
+    old = dict(model.growable_layers())
+    like = model.norm.blocks()[0]
+    grown = {path: step.grown(path, lambda origin: old[origin].full_tensor().float()) for path in step.paths}
+    for path in step.paths:
+        origin = step.origin[path]
+        if origin is not None and tuple(grown[path].shape) != old[origin].full_shape:
+            old[origin].grow_to(grown[path].to(like.dtype), step.generation)
+    if step.new.num_hidden_layers > step.old.num_hidden_layers:
+        build = Builder(step.new, layout=step.layout, values=grown)
         old_layers = list(model.layers)
-        sources = event.copy_from
-        if sources is None:  # stack: cycle through the old layers in order when appending, else the one before
-            sources = [max(p - k - 1, 0) if event.layer_positions != "append" else k % old.num_hidden_layers
-                       for k, p in enumerate(positions)]
-        like = model.norm.blocks()[0]
-        new_layers = iter([_new_layer(new, event.depth_init, std, rng, generation,
-                                      old_layers[src] if event.depth_init == "copy" else None
-                                      ).to(device=like.device, dtype=like.dtype)
-                           for src in sources])
-        remaining = iter(old_layers)
-        model.layers = nn.ModuleList(next(new_layers) if i in positions else next(remaining)
-                                     for i in range(new.num_hidden_layers))
-
-    model.config = new
-    model.generation = generation
-    return generation
+        layers = []
+        for index in range(step.new.num_hidden_layers):
+            origin = step.origin[f"layers.{index}.input_layernorm"]
+            if origin is None:
+                layers.append(DecoderLayer(step.new, build, f"layers.{index}").to(device=like.device, dtype=like.dtype))
+            else:
+                layers.append(old_layers[int(_LAYER_PATH.fullmatch(origin).group(1))])
+        model.layers = nn.ModuleList(layers)
+    model.config = step.new
+    model.generation = step.generation
+    return step.generation

@@ -98,7 +98,7 @@ class GrowableLayer(nn.Module):
     def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int) -> nn.Parameter:
         data = data.detach()
         if data._base is not None or not data.is_contiguous():   # a view of someone else's tensor: own a copy
-            data = data.clone()
+            data = data.clone(memory_format=torch.contiguous_format)     # (clone() would keep a transposed layout)
         param = nn.Parameter(data)
         param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes)
         if self.tp_split is not None:    # the flags DeepSpeed reads (gradient norm, checkpoints), plus our split
@@ -163,15 +163,8 @@ class GrowableLayer(nn.Module):
         for param in self.blocks():
             param.copy_(new_full[param.block_meta.slices])
         self._set_full_shape(new_shape)
-        for dim, (old, new) in enumerate(zip(old_shape, new_shape)):
-            if new == old:
-                continue
-            # L-decomposition: along `dim` the new range, before it the old extent, after it the new extent.
-            region = tuple(slice(0, old_shape[d]) if d < dim else slice(old, new) if d == dim else slice(0, new_shape[d])
-                           for d in range(len(new_shape)))
-            offset = tuple(r.start for r in region)
-            if new_full[region].numel():
-                self._add_block(new_full[region], offset, generation)
+        for region in new_regions(old_shape, new_shape):
+            self._add_block(new_full[region], tuple(r.start for r in region), generation)
 
     @torch.no_grad()
     def consolidate(self, generations: list[int] | None = None):
@@ -211,6 +204,27 @@ class GrowableLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.full_shape}, axes={self.axes}, blocks={len(self._block_names)}"
+
+
+def new_regions(old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """The regions a tensor growing from `old_shape` to `new_shape` adds, one block each: along each growing dim the
+    new range, before it the old extent, after it the new extent (an L-shape for a 2-D tensor)."""
+    regions = []
+    for dim, (old, new) in enumerate(zip(old_shape, new_shape)):
+        region = tuple(slice(0, old_shape[d]) if d < dim else slice(old, new) if d == dim else slice(0, new_shape[d])
+                       for d in range(len(new_shape)))
+        if new > old and all(r.stop > r.start for r in region):
+            regions.append(region)
+    return regions
+
+
+def grown_layout(layout: list[tuple], old_shape: tuple[int, ...], new_shape: tuple[int, ...],
+                 generation: int) -> list[tuple]:
+    """The block layout (see GrowableLayer.layout) of a tensor after grow_to(new_shape): old blocks, then one new
+    block of `generation` per new region."""
+    added = [(tuple(r.start for r in region), tuple(r.stop - r.start for r in region), generation)
+             for region in new_regions(old_shape, new_shape)]
+    return [tuple(block) for block in layout] + added
 
 
 def growable_layers(module: nn.Module):

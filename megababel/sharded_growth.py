@@ -1,0 +1,177 @@
+"""Growth of a sharded engine: no rank ever holds the whole model or the whole Adam state.
+
+Before the old engine is released, each rank copies out only its own pieces of every block's fp32 master weight and
+Adam moments (`LocalPieces`): its ZeRO-3 partition, its ZeRO-1/2 fragment, or at ZeRO-0 the block itself, each
+within its tensor-parallel shard. The grown engine is then built and filled one tensor at a time (`GrownState`):
+the ranks assemble ONE old tensor from their pieces (the collective the growth math needs: a new row may copy any
+old row, the vocabulary mean reads every old row), grow it with growth.GrowthStep (random values keyed by tensor,
+so every rank computes the same values as the unsharded growth), and each keeps its part of the result. An old
+block's moments move to the same block of the grown model.
+
+Peak per rank: the grown engine, plus this rank's pieces of the old state (1/DP of it under ZeRO-3), plus one full
+tensor (and its moments) in flight.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .growth import GrowthStep
+from .parallel.distributed import all_gather, all_reduce
+from .parallel.tensor_parallel import merge_layer_state
+
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class _Piece:
+    """This rank's part of one block (within its tensor-parallel shard): `tensors` {"value" | moment: flat tensor}.
+    kind "whole": the block itself (ZeRO-0); "partition": a ZeRO-3 partition, rank r holding flat elements
+    [r * size, (r + 1) * size) padded; "fragment": a ZeRO-1/2 fragment starting at flat element `start` (or none)."""
+    kind: str
+    shape: tuple
+    tensors: dict
+    group: object = None
+    start: int = 0
+
+    def gather(self, key: str) -> torch.Tensor | None:
+        """The block's `key` tensor over the data-parallel ranks (collective for "partition" and "fragment")."""
+        numel = math.prod(self.shape)
+        if self.kind == "whole":
+            local = self.tensors.get(key)
+            return None if local is None else local.reshape(self.shape)
+        if self.kind == "partition":
+            if key not in self.tensors:
+                return None
+            return torch.cat(all_gather(self.tensors[key], group=self.group))[:numel].view(self.shape)
+        flat = torch.zeros(numel)
+        if key in self.tensors:
+            flat[self.start:self.start + self.tensors[key].numel()] = self.tensors[key]
+        return all_reduce(flat, group=self.group).view(self.shape)
+
+
+@dataclass
+class _TensorMeta:
+    """What is left of an old growable layer once its engine is gone: enough to reassemble and TP-merge it."""
+    tp_split: object
+    local_shape: tuple
+    slices: list
+
+
+class LocalPieces:
+    """This rank's pieces of every block of a GrowingEngine's fp32 masters and (unless `moments` is False) Adam
+    moments. Built while the engine is alive; holds copies (or, at ZeRO-0, the tensors themselves), so the engine
+    can then be released."""
+
+    def __init__(self, engine, moments: bool = True):
+        from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_optimizer_state
+        self.tp = engine.tp
+        self.meta, self.pieces = {}, {}
+        self.moments_kept = moments
+        engine._link_optimizer_state()
+        inner = getattr(engine.engine.optimizer, "optimizer", engine.engine.optimizer)
+        for path, tensor in engine.model.growable_layers():
+            self.meta[path] = _TensorMeta(tensor.tp_split, tensor.full_shape,
+                                          [p.block_meta.slices for p in tensor.blocks()])
+            for index, p in enumerate(tensor.blocks()):
+                shape = tuple(p.block_meta.shape)
+                if hasattr(p, "ds_id"):                      # ZeRO-3: this rank's partition of the block
+                    tensors = dict(value=safe_get_local_fp32_param(p).detach().float().clone())
+                    for key in MOMENTS if moments else ():
+                        try:
+                            tensors[key] = safe_get_local_optimizer_state(p, key).detach().float().clone()
+                        except KeyError:                     # no optimizer step yet: no state
+                            pass
+                    piece = _Piece("partition", shape, tensors, group=p.ds_process_group)
+                elif hasattr(p, "_hp_mapping"):              # ZeRO-1/2: this rank's fragment, if it holds one
+                    tensors, start, mapping = {}, 0, p._hp_mapping
+                    if mapping is not None:
+                        start = mapping.lp_fragment_address.start
+                        tensors["value"] = mapping.get_hp_fragment().detach().float().clone()
+                        for key in MOMENTS if moments else ():
+                            if key in (mapping.optim_fragment or {}):
+                                tensors[key] = mapping.get_hp_fragment(key).detach().float().clone()
+                    piece = _Piece("fragment", shape, tensors, group=p._dp_group, start=start)
+                else:                                        # ZeRO-0: every rank holds the block (and its master)
+                    master = engine._masters.get(id(p), p)
+                    tensors = dict(value=master.detach().float())
+                    state = inner.state.get(master, {}) if moments else {}
+                    tensors.update({key: state[key].detach().float() for key in MOMENTS if key in state})
+                    piece = _Piece("whole", shape, tensors)
+                self.pieces[(path, index)] = piece
+
+    def full(self, path: str) -> torch.Tensor:
+        """The old unsharded fp32 tensor at `path` (collective: every rank, same order)."""
+        meta = self.meta[path]
+        local = torch.empty(meta.local_shape)
+        for index, region in enumerate(meta.slices):
+            local[region] = self.pieces[(path, index)].gather("value")
+        full, _ = merge_layer_state(self.tp, _Split(meta.tp_split), local, {})
+        return full
+
+    def moments(self, path: str) -> dict:
+        """{block index: (exp_avg, exp_avg_sq)} of the old unsharded tensor at `path`, for blocks that have them
+        (collective). The pieces' moments are dropped: each old block's moments move once."""
+        meta, local = self.meta[path], {}
+        for index in range(len(meta.slices)):
+            piece = self.pieces[(path, index)]
+            pair = tuple(piece.gather(key) for key in MOMENTS)
+            for key in MOMENTS:
+                piece.tensors.pop(key, None)
+            if pair[0] is not None:
+                local[index] = pair
+        if meta.tp_split is None:
+            return local
+        _, merged = merge_layer_state(self.tp, _Split(meta.tp_split), torch.empty(meta.local_shape), local)
+        return merged
+
+
+class _Split:
+    """The one attribute merge_layer_state reads of a layer."""
+
+    def __init__(self, tp_split):
+        self.tp_split = tp_split
+
+
+class GrownState:
+    """The grown model's state as GrowingEngine._build reads it: `get(path)` / `[path]` its full fp32 tensor,
+    `moments.get((path, block))` a block's moments (None for new blocks). Each is assembled on access from the
+    ranks' LocalPieces (collective: the engine asks on every rank in the same order)."""
+
+    def __init__(self, old: LocalPieces, step: GrowthStep):
+        self.old, self.step = old, step
+        self.moments = _GrownMoments(old, step)
+
+    def get(self, path: str, default=None):
+        if path not in self.step.origin:
+            return default
+        from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
+        # called while zero.Init builds the grown model: its tensor constructors would create bf16 tensors in a
+        # bf16 run (torch.randn included); the growth math must run in fp32, as the unsharded growth does
+        shutdown_init_context()
+        try:
+            return self.step.grown(path, self.old.full)
+        finally:
+            restore_init_context()
+
+    def __getitem__(self, path: str) -> torch.Tensor:
+        return self.get(path)
+
+
+class _GrownMoments:
+    def __init__(self, old: LocalPieces, step: GrowthStep):
+        self.old, self.step = old, step
+        self.path, self.blocks = None, {}      # the old tensor whose moments are being handed out
+
+    def get(self, key, default=None):
+        path, index = key
+        if not self.old.moments_kept or path not in self.step.origin:
+            return default
+        source = self.step.old_block(path, index)
+        if source is None:
+            return default
+        if source[0] != self.path:
+            self.path, self.blocks = source[0], self.old.moments(source[0])
+        return self.blocks.pop(source[1], default)
