@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master weights (DeepSpeed)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer state in CPU memory")
+    p.add_argument("--growth-spill-dir", type=Path, default=None,
+                   help="at a growth, keep each rank's pieces of the old state in a memory-mapped file in DIR "
+                        "instead of host memory (for machines where host memory is the limit)")
     p.add_argument("--gradient-clipping", type=float, default=None, help="override the DeepSpeed config's")
     p.add_argument("--ds-config", default=None, help="DeepSpeed JSON (default: ds_configs/zero<N>.json)")
     p.add_argument("--eval-every", type=int, default=50)

@@ -139,8 +139,31 @@ def _check_zero3_release(missing: list[str]):
         missing.append("PartitionedParameterCoordinator.__params_to_release (an lru_cache)")
 
 
+def _check_local_state_access(missing: list[str]):
+    """What sharded_growth.py reads to copy out each rank's own pieces of the state, and how it steps out of
+    zero.Init's tensor-constructor patches while it grows a tensor."""
+    import deepspeed.utils
+    from deepspeed.runtime.zero import partition_parameters
+    from deepspeed.utils import mixed_precision_linkage
+    from deepspeed.utils.tensor_fragment import tensor_fragment
+    for name in ("safe_get_local_fp32_param", "safe_get_local_optimizer_state"):
+        if not callable(getattr(deepspeed.utils, name, None)):
+            missing.append(f"deepspeed.utils.{name}")
+    for name in ("shutdown_init_context", "restore_init_context"):
+        if not callable(getattr(partition_parameters, name, None)):
+            missing.append(f"deepspeed.runtime.zero.partition_parameters.{name}")
+    if not re.search(r"\._dp_group\s*=", _source(mixed_precision_linkage)):
+        missing.append("parameter attribute _dp_group (assigned in deepspeed.utils.mixed_precision_linkage)")
+    fields = getattr(tensor_fragment, "__dataclass_fields__", {})
+    for name in ("lp_fragment_address", "optim_fragment"):
+        if name not in fields:
+            missing.append(f"deepspeed.utils.tensor_fragment.tensor_fragment.{name}")
+    if not callable(getattr(tensor_fragment, "get_hp_fragment", None)):
+        missing.append("deepspeed.utils.tensor_fragment.tensor_fragment.get_hp_fragment")
+
+
 CHECKS = (_check_safe_accessors, _check_parameter_attributes, _check_zero3_optimizer, _check_hp_linking_optimizers,
-          _check_zero3_release)
+          _check_zero3_release, _check_local_state_access)
 
 
 def missing_deepspeed_internals() -> tuple[list[str], list[str]]:

@@ -94,12 +94,14 @@ class GrowingEngine:
     `GrowingEngine(config, ...)` builds a fresh model; `GrowingEngine.from_state(state, ...)` a saved or imported one
     (state.EngineState). `tp` (parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups.
     States, values and moments given and returned are always those of the unsharded model.
-    `activation_checkpointing`: recompute each decoder layer in backward (less memory, ~1/3 more compute)."""
+    `activation_checkpointing`: recompute each decoder layer in backward (less memory, ~1/3 more compute).
+    `growth_spill_dir`: during a growth, keep this rank's pieces of the old state in a memory-mapped file there
+    instead of host memory (sharded_growth.py)."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, tp=None,
-                 activation_checkpointing: bool = False, _state: EngineState | None = None):
+                 activation_checkpointing: bool = False, growth_spill_dir=None, _state: EngineState | None = None):
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
-        self.activation_checkpointing = activation_checkpointing
+        self.activation_checkpointing, self.growth_spill_dir = activation_checkpointing, growth_spill_dir
         self.zero_stage = ds_config["zero_optimization"]["stage"]
         if _state is None:
             self.groups = []
@@ -111,9 +113,10 @@ class GrowingEngine:
 
     @classmethod
     def from_state(cls, state: EngineState, ds_config: dict, schedule, seed: int = 0, tp=None,
-                   activation_checkpointing: bool = False) -> "GrowingEngine":
+                   activation_checkpointing: bool = False, growth_spill_dir=None) -> "GrowingEngine":
         return cls(state.config, ds_config, schedule, seed=seed, tp=tp,
-                   activation_checkpointing=activation_checkpointing, _state=state)
+                   activation_checkpointing=activation_checkpointing, growth_spill_dir=growth_spill_dir,
+                   _state=state)
 
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
@@ -356,7 +359,7 @@ class GrowingEngine:
             event, lr, warmup = growth.event, growth.lr, growth.warmup_steps
             reset_optimizer = growth.optimizer_state == "reset"
         plan = GrowthStep(self.model.config, self.model.block_layout(), self.model.generation, event, seed=self.seed)
-        old = LocalPieces(self, moments=not reset_optimizer)
+        old = LocalPieces(self, moments=not reset_optimizer, spill_dir=self.growth_spill_dir)
         steps = {} if reset_optimizer else self.group_steps()
         counters = self.counters()
         if ds_config is not None:

@@ -78,6 +78,21 @@ PRESETS = {
                      layer_positions="interleave"),
                 dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
                      layer_positions="interleave")]),
+    # the seed's plan for tensor parallelism 2, 4 and 8: every head count and every growth's added heads (and FFN
+    # units, vocabulary rows) divisible by 8. With the seed's head_dim 128 that needs hidden steps of 1024, so this
+    # variant uses head_dim 32; same vocabulary stages, about 2x per growth, the same 488M and 1.05B models
+    # (49M -> 103M -> 223M -> 488M -> 1.05B)
+    "seed_tp": dict(
+        model=dict(hidden_size=512, head_dim=32, num_hidden_layers=12, vocab_size=8000,
+                   max_position_embeddings=2048),
+        training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
+        growths=[dict(at_step=10_000, hidden_size=768, intermediate_size=1792, vocab_size=16000),
+                dict(at_step=25_000, hidden_size=1024, num_hidden_layers=14, intermediate_size=2304,
+                     vocab_size=32000, layer_positions="interleave"),
+                dict(at_step=45_000, hidden_size=1280, num_hidden_layers=20, intermediate_size=3584,
+                     layer_positions="interleave"),
+                dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
+                     layer_positions="interleave")]),
 }
 
 

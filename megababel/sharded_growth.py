@@ -8,15 +8,20 @@ old row, the vocabulary mean reads every old row), grow it with growth.GrowthSte
 so every rank computes the same values as the unsharded growth), and each keeps its part of the result. An old
 block's moments move to the same block of the grown model.
 
-Peak per rank: the grown engine, plus this rank's pieces of the old state (1/DP of it under ZeRO-3), plus one full
-tensor (and its moments) in flight.
+The pieces are kept in host memory (on a GPU they would compete with the grown engine for device memory). Peak per
+rank: the grown engine, plus this rank's pieces of the old state (1/DP of it under ZeRO-3, in host memory), plus
+one full tensor (and its moments) in flight. Where host memory is the limit (a CPU machine, where host memory is also the
+engine's), `spill_dir` puts the pieces in a memory-mapped file instead: the kernel can evict them.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from .growth import GrowthStep
 from .parallel.distributed import all_gather, all_reduce
@@ -60,14 +65,26 @@ class _TensorMeta:
     slices: list
 
 
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """An fp32 copy in host memory: a view into ZeRO's flat buffers would keep the whole buffer alive, and on a GPU
+    the pieces would compete with the grown engine for device memory."""
+    return tensor.detach().to("cpu", torch.float32, copy=True)
+
+
+def _on_host(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself when it is an fp32 CPU tensor (ZeRO-0 on a CPU: nothing to copy, the engine lets go of
+    it), else an fp32 copy in host memory."""
+    return tensor.detach() if tensor.device.type == "cpu" and tensor.dtype == torch.float32 else _host_copy(tensor)
+
+
 class LocalPieces:
     """This rank's pieces of every block of a GrowingEngine's fp32 masters and (unless `moments` is False) Adam
     moments. Built while the engine is alive; holds copies (or, at ZeRO-0, the tensors themselves), so the engine
     can then be released."""
 
-    def __init__(self, engine, moments: bool = True):
+    def __init__(self, engine, moments: bool = True, spill_dir: str | os.PathLike | None = None):
         from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_optimizer_state
-        self.tp = engine.tp
+        self.tp, self.spilled = engine.tp, False
         self.meta, self.pieces = {}, {}
         self.moments_kept = moments
         engine._link_optimizer_state()
@@ -78,10 +95,10 @@ class LocalPieces:
             for index, p in enumerate(tensor.blocks()):
                 shape = tuple(p.block_meta.shape)
                 if hasattr(p, "ds_id"):                      # ZeRO-3: this rank's partition of the block
-                    tensors = dict(value=safe_get_local_fp32_param(p).detach().float().clone())
+                    tensors = dict(value=_host_copy(safe_get_local_fp32_param(p)))
                     for key in MOMENTS if moments else ():
                         try:
-                            tensors[key] = safe_get_local_optimizer_state(p, key).detach().float().clone()
+                            tensors[key] = _host_copy(safe_get_local_optimizer_state(p, key))
                         except KeyError:                     # no optimizer step yet: no state
                             pass
                     piece = _Piece("partition", shape, tensors, group=p.ds_process_group)
@@ -89,18 +106,41 @@ class LocalPieces:
                     tensors, start, mapping = {}, 0, p._hp_mapping
                     if mapping is not None:
                         start = mapping.lp_fragment_address.start
-                        tensors["value"] = mapping.get_hp_fragment().detach().float().clone()
+                        tensors["value"] = _host_copy(mapping.get_hp_fragment())
                         for key in MOMENTS if moments else ():
                             if key in (mapping.optim_fragment or {}):
-                                tensors[key] = mapping.get_hp_fragment(key).detach().float().clone()
+                                tensors[key] = _host_copy(mapping.get_hp_fragment(key))
                     piece = _Piece("fragment", shape, tensors, group=p._dp_group, start=start)
                 else:                                        # ZeRO-0: every rank holds the block (and its master)
                     master = engine._masters.get(id(p), p)
-                    tensors = dict(value=master.detach().float())
+                    tensors = dict(value=_on_host(master))
                     state = inner.state.get(master, {}) if moments else {}
-                    tensors.update({key: state[key].detach().float() for key in MOMENTS if key in state})
+                    tensors.update({key: _on_host(state[key]) for key in MOMENTS if key in state})
                     piece = _Piece("whole", shape, tensors)
                 self.pieces[(path, index)] = piece
+        if spill_dir is not None:
+            self._spill(Path(spill_dir))
+
+    def _spill(self, directory: Path):
+        """Move the pieces into a file under `directory`, mapped back into memory: its pages are read on demand and,
+        being clean file pages, the kernel can evict them when the grown engine needs the memory. The file is
+        unlinked at once (the mapping keeps it until the pieces are dropped), so nothing is left behind."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        path = directory / f"megababel-growth-rank{rank}-pid{os.getpid()}.pt"
+        flat = {f"{n}/{key}": t for n, piece in enumerate(self.pieces.values()) for key, t in piece.tensors.items()}
+        try:
+            torch.save(flat, path)
+            del flat
+            for piece in self.pieces.values():
+                piece.tensors.clear()
+            loaded = torch.load(path, mmap=True, weights_only=True)
+        finally:
+            path.unlink(missing_ok=True)
+        pieces = list(self.pieces.values())
+        for name, tensor in loaded.items():
+            n, key = name.split("/")
+            pieces[int(n)].tensors[key] = tensor
+        self.spilled = True
 
     def full(self, path: str) -> torch.Tensor:
         """The old unsharded fp32 tensor at `path` (collective: every rank, same order)."""
@@ -118,6 +158,8 @@ class LocalPieces:
         for index in range(len(meta.slices)):
             piece = self.pieces[(path, index)]
             pair = tuple(piece.gather(key) for key in MOMENTS)
+            if self.spilled and pair[0] is not None:     # own memory: these may become live optimizer state
+                pair = tuple(m.clone() for m in pair)
             for key in MOMENTS:
                 piece.tensors.pop(key, None)
             if pair[0] is not None:

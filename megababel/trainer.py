@@ -18,6 +18,7 @@ sha256 of the tokenizer and vocabulary ranking; any difference is an error that 
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import time
@@ -59,6 +60,7 @@ class RunConfig:
     bf16: bool = False                        # DeepSpeed bf16: bf16 weights and compute, fp32 master weights
     offload_optimizer: bool = False
     activation_checkpointing: bool = False    # recompute each decoder layer's activations in backward
+    growth_spill_dir: Path | None = None      # at a growth, this rank's old state pieces in a mapped file there
     gradient_clipping: float | None = None    # None: the DeepSpeed config's
     ds_config: str | None = None
     seed: int = 0                             # initial weights, growth's random values and data order
@@ -85,6 +87,10 @@ class RunConfig:
         if self.gradient_clipping is not None and not (math.isfinite(self.gradient_clipping)
                                                        and self.gradient_clipping >= 0):
             raise ConfigError(f"--gradient-clipping must be a finite number >= 0, got {self.gradient_clipping}")
+        if self.growth_spill_dir is not None and not (Path(self.growth_spill_dir).is_dir()
+                                                      and os.access(self.growth_spill_dir, os.W_OK)):
+            raise ConfigError(f"--growth-spill-dir {self.growth_spill_dir}: not a writable directory (create it, on "
+                              f"a local disk with room for this rank's share of the model state)")
         if self.data is not None and not Path(self.data).is_dir():
             raise ConfigError(f"--data {self.data}: no such directory (make one with tools/preprocess_data.py)")
 
@@ -257,7 +263,8 @@ class Trainer:
         tp = TensorParallel(run.tp) if run.tp > 1 else None
         if checkpoint is None:
             self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp,
-                                        activation_checkpointing=run.activation_checkpointing)
+                                        activation_checkpointing=run.activation_checkpointing,
+                                        growth_spill_dir=run.growth_spill_dir)
             self.data = VocabData(self.data_dir, self.schedule.model.vocab_size, run, self.dp_rank, self.dp_world,
                                   self._rank_batch(0))
         else:
@@ -372,7 +379,8 @@ class Trainer:
         generation = checkpoint.state.generation
         self.engine = GrowingEngine.from_state(checkpoint.state, self._ds_config(generation), self.schedule,
                                                seed=run.seed, tp=tp,
-                                               activation_checkpointing=run.activation_checkpointing)
+                                               activation_checkpointing=run.activation_checkpointing,
+                                               growth_spill_dir=run.growth_spill_dir)
         imported = bool(saved.get("imported_from"))
         self.data = VocabData(self.data_dir, self.engine.model.config.vocab_size, run, self.dp_rank, self.dp_world,
                               self._rank_batch(generation))

@@ -1,6 +1,6 @@
 """One rank of a sharded growth, for tests: the engine's state just before and just after each growth.
 
-    python tests/growth_worker.py ZERO_STAGE TP OUT.pt [--bf16]
+    python tests/growth_worker.py ZERO_STAGE TP OUT.pt [--bf16] [--spill-dir DIR]
 
 A small GQA model trains 2 steps (so Adam has moments), grows everything at once (width, FFN, vocabulary, depth
 interleaved), trains a step, then grows by copied layers and FFN. Rank 0 saves the unsharded state (weights,
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megababel import sharded_growth  # noqa: E402
 from megababel.deepspeed_config import load_ds_config  # noqa: E402
 from megababel.engine import GrowingEngine  # noqa: E402
 from megababel.parallel import TensorParallel, init_distributed  # noqa: E402
@@ -43,13 +44,17 @@ def main():
     p.add_argument("tp", type=int)
     p.add_argument("out", type=Path)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--spill-dir", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     rank, world = init_distributed()
     tp = TensorParallel(args.tp) if args.tp > 1 else None
     schedule = parse_schedule(SCHEDULE, 16)
     engine = GrowingEngine(schedule.model, load_ds_config(args.stage, 2, 1, world // args.tp, bf16=args.bf16),
-                           schedule, seed=SEED, tp=tp)
+                           schedule, seed=SEED, tp=tp, growth_spill_dir=args.spill_dir)
+    spills = []          # count the growths whose pieces went to a mapped file
+    real_spill = sharded_growth.LocalPieces._spill
+    sharded_growth.LocalPieces._spill = lambda self, directory: (spills.append(directory), real_spill(self, directory))
     tokens = torch.randint(0, 1000, (2, 17), generator=torch.Generator().manual_seed(rank // args.tp))
     x, y = tokens[:, :-1], tokens[:, 1:]
     records, step = [], 0
@@ -59,7 +64,7 @@ def main():
             step += 1
         before = snapshot(engine)
         engine.grow(growth, step)
-        records.append(dict(before=before, after=snapshot(engine), event=growth.event))
+        records.append(dict(before=before, after=snapshot(engine), event=growth.event, spilled=len(spills)))
     if rank == 0:
         torch.save(records, args.out)
     torch.distributed.barrier()

@@ -273,3 +273,18 @@ def test_at_tokens_counts_each_stage_at_its_own_batch():
     assert [g.at_step for g in schedule.growths] == [4, 7]
     assert [schedule.batch_tokens(g) for g in range(3)] == [64, 256, 256]      # a growth without one keeps it
     assert schedule.resolved()["growths"][1]["global_batch_tokens"] == 256
+
+
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_seed_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_plan(tp):
+    from megababel.counters import config_parameters
+    from megababel.parallel import check_tensor_parallel
+    seed, seed_tp = (load_schedule(name, 2048) for name in ("seed", "seed_tp"))
+    configs = [seed_tp.model] + [g.config for g in seed_tp.growths]
+    check_tensor_parallel(configs, tp, tp)          # every stage, every growth's added heads / units / rows
+    sizes = [config_parameters(c) for c in configs]
+    assert all(1.9 < b / a < 2.3 for a, b in zip(sizes, sizes[1:])), sizes          # about 2x per growth
+    assert [c.vocab_size for c in configs] == [8000, 16000, 32000, 32000, 32000]
+    assert [config_parameters(g.config) for g in seed.growths[-2:]] == sizes[-2:]   # the seed's 488M and 1.05B
+    with pytest.raises(ConfigError, match="num_attention_heads=5 .* --tp 2"):
+        check_tensor_parallel([seed.model] + [g.config for g in seed.growths], 2, 2)

@@ -1,6 +1,6 @@
 """Sharded growth (megababel/sharded_growth.py) equals the unsharded growth bit for bit, weights and Adam moments,
-on 1, 2 and 4 ranks, tensor parallel 1 and 2, ZeRO-0 and ZeRO-3 (plus ZeRO-1/2 and bf16 once each): real engines,
-gloo, CPU."""
+on 1, 2 and 4 ranks, tensor parallel 1 and 2, ZeRO-0 and ZeRO-3 (plus ZeRO-1/2, bf16 and the pieces spilled to a
+mapped file): real engines, gloo, CPU."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,13 +17,20 @@ SEED = 7       # growth_worker.SEED
 
 LAYOUTS = [(0, 1, 1), (0, 2, 1), (0, 2, 2), (0, 4, 1), (0, 4, 2),
            (3, 1, 1), (3, 2, 1), (3, 2, 2), (3, 4, 1), (3, 4, 2)]
-EXTRA = [(1, 2, 1, False), (2, 2, 2, False), (3, 2, 1, True)]
+EXTRA = [(1, 2, 1, False, False), (2, 2, 2, False, False), (3, 2, 1, True, False), (3, 2, 2, False, True),
+         (0, 2, 1, True, True)]
 
 
-def run(tmp_path, stage, world, tp, bf16=False) -> list:
+def run(tmp_path, stage, world, tp, bf16=False, spill=False) -> list:
     out = tmp_path / f"z{stage}_w{world}_tp{tp}{'_bf16' if bf16 else ''}.pt"
-    run_local_ranks(world, [WORKER, stage, tp, out, *(["--bf16"] if bf16 else [])])
-    return torch.load(out, weights_only=False)
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    run_local_ranks(world, [WORKER, stage, tp, out, *(["--bf16"] if bf16 else []),
+                            *(["--spill-dir", spill_dir] if spill else [])])
+    assert not list(spill_dir.iterdir())        # the spill files are unlinked as soon as they are mapped
+    records = torch.load(out, weights_only=False)
+    assert [r["spilled"] for r in records] == ([1, 2] if spill else [0, 0])
+    return records
 
 
 def unsharded_growth(record) -> tuple[Llama, GrowthStep]:
@@ -64,9 +71,9 @@ def test_sharded_growth_is_bit_identical_to_the_unsharded_growth(tmp_path, stage
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,world,tp,bf16", EXTRA)
-def test_sharded_growth_under_zero_1_2_and_bf16(tmp_path, stage, world, tp, bf16):
-    check_bit_identical(run(tmp_path, stage, world, tp, bf16))
+@pytest.mark.parametrize("stage,world,tp,bf16,spill", EXTRA)
+def test_sharded_growth_under_zero_1_2_bf16_and_spilled_to_disk(tmp_path, stage, world, tp, bf16, spill):
+    check_bit_identical(run(tmp_path, stage, world, tp, bf16, spill))
 
 
 def test_a_tensor_grows_alike_whatever_else_is_grown():

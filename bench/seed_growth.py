@@ -1,0 +1,228 @@
+"""The seed plan's growths at real size on this 2-core, 24 GB machine: 2 ranks, ZeRO-3, bf16, through the Trainer.
+
+    python bench/seed_growth.py                  # the seed's last growth, 488M -> 1.05B
+    python bench/seed_growth.py --growth 2       # 219M -> 488M
+    python bench/seed_growth.py --growth 3 --phases train      # one phase only
+
+Phases (results in bench/results/seed_growth_g<K>.json; a finished phase is not run again):
+  train   build the model before growth K of the `seed` preset, train --steps-before steps, grow (a checkpoint right
+          after the growth), train --steps-after steps. Per rank: peak RSS while building, RSS before the growth,
+          peak RSS during it, RSS right after it, peak RSS while training the grown model (VmHWM, reset between
+          phases; the heap is returned to the OS before each reading), growth seconds, seconds per step; and the
+          machine's peak used memory (MemTotal - MemAvailable, sampled every 0.2 s).
+  resume  fresh processes resume from that checkpoint and train the same steps: losses must equal the train phase's.
+  export  tools/convert_to_hf.py exports the checkpoint (bf16); transformers' LlamaForCausalLM loads it and its loss
+          on a batch of the validation set is compared with megababel's (a fresh process, after the ranks exit).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_data import SPEED_STAGES, tinystories  # noqa: E402
+from megababel.schedule import PRESETS, parse_schedule  # noqa: E402
+from megababel.trainer import Callback  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _status(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _used_memory() -> int:
+    info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/meminfo")}
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+def _trim_and_reset():
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:          # VmHWM := the current RSS
+        f.write("5")
+
+
+def schedule_spec(growth: int, steps_before: int, steps_after: int) -> dict:
+    """The seed preset cut to one growth: the model as it is before growth `growth`, that growth after
+    `steps_before` steps. Warm-up 2 steps, so that a few steps move the weights (and a resume has something to
+    reproduce)."""
+    seed = PRESETS["seed"]
+    full = parse_schedule(seed, 1)
+    configs = [full.model] + [g.config for g in full.growths]
+    event = {k: v for k, v in seed["growths"][growth].items() if k != "at_step"}
+    return dict(model=configs[growth].to_dict(),
+                training=dict(seed["training"], steps=steps_before + steps_after, warmup_steps=2),
+                growths=[dict(event, at_step=steps_before)])
+
+
+class SeedProbe(Callback):
+    def __init__(self):
+        self.rows, self.memory = [], {}
+
+    def _mb(self, field):
+        return round(_status(field) / 2**20)
+
+    def on_fit_start(self, trainer):
+        self.memory["peak_build_mb"] = self._mb("VmHWM")
+        _trim_and_reset()
+        self.memory["rss_built_mb"] = self._mb("VmRSS")
+
+    def on_step_end(self, trainer, row):
+        self.rows.append(dict(step=row["step"], loss=row["loss"], generation=trainer.engine.model.generation,
+                              seconds=trainer.tokens_per_step / row["tokens_per_s"]))
+        print(f"rank {trainer.rank} step {row['step']} loss {row['loss']:.4f} "
+              f"{self.rows[-1]['seconds']:.1f} s/step RSS {self._mb('VmRSS')} MB", flush=True)
+
+    def on_before_growth(self, trainer, growth):
+        self.memory["peak_training_before_mb"] = self._mb("VmHWM")
+        _trim_and_reset()
+        self.memory["rss_before_growth_mb"] = self._mb("VmRSS")
+        torch.distributed.barrier()
+
+    def on_growth(self, trainer, record):
+        self.memory["peak_during_growth_mb"] = self._mb("VmHWM")
+        self.memory["rss_right_after_growth_mb"] = self._mb("VmRSS")
+        self.growth_seconds = record["seconds"]
+        self.parameters = (record["parameters"], trainer.parameters)
+        _trim_and_reset()
+
+    def on_save(self, trainer, path):
+        self.memory["peak_saving_mb"] = self._mb("VmHWM")
+        _trim_and_reset()
+
+    def on_fit_end(self, trainer, result):
+        self.memory["peak_training_after_mb"] = self._mb("VmHWM")
+        self.memory["rss_end_mb"] = self._mb("VmRSS")
+
+
+class MachineMemory:
+    """Peak used memory of the whole machine, sampled in a thread."""
+
+    def __init__(self):
+        self.peak, self.stop = 0, False
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while not self.stop:
+            self.peak = max(self.peak, _used_memory())
+            time.sleep(0.2)
+
+
+def worker(args):
+    from megababel.parallel import init_distributed
+    from megababel.trainer import RunConfig, Trainer
+
+    rank, world = init_distributed()
+    torch.set_num_threads(1)
+    machine = MachineMemory() if rank == 0 else None
+    probe = SeedProbe()
+    out = Path(args.out)
+    run = RunConfig(schedule=schedule_spec(args.growth, args.steps_before, args.steps_after),
+                    data=tinystories(SPEED_STAGES), micro_batch_size=args.micro, seq_len=args.seq, zero_stage=3,
+                    bf16=True, eval_every=0, eval_batches=1, save_after_growth=args.phase == "train",
+                    resume=out / "checkpoints" if args.phase == "resume" else None, out=out)
+    trainer = Trainer(run, callbacks=[probe]).setup()
+    trainer.fit()
+    result = dict(rank=rank, memory=probe.memory, steps=probe.rows)
+    if args.phase == "train":
+        result.update(growth_seconds=round(probe.growth_seconds, 1), parameters=probe.parameters)
+    if machine is not None:
+        result["machine_peak_used_mb"] = round(machine.peak / 2**20)
+    print("RESULT " + json.dumps(result), flush=True)
+    torch.distributed.barrier()
+    os._exit(0)      # skip interpreter teardown (a communication thread destroyed at exit can abort the process)
+
+
+def run_ranks(args, phase: str) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
+    from local_ranks import run_local_ranks
+    command = [__file__, "--worker", "--phase", phase, "--growth", args.growth, "--steps-before", args.steps_before,
+               "--steps-after", args.steps_after, "--micro", args.micro, "--seq", args.seq, "--out", args.out]
+    logs = run_local_ranks(2, command, threads=1, timeout=6 * 3600)
+    return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
+
+
+def export_and_load(args) -> dict:
+    """Export the checkpoint right after the growth and compare transformers' loss with megababel's."""
+    from transformers import LlamaForCausalLM
+    from megababel.checkpoint import load_checkpoint, resolve_checkpoint
+    from megababel.data.loader import PackedLoader
+    from megababel.data.shards import TokenDataset
+    from megababel.export import find_tokenizer
+    from megababel.model import Llama
+    checkpoint = resolve_checkpoint(Path(args.out) / "checkpoints")
+    hf_dir = Path(args.out) / "hf"
+    start = time.time()
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert_to_hf.py"), str(checkpoint), str(hf_dir),
+                    "--dtype", "bf16", "--overwrite"], check=True)
+    export_seconds = time.time() - start
+    saved = load_checkpoint(checkpoint)
+    _, ranking = find_tokenizer(saved.path, saved.run)
+    vocab = saved.state.config.vocab_size
+    inputs, targets = PackedLoader(TokenDataset(tinystories(SPEED_STAGES) / f"vocab_{vocab}", "valid"), args.seq, 1,
+                                   seed=12345).next_batch()
+    to_tokenizer_ids = torch.from_numpy(ranking.order[:vocab].copy()).long()     # model row -> tokenizer id
+    start = time.time()
+    hf = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16)
+    load_seconds = time.time() - start
+    with torch.no_grad():
+        logits = hf(to_tokenizer_ids[inputs]).logits.float()
+        hf_loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
+                                                    to_tokenizer_ids[targets].reshape(-1)).item()
+    hf_parameters = sum(p.numel() for p in hf.parameters())
+    del hf, logits
+    state = saved.state
+    model = Llama(state.config, layout=state.layout, generation=state.generation, values=state.values).bfloat16()
+    with torch.no_grad():
+        ours = model(inputs, targets)[1].item()
+    return dict(checkpoint=str(checkpoint), export_seconds=round(export_seconds, 1),
+                hf_load_seconds=round(load_seconds, 1), hf_parameters=hf_parameters,
+                hf_loss_bf16=round(hf_loss, 4), megababel_loss_bf16=round(ours, 4))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--growth", type=int, default=3, help="which growth of the seed preset (0-3; 3: 488M -> 1.05B)")
+    p.add_argument("--steps-before", type=int, default=3)
+    p.add_argument("--steps-after", type=int, default=3)
+    p.add_argument("--micro", type=int, default=1)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--phases", nargs="+", default=["train", "resume", "export"])
+    p.add_argument("--out", default=None, help="run folder (default: a folder under /tmp)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.out = args.out or f"/tmp/megababel_seed_growth_g{args.growth}"
+    if args.worker:
+        return worker(args)
+    tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"seed_growth_g{args.growth}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for phase in args.phases:
+        if phase in results:
+            print(f"{phase}: done already ({path})")
+            continue
+        print(f"{phase} ...", flush=True)
+        results[phase] = export_and_load(args) if phase == "export" else run_ranks(args, phase)
+        path.write_text(json.dumps(results, indent=1))
+        print(json.dumps(results[phase], indent=1), flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
