@@ -1,6 +1,6 @@
 """The seed plan's growths at real size on this 2-core, 24 GB machine: 2 ranks, ZeRO-3, bf16, through the Trainer.
 
-    python bench/seed_growth.py                  # the seed's last growth, 488M -> 1.05B
+    python bench/seed_growth.py --spill          # the seed's last growth, 488M -> 1.05B (needs --spill to fit)
     python bench/seed_growth.py --growth 2       # 219M -> 488M
     python bench/seed_growth.py --growth 3 --phases train      # one phase only
 
@@ -128,12 +128,15 @@ def worker(args):
 
     rank, world = init_distributed()
     torch.set_num_threads(1)
+    if args.spill:
+        (Path(args.out) / "spill").mkdir(parents=True, exist_ok=True)
     machine = MachineMemory() if rank == 0 else None
     probe = SeedProbe()
     out = Path(args.out)
     run = RunConfig(schedule=schedule_spec(args.growth, args.steps_before, args.steps_after),
                     data=tinystories(SPEED_STAGES), micro_batch_size=args.micro, seq_len=args.seq, zero_stage=3,
                     bf16=True, eval_every=0, eval_batches=1, save_after_growth=args.phase == "train",
+                    growth_spill_dir=out / "spill" if args.spill else None,
                     resume=out / "checkpoints" if args.phase == "resume" else None, out=out)
     trainer = Trainer(run, callbacks=[probe]).setup()
     trainer.fit()
@@ -151,7 +154,8 @@ def run_ranks(args, phase: str) -> list[dict]:
     sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
     from local_ranks import run_local_ranks
     command = [__file__, "--worker", "--phase", phase, "--growth", args.growth, "--steps-before", args.steps_before,
-               "--steps-after", args.steps_after, "--micro", args.micro, "--seq", args.seq, "--out", args.out]
+               "--steps-after", args.steps_after, "--micro", args.micro, "--seq", args.seq, "--out", args.out,
+               *(["--spill"] if args.spill else [])]
     logs = run_local_ranks(2, command, threads=1, timeout=6 * 3600)
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
 
@@ -202,6 +206,8 @@ def main(argv=None):
     p.add_argument("--micro", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--phases", nargs="+", default=["train", "resume", "export"])
+    p.add_argument("--spill", action="store_true", help="--growth-spill-dir OUT/spill: the old state pieces in a "
+                                                       "mapped file during the growth")
     p.add_argument("--out", default=None, help="run folder (default: a folder under /tmp)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
@@ -211,7 +217,7 @@ def main(argv=None):
         return worker(args)
     tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"seed_growth_g{args.growth}.json"
+    path = RESULTS / f"seed_growth_g{args.growth}{'_spill' if args.spill else ''}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for phase in args.phases:
         if phase in results:

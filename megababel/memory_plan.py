@@ -1,0 +1,122 @@
+"""Per-rank memory of a run, stage by stage, before launching it (tools/model_size.py --schedule prints it).
+
+Bytes per parameter follow what DeepSpeed 0.19 allocates (checked against measured runs in bench/README.md,
+"Memory planner"); P is the parameters a rank computes with (its tensor-parallel shard: heads, FFN units and
+vocabulary rows split over TP, norm gains replicated), dp the data-parallel ranks, w the weight width (2 bf16, 4
+fp32):
+  ZeRO-3    weights w*P/dp + fp32 master 4*P/dp, gradients 4*P/dp (fp32 partition), Adam 8*P/dp,
+            plus two decoder layers gathered at a time (w bytes each)
+  ZeRO-1/2  weights w*P + fp32 master 4*P/dp, gradients w*P (ZeRO-1) or 4*P/dp (ZeRO-2), Adam 8*P/dp
+  ZeRO-0    weights 4*P (fp32) or w*P + 4*P (bf16: separate fp32 masters), gradients w*P, Adam 8*P
+  (DeepSpeed keeps an fp32 master next to fp32 weights under ZeRO-1/2/3: measured, data_ptr-checked on CPU.)
+Activations saved for backward, per token (measured with saved-tensor hooks, tests/test_memory_plan.py): per decoder
+layer w*(2h + (3h + 2kv)/tp + 4f/tp) plus the fp32 inputs of its two norms, plus the head: fp32 log-softmax over
+the vocabulary shard (4V/tp) and a few hidden-sized tensors. Activation checkpointing keeps each layer's input
+(w*h per token and layer) and recomputes one layer at a time in backward.
+A growth (sharded_growth.py) peaks while the grown engine is built: its weights, masters and Adam state (no
+gradients yet) plus the defragmentation copy of ZeRO-3's weights, plus this rank's pieces of the old state (not
+counted with --growth-spill-dir: they are evictable file pages), plus one full tensor in flight (the old tensor,
+the grown one and two moments, fp32).
+`runtime`: a process with torch and DeepSpeed loaded and its process group started (measured on CPU; a GPU
+process also holds the CUDA context, ~0.5 GiB of device memory).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import LlamaConfig
+
+RUNTIME_BYTES = int(0.3 * 2**30)
+GIB = 2**30
+
+
+def rank_parameters(config: LlamaConfig, tp: int = 1) -> int:
+    """Parameters one tensor-parallel rank holds: split tensors / tp, norm gains whole."""
+    h, L, f, V = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
+    kv = config.num_key_value_heads * config.head_dim
+    split = 2 * V * h + L * (2 * h * h + 2 * kv * h + 3 * f * h)
+    return split // tp + (2 * L + 1) * h
+
+
+def largest_tensor(config: LlamaConfig) -> int:
+    """Elements of the largest single weight (unsharded)."""
+    h, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    return max(V * h, f * h, h * h)
+
+
+def activation_parts(config: LlamaConfig, bf16: bool, tp: int = 1) -> dict:
+    """Bytes per token that one rank keeps for backward: `layer` (one decoder layer's activations), `layer_input`
+    (what activation checkpointing keeps of a layer) and `head` (final norm, lm_head, loss)."""
+    w = 2 if bf16 else 4
+    h, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
+    kv = config.num_key_value_heads * config.head_dim
+    return dict(layer=w * (2 * h + (3 * h + 2 * kv) // tp + 4 * f // tp) + (8 * h if bf16 else 4 * h),
+                layer_input=w * h, head=4 * V // tp + (3 * w + 4) * h)
+
+
+def activation_bytes(config: LlamaConfig, tokens: int, bf16: bool, tp: int = 1, checkpointing: bool = False) -> int:
+    """Activations one rank keeps for backward for `tokens` tokens (micro batch x sequence length); with
+    checkpointing, at the peak of backward (every layer's input, one recomputed layer and the head)."""
+    parts, L = activation_parts(config, bf16, tp), config.num_hidden_layers
+    if checkpointing:
+        return tokens * (L * parts["layer_input"] + parts["layer"] + parts["head"])
+    return tokens * (L * parts["layer"] + parts["head"])
+
+
+@dataclass
+class StageMemory:
+    """Bytes per rank for one stage of a schedule."""
+    stage: int
+    config: LlamaConfig
+    parameters: int
+    weights: int
+    gradients: int
+    adam: int
+    activations: int
+    activations_checkpointed: int
+    runtime: int
+    growth_peak: int | None      # building this stage from the previous one (None for the first)
+
+    @property
+    def training(self) -> int:
+        """Peak while training without checkpointing: state, gradients and activations at once."""
+        return self.weights + self.gradients + self.adam + self.activations + self.runtime
+
+    @property
+    def training_checkpointed(self) -> int:
+        return self.weights + self.gradients + self.adam + self.activations_checkpointed + self.runtime
+
+
+def _state(config: LlamaConfig, dp: int, tp: int, zero_stage: int, bf16: bool) -> tuple[int, int, int]:
+    """(weights incl. masters and gathered layers, gradients, Adam) bytes per rank."""
+    w = 2 if bf16 else 4
+    P = rank_parameters(config, tp)
+    if zero_stage == 3:
+        layer = rank_parameters(config.replace(num_hidden_layers=1, vocab_size=1), tp)
+        return (w + 4) * P // dp + 2 * layer * w, 4 * P // dp, 8 * P // dp
+    if zero_stage in (1, 2):
+        gradients = w * P if zero_stage == 1 else 4 * P // dp
+        return w * P + 4 * P // dp, gradients, 8 * P // dp
+    return (w + 4 if bf16 else 4) * P, w * P, 8 * P
+
+
+def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int, micro_batch_size: int,
+                seq_len: int, bf16: bool = False, growth_spill: bool = False) -> list[StageMemory]:
+    """Per-rank memory of each stage (configs[0] the initial model, then one per growth)."""
+    dp, w = world // tp, 2 if bf16 else 4
+    tokens = micro_batch_size * seq_len
+    rows = []
+    for stage, config in enumerate(configs):
+        weights, gradients, adam = _state(config, dp, tp, zero_stage, bf16)
+        growth_peak = None
+        if stage:
+            old_weights, _, old_adam = _state(configs[stage - 1], dp, tp, zero_stage, bf16)
+            old = rank_parameters(configs[stage - 1], tp)
+            pieces = 0 if growth_spill else (12 * old // dp if zero_stage else old_weights + old_adam)
+            build_copy = w * rank_parameters(config, tp) // dp if zero_stage == 3 else 0
+            growth_peak = weights + adam + build_copy + pieces + 16 * largest_tensor(config) + RUNTIME_BYTES
+        rows.append(StageMemory(stage, config, rank_parameters(config, tp), weights, gradients, adam,
+                                activation_bytes(config, tokens, bf16, tp),
+                                activation_bytes(config, tokens, bf16, tp, checkpointing=True), RUNTIME_BYTES,
+                                growth_peak))
+    return rows
