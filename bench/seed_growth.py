@@ -70,14 +70,31 @@ def schedule_spec(growth: int, steps_before: int, steps_after: int) -> dict:
 
 
 class SeedProbe(Callback):
+    """VmHWM per phase (reset between phases) and, sampled every 0.1 s, the peak anonymous memory (RssAnon: what
+    cannot be evicted; VmHWM also counts memory-mapped file pages, e.g. a checkpoint being read)."""
+
     def __init__(self):
         self.rows, self.memory = [], {}
+        self.anon_peak, self.stop = 0, False
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while not self.stop:
+            self.anon_peak = max(self.anon_peak, _status("RssAnon"))
+            time.sleep(0.1)
 
     def _mb(self, field):
+        if field == "VmHWM":       # the phase's peak: also report its anonymous part, and start the next phase
+            self.last_anon = round(max(self.anon_peak, _status("RssAnon")) / 2**20)
+            self.anon_peak = 0
         return round(_status(field) / 2**20)
 
+    def _peak(self, name):
+        self.memory[name] = self._mb("VmHWM")
+        self.memory[name.replace("peak", "anon_peak")] = self.last_anon
+
     def on_fit_start(self, trainer):
-        self.memory["peak_build_mb"] = self._mb("VmHWM")
+        self._peak("peak_build_mb")
         _trim_and_reset()
         self.memory["rss_built_mb"] = self._mb("VmRSS")
 
@@ -88,24 +105,24 @@ class SeedProbe(Callback):
               f"{self.rows[-1]['seconds']:.1f} s/step RSS {self._mb('VmRSS')} MB", flush=True)
 
     def on_before_growth(self, trainer, growth):
-        self.memory["peak_training_before_mb"] = self._mb("VmHWM")
+        self._peak("peak_training_before_mb")
         _trim_and_reset()
         self.memory["rss_before_growth_mb"] = self._mb("VmRSS")
         torch.distributed.barrier()
 
     def on_growth(self, trainer, record):
-        self.memory["peak_during_growth_mb"] = self._mb("VmHWM")
+        self._peak("peak_during_growth_mb")
         self.memory["rss_right_after_growth_mb"] = self._mb("VmRSS")
         self.growth_seconds = record["seconds"]
         self.parameters = (record["parameters"], trainer.parameters)
         _trim_and_reset()
 
     def on_save(self, trainer, path):
-        self.memory["peak_saving_mb"] = self._mb("VmHWM")
+        self._peak("peak_saving_mb")
         _trim_and_reset()
 
     def on_fit_end(self, trainer, result):
-        self.memory["peak_training_after_mb"] = self._mb("VmHWM")
+        self._peak("peak_training_after_mb")
         self.memory["rss_end_mb"] = self._mb("VmRSS")
 
 
@@ -183,10 +200,9 @@ def export_and_load(args) -> dict:
     start = time.time()
     hf = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16)
     load_seconds = time.time() - start
-    with torch.no_grad():
-        logits = hf(to_tokenizer_ids[inputs]).logits.float()
-        hf_loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]),
-                                                    to_tokenizer_ids[targets].reshape(-1)).item()
+    with torch.no_grad():       # the softmax over the active vocabulary, as megababel's (inactive rows are zero)
+        logits = hf(to_tokenizer_ids[inputs]).logits.float()[..., to_tokenizer_ids]
+        hf_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1)).item()
     hf_parameters = sum(p.numel() for p in hf.parameters())
     del hf, logits
     state = saved.state
@@ -194,7 +210,7 @@ def export_and_load(args) -> dict:
     with torch.no_grad():
         ours = model(inputs, targets)[1].item()
     return dict(checkpoint=str(checkpoint), export_seconds=round(export_seconds, 1),
-                hf_load_seconds=round(load_seconds, 1), hf_parameters=hf_parameters,
+                hf_load_seconds=round(load_seconds, 1), hf_parameters=hf_parameters, active_vocab=vocab,
                 hf_loss_bf16=round(hf_loss, 4), megababel_loss_bf16=round(ours, 4))
 
 
