@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -71,10 +72,11 @@ def schedule_spec(growth: int, steps_before: int, steps_after: int) -> dict:
 
 class SeedProbe(Callback):
     """VmHWM per phase (reset between phases) and, sampled every 0.1 s, the peak anonymous memory (RssAnon: what
-    cannot be evicted; VmHWM also counts memory-mapped file pages, e.g. a checkpoint being read)."""
+    cannot be evicted; VmHWM also counts memory-mapped file pages, e.g. a checkpoint being read). What it has is
+    written to `partial` after every step and phase, so a run killed later (out of memory) keeps its figures."""
 
-    def __init__(self):
-        self.rows, self.memory = [], {}
+    def __init__(self, partial: Path | None = None):
+        self.rows, self.memory, self.partial = [], {}, partial
         self.anon_peak, self.stop = 0, False
         threading.Thread(target=self._sample, daemon=True).start()
 
@@ -92,6 +94,12 @@ class SeedProbe(Callback):
     def _peak(self, name):
         self.memory[name] = self._mb("VmHWM")
         self.memory[name.replace("peak", "anon_peak")] = self.last_anon
+        self._write()
+
+    def _write(self):
+        if self.partial is not None:
+            self.partial.write_text(json.dumps(dict(memory=self.memory, steps=self.rows,
+                                                    growth_seconds=getattr(self, "growth_seconds", None))))
 
     def on_fit_start(self, trainer):
         self._peak("peak_build_mb")
@@ -103,6 +111,7 @@ class SeedProbe(Callback):
                               seconds=trainer.tokens_per_step / row["tokens_per_s"]))
         print(f"rank {trainer.rank} step {row['step']} loss {row['loss']:.4f} "
               f"{self.rows[-1]['seconds']:.1f} s/step RSS {self._mb('VmRSS')} MB", flush=True)
+        self._write()
 
     def on_before_growth(self, trainer, growth):
         self._peak("peak_training_before_mb")
@@ -115,6 +124,7 @@ class SeedProbe(Callback):
         self.memory["rss_right_after_growth_mb"] = self._mb("VmRSS")
         self.growth_seconds = record["seconds"]
         self.parameters = (record["parameters"], trainer.parameters)
+        self._write()
         _trim_and_reset()
 
     def on_save(self, trainer, path):
@@ -148,8 +158,8 @@ def worker(args):
     if args.spill:
         (Path(args.out) / "spill").mkdir(parents=True, exist_ok=True)
     machine = MachineMemory() if rank == 0 else None
-    probe = SeedProbe()
     out = Path(args.out)
+    probe = SeedProbe(out / f"partial_{args.phase}_rank{rank}.json")
     run = RunConfig(schedule=schedule_spec(args.growth, args.steps_before, args.steps_after),
                     data=tinystories(SPEED_STAGES), micro_batch_size=args.micro, seq_len=args.seq, zero_stage=3,
                     bf16=True, eval_every=0, eval_batches=1, save_after_growth=args.phase == "train",
@@ -173,7 +183,14 @@ def run_ranks(args, phase: str) -> list[dict]:
     command = [__file__, "--worker", "--phase", phase, "--growth", args.growth, "--steps-before", args.steps_before,
                "--steps-after", args.steps_after, "--micro", args.micro, "--seq", args.seq, "--out", args.out,
                *(["--spill"] if args.spill else [])]
-    logs = run_local_ranks(2, command, threads=1, timeout=6 * 3600)
+    try:
+        logs = run_local_ranks(2, command, threads=1, timeout=6 * 3600)
+    except RuntimeError as error:       # e.g. killed out of memory: keep what the ranks had measured, and why
+        kernel = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+        killed = [line for line in kernel if "Out of memory: Killed process" in line][-1:]
+        return [dict(json.loads((Path(args.out) / f"partial_{phase}_rank{rank}.json").read_text()), rank=rank,
+                     failed=str(error).splitlines()[0], kernel=killed) for rank in range(2)
+                if (Path(args.out) / f"partial_{phase}_rank{rank}.json").exists()]
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
 
 
@@ -214,6 +231,47 @@ def export_and_load(args) -> dict:
                 hf_loss_bf16=round(hf_loss, 4), megababel_loss_bf16=round(ours, 4))
 
 
+def planner(growth: int, spill: bool, micro: int, seq: int) -> list:
+    """The memory planner's rows (megababel/memory_plan.py) for the stages before and after growth `growth`."""
+    from megababel.memory_plan import plan_memory
+    full = parse_schedule(PRESETS["seed"], 1)
+    configs = [full.model] + [g.config for g in full.growths]
+    return plan_memory(configs[growth:growth + 2], 2, 1, 3, micro, seq, bf16=True, growth_spill=spill)
+
+
+def report(paths: list[Path], micro: int, seq: int) -> str:
+    """Markdown: measured figures per rank next to the planner's, for each results file."""
+    lines = ["| run | rank | build peak | before growth (trimmed) | peak during growth | right after growth | "
+             "peak training (grown) | growth s | s/step before / after | resume losses equal | HF loss = ours |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        results = json.loads(path.read_text())
+        growth, spill = int(re.search(r"_g(\d)", path.stem).group(1)), "spill" in path.stem
+        before, after = planner(growth, spill, micro, seq)
+        export = results.get("export", {})
+        same = export and export.get("hf_loss_bf16") == export.get("megababel_loss_bf16")
+        for r in results["train"]:
+            m = r["memory"]
+            resumed = {s["step"]: s["loss"] for s in next((x for x in results.get("resume", [])
+                                                           if x["rank"] == r["rank"]), {"steps": []})["steps"]}
+            equal = all(resumed[s["step"]] == s["loss"] for s in r["steps"] if s["step"] in resumed) \
+                if resumed else "-"
+            times = [[s["seconds"] for s in r["steps"] if s["generation"] == g][1:] for g in (0, 1)]
+            if r.get("failed"):
+                times[1] = []
+            mean = [f"{sum(t) / len(t):.1f}" if t else "-" for t in times]
+            gib = {k: f"{v / 1024:.2f}" for k, v in m.items()}
+            trained = gib.get("peak_training_after_mb", "killed: out of memory" if r.get("failed") else "-")
+            lines.append(f"| {path.stem} | {r['rank']} | {gib['peak_build_mb']} | {gib['rss_before_growth_mb']} | "
+                         f"{gib['peak_during_growth_mb']} (anon {gib['anon_peak_during_growth_mb']}) | "
+                         f"{gib['rss_right_after_growth_mb']} | {trained} | {r.get('growth_seconds') or 0:.1f} | "
+                         f"{mean[0]} / {mean[1]} | {equal} | {same if export else '-'} |")
+        GB = 2**30
+        lines.append(f"| planner | | | {before.state / GB:.2f} (state) | {after.growth_peak / GB:.2f} | "
+                     f"{(after.state - after.gradients) / GB:.2f} | {after.training / GB:.2f} | | | | |")
+    return "\n".join(lines) + "\n\nGiB per rank (VmRSS / VmHWM; anon: RssAnon, without evictable file pages)."
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--growth", type=int, default=3, help="which growth of the seed preset (0-3; 3: 488M -> 1.05B)")
@@ -225,12 +283,19 @@ def main(argv=None):
     p.add_argument("--spill", action="store_true", help="--growth-spill-dir OUT/spill: the old state pieces in a "
                                                        "mapped file during the growth")
     p.add_argument("--out", default=None, help="run folder (default: a folder under /tmp)")
+    p.add_argument("--report", action="store_true", help="print the results files as a table, with the planner's "
+                                                        "predictions")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.out = args.out or f"/tmp/megababel_seed_growth_g{args.growth}"
     if args.worker:
         return worker(args)
+    if args.report:
+        table = report(sorted(RESULTS.glob("seed_growth_g*.json")), args.micro, args.seq)
+        print(table)
+        (RESULTS / "seed_growth.md").write_text(table + "\n")
+        return table
     tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"seed_growth_g{args.growth}{'_spill' if args.spill else ''}.json"

@@ -61,7 +61,10 @@ def zero_sizes(stage: int, hidden_size: int, layer_parameters: int) -> dict:
     values (reduce buckets of hidden^2, here at least REDUCE_BUCKET_FLOOR, prefetch 0.9 hidden^2, parameters under
     10 x hidden stay whole on every rank), and at most two decoder layers' parameters gathered at once under ZeRO-3.
     DeepSpeed's own defaults (5e8-element buckets, 1e9 live parameters) are sized for billions of parameters: at 120M
-    they are most of a rank's memory."""
+    they are most of a rank's memory. ZeRO-3's optimizer sub-groups are one decoder layer's parameters (at least
+    1e7): DeepSpeed takes the gradient norm of each sub-group through an fp64 copy of it, so its default (1e9
+    elements, the whole param group here) made a step's transient 8 bytes per parameter of the rank's largest group
+    (+1.9 GB per rank at 488M on 2 ranks, measured; bench/README.md, "Memory planner")."""
     if stage == 0:
         return {}
     # the reduce bucket has a floor: 2-rank ZeRO-3 on gloo (CPU) hung with buckets of 4096-16384 elements (tiny test
@@ -71,7 +74,8 @@ def zero_sizes(stage: int, hidden_size: int, layer_parameters: int) -> dict:
         sizes.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
                      stage3_param_persistence_threshold=10 * hidden_size,
                      stage3_max_live_parameters=2 * layer_parameters,
-                     stage3_max_reuse_distance=2 * layer_parameters)
+                     stage3_max_reuse_distance=2 * layer_parameters,
+                     sub_group_size=max(layer_parameters, REDUCE_BUCKET_FLOOR))
     return sizes
 
 

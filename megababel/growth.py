@@ -96,7 +96,7 @@ def _zero_sum_noise(shape, group_of: torch.Tensor, std: float, rng: torch.Genera
     n_groups = int(ids.max()) + 1 if len(ids) else 0
     sums = torch.zeros((n_groups,) + tuple(shape[1:]), dtype=noise.dtype).index_add_(0, ids[member], noise[member])
     counts = torch.bincount(ids[member], minlength=n_groups).clamp(min=1).to(noise.dtype)
-    noise = noise - (sums / counts.view((-1,) + (1,) * (noise.dim() - 1)))[ids]
+    noise -= (sums / counts.view((-1,) + (1,) * (noise.dim() - 1)))[ids]     # in place: one full-size tensor less
     noise[~member] = 0
     return noise
 
@@ -129,6 +129,7 @@ class ResidualPlan:
         elif self.mode == "split":  # input
             old = t * (s / self.alpha)
             out = torch.cat([old, old[self.src]])
+            del old
             group_of = torch.cat([torch.arange(self.old), self.src])        # the old dim each row stands for
             out += _zero_sum_noise(out.shape, group_of, self.std, rng, out)
         else:

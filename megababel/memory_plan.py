@@ -4,8 +4,9 @@ Bytes per parameter follow what DeepSpeed 0.19 allocates (checked against measur
 "Memory planner"); P is the parameters a rank computes with (its tensor-parallel shard: heads, FFN units and
 vocabulary rows split over TP, norm gains replicated), dp the data-parallel ranks, w the weight width (2 bf16, 4
 fp32):
-  ZeRO-3    weights w*P/dp + fp32 master 4*P/dp, gradients 4*P/dp (fp32 partition), Adam 8*P/dp,
-            plus two decoder layers gathered at a time (w bytes each)
+  ZeRO-3    weights w*P/dp + fp32 master 4*P/dp, gradients w*P/dp (the reduced partitions), Adam 8*P/dp,
+            plus two decoder layers gathered at a time (w bytes each); in bf16 the optimizer step adds fp32 copies
+            of the gradients (4*P/dp)
   ZeRO-1/2  weights w*P + fp32 master 4*P/dp, gradients w*P (ZeRO-1) or 4*P/dp (ZeRO-2), Adam 8*P/dp
   ZeRO-0    weights 4*P (fp32) or w*P + 4*P (bf16: separate fp32 masters), gradients w*P, Adam 8*P
   (DeepSpeed keeps an fp32 master next to fp32 weights under ZeRO-1/2/3: measured, data_ptr-checked on CPU.)
@@ -15,8 +16,12 @@ the vocabulary shard (4V/tp) and a few hidden-sized tensors. Activation checkpoi
 (w*h per token and layer) and recomputes one layer at a time in backward.
 A growth (sharded_growth.py) peaks while the grown engine is built: its weights, masters and Adam state (no
 gradients yet) plus the defragmentation copy of ZeRO-3's weights, plus this rank's pieces of the old state (not
-counted with --growth-spill-dir: they are evictable file pages), plus one full tensor in flight (the old tensor,
-the grown one and two moments, fp32).
+counted with --growth-spill-dir: they are evictable file pages), plus one full tensor in flight (measured: about 8 fp32 copies of
+the largest tensor: the gathered old tensor, the grown one and its noise, moments).
+A training step's transient workspace: the fp32 logits, log-softmax and its gradient, under ZeRO-3 the gathered
+embedding / lm_head and their whole gradients, and ZeRO-2/3 reduce buckets; the optimizer step's: DeepSpeed takes
+the gradient norm through an fp64 copy of one optimizer sub-group's gradients (8 bytes per element), and in bf16
+steps with fp32 copies of the gradients.
 `runtime`: a process with torch and DeepSpeed loaded and its process group started (measured on CPU; a GPU
 process also holds the CUDA context, ~0.5 GiB of device memory).
 """
@@ -74,17 +79,30 @@ class StageMemory:
     adam: int
     activations: int
     activations_checkpointed: int
+    workspace: int               # transient in a step: logits and loss work, whole vocabulary tensors, buckets
+    optimizer_transient: int     # transient in the optimizer step: DeepSpeed's fp64 copy of a sub-group's gradients
     runtime: int
     growth_peak: int | None      # building this stage from the previous one (None for the first)
+    gradients_kept: bool = True  # ZeRO-1/2/3 keep their gradient partitions between steps, ZeRO-0 frees them
+
+    @property
+    def state(self) -> int:
+        """Between steps: weights, masters, Adam, kept gradients and the runtime."""
+        return self.weights + self.adam + self.runtime + (self.gradients if self.gradients_kept else 0)
+
+    def _training(self, activations: int) -> int:
+        held = self.weights + self.gradients + self.adam + self.runtime
+        return held + max(activations + self.workspace, self.optimizer_transient)
 
     @property
     def training(self) -> int:
-        """Peak while training without checkpointing: state, gradients and activations at once."""
-        return self.weights + self.gradients + self.adam + self.activations + self.runtime
+        """Peak while training without checkpointing: weights, masters, gradients and Adam, plus the larger of
+        backward's (activations and workspace) and the optimizer step's transient."""
+        return self._training(self.activations)
 
     @property
     def training_checkpointed(self) -> int:
-        return self.weights + self.gradients + self.adam + self.activations_checkpointed + self.runtime
+        return self._training(self.activations_checkpointed)
 
 
 def _state(config: LlamaConfig, dp: int, tp: int, zero_stage: int, bf16: bool) -> tuple[int, int, int]:
@@ -93,7 +111,7 @@ def _state(config: LlamaConfig, dp: int, tp: int, zero_stage: int, bf16: bool) -
     P = rank_parameters(config, tp)
     if zero_stage == 3:
         layer = rank_parameters(config.replace(num_hidden_layers=1, vocab_size=1), tp)
-        return (w + 4) * P // dp + 2 * layer * w, 4 * P // dp, 8 * P // dp
+        return (w + 4) * P // dp + 2 * layer * w, w * P // dp, 8 * P // dp
     if zero_stage in (1, 2):
         gradients = w * P if zero_stage == 1 else 4 * P // dp
         return w * P + 4 * P // dp, gradients, 8 * P // dp
@@ -108,15 +126,33 @@ def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int
     rows = []
     for stage, config in enumerate(configs):
         weights, gradients, adam = _state(config, dp, tp, zero_stage, bf16)
+        largest = largest_tensor(config)
+        # a step's transient: fp32 logits, log-softmax and its gradient; under ZeRO-3 the gathered embedding and
+        # lm_head and their whole gradients; ZeRO-2/3 reduce buckets (megababel's "auto": max(h^2, 1e7) elements)
+        workspace = 3 * 4 * tokens * config.vocab_size // tp
+        if zero_stage == 3:
+            workspace += 4 * w * largest // tp
+        if zero_stage >= 2:
+            workspace += 2 * 4 * max(config.hidden_size ** 2, 10**7)
+        # the gradient norm copies one optimizer sub-group's gradients to fp64 (megababel's "auto" sub-groups: one
+        # decoder layer under ZeRO-3; ZeRO-1/2 take the rank's whole partition)
+        layer = rank_parameters(config.replace(num_hidden_layers=1, vocab_size=1), tp)
+        if zero_stage == 3:
+            optimizer_transient = 8 * min(max(layer, 10**7), rank_parameters(config, tp) // dp)
+            if bf16:              # the fp32 gradients the optimizer steps with, next to the bf16 partitions
+                optimizer_transient += 4 * rank_parameters(config, tp) // dp
+        else:
+            optimizer_transient = 8 * rank_parameters(config, tp) // dp if zero_stage else 0
         growth_peak = None
         if stage:
-            old_weights, _, old_adam = _state(configs[stage - 1], dp, tp, zero_stage, bf16)
             old = rank_parameters(configs[stage - 1], tp)
-            pieces = 0 if growth_spill else (12 * old // dp if zero_stage else old_weights + old_adam)
+            # ZeRO-0 keeps the old weights' fp32 values (its moments become the new Adam state as they are)
+            pieces = 0 if growth_spill else (12 * old // dp if zero_stage else 4 * old)
             build_copy = w * rank_parameters(config, tp) // dp if zero_stage == 3 else 0
-            growth_peak = weights + adam + build_copy + pieces + 16 * largest_tensor(config) + RUNTIME_BYTES
+            # one tensor in flight: measured ~8 fp32 copies of the largest tensor (old, gathered, grown, noise, moments)
+            growth_peak = weights + adam + build_copy + pieces + 8 * 4 * largest + RUNTIME_BYTES
         rows.append(StageMemory(stage, config, rank_parameters(config, tp), weights, gradients, adam,
                                 activation_bytes(config, tokens, bf16, tp),
-                                activation_bytes(config, tokens, bf16, tp, checkpointing=True), RUNTIME_BYTES,
-                                growth_peak))
+                                activation_bytes(config, tokens, bf16, tp, checkpointing=True), workspace,
+                                optimizer_transient, RUNTIME_BYTES, growth_peak, gradients_kept=zero_stage > 0))
     return rows

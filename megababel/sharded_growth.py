@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .growth import GrowthStep
-from .parallel.distributed import all_gather, all_reduce
+from .parallel.distributed import all_gather_flat, all_reduce
 from .parallel.tensor_parallel import merge_layer_state
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -50,7 +50,7 @@ class _Piece:
         if self.kind == "partition":
             if key not in self.tensors:
                 return None
-            return torch.cat(all_gather(self.tensors[key], group=self.group))[:numel].view(self.shape)
+            return all_gather_flat(self.tensors[key], group=self.group)[:numel].view(self.shape)
         flat = torch.zeros(numel)
         if key in self.tensors:
             flat[self.start:self.start + self.tensors[key].numel()] = self.tensors[key]

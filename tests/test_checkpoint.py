@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from local_ranks import run_local_ranks
+
 from megababel.parallel import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,16 +21,8 @@ STEPS = 40          # tiny preset: growth at steps 10 and 20 (1/4 and 1/2)
 
 
 def train(out: Path, *flags, world: int = 1, cache: Path) -> list[float]:
-    port, procs = str(free_port()), []
-    for rank in range(world):
-        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1", MEGABABEL_CACHE=str(cache))
-        procs.append(subprocess.Popen([sys.executable, str(TRAIN), "--steps", str(STEPS), "--seq-len", "64",
-                                       "--out", str(out), *flags], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        log = p.communicate(timeout=600)[0]
-        assert p.returncode == 0, log[-3000:]
+    run_local_ranks(world, [TRAIN, "--steps", STEPS, "--seq-len", 64, "--out", out, *flags],
+                    env=dict(MEGABABEL_CACHE=str(cache)))
     return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))}
 
 

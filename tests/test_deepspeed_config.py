@@ -15,7 +15,11 @@ def test_auto_sizes_follow_the_model_and_explicit_numbers_win(tmp_path):
     assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 512 * 512)
     assert zero["stage3_param_persistence_threshold"] == 5120
     big = LlamaConfig(hidden_size=4096, head_dim=128, num_hidden_layers=2, vocab_size=32000)
-    assert model_sized(load_ds_config(3, 2, 1, 1, bf16=False), big)["zero_optimization"]["reduce_bucket_size"] == 4096**2
+    big_zero = model_sized(load_ds_config(3, 2, 1, 1, bf16=False), big)["zero_optimization"]
+    assert big_zero["reduce_bucket_size"] == 4096**2
+    # optimizer sub-groups: one decoder layer (DeepSpeed's gradient norm copies a whole sub-group to fp64)
+    assert big_zero["sub_group_size"] == 4 * 4096 * 4096 + 3 * 4096 * big.intermediate_size + 2 * 4096
+    assert zero["sub_group_size"] == 10_000_000
     assert zero["stage3_max_live_parameters"] == zero["stage3_max_reuse_distance"] == 2 * layer
     # a user's config: a number stays, an absent field is derived, "auto" where megababel derives nothing is refused
     user = tmp_path / "ds.json"
@@ -23,8 +27,8 @@ def test_auto_sizes_follow_the_model_and_explicit_numbers_win(tmp_path):
                     '"optimizer": {"type": "AdamW", "params": {"lr": 0.001}}}')
     zero = model_sized(load_ds_config(3, 2, 1, 1, bf16=False, path=str(user)), config)["zero_optimization"]
     assert zero["reduce_bucket_size"] == 12345 and zero["stage3_prefetch_bucket_size"] == int(0.9 * 512 * 512)
-    with pytest.raises(ValueError, match=r"\['sub_group_size'\] cannot be 'auto'"):
-        model_sized(dict(zero_optimization=dict(stage=3, sub_group_size="auto")), config)
+    with pytest.raises(ValueError, match=r"\['allgather_bucket_size'\] cannot be 'auto'"):
+        model_sized(dict(zero_optimization=dict(stage=3, allgather_bucket_size="auto")), config)
     assert model_sized(load_ds_config(0, 2, 1, 1, bf16=False), config)["zero_optimization"] == {"stage": 0}
 
 

@@ -7,8 +7,9 @@
 
 Several values per flag describe successive stages (a missing value repeats the last one). Nothing is allocated.
 With --schedule (a preset or a YAML/JSON file), it prints each stage's memory per rank: weights (with ZeRO's fp32
-masters), gradients, Adam, activations with and without activation checkpointing, the training peak, and the peak
-while growing into the stage (megababel/memory_plan.py says what each counts).
+masters), gradients, Adam, their sum with the runtime (state: between steps), activations with and without
+activation checkpointing, a step's workspace, the training peak, and the peak while growing into the stage
+(megababel/memory_plan.py says what each counts).
 """
 from __future__ import annotations
 
@@ -35,13 +36,14 @@ def memory_table(args) -> list:
     print(f"{args.schedule}: {args.world} ranks = TP {args.tp} x DP {args.world // args.tp}, ZeRO-{args.zero_stage}, "
           f"{'bf16' if args.bf16 else 'fp32'}, micro batch {args.micro_batch_size} x seq {args.seq_len}; GiB per rank "
           f"(runtime {rows[0].runtime / GIB:.2f} included in the totals)")
-    print(f"{'stage':>5} {'params':>8} {'params/rank':>11} {'weights':>8} {'grads':>7} {'Adam':>7} {'activ.':>7} "
-          f"{'ckpt':>7} {'training':>9} {'w/ ckpt':>8} {'growth peak':>11}")
+    print(f"{'stage':>5} {'params':>8} {'params/rank':>11} {'weights':>8} {'grads':>7} {'Adam':>7} {'state':>7} "
+          f"{'activ.':>7} {'ckpt':>7} {'workspace':>9} {'training':>9} {'w/ ckpt':>8} {'growth peak':>11}")
     for r in rows:
         growth = "-" if r.growth_peak is None else f"{r.growth_peak / GIB:.2f}"
         print(f"{r.stage:>5} {config_parameters(r.config) / 1e6:>7.0f}M {r.parameters / 1e6:>10.0f}M "
-              f"{r.weights / GIB:>8.2f} {r.gradients / GIB:>7.2f} {r.adam / GIB:>7.2f} {r.activations / GIB:>7.2f} "
-              f"{r.activations_checkpointed / GIB:>7.2f} {r.training / GIB:>9.2f} "
+              f"{r.weights / GIB:>8.2f} {r.gradients / GIB:>7.2f} {r.adam / GIB:>7.2f} {r.state / GIB:>7.2f} "
+              f"{r.activations / GIB:>7.2f} {r.activations_checkpointed / GIB:>7.2f} {r.workspace / GIB:>9.2f} "
+              f"{r.training / GIB:>9.2f} "
               f"{r.training_checkpointed / GIB:>8.2f} {growth:>11}")
     return rows
 

@@ -81,3 +81,12 @@ def all_gather(tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
     gathered = [torch.empty_like(moved) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, moved, group=group)
     return [t.to(tensor.device) for t in gathered]
+
+
+def all_gather_flat(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Every rank's 1-D `tensor` (same size on all), concatenated in rank order into one new tensor on `tensor`'s
+    device (no intermediate list: one buffer the size of the result)."""
+    moved = tensor.detach().to(comm_device()).contiguous()
+    out = torch.empty(moved.numel() * dist.get_world_size(group), dtype=moved.dtype, device=moved.device)
+    dist.all_gather_into_tensor(out, moved, group=group)
+    return out.to(tensor.device)
