@@ -179,12 +179,15 @@ class GrowingEngine:
                 inner.state[flat] = dict(step=torch.tensor(step, device=flat.device if fused else "cpu"),
                                          exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
         self._link_optimizer_state()
+        # ZeRO's fp32 masters were copied from the weights the model was built with: exact in fp32, rounded in
+        # bf16/fp16, where they are written again (a growth then grows each tensor twice: sharded_growth.py)
+        low_precision = any(self.ds_config.get(key, {}).get("enabled") for key in ("bf16", "fp16"))
         with torch.no_grad():
             for (path, tensor) in self.model.growable_layers():
                 full = None
                 for index, p in enumerate(tensor.blocks()):
                     master = self._masters.get(id(p))
-                    if master is not None or hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):   # a separate master
+                    if master is not None or (low_precision and (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"))):
                         if full is None:
                             full = shard_of(tensor, values[path])
                         value = full[p.block_meta.slices].contiguous()
