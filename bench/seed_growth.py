@@ -268,7 +268,7 @@ def report(paths: list[Path], micro: int, seq: int) -> str:
                          f"{mean[0]} / {mean[1]} | {equal} | {same if export else '-'} |")
         GB = 2**30
         lines.append(f"| planner | | | {before.state / GB:.2f} (state) | {after.growth_peak / GB:.2f} | "
-                     f"{(after.state - after.gradients) / GB:.2f} | {after.training / GB:.2f} | | | | |")
+                     f"{after.state / GB:.2f} | {after.training / GB:.2f} | | | | |")
     return "\n".join(lines) + "\n\nGiB per rank (VmRSS / VmHWM; anon: RssAnon, without evictable file pages)."
 
 

@@ -149,8 +149,10 @@ def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int
             # ZeRO-0 keeps the old weights' fp32 values (its moments become the new Adam state as they are)
             pieces = 0 if growth_spill else (12 * old // dp if zero_stage else 4 * old)
             build_copy = w * rank_parameters(config, tp) // dp if zero_stage == 3 else 0
-            # one tensor in flight: measured ~8 fp32 copies of the largest tensor (old, gathered, grown, noise, moments)
-            growth_peak = weights + adam + build_copy + pieces + 8 * 4 * largest + RUNTIME_BYTES
+            # one tensor in flight: measured ~8 fp32 copies of the largest tensor (gathered old tensor and its
+            # gather buffer, grown tensor and its noise, moments); ZeRO-0 gathers nothing over data parallelism
+            copies = 8 if zero_stage else 6
+            growth_peak = weights + adam + build_copy + pieces + copies * 4 * largest + RUNTIME_BYTES
         rows.append(StageMemory(stage, config, rank_parameters(config, tp), weights, gradients, adam,
                                 activation_bytes(config, tokens, bf16, tp),
                                 activation_bytes(config, tokens, bf16, tp, checkpointing=True), workspace,
