@@ -16,8 +16,8 @@ the vocabulary shard (4V/tp) and a few hidden-sized tensors. Activation checkpoi
 (w*h per token and layer) and recomputes one layer at a time in backward.
 A growth (sharded_growth.py) peaks while the grown engine is built: its weights, masters and Adam state (no
 gradients yet) plus the defragmentation copy of ZeRO-3's weights, plus this rank's pieces of the old state (not
-counted with --growth-spill-dir: they are evictable file pages), plus one full tensor in flight (measured: about 8 fp32 copies of
-the largest tensor: the gathered old tensor, the grown one and its noise, moments).
+counted with --growth-spill-dir: they are evictable file pages), plus one full tensor in flight (measured: about 8
+fp32 copies of the largest tensor: the gathered old tensor, the grown one and its noise, moments).
 A training step's transient workspace: the fp32 logits, log-softmax and its gradient, under ZeRO-3 the gathered
 embedding / lm_head and their whole gradients, and ZeRO-2/3 reduce buckets; the optimizer step's: DeepSpeed takes
 the gradient norm through an fp64 copy of one optimizer sub-group's gradients (8 bytes per element), and in bf16

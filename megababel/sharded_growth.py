@@ -10,8 +10,8 @@ block's moments move to the same block of the grown model.
 
 The pieces are kept in host memory (on a GPU they would compete with the grown engine for device memory). Peak per
 rank: the grown engine, plus this rank's pieces of the old state (1/DP of it under ZeRO-3, in host memory), plus
-one full tensor (and its moments) in flight. Where host memory is the limit (a CPU machine, where host memory is also the
-engine's), `spill_dir` puts the pieces in a memory-mapped file instead: the kernel can evict them.
+one full tensor (and its moments) in flight. Where host memory is the limit (a CPU machine, where host memory is
+also the engine's), `spill_dir` puts the pieces in a memory-mapped file instead: the kernel can evict them.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import time
 from megababel.parallel import free_port
 
 
-def run_local_ranks(world: int, argv: list, threads: int = 1, timeout: float = 600, env: dict | None = None) -> list[str]:
+def run_local_ranks(world: int, argv: list, threads: int = 1, timeout: float = 600,
+                    env: dict | None = None) -> list[str]:
     """Run `python argv...` as ranks 0..world-1 (`env`: extra environment variables); return each rank's combined
     stdout/stderr."""
     port, procs = str(free_port()), []

@@ -150,5 +150,6 @@ def test_no_shared_memory_left_behind_by_a_run(tmp_path):
     script.write_text(SHM_PROBE)
     logs = run_local_ranks(2, [script])
     port = logs[0].split("PORT")[1].split()[0]
-    left = [name for name in os.listdir("/dev/shm") if name.startswith("deepspeed_allreduce_buffer") and f"_{port}_" in name]
+    left = [name for name in os.listdir("/dev/shm")
+            if name.startswith("deepspeed_allreduce_buffer") and f"_{port}_" in name]
     assert not left, left
