@@ -1,7 +1,8 @@
 """The benchmarks' training data: TinyStories through the Llama 2 tokenizer, from ../shared/data, preprocessed once.
 
-    from bench_data import tinystories
+    from bench_data import tinystories, wikipedia
     data = tinystories([8000, 32000])      # a dataset directory for RunConfig(data=...), cached
+    data = wikipedia([1000, 2000])         # ../shared/data/wikipedia (47M Llama 2 tokens), its own validation file
 
 Benchmarks train through megababel's Trainer, so they need a real dataset directory (tokenizer, ranking, one
 folder per vocabulary stage), made by the same preprocessing as tools/preprocess_data.py.
@@ -41,4 +42,27 @@ def tinystories(stages, cache: Path | None = None, valid_paragraphs: int | None 
         valid = cache.parent / f"{cache.name}-valid-subset.txt"      # outside `cache`: preprocess empties it
         valid.write_text("\n\n".join(paragraphs) + "\n")
     preprocess([str(stories)], cache, Tokenizer.load(llama2), stages, valid_sources=[str(valid)], overwrite=True)
+    return cache
+
+
+def wikipedia(stages, cache: Path | None = None) -> Path:
+    """The Wikipedia build of ../shared/data (train.txt, 28,929 articles; valid.txt, 486 articles never in train) at
+    the given vocabulary stages; built into `cache` (default: the megababel cache) unless already there. Enough
+    text for ~20 tokens per parameter at a few million parameters without repeating any of it."""
+    sys.path.insert(0, str(ROOT))
+    from megababel.data.embedded import default_cache_dir
+
+    stages = sorted(stages)
+    cache = cache or default_cache_dir() / ("bench-wikipedia-" + "-".join(map(str, stages)))
+    if all((cache / f"vocab_{s}" / "index.json").is_file() for s in stages):
+        return cache
+    from megababel.data.preprocess import preprocess
+    from megababel.tokenizer import Tokenizer
+    train, valid = SHARED / "wikipedia" / "train.txt", SHARED / "wikipedia" / "valid.txt"
+    llama2 = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
+    for path in (train, valid, llama2):
+        if not path.is_file():
+            sys.exit(f"{path} not found: the benchmarks need ../shared/data (see its README)")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    preprocess([str(train)], cache, Tokenizer.load(llama2), stages, valid_sources=[str(valid)], overwrite=True)
     return cache
