@@ -45,15 +45,17 @@ def tinystories(stages, cache: Path | None = None, valid_paragraphs: int | None 
     return cache
 
 
-def wikipedia(stages, cache: Path | None = None) -> Path:
+def wikipedia(stages, cache: Path | None = None, valid_articles: int | None = None) -> Path:
     """The Wikipedia build of ../shared/data (train.txt, 28,929 articles; valid.txt, 486 articles never in train) at
-    the given vocabulary stages; built into `cache` (default: the megababel cache) unless already there. Enough
-    text for ~20 tokens per parameter at a few million parameters without repeating any of it."""
+    the given vocabulary stages, validation from valid.txt (its first `valid_articles` articles, or all); built into
+    `cache` (default: the megababel cache) unless already there. Enough text for ~20 tokens per parameter at a few
+    million parameters without repeating any of it."""
     sys.path.insert(0, str(ROOT))
     from megababel.data.embedded import default_cache_dir
 
     stages = sorted(stages)
-    cache = cache or default_cache_dir() / ("bench-wikipedia-" + "-".join(map(str, stages)))
+    cache = cache or default_cache_dir() / ("bench-wikipedia-" + "-".join(map(str, stages)) +
+                                            (f"-valid{valid_articles}" if valid_articles else ""))
     if all((cache / f"vocab_{s}" / "index.json").is_file() for s in stages):
         return cache
     from megababel.data.preprocess import preprocess
@@ -64,5 +66,9 @@ def wikipedia(stages, cache: Path | None = None) -> Path:
         if not path.is_file():
             sys.exit(f"{path} not found: the benchmarks need ../shared/data (see its README)")
     cache.parent.mkdir(parents=True, exist_ok=True)
+    if valid_articles:
+        articles = [a for a in valid.read_text().split("\n\n") if a.strip()][:valid_articles]
+        valid = cache.parent / f"{cache.name}-valid-subset.txt"      # outside `cache`: preprocess empties it
+        valid.write_text("\n\n".join(articles) + "\n")
     preprocess([str(train)], cache, Tokenizer.load(llama2), stages, valid_sources=[str(valid)], overwrite=True)
     return cache

@@ -142,8 +142,9 @@ class BenchRecorder(Callback):
     """Validation bits per byte (all tokens of the valid subset) at fixed steps and right after each growth, with
     the trainer's cumulative FLOPs and training wall time (train steps and growths only, not these evaluations)."""
 
-    def __init__(self, name: str, seed: int, validation: dict, log_every: int = 25):
+    def __init__(self, name: str, seed: int, validation: dict, log_every: int = 25, eval_every: int = EVAL_EVERY):
         self.name, self.seed, self.validation, self.log_every = name, seed, validation, log_every
+        self.eval_every = eval_every
         self.evals, self.growths = [], []
 
     def evaluate(self, trainer) -> float:
@@ -156,7 +157,7 @@ class BenchRecorder(Callback):
 
     def on_fit_start(self, trainer):
         steps, growth_steps = trainer.schedule.steps, [g.at_step for g in trainer.schedule.growths]
-        self.eval_steps = set(range(0, steps, EVAL_EVERY)) | {steps} | set(growth_steps)   # right before each
+        self.eval_steps = set(range(0, steps, self.eval_every)) | {steps} | set(growth_steps)   # right before each
         self.eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < steps}
         self.started = time.perf_counter()
         self.evaluate(trainer)
@@ -178,10 +179,10 @@ class BenchRecorder(Callback):
                   f"ETA {elapsed / step * (steps - step):.0f} s", flush=True)
 
 
-def train(name: str, spec: dict, seed: int, data: Path, validation: dict) -> dict:
+def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY) -> dict:
     """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
     bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints."""
-    recorder = BenchRecorder(name, seed, validation)
+    recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=BATCH, seq_len=SEQ, bf16=True,
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),

@@ -1,0 +1,157 @@
+"""Tables and plots for bench/budget_sweep.py, from its saved runs (OUT/runs/*.json).
+
+Per budget, against scratch at its tuned LR and the same seed:
+  FLOP saving   1 - FLOPs at which the plan's validation curve first reaches scratch's final bits/byte / scratch's
+                FLOPs (None: never reached; the run ends at scratch's FLOPs)
+  wall saving   the same with training wall time
+  d_bpb         the plan's final bits/byte (at scratch's FLOPs) minus scratch's (negative: better)
+Best plan: the largest seed-0 FLOP saving; its figures are mean, and min..max over seeds.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from growth_report import crossing  # noqa: E402
+
+
+def load(out: Path) -> dict:
+    """{budget: {(name, lr, seed): run}}"""
+    runs = defaultdict(dict)
+    for path in sorted((out / "runs").glob("*.json")):
+        r = json.loads(path.read_text())
+        runs[r["budget"]][(r["name"], r["lr"], r["seed"])] = r
+    return runs
+
+
+def saving(run: dict, scratch: dict, key: str) -> float | None:
+    xs, ys = [e[key] for e in run["evals"]], [e["bpb"] for e in run["evals"]]
+    reached = crossing(xs, ys, scratch["final_bpb"])
+    return None if reached is None else 1 - reached / scratch[key]
+
+
+def _pct(v):
+    return "never" if v is None else f"{100 * v:.0f}%"
+
+
+def _spread(values, pct=True):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "never"
+    scale = 100 if pct else 1
+    mean = f"{scale * np.mean(values):.0f}%" if pct else f"{np.mean(values):+.3f}"
+    if len(values) == 1:
+        return mean
+    low, high = min(values), max(values)
+    return mean + (f" ({scale * low:.0f}..{scale * high:.0f})" if pct else f" ({low:+.3f}..{high:+.3f})")
+
+
+def summarise(runs: dict) -> list[dict]:
+    rows = []
+    for budget in sorted(runs):
+        by = runs[budget]
+        scratch0 = {lr: r for (n, lr, s), r in by.items() if n == "scratch" and s == 0}
+        if not scratch0:
+            continue
+        lr = min(scratch0, key=lambda k: scratch0[k]["final_bpb"])
+        scratch = {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
+        plans = {n: r for (n, l, s), r in by.items() if n != "scratch" and l == lr and s == 0}
+        per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=saving(r, scratch[0], "wall"),
+                            d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in plans.items()}
+        best = max(per_plan, key=lambda n: per_plan[n]["flops"] or -1) if per_plan else None
+        seeds = {s: r for (n, l, s), r in by.items() if n == best and l == lr}
+        common = sorted(set(seeds) & set(scratch))
+        final = scratch[0]["spec"]["model"]
+        rows.append(dict(budget=budget, lr=lr, tried=sorted(scratch0), scratch=scratch, plans=per_plan, best=best,
+                         tokens=scratch[0]["steps"] * 2048, final=final,
+                         best_flops=[saving(seeds[s], scratch[s], "flops") for s in common],
+                         best_wall=[saving(seeds[s], scratch[s], "wall") for s in common],
+                         best_d=[seeds[s]["final_bpb"] - scratch[s]["final_bpb"] for s in common],
+                         seeds=common))
+    return rows
+
+
+def write_report(out: Path) -> str:
+    rows = summarise(load(out))
+    if not rows:
+        print(f"no runs in {out / 'runs'}: run bench/budget_sweep.py first")
+        return ""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from megababel.config import LlamaConfig
+    from megababel.counters import config_parameters
+    config = LlamaConfig(**rows[0]["final"])
+    total = config_parameters(config)
+    non_embedding = total - 2 * config.vocab_size * config.hidden_size
+    lines = [f"Final model {total / 1e6:.2f}M parameters ({non_embedding / 1e6:.2f}M without embeddings).", "",
+             "| tokens/parameter (all / non-embedding) | scratch tokens | scratch LR (tried) | scratch final bits/byte "
+             "| best plan | FLOP saving | wall saving | d bits/byte at equal FLOPs | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        finals = [s["final_bpb"] for s in r["scratch"].values()]
+        scratch = f"{np.mean(finals):.4f}" + (f" +- {np.std(finals):.4f}" if len(finals) > 1 else "")
+        lines.append(f"| {r['tokens'] / total:.2g} / {r['tokens'] / non_embedding:.2g} | {r['tokens'] / 1e6:.2f}M | "
+                     f"{r['lr']:g} ({', '.join(f'{x:g}' for x in r['tried'])}) | {scratch} | {r['best']} | "
+                     f"{_spread(r['best_flops'])} | {_spread(r['best_wall'])} | {_spread(r['best_d'], pct=False)} | "
+                     f"{len(r['seeds'])} |")
+    lines += ["", "Every plan, seed 0 (FLOP saving / d bits/byte at equal FLOPs):", "",
+              "| plan | " + " | ".join(f"{r['budget']:g} tok/param" for r in rows) + " |",
+              "|---|" + "---|" * len(rows)]
+    for name in sorted({n for r in rows for n in r["plans"]}):
+        cells = [f"{_pct(r['plans'][name]['flops'])} / {r['plans'][name]['d_bpb']:+.3f}" if name in r["plans"]
+                 else "-" for r in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+    _plots(rows, out)
+    return table
+
+
+def _plots(rows, out: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter([r["budget"]] * len(r["plans"]), [100 * (v["flops"] or 0) for v in r["plans"].values()],
+                   color="0.8", s=12)
+    xs = [r["budget"] for r in rows if r["best_flops"]]
+    means = [100 * np.mean([v or 0 for v in r["best_flops"]]) for r in rows if r["best_flops"]]
+    lows = [100 * min(v or 0 for v in r["best_flops"]) for r in rows if r["best_flops"]]
+    highs = [100 * max(v or 0 for v in r["best_flops"]) for r in rows if r["best_flops"]]
+    ax.errorbar(xs, means, yerr=[np.subtract(means, lows), np.subtract(highs, means)], marker="o", capsize=3,
+                label="best plan (mean, min..max over seeds)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("scratch tokens per parameter")
+    ax.set_ylabel("FLOP saving to reach scratch's final bits/byte (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "saving_vs_budget.png", dpi=120)
+    plt.close(fig)
+    largest = rows[-1]
+    runs = load(out)[largest["budget"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("scratch", largest["best"]):
+        r = runs.get((name, largest["lr"], 0))
+        if r is None:
+            continue
+        ax.plot([e["flops"] for e in r["evals"]], [e["bpb"] for e in r["evals"]], label=name)
+        for g in r["growths"]:
+            ax.axvline(g["flops"], color="0.7", ls=":")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("validation bits/byte")
+    ax.set_title(f"{largest['budget']:g} tokens/parameter")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"curves_b{largest['budget']:g}.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,193 @@
+"""Does growing pay where users train? Compute saving of progressive plans over scratch versus the token budget.
+
+    python bench/budget_sweep.py                          # budgets 0.1 1 5 20 tokens/parameter; resumes
+    python bench/budget_sweep.py --budgets 0.1 1          # the small budgets only
+    python bench/budget_sweep.py --report                 # table + plots again from the saved runs
+    python bench/budget_sweep.py --quick --out /tmp/bs    # smoke test: a tiny budget, 2 plans, one LR
+
+Final model: hidden 128 (head_dim 32), 4 layers, FFN 352, vocabulary stage 2000 of the Llama 2 tokenizer: 1.32M
+parameters, 0.80M without the two vocabulary matrices. A budget is scratch's training tokens per parameter, ALL
+parameters counted (the report also gives tokens per non-embedding parameter). Data: ../shared/data/wikipedia,
+65M training tokens at vocabulary 2000, so even the largest budget (26M tokens for scratch; a progressive run sees
+more at equal FLOPs) is less than one epoch: no text is repeated. Validation: the first 40 articles of valid.txt
+(never trained on), all tokens, bits per byte.
+
+Every run trains through megababel's Trainer as `launch/train.py --bf16` does (DeepSpeed ZeRO-0, bf16 weights with
+fp32 masters, AdamW, per-generation LR curves, Adam state kept), batch 8 x 256 tokens, and every progressive run gets
+scratch's training FLOPs (megababel/counters.py).
+Per budget, in order: scratch's peak LR tuned on --lrs (seed 0; extended when the best is at an edge); every plan
+at that LR (seed 0); then --seeds for scratch and the plan with the largest FLOP saving. Plans (PLANS):
+  g1  64x2 -> 128x4 in one growth
+  g2  64x2 -> 128x2 (width + FFN) -> 128x4 (depth, interleaved identity layers)
+  g3  64x2 -> 96x2 -> 128x2 -> 128x4
+each with its first growth at 10, 25 or 50% of scratch's FLOPs (`@10` ...) and the rest evenly spaced after it, and
+each with a vocabulary stage ("-vocab": 1000 until the first growth, then 2000) or without. A plan whose run would
+see more tokens than one epoch of the training text (late first growths at the largest budget: cheap early stages
+mean many more tokens at equal FLOPs) is not run at that budget.
+
+Outputs in --out (default bench/results/budget_sweep): runs/b<budget>-<plan>-lr<lr>-seed<k>.json (reused on a
+re-run), table.md, saving_vs_budget.png, curves_b<largest>.png. growth_report.py's definitions of saving apply.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_data import wikipedia  # noqa: E402
+from growth_report import at, crossing  # noqa: E402
+from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
+from megababel.config import LlamaConfig  # noqa: E402
+from megababel.counters import config_parameters, flops_per_token  # noqa: E402
+
+COMMON = dict(head_dim=32, multiple_of=32, max_position_embeddings=SEQ)
+FINAL = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, vocab_size=2000)
+VALID_ARTICLES = 40
+# plan: (start model, [growth events]); every plan ends at FINAL
+PLANS = {
+    "g1": (dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176),
+           [dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, layer_positions="interleave")]),
+    "g2": (dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176),
+           [dict(hidden_size=128, intermediate_size=352),
+            dict(num_hidden_layers=4, layer_positions="interleave")]),
+    "g3": (dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176),
+           [dict(hidden_size=96, intermediate_size=264), dict(hidden_size=128, intermediate_size=352),
+            dict(num_hidden_layers=4, layer_positions="interleave")]),
+}
+FIRST_GROWTH = (0.10, 0.25, 0.50)
+ALL_PLANS = [f"{plan}@{round(100 * f)}{vocab}" for plan in PLANS for f in FIRST_GROWTH for vocab in ("", "-vocab")]
+
+
+def final_config() -> LlamaConfig:
+    return LlamaConfig(**FINAL, **COMMON)
+
+
+def scratch_steps(budget: float) -> int:
+    return max(20, round(budget * config_parameters(final_config()) / TOKENS_PER_STEP))
+
+
+def growth_fractions(first: float, growths: int) -> list[float]:
+    """FLOP fractions of the growths: the first at `first`, the rest evenly spaced between it and the end."""
+    return [first + i * (1 - first) / growths for i in range(growths)]
+
+
+def schedule_spec(name: str, budget: float, lr: float) -> dict:
+    """A run's schedule: scratch, or a plan whose stage lengths put each growth at its FLOP fraction of scratch's
+    training FLOPs (so the run ends at scratch's FLOPs)."""
+    steps = scratch_steps(budget)
+    training = dict(lr=lr, warmup_steps=max(10, steps // 20), min_lr_ratio=0.1, weight_decay=0.1)
+    if name == "scratch":
+        return dict(model=dict(FINAL, **COMMON), training=dict(training, steps=steps), growths=[])
+    plan, _, rest = name.partition("@")
+    vocab = rest.endswith("-vocab")
+    first = int(rest.removesuffix("-vocab")) / 100
+    start, events = PLANS[plan]
+    configs = [LlamaConfig(**dict(FINAL, **start, **({"vocab_size": 1000} if vocab else {})), **COMMON)]
+    for event in events:
+        changes = {k: v for k, v in event.items() if k != "layer_positions"}
+        if "hidden_size" in changes:
+            changes.update(num_attention_heads=None, num_key_value_heads=None)
+        configs.append(LlamaConfig(**dict(configs[-1].to_dict(), vocab_size=FINAL["vocab_size"], **changes)))
+    total = steps * flops_per_token(final_config(), SEQ) * TOKENS_PER_STEP
+    fractions = growth_fractions(first, len(events)) + [1.0]
+    at_steps, done, previous = [], 0.0, 0.0
+    for config, fraction in zip(configs, fractions):
+        done += (fraction - previous) * total / (flops_per_token(config, SEQ) * TOKENS_PER_STEP)
+        at_steps.append(round(done))
+        previous = fraction
+    growths = [dict(event, at_step=step, **({"vocab_size": FINAL["vocab_size"]} if vocab and i == 0 else {}))
+               for i, (event, step) in enumerate(zip(events, at_steps))]
+    return dict(model=dict(configs[0].to_dict(), **COMMON), training=dict(training, steps=at_steps[-1]),
+                growths=growths)
+
+
+def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
+    return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
+
+
+def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict) -> dict:
+    path = run_path(out, budget, name, lr, seed)
+    if path.is_file():
+        return json.loads(path.read_text())
+    print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
+    spec = schedule_spec(name, budget, lr)
+    result = train(name, spec, seed, data, validation,
+                   eval_every=max(10, spec["training"]["steps"] // 40))
+    result.update(budget=budget, lr=lr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    print(f"  -> final {result['final_bpb']:.4f} bits/byte, {result['flops']:.3g} FLOPs, {result['wall']:.0f} s",
+          flush=True)
+    return result
+
+
+def saving(run_: dict, scratch: dict, key: str = "flops") -> float | None:
+    """1 - (cost at which the run first reaches scratch's final bits/byte) / scratch's cost; None if never."""
+    xs, ys = [e[key] for e in run_["evals"]], [e["bpb"] for e in run_["evals"]]
+    reached = crossing(xs, ys, scratch["final_bpb"])
+    return None if reached is None else 1 - reached / scratch[key]
+
+
+def one_epoch(budget: float, name: str, data: Path) -> bool:
+    """Whether the run's tokens fit in one epoch of the training text (counted at the final vocabulary, where the
+    text is fewest tokens): a plan that would repeat text is not run at that budget."""
+    index = json.loads((data / f"vocab_{FINAL['vocab_size']}" / "index.json").read_text())
+    steps = schedule_spec(name, budget, 1e-3)["training"]["steps"]
+    return steps * TOKENS_PER_STEP <= index["splits"]["train"]["n_tokens"]
+
+
+def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):
+    plans = [name for name in plans if one_epoch(budget, name, data)]
+    tuning = {lr: run(out, budget, "scratch", lr, seeds[0], data, validation) for lr in sorted(lrs)}
+    while True:     # extend the grid while the best LR sits at an edge (at most two extensions)
+        best = min(tuning, key=lambda lr: tuning[lr]["final_bpb"])
+        edges = sorted(tuning)
+        if best not in (edges[0], edges[-1]) or len(tuning) >= len(lrs) + 2:
+            break
+        lr = best * 2 if best == edges[-1] else best / 2
+        tuning[lr] = run(out, budget, "scratch", lr, seeds[0], data, validation)
+    lr = min(tuning, key=lambda lr: tuning[lr]["final_bpb"])
+    results = {name: run(out, budget, name, lr, seeds[0], data, validation) for name in plans}
+    best_plan = max(results, key=lambda n: saving(results[n], tuning[lr]) or -1)
+    for seed in seeds[1:]:
+        run(out, budget, "scratch", lr, seed, data, validation)
+        run(out, budget, best_plan, lr, seed, data, validation)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "budget_sweep")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.1, 1, 5, 20])
+    p.add_argument("--lrs", type=float, nargs="+", default=[1.5e-3, 3e-3, 6e-3], help="scratch peak LRs to try")
+    p.add_argument("--plans", nargs="+", default=ALL_PLANS, choices=ALL_PLANS, metavar="PLAN")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
+    p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, plans g2@25 and g2@25-vocab")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budgets, args.lrs, args.plans, args.seeds = [0.05], args.lrs[1:2], ["g2@25", "g2@25-vocab"], [0]
+    if not args.report:
+        import torch
+        from megababel.parallel import init_distributed
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        init_distributed()
+        data = wikipedia([1000, 2000], valid_articles=VALID_ARTICLES)
+        validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+        for budget in sorted(args.budgets):
+            sweep_budget(args.out, budget, args.lrs, args.plans, args.seeds, data, validation)
+    from budget_report import write_report
+    write_report(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""bench/budget_sweep.py's schedules (growths at their FLOP fractions, every run at scratch's FLOPs) and
+bench/budget_report.py on synthetic saved runs."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import budget_report  # noqa: E402
+import budget_sweep  # noqa: E402
+from megababel.counters import flops_per_token  # noqa: E402
+from megababel.schedule import parse_schedule  # noqa: E402
+
+
+def stage_flops(spec) -> list[float]:
+    """Training FLOPs spent in each stage of a schedule."""
+    schedule = parse_schedule(spec, budget_sweep.TOKENS_PER_STEP)
+    configs = [schedule.model] + [g.config for g in schedule.growths]
+    bounds = [0] + [g.at_step for g in schedule.growths] + [schedule.steps]
+    return [(b - a) * flops_per_token(c, budget_sweep.SEQ) * budget_sweep.TOKENS_PER_STEP
+            for c, a, b in zip(configs, bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("name", budget_sweep.ALL_PLANS)
+def test_every_plan_ends_at_the_final_model_with_scratch_flops_and_grows_on_time(name):
+    budget = 5
+    scratch = sum(stage_flops(budget_sweep.schedule_spec("scratch", budget, 1e-3)))
+    spec = budget_sweep.schedule_spec(name, budget, 1e-3)
+    flops = stage_flops(spec)
+    assert sum(flops) == pytest.approx(scratch, rel=2e-3)
+    final = parse_schedule(spec, budget_sweep.TOKENS_PER_STEP)
+    assert final.final_config == budget_sweep.final_config()
+    first = int(name.split("@")[1].removesuffix("-vocab")) / 100
+    expected = budget_sweep.growth_fractions(first, len(flops) - 1)
+    reached = [sum(flops[:i + 1]) / scratch for i in range(len(flops) - 1)]
+    assert reached == pytest.approx(expected, abs=2e-3)
+    assert (final.model.vocab_size == 1000) == name.endswith("-vocab")
+
+
+def test_late_growths_at_the_largest_budget_would_repeat_text(tmp_path):
+    """One epoch of the training text: a plan that spends half the FLOPs on a 4x cheaper model sees ~3x scratch's
+    tokens, more than the corpus holds at 20 tokens/parameter; an early growth fits."""
+    (tmp_path / "vocab_2000").mkdir()
+    index = dict(format="megababel-tokens/1", vocab_size=2000, bos_id=1, eos_id=2, ids="model rows",
+                 tokenizer_sha256="x", stage=2000, splits=dict(train=dict(shards=[], n_docs=0, n_tokens=64_929_922,
+                                                                           n_bytes=0)))
+    (tmp_path / "vocab_2000" / "index.json").write_text(json.dumps(index))
+    assert budget_sweep.one_epoch(20, "g1@10", tmp_path)
+    assert not budget_sweep.one_epoch(20, "g2@50-vocab", tmp_path)
+    assert budget_sweep.one_epoch(5, "g2@50-vocab", tmp_path)
+
+
+def _run(runs, budget, name, lr, seed, reach, flops=100.0, growths=()):
+    """A saved run whose bits/byte falls linearly from 3.0 to 3.0 - 1.0 * flops / reach."""
+    evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - flops * k / 10 / reach)
+             for k in range(11)]
+    run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=list(growths),
+               final_bpb=evals[-1]["bpb"], flops=flops, wall=flops / 2, steps=10,
+               spec=dict(model=dict(budget_sweep.FINAL, **budget_sweep.COMMON)))
+    (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
+
+
+def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in (0, 1):
+        _run(runs, 1, "scratch", 1e-3, seed, reach=100.0)                 # ends at 2.0
+    _run(runs, 1, "scratch", 2e-3, 0, reach=110.0)                          # ends higher: not the tuned LR
+    _run(runs, 1, "g2@25", 1e-3, 0, reach=60.0)                             # reaches 2.0 at 60: saving 40%
+    _run(runs, 1, "g2@25", 1e-3, 1, reach=80.0)                             # 20%
+    _run(runs, 1, "g1@10", 1e-3, 0, reach=120.0)                            # never reaches 2.0
+    table = budget_report.write_report(tmp_path)
+    (row,) = budget_report.summarise(budget_report.load(tmp_path))
+    assert row["lr"] == 1e-3 and row["best"] == "g2@25"
+    assert row["best_flops"] == pytest.approx([0.4, 0.2])
+    assert row["plans"]["g1@10"]["flops"] is None and row["plans"]["g1@10"]["d_bpb"] > 0
+    assert "| g2@25 | 30% (20..40) |" in table and "| g1@10 | never /" in table
+    assert table in capsys.readouterr().out
