@@ -66,7 +66,7 @@ SCHEDULE = "model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, vocab_s
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
-    "flag", "flag-choice", "seq-len", "schedule-duplicate-key", "schedule-bool", "schedule-nan",
+    "flag", "flag-choice", "seq-len", "spill-dir", "schedule-duplicate-key", "schedule-bool", "schedule-nan",
     "schedule-growth-at-end", "data-missing-stage", "data-too-short", "data-no-ranking", "checkpoint-damaged",
     "checkpoint-missing", "resume-changed-steps", "resume-changed-seq-len", "fresh-over-a-run", "resume-older"])
 def test_bad_input_is_refused_in_one_line_before_any_compute(case, tmp_path, cache, trained):
@@ -83,6 +83,7 @@ def test_bad_input_is_refused_in_one_line_before_any_compute(case, tmp_path, cac
         "flag": (["--steps", "0"], ["--steps", ">= 1"]),
         "flag-choice": (["--zero-stage", "5"], ["--zero-stage", "invalid choice"]),
         "seq-len": (["--seq-len", "5000"], ["--seq-len 5000", "max_position_embeddings"]),
+        "spill-dir": (["--growth-spill-dir", tmp_path / "no-such-dir"], ["--growth-spill-dir", "writable directory"]),
         "schedule-duplicate-key": (["--schedule", bad_file(tmp_path, "d.yaml", SCHEDULE + "training: {steps: 10}\n"
                                                            "training: {steps: 20}\n")], ["training", "appears twice"]),
         "schedule-bool": (["--schedule", bad_file(tmp_path, "b.yaml", SCHEDULE + "training: {steps: true}\n")],
