@@ -20,29 +20,7 @@ SPEED_STAGES = (8000, 16000, 24000, 32000)   # the speed benchmarks' models use 
 def tinystories(stages, cache: Path | None = None, valid_paragraphs: int | None = None) -> Path:
     """TinyStories train.txt at the given vocabulary stages, validation from valid.txt (its first
     `valid_paragraphs` paragraphs, or all); built into `cache` (default: the megababel cache) unless already there."""
-    sys.path.insert(0, str(ROOT))
-    from megababel.data.embedded import default_cache_dir
-
-    stages = sorted(stages)
-    if cache is None:
-        cache = default_cache_dir() / ("bench-tinystories-" + "-".join(map(str, stages)) +
-                                       (f"-valid{valid_paragraphs}" if valid_paragraphs else ""))
-    if all((cache / f"vocab_{s}" / "index.json").is_file() for s in stages):
-        return cache
-    from megababel.data.preprocess import preprocess
-    from megababel.tokenizer import Tokenizer
-    stories, valid = SHARED / "tinystories" / "train.txt", SHARED / "tinystories" / "valid.txt"
-    llama2 = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
-    for path in (stories, valid, llama2):
-        if not path.is_file():
-            sys.exit(f"{path} not found: the benchmarks need ../shared/data (see its README)")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    if valid_paragraphs:
-        paragraphs = [p for p in valid.read_text().split("\n\n") if p.strip()][:valid_paragraphs]
-        valid = cache.parent / f"{cache.name}-valid-subset.txt"      # outside `cache`: preprocess empties it
-        valid.write_text("\n\n".join(paragraphs) + "\n")
-    preprocess([str(stories)], cache, Tokenizer.load(llama2), stages, valid_sources=[str(valid)], overwrite=True)
-    return cache
+    return _corpus("tinystories", stages, cache, valid_paragraphs)
 
 
 def wikipedia(stages, cache: Path | None = None, valid_articles: int | None = None) -> Path:
@@ -50,25 +28,32 @@ def wikipedia(stages, cache: Path | None = None, valid_articles: int | None = No
     the given vocabulary stages, validation from valid.txt (its first `valid_articles` articles, or all); built into
     `cache` (default: the megababel cache) unless already there. Enough text for ~20 tokens per parameter at a few
     million parameters without repeating any of it."""
+    return _corpus("wikipedia", stages, cache, valid_articles)
+
+
+def _corpus(name: str, stages, cache: Path | None, valid_documents: int | None) -> Path:
+    """../shared/data/<name>/train.txt through the Llama 2 tokenizer at `stages`, validation from its valid.txt (the
+    first `valid_documents` blank-line-separated documents, or all)."""
     sys.path.insert(0, str(ROOT))
     from megababel.data.embedded import default_cache_dir
 
     stages = sorted(stages)
-    cache = cache or default_cache_dir() / ("bench-wikipedia-" + "-".join(map(str, stages)) +
-                                            (f"-valid{valid_articles}" if valid_articles else ""))
+    if cache is None:
+        cache = default_cache_dir() / (f"bench-{name}-" + "-".join(map(str, stages)) +
+                                       (f"-valid{valid_documents}" if valid_documents else ""))
     if all((cache / f"vocab_{s}" / "index.json").is_file() for s in stages):
         return cache
     from megababel.data.preprocess import preprocess
     from megababel.tokenizer import Tokenizer
-    train, valid = SHARED / "wikipedia" / "train.txt", SHARED / "wikipedia" / "valid.txt"
+    train, valid = SHARED / name / "train.txt", SHARED / name / "valid.txt"
     llama2 = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
     for path in (train, valid, llama2):
         if not path.is_file():
             sys.exit(f"{path} not found: the benchmarks need ../shared/data (see its README)")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    if valid_articles:
-        articles = [a for a in valid.read_text().split("\n\n") if a.strip()][:valid_articles]
+    if valid_documents:
+        documents = [d for d in valid.read_text().split("\n\n") if d.strip()][:valid_documents]
         valid = cache.parent / f"{cache.name}-valid-subset.txt"      # outside `cache`: preprocess empties it
-        valid.write_text("\n\n".join(articles) + "\n")
+        valid.write_text("\n\n".join(documents) + "\n")
     preprocess([str(train)], cache, Tokenizer.load(llama2), stages, valid_sources=[str(valid)], overwrite=True)
     return cache
