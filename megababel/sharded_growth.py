@@ -25,7 +25,6 @@ import torch.distributed as dist
 
 from .growth import GrowthStep
 from .parallel.distributed import all_gather_flat, all_reduce
-from .parallel.tensor_parallel import merge_layer_state
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -148,8 +147,7 @@ class LocalPieces:
         local = torch.empty(meta.local_shape)
         for index, region in enumerate(meta.slices):
             local[region] = self.pieces[(path, index)].gather("value")
-        full, _ = merge_layer_state(self.tp, _Split(meta.tp_split), local, {})
-        return full
+        return local if meta.tp_split is None else self.tp.merge_state(meta.tp_split, local, {})[0]
 
     def moments(self, path: str) -> dict:
         """{block index: (exp_avg, exp_avg_sq)} of the old unsharded tensor at `path`, for blocks that have them
@@ -166,15 +164,7 @@ class LocalPieces:
                 local[index] = pair
         if meta.tp_split is None:
             return local
-        _, merged = merge_layer_state(self.tp, _Split(meta.tp_split), torch.empty(meta.local_shape), local)
-        return merged
-
-
-class _Split:
-    """The one attribute merge_layer_state reads of a layer."""
-
-    def __init__(self, tp_split):
-        self.tp_split = tp_split
+        return self.tp.merge_state(meta.tp_split, torch.empty(meta.local_shape), local)[1]
 
 
 class GrownState:
