@@ -1,6 +1,7 @@
 """The seed plan's growths at real size on this 2-core, 24 GB machine: 2 ranks, ZeRO-3, bf16, through the Trainer.
 
     python bench/seed_growth.py --spill          # the seed's last growth, 488M -> 1.05B (needs --spill to fit)
+    python bench/seed_growth.py --ranks 1 --micro 4 --seq 2048 --label _gpu     # on one GPU (NCCL)
     python bench/seed_growth.py --growth 2       # 219M -> 488M
     python bench/seed_growth.py --growth 3 --phases train      # one phase only
 
@@ -94,6 +95,9 @@ class SeedProbe(Callback):
     def _peak(self, name):
         self.memory[name] = self._mb("VmHWM")
         self.memory[name.replace("peak", "anon_peak")] = self.last_anon
+        if torch.cuda.is_available():          # the same phase's peak of allocated GPU memory
+            self.memory[name.replace("peak", "gpu_peak")] = round(torch.cuda.max_memory_allocated() / 2**20)
+            torch.cuda.reset_peak_memory_stats()
         self._write()
 
     def _write(self):
@@ -155,8 +159,7 @@ def worker(args):
 
     rank, world = init_distributed()
     torch.set_num_threads(1)
-    if args.spill:
-        (Path(args.out) / "spill").mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / ("spill" if args.spill else "")).mkdir(parents=True, exist_ok=True)
     machine = MachineMemory() if rank == 0 else None
     out = Path(args.out)
     probe = SeedProbe(out / f"partial_{args.phase}_rank{rank}.json")
@@ -182,14 +185,16 @@ def run_ranks(args, phase: str) -> list[dict]:
     from local_ranks import run_local_ranks
     command = [__file__, "--worker", "--phase", phase, "--growth", args.growth, "--steps-before", args.steps_before,
                "--steps-after", args.steps_after, "--micro", args.micro, "--seq", args.seq, "--out", args.out,
+               "--ranks", args.ranks,
                *(["--spill"] if args.spill else [])]
     try:
-        logs = run_local_ranks(2, command, threads=1, timeout=6 * 3600)
+        logs = run_local_ranks(args.ranks, command, threads=1, timeout=6 * 3600)
     except RuntimeError as error:       # e.g. killed out of memory: keep what the ranks had measured, and why
+        print(str(error)[-4000:], file=sys.stderr, flush=True)
         kernel = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
         killed = [line for line in kernel if "Out of memory: Killed process" in line][-1:]
         return [dict(json.loads((Path(args.out) / f"partial_{phase}_rank{rank}.json").read_text()), rank=rank,
-                     failed=str(error).splitlines()[0], kernel=killed) for rank in range(2)
+                     failed=str(error).splitlines()[0], kernel=killed) for rank in range(args.ranks)
                 if (Path(args.out) / f"partial_{phase}_rank{rank}.json").exists()]
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
 
@@ -231,12 +236,12 @@ def export_and_load(args) -> dict:
                 hf_loss_bf16=round(hf_loss, 4), megababel_loss_bf16=round(ours, 4))
 
 
-def planner(growth: int, spill: bool, micro: int, seq: int) -> list:
+def planner(growth: int, spill: bool, micro: int, seq: int, ranks: int = 2) -> list:
     """The memory planner's rows (megababel/memory_plan.py) for the stages before and after growth `growth`."""
     from megababel.memory_plan import plan_memory
     full = parse_schedule(PRESETS["seed"], 1)
     configs = [full.model] + [g.config for g in full.growths]
-    return plan_memory(configs[growth:growth + 2], 2, 1, 3, micro, seq, bf16=True, growth_spill=spill)
+    return plan_memory(configs[growth:growth + 2], ranks, 1, 3, micro, seq, bf16=True, growth_spill=spill)
 
 
 def report(paths: list[Path], micro: int, seq: int) -> str:
@@ -247,7 +252,8 @@ def report(paths: list[Path], micro: int, seq: int) -> str:
     for path in paths:
         results = json.loads(path.read_text())
         growth, spill = int(re.search(r"_g(\d)", path.stem).group(1)), "spill" in path.stem
-        before, after = planner(growth, spill, micro, seq)
+        setting = results.get("setting", dict(ranks=2, micro=micro, seq=seq))
+        before, after = planner(growth, spill, setting["micro"], setting["seq"], setting["ranks"])
         export = results.get("export", {})
         same = export and export.get("hf_loss_bf16") == export.get("megababel_loss_bf16")
         for r in results["train"]:
@@ -277,12 +283,14 @@ def main(argv=None):
     p.add_argument("--growth", type=int, default=3, help="which growth of the seed preset (0-3; 3: 488M -> 1.05B)")
     p.add_argument("--steps-before", type=int, default=3)
     p.add_argument("--steps-after", type=int, default=3)
+    p.add_argument("--ranks", type=int, default=2, help="processes (on GPUs: one per GPU)")
     p.add_argument("--micro", type=int, default=1)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--phases", nargs="+", default=["train", "resume", "export"])
     p.add_argument("--spill", action="store_true", help="--growth-spill-dir OUT/spill: the old state pieces in a "
                                                        "mapped file during the growth")
     p.add_argument("--out", default=None, help="run folder (default: a folder under /tmp)")
+    p.add_argument("--label", default="", help="suffix of the results file, e.g. _gpu")
     p.add_argument("--report", action="store_true", help="print the results files as a table, with the planner's "
                                                         "predictions")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -298,8 +306,10 @@ def main(argv=None):
         return table
     tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"seed_growth_g{args.growth}{'_spill' if args.spill else ''}.json"
+    path = RESULTS / f"seed_growth_g{args.growth}{'_spill' if args.spill else ''}{args.label}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
+    results["setting"] = dict(ranks=args.ranks, micro=args.micro, seq=args.seq,
+                              device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
     for phase in args.phases:
         if phase in results:
             print(f"{phase}: done already ({path})")
