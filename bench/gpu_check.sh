@@ -12,7 +12,7 @@
 # 2. bench/gpu_speed.py: tokens/s and MFU at 125M / 350M / 1B next to transformers' LlamaForCausalLM.
 # 3. bench/seed_growth.py: the seed plan's last growth, 488M -> 1.05B, trained, grown, checkpointed, resumed and
 #    exported on one GPU (ZeRO-3, bf16, micro batch 4 x 2048).
-# Each part has its own time limit, so one that hangs leaves the others their time.
+# Each part has its own time limit, so one that hangs leaves the others their time. PARTS="1 3" runs some of them.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -27,16 +27,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$
 python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deepspeed.__version__, transformers.__version__)" \
     2>&1 | tail -1 | tee -a "$OUT/log.txt"
 
-log "1. tests/test_gpu.py"
-timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/test_gpu.py -v -p no:cacheprovider ${TEST_ARGS--n 4} \
+part() { [[ " ${PARTS:-1 2 3} " == *" $1 "* ]]; }
+part 1 && log "1. tests/test_gpu.py" && timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/test_gpu.py -v -p no:cacheprovider ${TEST_ARGS--n 4} \
     2>&1 | tee "$OUT/test_gpu.log" | tail -25 | tee -a "$OUT/log.txt"
 
-log "2. bench/gpu_speed.py"
-timeout "${SPEED_SECONDS:-150}" python3 bench/gpu_speed.py --sizes 1B 125M 350M --rounds 1 --steps 6 --out "$OUT" \
+part 2 && log "2. bench/gpu_speed.py" && timeout "${SPEED_SECONDS:-150}" python3 bench/gpu_speed.py --sizes 1B 125M 350M --rounds 1 --steps 6 --out "$OUT" \
     ${SPEED_ARGS:-} 2>&1 | tee "$OUT/gpu_speed.log" | grep -E '^[{|]' | tee -a "$OUT/log.txt"
 
-log "3. bench/seed_growth.py, 488M -> 1.05B on one GPU"
-timeout "${GROWTH_SECONDS:-200}" python3 bench/seed_growth.py --ranks 1 --micro 4 --seq 2048 --label _gpu \
+part 3 && log "3. bench/seed_growth.py, 488M -> 1.05B on one GPU" && timeout "${GROWTH_SECONDS:-200}" python3 bench/seed_growth.py --ranks 1 --micro 4 --seq 2048 --label _gpu \
     --out /tmp/seed_growth ${GROWTH_ARGS:-} 2>&1 | tee "$OUT/seed_growth.log" | grep -E "step|\.\.\.|loss|Error" \
     | tail -40 | tee -a "$OUT/log.txt"
 cp bench/results/seed_growth_g*_gpu.json "$OUT/" 2>/dev/null

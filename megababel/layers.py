@@ -97,6 +97,11 @@ class GrowableLayer(nn.Module):
 
     def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int) -> nn.Parameter:
         data = data.detach()
+        # where a new tensor goes: under ZeRO-3's zero.Init the GPU (it broadcasts each new parameter there, and
+        # NCCL moves no CPU tensor), else the default device. Initial values are made on the CPU (seeded draws).
+        device = torch.empty(0).device
+        if data.device != device:
+            data = data.to(device)
         if data._base is not None or not data.is_contiguous():   # a view of someone else's tensor: own a copy
             data = data.clone(memory_format=torch.contiguous_format)     # (clone() would keep a transposed layout)
         param = nn.Parameter(data)

@@ -203,3 +203,19 @@ def test_resume_on_a_different_number_of_ranks(dataset):
     reference = PackedLoader(dataset, 64, 4, seed=5)
     _batches(reference, 4)
     assert np.array_equal(one.next_batch()[0], reference.next_batch()[0])
+
+
+def test_processes_building_the_embedded_dataset_at_once_all_get_it(tmp_path):
+    """pytest -n and multi-rank runs build the cache concurrently: each builds in its own folder, and a build that
+    lands second uses the first one's (once, all of them shared one work folder and broke each other's tokenizer)."""
+    import subprocess
+    import sys
+    code = ("import sys; from megababel.data.embedded import build_embedded_dataset; "
+            "from megababel.data.shards import TokenDataset; out = build_embedded_dataset(sys.argv[1]); "
+            "print(out, TokenDataset(out / 'vocab_1000', 'train').n_bytes)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), [err[-2000:] for _, err, _ in results]
+    assert len({out for out, _, _ in results}) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [results[0][0].split()[0].rsplit("/", 1)[1]]   # no work folders

@@ -80,14 +80,20 @@ def build_embedded_dataset(cache_dir: str | os.PathLike | None = None, progress:
     out = Path(cache_dir or default_cache_dir()) / f"embedded-{digest}"
     if all((out / f"vocab_{size}" / INDEX).is_file() for size in EMBEDDED_STAGES):
         return out
-    work = out.with_name(out.name + ".building")
+    work = out.with_name(f"{out.name}.building-{os.getpid()}")     # one per process: tests build it in parallel
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     (work / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     tokenizer = train_sentencepiece(docs, EMBEDDED_TOKENIZER_SIZE, work / "source_tokenizer.model")
     preprocess([str(work / "docs.jsonl")], work / "dataset", tokenizer, list(EMBEDDED_STAGES), valid_every=20,
                progress=progress)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(work / "dataset", out)           # appears complete or not at all
+    complete = lambda: all((out / f"vocab_{size}" / INDEX).is_file() for size in EMBEDDED_STAGES)  # noqa: E731
+    if not complete():
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.replace(work / "dataset", out)           # appears complete or not at all
+        except OSError:                                 # another process's build landed first: use that one
+            if not complete():
+                raise
     shutil.rmtree(work)
     return out
