@@ -3,7 +3,7 @@
 #
 #   Prepare here (DeepSpeed is an sdist: build its wheel once; the tinystories speed data is preprocessed once):
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
-#         pydantic pydantic_core annotated-types typing-inspection hjson
+#         pydantic pydantic_core annotated-types typing-inspection hjson "sentencepiece>=0.2.3"
 #     DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl
 #     mkdir -p .gpu_cache && cp -r ~/.cache/megababel/bench-tinystories-8000-16000-24000-32000 .gpu_cache/
 #   Run there:   OUT=/some/dir bash bench/gpu_check.sh       (.whl and .gpu_cache travel with the tree)

@@ -158,6 +158,15 @@ class VocabRanking:
         return ranking
 
 
+def require_stage_support():
+    """Vocabulary stages need SentencePiece >= 0.2.3: before it, BPE still emits pieces marked UNUSED, so a stage
+    would emit ids outside itself (0.2.0-0.2.2: ~100 of the first 1000 pieces' segmentations leave the stage)."""
+    version = tuple(int(part) for part in spm.__version__.split(".")[:3] if part.isdigit())
+    if version < (0, 2, 3):
+        raise TokenizerError(f"sentencepiece {spm.__version__} cannot encode a vocabulary stage (its BPE emits the "
+                             f"pieces a stage leaves out); pip install 'sentencepiece>=0.2.3'")
+
+
 class VocabStage:
     """Encode and decode with only the first `size` ranked pieces; ids are model rows (0 .. size-1)."""
 
@@ -172,6 +181,7 @@ class VocabStage:
         if size < ranking.n_required:
             raise TokenizerError(f"vocabulary stage {size} is smaller than the {ranking.n_required} pieces every text "
                                  f"needs (specials, 256 byte pieces, '{META_SPACE}'); use at least {ranking.n_required}")
+        require_stage_support()
         self.tokenizer, self.ranking, self.size = tokenizer, ranking, int(size)
         proto = sp_pb2.ModelProto()
         proto.CopyFrom(tokenizer.proto)

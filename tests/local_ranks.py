@@ -22,7 +22,7 @@ def run_local_ranks(world: int, argv: list, threads: int = 1, timeout: float = 6
     with tempfile.TemporaryDirectory() as tmp:
         outputs = [open(os.path.join(tmp, f"rank{rank}.log"), "w+") for rank in range(world)]
         for rank in range(world):
-            variables = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank),
+            variables = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), RANK=str(rank), LOCAL_RANK=str(rank),
                              WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
                              OMP_NUM_THREADS=str(threads), **(env or {}))
             procs.append(subprocess.Popen([sys.executable, *map(str, argv)], env=variables, stdout=outputs[rank],

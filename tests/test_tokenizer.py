@@ -134,3 +134,14 @@ def test_train_tokenizer_tool(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--embedded", "--vocab-size", "100", "--out", str(tmp_path / "u.model")])
     assert "at least 260 pieces" in capsys.readouterr().err
+
+
+def test_a_sentencepiece_that_cannot_encode_stages_is_refused(monkeypatch):
+    """Before 0.2.3, SentencePiece's BPE emits pieces marked UNUSED: stages would leak ids (found on a GPU image with
+    0.2.2). The refusal names the fix."""
+    import sentencepiece as spm
+    from megababel.tokenizer import TokenizerError, require_stage_support
+    require_stage_support()                         # the installed one (setup.cfg asks for >= 0.2.3)
+    monkeypatch.setattr(spm, "__version__", "0.2.2")
+    with pytest.raises(TokenizerError, match=r"sentencepiece>=0\.2\.3"):
+        require_stage_support()

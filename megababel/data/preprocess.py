@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ..tokenizer import Tokenizer, TokenizerError, VocabRanking, VocabStage
+from ..tokenizer import Tokenizer, TokenizerError, VocabRanking, VocabStage, require_stage_support
 from .readers import DataError, check_source, read_documents
 from .shards import INDEX, ShardWriter, TokenDataset, write_index
 
@@ -101,6 +101,7 @@ def preprocess(sources: list[str], out_dir: str | os.PathLike, tokenizer: Tokeni
         check_source(source)
     if not stages:
         raise DataError("no vocabulary stage given; pass --stages, e.g. --stages 500 2000 32000")
+    require_stage_support()
     n_required = len(tokenizer.required_ids)
     for size in stages:
         if size > tokenizer.vocab_size or size < n_required:
