@@ -28,7 +28,7 @@ python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deep
     2>&1 | tail -1 | tee -a "$OUT/log.txt"
 
 part() { [[ " ${PARTS:-1 2 3} " == *" $1 "* ]]; }
-part 1 && log "1. tests/test_gpu.py" && timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/test_gpu.py -v -p no:cacheprovider ${TEST_ARGS--n 4} \
+part 1 && log "1. tests/test_gpu.py" && timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/test_gpu.py -v -rA -p no:cacheprovider ${TEST_ARGS--n 4} \
     2>&1 | tee "$OUT/test_gpu.log" | tail -25 | tee -a "$OUT/log.txt"
 
 part 2 && log "2. bench/gpu_speed.py" && timeout "${SPEED_SECONDS:-150}" python3 bench/gpu_speed.py --sizes 1B 125M 350M --rounds 1 --steps 6 --out "$OUT" \

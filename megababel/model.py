@@ -63,7 +63,8 @@ class Builder:
     def _normal(self, shape):
         if isinstance(self.values, Uninitialised):
             return torch.empty(shape)
-        return torch.randn(shape, generator=self.generator) * self.config.initializer_range
+        # on the CPU, where the generator is: under ZeRO-3 zero.Init makes new tensors on the GPU by default
+        return torch.randn(shape, generator=self.generator, device="cpu") * self.config.initializer_range
 
     def linear(self, path: str, in_features: int, out_features: int, axes) -> GrowableLinear:
         init, blocks = self.values.get(path, self._normal), self.layout.get(path)
