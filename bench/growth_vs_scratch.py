@@ -187,8 +187,11 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
         trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=BATCH, seq_len=SEQ, bf16=True,
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),
                           callbacks=[recorder])
-        trainer.setup().fit()
+        fitted = trainer.setup().fit()
     release_engine(trainer.engine.engine)
+    if fitted["preempted"]:     # SIGTERM/SIGUSR1 stop the Trainer cleanly: a partial run must not be saved as done
+        raise SystemExit(f"{name} seed {seed}: stopped by {trainer.stop_signal} at step {fitted['step']} of "
+                         f"{trainer.schedule.steps}; not saved, a re-run trains it again")
     return dict(name=name, seed=seed, spec=spec, evals=recorder.evals, growths=recorder.growths,
                 final_bpb=recorder.evals[-1]["bpb"], flops=trainer.flops, wall=trainer.train_seconds,
                 steps=trainer.schedule.steps, precision="deepspeed-bf16")
