@@ -16,7 +16,8 @@ Every run trains through megababel's Trainer as `launch/train.py --bf16` does (D
 fp32 masters, AdamW, per-generation LR curves, Adam state kept), batch 8 x 256 tokens, and every progressive run gets
 scratch's training FLOPs (megababel/counters.py).
 Per budget, in order: scratch's peak LR tuned on --lrs (seed 0; extended when the best is at an edge); every plan
-at that LR (seed 0); then --seeds for scratch and the plan with the largest FLOP saving. Plans (PLANS):
+at that LR (seed 0); then --seeds for scratch and the plan with the largest FLOP saving. Plans (made by
+megababel/planner.py, which the planner's rule is fitted to):
   g1  64x2 -> 128x4 in one growth
   g2  64x2 -> 128x2 (width + FFN) -> 128x4 (depth, interleaved identity layers)
   g3  64x2 -> 96x2 -> 128x2 -> 128x4
@@ -32,12 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,24 +44,15 @@ from bench_data import wikipedia  # noqa: E402
 from growth_report import at, crossing  # noqa: E402
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
 from megababel.config import LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.counters import config_parameters  # noqa: E402
+from megababel.planner import STAGE_WIDTHS, plan_schedule  # noqa: E402
 
 COMMON = dict(head_dim=32, multiple_of=32, max_position_embeddings=SEQ)
 FINAL = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, vocab_size=2000)
 VALID_ARTICLES = 40
-# plan: (start model, [growth events]); every plan ends at FINAL
-PLANS = {
-    "g1": (dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176),
-           [dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, layer_positions="interleave")]),
-    "g2": (dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176),
-           [dict(hidden_size=128, intermediate_size=352),
-            dict(num_hidden_layers=4, layer_positions="interleave")]),
-    "g3": (dict(hidden_size=64, num_hidden_layers=2, intermediate_size=176),
-           [dict(hidden_size=96, intermediate_size=264), dict(hidden_size=128, intermediate_size=352),
-            dict(num_hidden_layers=4, layer_positions="interleave")]),
-}
 FIRST_GROWTH = (0.10, 0.25, 0.50)
-ALL_PLANS = [f"{plan}@{round(100 * f)}{vocab}" for plan in PLANS for f in FIRST_GROWTH for vocab in ("", "-vocab")]
+ALL_PLANS = [f"{plan}@{round(100 * f)}{vocab}" for plan in STAGE_WIDTHS for f in FIRST_GROWTH
+             for vocab in ("", "-vocab")]
 
 
 def final_config() -> LlamaConfig:
@@ -74,39 +63,9 @@ def scratch_steps(budget: float) -> int:
     return max(20, round(budget * config_parameters(final_config()) / TOKENS_PER_STEP))
 
 
-def growth_fractions(first: float, growths: int) -> list[float]:
-    """FLOP fractions of the growths: the first at `first`, the rest evenly spaced between it and the end."""
-    return [first + i * (1 - first) / growths for i in range(growths)]
-
-
 def schedule_spec(name: str, budget: float, lr: float) -> dict:
-    """A run's schedule: scratch, or a plan whose stage lengths put each growth at its FLOP fraction of scratch's
-    training FLOPs (so the run ends at scratch's FLOPs)."""
-    steps = scratch_steps(budget)
-    training = dict(lr=lr, warmup_steps=max(10, steps // 20), min_lr_ratio=0.1, weight_decay=0.1)
-    if name == "scratch":
-        return dict(model=dict(FINAL, **COMMON), training=dict(training, steps=steps), growths=[])
-    plan, _, rest = name.partition("@")
-    vocab = rest.endswith("-vocab")
-    first = int(rest.removesuffix("-vocab")) / 100
-    start, events = PLANS[plan]
-    configs = [LlamaConfig(**dict(FINAL, **start, **({"vocab_size": 1000} if vocab else {})), **COMMON)]
-    for event in events:
-        changes = {k: v for k, v in event.items() if k != "layer_positions"}
-        if "hidden_size" in changes:
-            changes.update(num_attention_heads=None, num_key_value_heads=None)
-        configs.append(LlamaConfig(**dict(configs[-1].to_dict(), vocab_size=FINAL["vocab_size"], **changes)))
-    total = steps * flops_per_token(final_config(), SEQ) * TOKENS_PER_STEP
-    fractions = growth_fractions(first, len(events)) + [1.0]
-    at_steps, done, previous = [], 0.0, 0.0
-    for config, fraction in zip(configs, fractions):
-        done += (fraction - previous) * total / (flops_per_token(config, SEQ) * TOKENS_PER_STEP)
-        at_steps.append(round(done))
-        previous = fraction
-    growths = [dict(event, at_step=step, **({"vocab_size": FINAL["vocab_size"]} if vocab and i == 0 else {}))
-               for i, (event, step) in enumerate(zip(events, at_steps))]
-    return dict(model=dict(configs[0].to_dict(), **COMMON), training=dict(training, steps=at_steps[-1]),
-                growths=growths)
+    """A run's schedule, made by the planner (megababel/planner.py), so that what is measured is what it plans."""
+    return plan_schedule(final_config(), name, scratch_steps(budget), SEQ, TOKENS_PER_STEP, lr)
 
 
 def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:

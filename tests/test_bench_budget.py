@@ -35,7 +35,8 @@ def test_every_plan_ends_at_the_final_model_with_scratch_flops_and_grows_on_time
     final = parse_schedule(spec, budget_sweep.TOKENS_PER_STEP)
     assert final.final_config == budget_sweep.final_config()
     first = int(name.split("@")[1].removesuffix("-vocab")) / 100
-    expected = budget_sweep.growth_fractions(first, len(flops) - 1)
+    growths = len(flops) - 1
+    expected = [first + i * (1 - first) / growths for i in range(growths)]    # the first at F, the rest evenly
     reached = [sum(flops[:i + 1]) / scratch for i in range(len(flops) - 1)]
     assert reached == pytest.approx(expected, abs=2e-3)
     assert (final.model.vocab_size == 1000) == name.endswith("-vocab")

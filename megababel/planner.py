@@ -1,0 +1,186 @@
+"""The growth planner: given the final model and a token (or FLOP) budget, the schedule the measurements say is best.
+
+    from megababel.planner import plan_growth
+    plan = plan_growth(LlamaConfig(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352,
+                                   vocab_size=2000), tokens=6_600_000, seq_len=256, tokens_per_step=2048)
+    plan.schedule      # a schedule spec (megababel/schedule.py format): model, training, growths
+    plan.explain()     # why: the measured row it follows, the saving measured there, what is extrapolated
+
+Plans are named as in bench/budget_sweep.py, which measures them through this module's `plan_schedule`:
+  g1  half width (hidden, heads, FFN) and half depth -> the final model in one growth
+  g2  half width and depth -> full width (+ FFN) -> full depth (interleaved identity layers)
+  g3  half width and depth -> 3/4 width -> full width -> full depth
+  @F  the first growth at F% of the run's training FLOPs, the others evenly spaced after it; the run ends at the
+      FLOPs of training the final model from scratch on the budget (so it sees more tokens than scratch)
+  -vocab  a vocabulary stage of half the final vocabulary until the first growth
+  scratch  no growth: train the final model
+The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0) at the measured budget
+nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's
+final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
+bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the nearest and
+the explanation says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import ConfigError, LlamaConfig
+from .counters import config_parameters, flops_per_token
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One row of bench/README.md's saving-versus-budget table (bench/budget_sweep.py, final model 1.32M)."""
+    tokens_per_parameter: float      # scratch's training tokens / all parameters (embeddings included)
+    plan: str                        # the best plan there ("scratch": growing did not pay)
+    lr: float                        # scratch's tuned peak LR at hidden 128
+    flop_saving: tuple               # (mean, min, max) over seeds of the best plan's FLOP saving
+    seeds: int
+
+
+MEASURED = (
+    Measured(0.1, "g3@10-vocab", 6e-3, (0.87, 0.82, 0.92), 3),
+    Measured(1.0, "g1@50", 3e-3, (0.66, 0.55, 0.73), 3),
+)
+BENCH_HIDDEN = 128
+STAGE_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   # hidden / final hidden, per stage
+MIN_STEPS = 20
+
+
+@dataclass
+class Plan:
+    name: str
+    schedule: dict
+    measured: Measured
+    tokens_per_parameter: float
+    scratch_steps: int
+    notes: list
+
+    def explain(self) -> str:
+        m = self.measured
+        saving = "no growth" if self.name == "scratch" else (
+            f"{100 * m.flop_saving[0]:.0f}% fewer FLOPs to scratch's final loss ({100 * m.flop_saving[1]:.0f}.."
+            f"{100 * m.flop_saving[2]:.0f}%, {m.seeds} seeds)")
+        lines = [f"plan {self.name}: budget {self.tokens_per_parameter:.3g} tokens/parameter; measured at "
+                 f"{m.tokens_per_parameter:g} tokens/parameter (bench/README.md): best plan {m.plan}, {saving}"]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None) -> list[LlamaConfig]:
+    """The models of `plan` ("g1", "g2", "g3"), first to final; `vocab_stage`: the first stage's vocabulary."""
+    if plan not in STAGE_WIDTHS:
+        raise ConfigError.about("plan", f"unknown plan {plan!r}; plans: {sorted(STAGE_WIDTHS)} or scratch")
+    if final.num_hidden_layers % 2:
+        raise ConfigError.about("num_hidden_layers", f"{final.num_hidden_layers} is odd: every plan starts at half "
+                                f"the depth and doubles it; use an even number of layers")
+    group = final.num_attention_heads // final.num_key_value_heads
+    configs = []
+    for fraction in STAGE_WIDTHS[plan]:
+        heads = final.num_attention_heads * fraction
+        if heads != int(heads) or int(heads) % group:
+            raise ConfigError.about("hidden_size", f"{final.hidden_size} ({final.num_attention_heads} heads of "
+                                    f"{final.head_dim}) has no {fraction:g}x width stage with whole heads and "
+                                    f"key/value groups of {group}; use a head count divisible by {4 * group}")
+        heads = int(heads)
+        configs.append(LlamaConfig(**dict(
+            final.to_dict(), hidden_size=heads * final.head_dim, num_attention_heads=heads,
+            num_key_value_heads=heads // group, intermediate_size=_round_to(final.intermediate_size * fraction, 8),
+            num_hidden_layers=final.num_hidden_layers // 2, vocab_size=final.vocab_size)))
+    configs[0] = LlamaConfig(**dict(configs[0].to_dict(), vocab_size=vocab_stage or final.vocab_size))
+    configs.append(final)
+    return configs
+
+
+def _events(configs: list[LlamaConfig]) -> list[dict]:
+    """The growth events between consecutive stages: width (+ FFN) while the width changes, depth at the end; g1
+    does both at once. The vocabulary reaches the final's at the first growth."""
+    events = []
+    for before, after in zip(configs, configs[1:]):
+        event = {}
+        if after.hidden_size != before.hidden_size:
+            event.update(hidden_size=after.hidden_size, intermediate_size=after.intermediate_size)
+        if after.num_hidden_layers != before.num_hidden_layers:
+            event.update(num_hidden_layers=after.num_hidden_layers, layer_positions="interleave")
+        if event:
+            events.append(event)
+    return events
+
+
+def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: int, tokens_per_step: int, lr: float,
+                  vocab_stage: int | None = None) -> dict:
+    """The schedule of plan `name` (e.g. "g3@10-vocab", "scratch") ending at the final model, at the training FLOPs of
+    `scratch_steps` steps of the final model. `vocab_stage`: the first stage's vocabulary of a -vocab plan (default
+    half the final's)."""
+    training = dict(lr=lr, warmup_steps=max(10, scratch_steps // 20), min_lr_ratio=0.1, weight_decay=0.1)
+    model_fields = dict(head_dim=final.head_dim, multiple_of=final.multiple_of,
+                        max_position_embeddings=final.max_position_embeddings)
+    if name == "scratch":
+        return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
+    plan, _, rest = name.partition("@")
+    vocab = rest.endswith("-vocab")
+    first = int(rest.removesuffix("-vocab")) / 100
+    configs = stage_configs(final, plan, (vocab_stage or final.vocab_size // 2) if vocab else None)
+    events = _events(configs)
+    configs = [configs[0]] + [c for c, n in zip(configs[1:], configs) if _events([n, c])]
+    total = scratch_steps * flops_per_token(final, seq_len) * tokens_per_step
+    fractions = [first + i * (1 - first) / len(events) for i in range(len(events))] + [1.0]
+    at_steps, done, previous = [], 0.0, 0.0
+    for config, fraction in zip(configs, fractions):      # each stage's steps at its own FLOPs per token
+        done += (fraction - previous) * total / (flops_per_token(config, seq_len) * tokens_per_step)
+        at_steps.append(round(done))
+        previous = fraction
+    growths = [dict(event, at_step=step, **({"vocab_size": final.vocab_size} if vocab and i == 0 else {}))
+               for i, (event, step) in enumerate(zip(events, at_steps))]
+    return dict(model=dict(configs[0].to_dict(), **model_fields), training=dict(training, steps=at_steps[-1]),
+                growths=growths)
+
+
+def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | None = None, seq_len: int = 2048,
+                tokens_per_step: int = 2048 * 8, lr: float | None = None, vocab_stages=None) -> Plan:
+    """The measured-best plan for training `final` on `tokens` (scratch's training tokens) or `flops` (training
+    FLOPs). `vocab_stages`: the vocabulary stages the data has (None: any); `lr`: a peak LR instead of the rule's."""
+    if (tokens is None) == (flops is None):
+        raise ConfigError.about("budget", "give exactly one of tokens or flops")
+    if tokens_per_step <= 0 or seq_len <= 0:
+        raise ConfigError.about("tokens_per_step", f"tokens per step and seq_len must be positive, got "
+                                f"{tokens_per_step} and {seq_len}")
+    if tokens is None:
+        if not (flops > 0 and math.isfinite(flops)):
+            raise ConfigError.about("flops", f"must be a positive number, got {flops}")
+        tokens = flops / flops_per_token(final, seq_len)
+    if not (tokens > 0 and math.isfinite(tokens)):
+        raise ConfigError.about("tokens", f"must be a positive number, got {tokens}")
+    steps = round(tokens / tokens_per_step)
+    if steps < MIN_STEPS:
+        raise ConfigError.about("tokens", f"{tokens:.3g} tokens are {steps} optimizer steps of {tokens_per_step} "
+                                f"tokens; a plan needs at least {MIN_STEPS} (warm-up and growth steps need room): "
+                                f"raise the budget or lower the tokens per step")
+    per_parameter = tokens / config_parameters(final)
+    measured = min(MEASURED, key=lambda m: abs(math.log(m.tokens_per_parameter / per_parameter)))
+    notes = []
+    ratio = per_parameter / measured.tokens_per_parameter
+    if not 0.5 <= ratio <= 2:
+        notes.append(f"no measurement within 2x of {per_parameter:.3g} tokens/parameter: planned from the nearest "
+                     f"({measured.tokens_per_parameter:g}); the saving there need not hold here")
+    name, vocab_stage = measured.plan, None
+    if name.endswith("-vocab"):
+        vocab_stage = final.vocab_size // 2
+        if vocab_stages is not None:
+            smaller = [s for s in vocab_stages if s < final.vocab_size]
+            vocab_stage = max([s for s in smaller if s <= final.vocab_size // 2] or smaller or [0]) or None
+            if vocab_stage is None:
+                name = name.removesuffix("-vocab")
+                notes.append(f"the data has no vocabulary stage below {final.vocab_size}: planned without the "
+                             f"vocabulary stage")
+    if lr is None:
+        lr = measured.lr * BENCH_HIDDEN / final.hidden_size
+        if final.hidden_size != BENCH_HIDDEN:
+            notes.append(f"peak LR {lr:.3g} = measured {measured.lr:g} x {BENCH_HIDDEN} / hidden_size (an assumed "
+                         f"1/width scaling; pass an LR to override)")
+    schedule = plan_schedule(final, name, steps, seq_len, tokens_per_step, lr, vocab_stage)
+    return Plan(name, schedule, measured, per_parameter, steps, notes)
