@@ -4,6 +4,7 @@
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --zero-stage 3      # 2 ranks, ZeRO-3 (CPU: gloo)
     deepspeed launch/train.py --zero-stage 3 --bf16 --schedule seed --data data/slimpajama --micro-batch-size 8 --seq-len 2048
     python launch/train.py --schedule my_schedule.yaml --data data/tinystories --out runs/ts
+    python launch/train.py --schedule auto --final tinystories --tokens-per-parameter 1 --data data/ts --seq-len 256
     python launch/train.py --save-every 100 --keep-last 3 --out runs/a        # checkpoints in runs/a/checkpoints
     deepspeed --num_gpus 1 launch/train.py --resume runs/a/checkpoints --out runs/a   # any ZeRO stage / rank count
     sbatch --nodes=2 launch/slurm/train.sbatch --zero-stage 3 --out runs/a      # Slurm: see launch/slurm/README.md
@@ -20,7 +21,9 @@ data-parallel size. An accumulated step trains on the same sequences as one big 
 
 This script is the command line and the logging around megababel.trainer.Trainer, which owns the loop. --schedule:
 a preset (tiny, tinystories, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
-data of every vocabulary stage, before anything is built. --data: a directory from tools/preprocess_data.py;
+data of every vocabulary stage, before anything is built. --schedule auto --final NAME_OR_FILE --tokens-per-parameter
+X (or --tokens, --flops): the growth planner's schedule for that final model and budget, at this run's batch and
+the data's vocabulary stages (what it picks and why is printed; tools/plan_growth.py writes it to a file). --data: a directory from tools/preprocess_data.py;
 default: the embedded corpus (Python docstrings, own tokenizer, vocabulary stages 1000/2000/4000), built into
 ~/.cache/megababel on first use. Rank 0 writes OUT/log.csv, TensorBoard events in OUT/tensorboard, OUT/loss.png
 (validation bits per byte, growth marked) and OUT/summary.txt.
@@ -62,7 +65,13 @@ def parse_args(argv=None):
     p.add_argument("--zero-stage", "--stage", dest="zero_stage", type=int, default=0, choices=(0, 1, 2, 3),
                    help="ZeRO stage (default 0); --stage is the old name")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1); data parallel = world / tp")
-    p.add_argument("--schedule", default="tiny", help="preset name or YAML/JSON file (default: tiny)")
+    p.add_argument("--schedule", default="tiny", help="preset name, YAML/JSON file, or auto (default: tiny)")
+    auto = p.add_argument_group("--schedule auto: the growth planner (megababel/planner.py) picks the schedule")
+    auto.add_argument("--final", default=None, help="preset or schedule file whose final model to reach")
+    budget = auto.add_mutually_exclusive_group()
+    budget.add_argument("--tokens", type=float, default=None, help="budget: scratch's training tokens")
+    budget.add_argument("--tokens-per-parameter", type=float, default=None, help="budget: tokens per parameter")
+    budget.add_argument("--flops", type=float, default=None, help="budget: training FLOPs")
     p.add_argument("--data", type=Path, default=None, help="dataset directory (default: the embedded corpus)")
     p.add_argument("--steps", type=int, default=None, help="override training.steps of the schedule")
     p.add_argument("--micro-batch-size", type=int, default=8,
@@ -116,6 +125,8 @@ class RunLogger(Callback):
         plans = [f"{sequences * run.seq_len:,} tokens ({run.micro_batch_size} x {accumulation} x {trainer.dp_world})"
                  for sequences, accumulation in trainer.batches]
         self.say("global batch per generation (micro batch x accumulation x DP): " + ", ".join(plans))
+        if trainer.plan is not None:
+            self.say(trainer.plan.explain())
         if getattr(trainer, "resumed_from", None):
             self.say(f"resumed from {trainer.resumed_from} at step {trainer.step}")
         if not self.is_main:

@@ -184,3 +184,25 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
                          f"1/width scaling; pass an LR to override)")
     schedule = plan_schedule(final, name, steps, seq_len, tokens_per_step, lr, vocab_stage)
     return Plan(name, schedule, measured, per_parameter, steps, notes)
+
+
+def final_model(schedule) -> LlamaConfig:
+    """The final model of a preset name or schedule file (what --final names)."""
+    from .schedule import load_schedule
+    return load_schedule(schedule, 1).final_config
+
+
+def data_vocab_stages(data) -> list[int]:
+    """The vocabulary stages a dataset directory (tools/preprocess_data.py) holds."""
+    from pathlib import Path
+    return sorted(int(d.name.removeprefix("vocab_")) for d in Path(data).glob("vocab_*")
+                  if d.name.removeprefix("vocab_").isdigit())
+
+
+def plan_for_run(run, tokens_per_step: int, data) -> Plan:
+    """The plan for a RunConfig with schedule "auto" (its final, budget, seq_len) at `tokens_per_step`."""
+    final = final_model(run.final)
+    tokens = run.tokens if run.tokens is not None else (
+        None if run.tokens_per_parameter is None else run.tokens_per_parameter * config_parameters(final))
+    return plan_growth(final, tokens=tokens, flops=run.flops, seq_len=run.seq_len, tokens_per_step=tokens_per_step,
+                       vocab_stages=data_vocab_stages(data))

@@ -49,7 +49,11 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class RunConfig:
     """Everything a run is given. Field names are the launcher's flags (seq_len <-> --seq-len)."""
-    schedule: str | Path | dict = "tiny"      # preset name, YAML/JSON file, or a schedule dict
+    schedule: str | Path | dict = "tiny"      # preset name, YAML/JSON file, a schedule dict, or "auto" (planner)
+    final: str | Path | None = None           # --schedule auto: a preset/file whose final model to plan for
+    tokens: float | None = None               # --schedule auto: the budget, as scratch's training tokens,
+    tokens_per_parameter: float | None = None  # or tokens per parameter of the final model,
+    flops: float | None = None                # or training FLOPs
     data: Path | None = None                  # tools/preprocess_data.py output; None: the embedded corpus
     steps: int | None = None                  # overrides the schedule's training.steps
     micro_batch_size: int = 8                 # sequences per data-parallel rank per forward/backward
@@ -91,6 +95,18 @@ class RunConfig:
                                                       and os.access(self.growth_spill_dir, os.W_OK)):
             raise ConfigError(f"--growth-spill-dir {self.growth_spill_dir}: not a writable directory (create it, on "
                               f"a local disk with room for this rank's share of the model state)")
+        budgets = [f for f in ("tokens", "tokens_per_parameter", "flops") if getattr(self, f) is not None]
+        if self.schedule == "auto":
+            if self.final is None or len(budgets) != 1:
+                raise ConfigError("--schedule auto plans a growth schedule for a final model and a budget: give "
+                                  "--final (a preset or schedule file whose final model to reach) and one of "
+                                  "--tokens, --tokens-per-parameter, --flops")
+            if self.steps is not None:
+                raise ConfigError("--steps with --schedule auto: the planner sets the steps from the budget; give "
+                                  "--tokens instead")
+        elif self.final is not None or budgets:
+            raise ConfigError(f"--final / --{(budgets or ['tokens'])[0].replace('_', '-')} are for --schedule auto "
+                              f"(got --schedule {self.schedule})")
         if self.data is not None and not Path(self.data).is_dir():
             raise ConfigError(f"--data {self.data}: no such directory (make one with tools/preprocess_data.py)")
 
@@ -236,7 +252,14 @@ class Trainer:
         self.dp_rank, self.dp_world = self.rank // run.tp, self.world // run.tp
         default_batch_tokens = run.micro_batch_size * self.dp_world * run.seq_len   # no accumulation
         overrides = {key: getattr(run, key) for key in ("steps", "global_batch_tokens") if getattr(run, key)} or None
-        if isinstance(run.schedule, dict):
+        self.data_dir = self._data_dir()
+        self.plan = None
+        if run.schedule == "auto":             # the planner's schedule for this batch and the data's stages
+            from .planner import plan_for_run
+            self.plan = plan_for_run(run, run.global_batch_tokens or default_batch_tokens, self.data_dir)
+            self.schedule = parse_schedule(dict(self.plan.schedule, training=dict(
+                self.plan.schedule["training"], **(overrides or {}))), default_batch_tokens, "auto")
+        elif isinstance(run.schedule, dict):
             spec = dict(run.schedule, training=dict(run.schedule.get("training", {}), **(overrides or {})))
             self.schedule = parse_schedule(spec, default_batch_tokens)
         else:
@@ -249,7 +272,6 @@ class Trainer:
         self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
         self.global_batch = self.batches[0][0]
         self.ds_config = self._ds_config(0)
-        self.data_dir = self._data_dir()
         rank_batches = {}
         for g in generations:
             size = self.schedule.growths[g - 1].config.vocab_size if g else self.schedule.model.vocab_size

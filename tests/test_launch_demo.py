@@ -37,6 +37,12 @@ def test_demo_grows_and_learns_on_the_embedded_corpus(tmp_path, monkeypatch):
     (["--offload-optimizer"], "needs --zero-stage 1, 2 or 3"),
     (["--tp", "0"], "--tp must be an integer >= 1"),
     (["--tp", "2"], "world size 1 is not divisible by --tp 2"),
+    (["--schedule", "auto", "--tokens", "1e6"], "give --final"),
+    (["--schedule", "auto", "--final", "tiny"], "one of --tokens, --tokens-per-parameter, --flops"),
+    (["--schedule", "auto", "--final", "tiny", "--tokens", "1e6", "--steps", "9"], "--steps with --schedule auto"),
+    (["--final", "tiny"], "are for --schedule auto"),
+    (["--schedule", "auto", "--final", "tiny", "--tokens", "3000"], "raise the budget"),
+    (["--schedule", "auto", "--final", "nonexistent", "--tokens", "1e6"], "not a preset"),
 ])
 def test_demo_rejects_bad_flags(flags, message, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
@@ -54,3 +60,19 @@ def test_schedule_whose_vocabulary_the_data_lacks_is_refused(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         _load_train().main(["--schedule", str(schedule), "--out", str(tmp_path / "run")])
     assert "vocabulary stages [3000]" in capsys.readouterr().err
+
+
+def test_schedule_auto_trains_the_planners_schedule(tmp_path, monkeypatch, capsys):
+    """--schedule auto --final tiny: the planner's plan for tiny's final model at this budget, batch and data (the
+    embedded corpus' stages 1000/2000/4000), trained to that final model, with the choice explained."""
+    monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
+    from megababel.planner import plan_growth, final_model
+    expected = plan_growth(final_model("tiny"), tokens=20_000, seq_len=64, tokens_per_step=256,
+                           vocab_stages=[1000, 2000, 4000])
+    result = _load_train().main(["--schedule", "auto", "--final", "tiny", "--tokens", "20000", "--micro-batch-size",
+                                 "4", "--seq-len", "64", "--eval-every", "0", "--out", str(tmp_path / "run")])
+    assert f"plan {expected.name}" in capsys.readouterr().out
+    assert result["step"] == expected.schedule["training"]["steps"]
+    assert result["generation"] == len(expected.schedule["growths"]) and result["vocab_size"] == 4000
+    from megababel.counters import config_parameters
+    assert result["parameters"] == config_parameters(final_model("tiny"))

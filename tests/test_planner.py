@@ -1,0 +1,128 @@
+"""The growth planner (megababel/planner.py, tools/plan_growth.py, launch/train.py --schedule auto): its table is
+the saved benchmark's, it reproduces the best measured plan at each benchmarked budget, its schedules are valid and
+spend scratch's FLOPs, and impossible requests are refused with the field and the fix."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import budget_report  # noqa: E402
+import budget_sweep  # noqa: E402
+from megababel.config import ConfigError, LlamaConfig  # noqa: E402
+from megababel.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.planner import MEASURED, plan_growth, plan_schedule  # noqa: E402
+from megababel.schedule import parse_schedule  # noqa: E402
+
+RUNS = ROOT / "bench" / "results" / "budget_sweep"
+BENCH_FINAL = budget_sweep.final_config()
+
+
+def bench_plan(tokens_per_parameter: float, **kw):
+    return plan_growth(BENCH_FINAL, tokens=tokens_per_parameter * config_parameters(BENCH_FINAL),
+                       seq_len=budget_sweep.SEQ, tokens_per_step=budget_sweep.TOKENS_PER_STEP, **kw)
+
+
+def test_the_table_is_the_saved_benchmark():
+    """Every MEASURED row is what bench/budget_sweep.py's saved runs say (best plan, tuned LR, saving and spread),
+    and every budget whose seeds are all run is in MEASURED: the rule cannot drift from the data."""
+    rows = {r["budget"]: r for r in budget_report.summarise(budget_report.load(RUNS))}
+    for m in MEASURED:
+        row = rows[m.tokens_per_parameter]
+        assert (row["best"], row["lr"], len(row["seeds"])) == (m.plan, m.lr, m.seeds), m
+        savings = row["best_flops"]
+        measured = (sum(savings) / len(savings), min(savings), max(savings))
+        assert measured == pytest.approx(m.flop_saving, abs=0.005), m
+    complete = {b for b, r in rows.items() if len(r["seeds"]) >= 3}
+    assert complete <= {m.tokens_per_parameter for m in MEASURED}
+
+
+@pytest.mark.parametrize("measured", MEASURED, ids=lambda m: f"{m.tokens_per_parameter:g}")
+def test_it_reproduces_the_best_measured_plan_at_each_benchmarked_budget(measured):
+    plan = bench_plan(measured.tokens_per_parameter)
+    assert plan.name == measured.plan and plan.schedule["training"]["lr"] == measured.lr
+    runs = [json.loads(p.read_text()) for p in (RUNS / "runs").glob(
+        f"b{measured.tokens_per_parameter:g}-{measured.plan}-lr{measured.lr:g}-seed0.json")]
+    assert runs and runs[0]["spec"]["growths"] == plan.schedule["growths"]       # the very schedule measured
+    assert f"best plan {measured.plan}" in plan.explain()
+
+
+def test_between_budgets_the_nearest_in_log_scale_and_far_ones_are_flagged():
+    assert bench_plan(0.25).name == MEASURED[0].plan        # log-nearer to 0.1 than to 1
+    assert bench_plan(0.5).name == MEASURED[1].plan
+    far = bench_plan(100 * MEASURED[-1].tokens_per_parameter)
+    assert far.name == MEASURED[-1].plan and "no measurement within 2x" in far.explain()
+
+
+@pytest.mark.parametrize("final", [
+    dict(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352, vocab_size=2000, multiple_of=32),
+    dict(hidden_size=2048, head_dim=128, num_hidden_layers=24, num_key_value_heads=4, vocab_size=32000),   # GQA
+    dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864, vocab_size=32000)],
+    ids=["bench", "gqa-2048", "seed-1.05B"])
+@pytest.mark.parametrize("name", ["scratch"] + budget_sweep.ALL_PLANS)
+def test_every_plan_is_a_valid_schedule_ending_at_the_final_model_at_scratch_flops(final, name):
+    final = LlamaConfig(**final)
+    try:
+        spec = plan_schedule(final, name, 1000, 2048, 2048 * 8, 3e-4)
+    except ConfigError as e:            # 1792 = 14 heads: no 3/4 width stage with whole heads
+        assert name.startswith("g3") and final.hidden_size == 1792 and "3/4" not in str(e) and "0.75x" in str(e)
+        return
+    schedule = parse_schedule(spec, 2048 * 8)           # validates every growth against the model it grows
+    assert schedule.final_config == final
+    configs = [schedule.model] + [g.config for g in schedule.growths]
+    bounds = [0] + [g.at_step for g in schedule.growths] + [schedule.steps]
+    flops = sum((b - a) * flops_per_token(c, 2048) for c, a, b in zip(configs, bounds, bounds[1:]))
+    assert flops == pytest.approx(1000 * flops_per_token(final, 2048), rel=3e-3)
+    assert (schedule.model.vocab_size == final.vocab_size // 2) == name.endswith("-vocab")
+
+
+def test_the_data_decides_the_vocabulary_stage():
+    plan = bench_plan(0.1, vocab_stages=[500, 2000])                 # no 1000 stage: the largest below half
+    assert plan.schedule["model"]["vocab_size"] == 500
+    plan = bench_plan(0.1, vocab_stages=[2000])                      # none below the final: no vocabulary stage
+    assert plan.name == "g3@10" and plan.schedule["model"]["vocab_size"] == 2000 and "no vocabulary" in plan.explain()
+
+
+def test_the_lr_scales_with_width_unless_given():
+    wide = LlamaConfig(hidden_size=1024, head_dim=64, num_hidden_layers=8, vocab_size=32000)
+    plan = plan_growth(wide, tokens=1e9, seq_len=2048, tokens_per_step=2**19)
+    assert plan.schedule["training"]["lr"] == pytest.approx(plan.measured.lr * 128 / 1024)
+    assert "1/width" in plan.explain()
+    assert plan_growth(wide, tokens=1e9, seq_len=2048, tokens_per_step=2**19, lr=1e-4).schedule["training"]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("final, kw, field, fix", [
+    (dict(num_hidden_layers=3), dict(tokens=1e7), "num_hidden_layers", "even number"),
+    (dict(), dict(tokens=1e4), "tokens", "raise the budget"),
+    (dict(), dict(tokens=1e7, flops=1e15), "budget", "exactly one"),
+    (dict(), dict(tokens=-5.0), "tokens", "positive"),
+    (dict(), dict(flops=float("inf")), "flops", "positive"),
+    (dict(), dict(tokens=1e7, tokens_per_step=0), "tokens_per_step", "positive"),
+    (dict(hidden_size=96, head_dim=32, num_hidden_layers=4), dict(tokens=1e5), "hidden_size", "divisible"),
+], ids=["odd-layers", "too-few-steps", "tokens-and-flops", "negative", "inf-flops", "zero-batch", "3-heads"])
+def test_impossible_requests_are_refused_naming_the_field_and_the_fix(final, kw, field, fix):
+    config = LlamaConfig(**dict(dict(hidden_size=128, head_dim=32, num_hidden_layers=4, vocab_size=2000), **final))
+    kw = dict(dict(seq_len=256, tokens_per_step=2048), **kw)
+    with pytest.raises(ConfigError, match=fix) as error:
+        plan_growth(config, **kw)
+    assert field in str(error.value)
+
+
+def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
+    out = tmp_path / "plan.yaml"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
+                           "--tokens-per-parameter", "0.1", "--seq-len", "256", "--global-batch-tokens", "2048",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "plan g3@10-vocab" in done.stdout
+    from megababel.schedule import load_schedule
+    schedule = load_schedule(out, 2048)
+    assert schedule.final_config.hidden_size == 256 and len(schedule.growths) == 3
+    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
+                          "--tokens", "1000"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "raise the budget" in bad.stderr and "Traceback" not in bad.stderr
