@@ -16,6 +16,8 @@ A schedule is a YAML or JSON file (or a preset name):
         warmup_steps: 20
         optimizer_state: keep              # keep (default): old blocks keep their Adam moments and steps;
                                            #   reset: every parameter starts from a fresh Adam state
+        rewarmup_steps: 200                # older generations' LR ramps up again from ~0 over 200 steps
+                                           #   (default 0: they keep their curve through the growth)
 
 training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
@@ -44,7 +46,7 @@ LR_SCHEDULES = ("per_generation", "global")
 OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
-                 "global_batch_tokens"}   # beside the event's
+                 "global_batch_tokens", "rewarmup_steps"}   # beside the event's
 
 PRESETS = {
     # The default. The plan that saved the most compute in bench/growth_vs_scratch.py (see bench/README.md): width +
@@ -106,6 +108,7 @@ class Growth:
     config: LlamaConfig          # the model after this growth
     optimizer_state: str = "keep"
     global_batch_tokens: int | None = None    # tokens per optimizer step from this growth on (None: as before)
+    rewarmup_steps: int = 0      # older generations' LR ramps up again over this many steps after the growth
 
 
 @dataclass
@@ -141,8 +144,10 @@ class Schedule:
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens),
             growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
-                          global_batch_tokens=g.global_batch_tokens, **event_fields(g.event))
-                     for g in self.growths])))   # tuples -> lists, as saved
+                          global_batch_tokens=g.global_batch_tokens, **event_fields(g.event),
+                          **({"rewarmup_steps": g.rewarmup_steps} if g.rewarmup_steps else {}))
+                     for g in self.growths])))   # tuples -> lists, as saved (rewarmup only when used: older
+                                                 # checkpoints, which lack it, still resume)
 
     def lr_at(self, step: int, born: int, peak: float, warmup: int) -> float:
         """A generation born at `born`: linear warm-up, then cosine decay to min_lr_ratio at the end of training.
@@ -157,7 +162,11 @@ class Schedule:
         """The learning rate of a param group at `step`, under training.lr_schedule."""
         if self.lr_schedule == "global":
             return self.lr_at(step, 0, self.lr, self.warmup_steps)
-        return self.lr_at(step, born, peak, warmup)
+        lr = self.lr_at(step, born, peak, warmup)
+        for g in self.growths:       # re-warm-up of the generations older than a growth, right after it
+            if g.rewarmup_steps and born < g.at_step <= step < g.at_step + g.rewarmup_steps:
+                lr *= (step - g.at_step + 1) / g.rewarmup_steps
+        return lr
 
 
 def _error(where: str, message: str) -> ConfigError:
@@ -277,6 +286,9 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
                                 "(under global every parameter follows training's curve)")
         optimizer_state = _choice(f"{where}.optimizer_state", growth.pop("optimizer_state", "keep"),
                                   OPTIMIZER_STATES)
+        rewarmup = _integer(f"{where}.rewarmup_steps", growth.pop("rewarmup_steps", 0), 0)
+        if rewarmup and schedule.lr_schedule == "global":
+            raise _error(where, "rewarmup_steps needs training.lr_schedule: per_generation")
         new_batch = growth.pop("global_batch_tokens", batch)
         if new_batch is not None:
             _integer(f"{where}.global_batch_tokens", new_batch, 1)
@@ -285,7 +297,7 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
             new_config = check_growth(config, event)     # every event field first, then against the model
         except ConfigError as e:
             raise _placed(where, e) from None
-        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state, new_batch))
+        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state, new_batch, rewarmup))
         last_tokens += (step - last_step) * (batch or tokens_per_step)
         config, last_step, batch = new_config, step, new_batch
     return schedule

@@ -86,6 +86,7 @@ BAD_GROWTHS = [
     (dict(DEPTH, global_batch_tokens=0), "global_batch_tokens", "positive integer"),
     (dict(DEPTH, global_batch_tokens=True), "global_batch_tokens", "a boolean"),
     (dict(DEPTH, optimizer_state=True), "optimizer_state", "['keep', 'reset']"),
+    (dict(DEPTH, rewarmup_steps=2.5), "rewarmup_steps", "an integer >= 0"),
     (dict(DEPTH, hidden_size=True), "hidden_size", "a boolean"),
     (dict(DEPTH, intermediate_size=512.0), "intermediate_size", "positive integer"),
     (dict(at_step=10, num_hidden_layers=NAN), "num_hidden_layers", "not finite"),
@@ -228,6 +229,21 @@ def test_per_generation_curves_restart_at_birth_and_global_ignores_it():
     assert one.group_lr(20, 0, 1e-3, 4) == pytest.approx(per_gen.lr_at(20, 0, 1e-3, 4))
     # both decay to min_lr_ratio at the end
     assert per_gen.group_lr(39, 20, 1e-3, 4) == pytest.approx(1e-4, rel=0.1)
+
+
+def test_rewarmup_ramps_the_older_generations_again_after_a_growth():
+    grown = schedule(growths=[dict(at_step=20, hidden_size=128, rewarmup_steps=5)])
+    plain = schedule(growths=[dict(at_step=20, hidden_size=128)])
+    for step in range(19, 27):
+        expected = plain.group_lr(step, 0, 1e-3, 4) * (min(1, (step - 19) / 5) if step >= 20 else 1)
+        assert grown.group_lr(step, 0, 1e-3, 4) == pytest.approx(expected), step      # generation 0: re-warmed
+        assert grown.group_lr(step, 20, 1e-3, 4) == plain.group_lr(step, 20, 1e-3, 4)   # the new one: its own
+    assert "rewarmup_steps" in grown.resolved()["growths"][0]
+    assert "rewarmup_steps" not in plain.resolved()["growths"][0]     # older checkpoints' records still match
+    assert "rewarmup_steps: must be an integer >= 0" in refusal(
+        schedule, None, [dict(at_step=20, hidden_size=128, rewarmup_steps=-1)])
+    assert "rewarmup_steps needs training.lr_schedule: per_generation" in refusal(
+        schedule, dict(lr_schedule="global"), [dict(at_step=20, hidden_size=128, rewarmup_steps=3)])
 
 
 @pytest.mark.parametrize("reset", [False, True])
