@@ -60,14 +60,18 @@ def summarise(runs: dict) -> list[dict]:
             continue
         lr = min(scratch0, key=lambda k: scratch0[k]["final_bpb"])
         scratch = {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
-        plans = {n: r for (n, l, s), r in by.items() if n != "scratch" and l == lr and s == 0}
+        plans = {n: r for (n, l, s), r in by.items() if n != "scratch" and l == lr and s == 0 and "+" not in n}
+        levers = {n: r for (n, l, s), r in by.items() if "+" in n and l == lr and s == 0}
         per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=saving(r, scratch[0], "wall"),
                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in plans.items()}
         best = max(per_plan, key=lambda n: per_plan[n]["flops"] or -1) if per_plan else None
         seeds = {s: r for (n, l, s), r in by.items() if n == best and l == lr}
         common = sorted(set(seeds) & set(scratch))
         final = scratch[0]["spec"]["model"]
+        per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=saving(r, scratch[0], "wall"),
+                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in levers.items()}
         rows.append(dict(budget=budget, lr=lr, tried=sorted(scratch0), scratch=scratch, plans=per_plan, best=best,
+                         levers=per_lever,
                          tokens=scratch[0]["steps"] * 2048, final=final,
                          best_flops=[saving(seeds[s], scratch[s], "flops") for s in common],
                          best_wall=[saving(seeds[s], scratch[s], "wall") for s in common],
@@ -105,6 +109,17 @@ def write_report(out: Path) -> str:
         cells = [f"{_pct(r['plans'][name]['flops'])} / {r['plans'][name]['d_bpb']:+.3f}" if name in r["plans"]
                  else "-" for r in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for r in rows:
+        if not r["levers"]:
+            continue
+        lines += ["", f"Levers at {r['budget']:g} tokens/parameter, seed 0 (plan + lever against the plan alone):", "",
+                  "| run | FLOP saving | wall saving | d bits/byte at equal FLOPs |", "|---|---|---|---|"]
+        for name, v in sorted(r["levers"].items(), key=lambda kv: kv[0].split("+")[0]):
+            base = r["plans"].get(name.split("+")[0])
+            if base is not None and name.split("+")[0] + "(base)" not in "".join(lines):
+                lines.append(f"| {name.split('+')[0]} (base) | {_pct(base['flops'])} | {_pct(base['wall'])} | "
+                             f"{base['d_bpb']:+.3f} |")
+            lines.append(f"| {name} | {_pct(v['flops'])} | {_pct(v['wall'])} | {v['d_bpb']:+.3f} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")

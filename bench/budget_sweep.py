@@ -3,6 +3,7 @@
     python bench/budget_sweep.py                          # budgets 0.1 1 5 20 tokens/parameter; resumes
     python bench/budget_sweep.py --budgets 0.1 1          # the small budgets only
     python bench/budget_sweep.py --report                 # table + plots again from the saved runs
+    python bench/budget_sweep.py --budgets 20 --levers    # then the levers on the best plan at 20
     python bench/budget_sweep.py --quick --out /tmp/bs    # smoke test: a tiny budget, 2 plans, one LR
 
 Final model: hidden 128 (head_dim 32), 4 layers, FFN 352, vocabulary stage 2000 of the Llama 2 tokenizer: 1.32M
@@ -78,8 +79,8 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
         return json.loads(path.read_text())
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
     spec = schedule_spec(name, budget, lr)
-    result = train(name, spec, seed, data, validation,
-                   eval_every=max(10, spec["training"]["steps"] // 40))
+    result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
+                   micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256 needs micro batches of 4
     result.update(budget=budget, lr=lr)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
@@ -101,6 +102,16 @@ def one_epoch(budget: float, name: str, data: Path) -> bool:
     index = json.loads((data / f"vocab_{FINAL['vocab_size']}" / "index.json").read_text())
     steps = schedule_spec(name, budget, 1e-3)["training"]["steps"]
     return steps * TOKENS_PER_STEP <= index["splits"]["train"]["n_tokens"]
+
+
+def run_levers(out: Path, budget: float, levers: list, data: Path, validation: dict):
+    """Each lever on the best plan at `budget` (seed 0, scratch's tuned LR), once the plans there are run."""
+    from budget_report import load, summarise
+    row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
+    if row is None or row["best"] is None:
+        raise SystemExit(f"--levers: no plans run at budget {budget:g} yet; run the sweep there first")
+    for lever in levers:
+        run(out, budget, f"{row['best']}+{lever}", row["lr"], 0, data, validation)
 
 
 def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):
@@ -128,6 +139,9 @@ def main(argv=None):
     p.add_argument("--lrs", type=float, nargs="+", default=[1.5e-3, 3e-3, 6e-3], help="scratch peak LRs to try")
     p.add_argument("--plans", nargs="+", default=ALL_PLANS, choices=ALL_PLANS, metavar="PLAN")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--levers", nargs="*", default=None, metavar="LEVER",
+                   help="after the sweep, run these levers on the best plan at the largest budget (default when "
+                        "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py)")
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
     p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, plans g2@25 and g2@25-vocab")
     p.add_argument("--threads", type=int, default=2)
@@ -144,6 +158,9 @@ def main(argv=None):
         validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
         for budget in sorted(args.budgets):
             sweep_budget(args.out, budget, args.lrs, args.plans, args.seeds, data, validation)
+        if args.levers is not None:
+            run_levers(args.out, max(args.budgets), args.levers or ["rewarm1", "rewarm5", "halfbatch"], data,
+                       validation)
     from budget_report import write_report
     write_report(args.out)
 

@@ -179,12 +179,13 @@ class BenchRecorder(Callback):
                   f"ETA {elapsed / step * (steps - step):.0f} s", flush=True)
 
 
-def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY) -> dict:
+def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY,
+          micro_batch_size: int = BATCH) -> dict:
     """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
     bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints."""
     recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every)
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=BATCH, seq_len=SEQ, bf16=True,
+        trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ, bf16=True,
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),
                           callbacks=[recorder])
         fitted = trainer.setup().fit()

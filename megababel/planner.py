@@ -14,6 +14,9 @@ Plans are named as in bench/budget_sweep.py, which measures them through this mo
       FLOPs of training the final model from scratch on the budget (so it sees more tokens than scratch)
   -vocab  a vocabulary stage of half the final vocabulary until the first growth
   scratch  no growth: train the final model
+Levers (bench/budget_sweep.py --levers), appended to a plan's name:
+  +rewarmP    after each growth the older generations' LR ramps up again over P% of scratch's steps
+  +halfbatch  every stage before the last growth trains at half the tokens per step (twice the steps)
 The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0) at the measured budget
 nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's
 final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
@@ -121,6 +124,11 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
                         max_position_embeddings=final.max_position_embeddings)
     if name == "scratch":
         return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
+    name, *levers = name.split("+")
+    rewarm = next((float(lever[6:]) for lever in levers if lever.startswith("rewarm")), 0)
+    half = "halfbatch" in levers
+    if set(levers) - {"halfbatch"} - {lever for lever in levers if lever.startswith("rewarm")}:
+        raise ConfigError.about("plan", f"unknown lever in {levers}: levers are +rewarmP and +halfbatch")
     plan, _, rest = name.partition("@")
     vocab = rest.endswith("-vocab")
     first = int(rest.removesuffix("-vocab")) / 100
@@ -129,13 +137,20 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     configs = [configs[0]] + [c for c, n in zip(configs[1:], configs) if _events([n, c])]
     total = scratch_steps * flops_per_token(final, seq_len) * tokens_per_step
     fractions = [first + i * (1 - first) / len(events) for i in range(len(events))] + [1.0]
+    batches = [tokens_per_step // 2 if half else tokens_per_step] * len(events) + [tokens_per_step]
     at_steps, done, previous = [], 0.0, 0.0
-    for config, fraction in zip(configs, fractions):      # each stage's steps at its own FLOPs per token
-        done += (fraction - previous) * total / (flops_per_token(config, seq_len) * tokens_per_step)
+    for config, fraction, batch in zip(configs, fractions, batches):    # each stage's steps at its FLOPs per token
+        done += (fraction - previous) * total / (flops_per_token(config, seq_len) * batch)
         at_steps.append(round(done))
         previous = fraction
     growths = [dict(event, at_step=step, **({"vocab_size": final.vocab_size} if vocab and i == 0 else {}))
                for i, (event, step) in enumerate(zip(events, at_steps))]
+    for growth in growths:
+        if rewarm:
+            growth["rewarmup_steps"] = max(1, round(rewarm / 100 * scratch_steps))
+    if half:
+        training["global_batch_tokens"] = tokens_per_step // 2
+        growths[-1]["global_batch_tokens"] = tokens_per_step
     return dict(model=dict(configs[0].to_dict(), **model_fields), training=dict(training, steps=at_steps[-1]),
                 growths=growths)
 

@@ -74,10 +74,13 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     _run(runs, 1, "g2@25", 1e-3, 0, reach=60.0)                             # reaches 2.0 at 60: saving 40%
     _run(runs, 1, "g2@25", 1e-3, 1, reach=80.0)                             # 20%
     _run(runs, 1, "g1@10", 1e-3, 0, reach=120.0)                            # never reaches 2.0
+    _run(runs, 1, "g2@25+rewarm1", 1e-3, 0, reach=50.0)                     # a lever: 50%, never the best plan
     table = budget_report.write_report(tmp_path)
     (row,) = budget_report.summarise(budget_report.load(tmp_path))
     assert row["lr"] == 1e-3 and row["best"] == "g2@25"
     assert row["best_flops"] == pytest.approx([0.4, 0.2])
     assert row["plans"]["g1@10"]["flops"] is None and row["plans"]["g1@10"]["d_bpb"] > 0
     assert "| g2@25 | 30% (20..40) |" in table and "| g1@10 | never /" in table
+    assert row["levers"]["g2@25+rewarm1"]["flops"] == pytest.approx(0.5) and "g2@25+rewarm1" not in row["plans"]
+    assert "| g2@25 (base) | 40% |" in table and "| g2@25+rewarm1 | 50% |" in table
     assert table in capsys.readouterr().out

@@ -64,7 +64,8 @@ def test_between_budgets_the_nearest_in_log_scale_and_far_ones_are_flagged():
     dict(hidden_size=2048, head_dim=128, num_hidden_layers=24, num_key_value_heads=4, vocab_size=32000),   # GQA
     dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864, vocab_size=32000)],
     ids=["bench", "gqa-2048", "seed-1.05B"])
-@pytest.mark.parametrize("name", ["scratch"] + budget_sweep.ALL_PLANS)
+@pytest.mark.parametrize("name", ["scratch"] + budget_sweep.ALL_PLANS + ["g2@10-vocab+halfbatch", "g1@25+rewarm2",
+                                                                          "g3@10+rewarm1+halfbatch"])
 def test_every_plan_is_a_valid_schedule_ending_at_the_final_model_at_scratch_flops(final, name):
     final = LlamaConfig(**final)
     try:
@@ -76,9 +77,13 @@ def test_every_plan_is_a_valid_schedule_ending_at_the_final_model_at_scratch_flo
     assert schedule.final_config == final
     configs = [schedule.model] + [g.config for g in schedule.growths]
     bounds = [0] + [g.at_step for g in schedule.growths] + [schedule.steps]
-    flops = sum((b - a) * flops_per_token(c, 2048) for c, a, b in zip(configs, bounds, bounds[1:]))
-    assert flops == pytest.approx(1000 * flops_per_token(final, 2048), rel=3e-3)
-    assert (schedule.model.vocab_size == final.vocab_size // 2) == name.endswith("-vocab")
+    batches = [schedule.batch_tokens(g) or 2048 * 8 for g in range(len(configs))]
+    flops = sum((b - a) * flops_per_token(c, 2048) * t for c, a, b, t in zip(configs, bounds, bounds[1:], batches))
+    assert flops == pytest.approx(1000 * flops_per_token(final, 2048) * 2048 * 8, rel=3e-3)
+    assert batches[:-1] == [2048 * 4] * (len(batches) - 1) if "+halfbatch" in name else set(batches) == {2048 * 8}
+    rewarm = {g.rewarmup_steps for g in schedule.growths}
+    assert rewarm == ({20} if "+rewarm2" in name else {10} if "+rewarm1" in name else {0} if rewarm else set())
+    assert (schedule.model.vocab_size == final.vocab_size // 2) == ("-vocab" in name)
 
 
 def test_the_data_decides_the_vocabulary_stage():
@@ -126,3 +131,8 @@ def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
                           "--tokens", "1000"], capture_output=True, text=True)
     assert bad.returncode == 2 and "raise the budget" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_unknown_lever_is_refused():
+    with pytest.raises(ConfigError, match="levers are"):
+        plan_schedule(BENCH_FINAL, "g1@25+turbo", 1000, 256, 2048, 1e-3)
