@@ -48,25 +48,33 @@ EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
                  "global_batch_tokens", "rewarmup_steps"}   # beside the event's
 
+def planned_preset(final: dict, tokens: int, seq_len: int, tokens_per_step: int, vocab_stages: list) -> dict:
+    """A preset made by the growth planner (megababel/planner.py) for the `final` model at a budget of `tokens`
+    (scratch's), with the growths at fractions of the run, so that --steps scales the whole plan."""
+    from .planner import plan_growth
+    spec = plan_growth(LlamaConfig(**final), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,
+                       vocab_stages=vocab_stages).schedule
+    steps = spec["training"]["steps"]
+    spec["growths"] = [dict({k: v for k, v in g.items() if k != "at_step"}, at_fraction=g["at_step"] / steps)
+                       for g in spec["growths"]]
+    return spec
+
+
 PRESETS = {
-    # The default. The plan that saved the most compute in bench/growth_vs_scratch.py (see bench/README.md): width +
-    # FFN + vocabulary at 1/4 of the run, then depth (interleaved identity layers) + vocabulary at 1/2, exact inits,
-    # Adam state kept, per-generation learning rates; scaled to the embedded corpus, 2 CPU cores, about a minute.
-    "tiny": dict(
-        model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
-                   max_position_embeddings=1024),
-        training=dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1),
-        growths=[dict(at_fraction=1 / 4, hidden_size=128, intermediate_size=352, vocab_size=2000),
-                dict(at_fraction=1 / 2, num_hidden_layers=4, layer_positions="interleave", vocab_size=4000)]),
-    # that plan exactly as measured (both-vocab): 2.6M -> 10.5M parameters on TinyStories with the Llama 2 tokenizer,
-    # vocabulary 2000 -> 4000 -> 8000. --data: the benchmark's cache (~/.cache/megababel/bench-tinystories) or
-    # tools/preprocess_data.py --stages 2000 4000 8000; --seq-len 256 --micro-batch-size 8 --bf16
-    "tinystories": dict(
-        model=dict(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352, multiple_of=32,
-                   vocab_size=2000, max_position_embeddings=1024),
-        training=dict(steps=227, lr=1e-3, warmup_steps=15, min_lr_ratio=0.1, weight_decay=0.1),
-        growths=[dict(at_step=57, hidden_size=256, intermediate_size=704, vocab_size=4000),
-                dict(at_step=114, num_hidden_layers=8, layer_positions="interleave", vocab_size=8000)]),
+    # The default, made by the growth planner: a 1.8M-parameter final model (hidden 128, 4 layers, vocabulary 4000)
+    # on the embedded corpus (stages 1000/2000/4000) at 0.25 tokens/parameter (450 steps of 8 x 128 tokens for
+    # scratch), so g3@10-vocab: half width and depth and vocabulary 2000, then 3/4 width + vocabulary 4000 at 10% of
+    # the FLOPs, full width, then depth; about two minutes on 2 CPU cores.
+    "tiny": planned_preset(dict(hidden_size=128, head_dim=16, num_hidden_layers=4, intermediate_size=352,
+                                multiple_of=32, vocab_size=4000, max_position_embeddings=1024),
+                           tokens=450 * 8 * 128, seq_len=128, tokens_per_step=8 * 128, vocab_stages=[1000, 2000, 4000]),
+    # the planner's plan for the TinyStories benchmark's 10.5M final model (hidden 256, 8 layers, vocabulary 8000 of
+    # the Llama 2 tokenizer) at its budget (150 steps of 8 x 256 tokens for scratch, 0.03 tokens/parameter).
+    # --data: tools/preprocess_data.py --stages 2000 4000 8000 (or the benchmark's cache); --seq-len 256 --bf16
+    "tinystories": planned_preset(dict(hidden_size=256, head_dim=32, num_hidden_layers=8, intermediate_size=704,
+                                       multiple_of=32, vocab_size=8000, max_position_embeddings=1024),
+                                  tokens=150 * 8 * 256, seq_len=256, tokens_per_step=8 * 256,
+                                  vocab_stages=[2000, 4000, 8000]),
     # the seed's plan: ~49M parameters, about 2x per growth as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
     "seed": dict(
         model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,

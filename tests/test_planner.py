@@ -136,3 +136,18 @@ def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
 def test_an_unknown_lever_is_refused():
     with pytest.raises(ConfigError, match="levers are"):
         plan_schedule(BENCH_FINAL, "g1@25+turbo", 1000, 256, 2048, 1e-3)
+
+
+@pytest.mark.parametrize("name, tokens, seq_len, tokens_per_step, stages", [
+    ("tiny", 450 * 8 * 128, 128, 8 * 128, [1000, 2000, 4000]),
+    ("tinystories", 150 * 8 * 256, 256, 8 * 256, [2000, 4000, 8000])])
+def test_presets_follow_the_planner(name, tokens, seq_len, tokens_per_step, stages):
+    """The preset, loaded at its batch, is step for step the planner's plan for its final model and budget (its
+    growths are stored as fractions, so that --steps scales them: they must land on the planned steps)."""
+    from megababel.planner import final_model
+    from megababel.schedule import load_schedule
+    plan = plan_growth(final_model(name), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,
+                       vocab_stages=stages)
+    loaded, planned = load_schedule(name, tokens_per_step), parse_schedule(plan.schedule, tokens_per_step)
+    assert plan.name == "g3@10-vocab"            # both budgets are nearest the 0.1 tokens/parameter row
+    assert loaded.resolved() == planned.resolved()
