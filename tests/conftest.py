@@ -12,6 +12,9 @@ from megababel import LlamaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT / ".." / "shared" / "data"
+# The tests' two-growth schedule (width + FFN + vocabulary 1000 -> 2000 at 1/4 of the run, depth + vocabulary 4000 at
+# 1/2): the `tiny` preset before the planner chose it; tests that count steps and checkpoints name it explicitly.
+TWO_GROWTHS = ROOT / "tests" / "two_growths.json"
 
 
 def load_script(relative_path: str):

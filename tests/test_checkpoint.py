@@ -11,17 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TWO_GROWTHS
 from local_ranks import run_local_ranks
 
 from megababel.parallel import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "launch" / "train.py"
-STEPS = 40          # tiny preset: growth at steps 10 and 20 (1/4 and 1/2)
+STEPS = 40          # tests/two_growths.json: growth at steps 10 and 20 (1/4 and 1/2)
 
 
 def train(out: Path, *flags, world: int = 1, cache: Path) -> list[float]:
-    run_local_ranks(world, [TRAIN, "--steps", STEPS, "--seq-len", 64, "--out", out, *flags],
+    run_local_ranks(world, [TRAIN, "--schedule", TWO_GROWTHS, "--steps", STEPS, "--seq-len", 64, "--out", out,
+                            *flags],
                     env=dict(MEGABABEL_CACHE=str(cache)))
     return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))}
 
@@ -68,7 +70,8 @@ def test_two_rank_zero3_checkpoint_resumes_on_one_rank(tmp_path, cache):
 @pytest.mark.slow
 def test_a_crash_during_saving_leaves_the_previous_checkpoint_loadable(tmp_path, cache):
     env = dict(os.environ, DS_ACCELERATOR="cpu", MEGABABEL_CACHE=str(cache))
-    process = subprocess.Popen([sys.executable, str(TRAIN), "--steps", str(STEPS), "--seq-len", "64",
+    process = subprocess.Popen([sys.executable, str(TRAIN), "--schedule", str(TWO_GROWTHS), "--steps", str(STEPS),
+                                "--seq-len", "64",
                                 "--micro-batch-size", "2", "--save-every", "1", "--out", str(tmp_path / "run")],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TWO_GROWTHS
 from megababel.parallel import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,8 @@ SMALL = ["--seq-len", "64", "--micro-batch-size", "4", "--eval-every", "10"]
 
 
 def run(script: Path, *args, cache: Path) -> subprocess.CompletedProcess:
+    if script == TRAIN and "--schedule" not in args:
+        args = ("--schedule", TWO_GROWTHS, *args)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MEGABABEL_CACHE=str(cache), MASTER_PORT=str(free_port()))
     return subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True,
@@ -48,7 +51,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache):
-    """A finished tiny run (growths at steps 10 and 20 of 40) with checkpoints every 10 steps."""
+    """A finished two-growth run (growths at steps 10 and 20 of 40) with checkpoints every 10 steps."""
     out = tmp_path_factory.mktemp("trained")
     done = run(TRAIN, "--steps", 40, *SMALL, "--save-every", 10, "--out", out, cache=cache)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, load_script
+from conftest import SHARED_DATA, TWO_GROWTHS, load_script
 from megababel.checkpoint import load_checkpoint
 from megababel.parallel import free_port
 from megababel.model import Llama
@@ -38,7 +38,7 @@ def run(tmp_path_factory):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     command = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2", "--master_port",
-               str(free_port()), str(ROOT / "launch/train.py"), "--stage", "3", "--tp", "2", "--steps", "30",
+               str(free_port()), str(ROOT / "launch/train.py"), "--schedule", str(TWO_GROWTHS), "--stage", "3", "--tp", "2", "--steps", "30",
                "--micro-batch-size", "4", "--seq-len", "64", "--eval-every", "10", "--save-every", "15",
                "--out", str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TWO_GROWTHS
 from megababel.parallel import free_port
 from slurm_cluster import LocalSlurmCluster, ensure_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch" / "slurm" / "train.sbatch"
-TRAIN = ["--stage", "3", "--micro-batch-size", "4", "--seq-len", "64", "--eval-every", "10", "--save-every", "15"]
+TRAIN = ["--schedule", str(TWO_GROWTHS), "--stage", "3", "--micro-batch-size", "4", "--seq-len", "64", "--eval-every", "10", "--save-every", "15"]
 
 
 @pytest.fixture(scope="module")

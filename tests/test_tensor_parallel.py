@@ -19,7 +19,7 @@ from megababel.config import ConfigError, LlamaConfig
 from megababel.parallel import free_port
 from megababel.parallel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
 
-from conftest import tiny_config
+from conftest import TWO_GROWTHS, tiny_config
 from local_ranks import run_local_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +207,8 @@ def test_launcher_with_tp2_trains_like_one_process_and_resumes_at_tp1(tmp_path):
     launch/train.py --tp 2` logs the same losses as `python launch/train.py`, and its checkpoint resumes at TP=1."""
     import csv
 
-    common = ["--steps", "30", "--micro-batch-size", "4", "--seq-len", "64", "--eval-every", "10"]
+    common = ["--schedule", str(TWO_GROWTHS), "--steps", "30", "--micro-batch-size", "4", "--seq-len", "64",
+              "--eval-every", "10"]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(key, None)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TWO_GROWTHS
 from megababel.config import ConfigError
 from megababel.trainer import Callback, RunConfig, Trainer
 
@@ -34,14 +35,15 @@ def distributed_env(monkeypatch, tmp_path):
 
 def fit(out, **changes) -> Draws:
     draws = Draws()
-    run = RunConfig(**dict(dict(steps=24, seq_len=32, micro_batch_size=2, eval_every=0, out=out), **changes))
+    run = RunConfig(**dict(dict(schedule=TWO_GROWTHS, steps=24, seq_len=32, micro_batch_size=2, eval_every=0,
+                                out=out), **changes))
     Trainer(run, callbacks=[draws]).setup().fit()
     return draws
 
 
 def test_resume_restores_rng_and_continues_exactly(distributed_env, tmp_path):
     torch.manual_seed(1234)
-    whole = fit(tmp_path / "whole", save_every=8)            # tiny preset: growths at steps 6 and 12
+    whole = fit(tmp_path / "whole", save_every=8)            # two_growths.json: growths at steps 6 and 12
     torch.manual_seed(999)                                    # whatever the new process would start with
     random.seed(5)
     resumed = fit(tmp_path / "resumed", resume=tmp_path / "whole/checkpoints/step_00000008_gen1")
