@@ -98,6 +98,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to Weights & Biases (rank 0; "
+                   "WANDB_MODE=offline works without a network; megababel/wandb_logger.py says what is logged)")
+    p.add_argument("--wandb-run-name", default=None, help="the W&B run's display name (default: W&B's)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # set by the deepspeed launcher
     args = p.parse_args(argv)
     if args.threads is not None and args.threads <= 0:
@@ -247,18 +250,29 @@ def main(argv=None):
     p, args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = RunConfig(**{k: v for k, v in vars(args).items() if k not in ("threads", "local_rank")})
+    run = RunConfig(**{k: v for k, v in vars(args).items()
+                       if k not in ("threads", "local_rank", "wandb", "wandb_run_name")})
     logger = RunLogger(args.out, is_main=os.environ.get("RANK", "0") == "0")
-    trainer = Trainer(run, callbacks=[logger])
+    callbacks = [logger]
+    if args.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            fail(p, "--wandb needs the wandb package: pip install wandb (or pip install 'megababel[wandb]')")
+        from megababel.wandb_logger import WandbLogger
+        callbacks.append(WandbLogger(args.wandb, name=args.wandb_run_name))
+    trainer = Trainer(run, callbacks=callbacks)
     try:
         trainer.setup()
         logger.is_main = trainer.rank == 0
         result = trainer.fit()
     except (ConfigError, DataError, CheckpointError, TokenizerError) as e:
-        logger.abort()
+        for callback in callbacks:
+            callback.abort()
         fail(p, str(e))
     except TrainingDiverged as e:
-        logger.abort()
+        for callback in callbacks:
+            callback.abort()
         fail(p, str(e), status=3)
     first = logger.val_points[0][1] if logger.val_points else float("nan")
     return dict(result, final_validation_bpb=result["validation_bpb"], initial_validation_bpb=first,
