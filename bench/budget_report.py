@@ -6,6 +6,9 @@ Per budget, against scratch at its tuned LR and the same seed:
   wall saving   the same with training wall time
   d_bpb         the plan's final bits/byte (at scratch's FLOPs) minus scratch's (negative: better)
 Best plan: the largest seed-0 FLOP saving; its figures are mean, and min..max over seeds.
+Wall time needs an otherwise idle machine: a run whose 1-minute load average exceeded BUSY_LOAD at any evaluation
+(something else ran beside it) gives no wall saving ("busy"); runs saved before loads were recorded count as idle.
+Runs that stopped before their last step are left out.
 """
 from __future__ import annotations
 
@@ -20,13 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from growth_report import crossing  # noqa: E402
 
 
+BUSY_LOAD = 3.5      # 1-minute load average on 2 cores while one run (2 threads) trains alone: ~2.6-2.9
+
+
 def load(out: Path) -> dict:
-    """{budget: {(name, lr, seed): run}}"""
+    """{budget: {(name, lr, seed): run}}, finished runs only"""
     runs = defaultdict(dict)
     for path in sorted((out / "runs").glob("*.json")):
         r = json.loads(path.read_text())
-        runs[r["budget"]][(r["name"], r["lr"], r["seed"])] = r
+        if r["evals"][-1]["step"] == r["steps"]:
+            runs[r["budget"]][(r["name"], r["lr"], r["seed"])] = r
     return runs
+
+
+def busy(run: dict) -> bool:
+    return max((e.get("load", 0) for e in run["evals"][1:]), default=0) > BUSY_LOAD
 
 
 def saving(run: dict, scratch: dict, key: str) -> float | None:
@@ -35,8 +46,13 @@ def saving(run: dict, scratch: dict, key: str) -> float | None:
     return None if reached is None else 1 - reached / scratch[key]
 
 
+def wall_saving(run: dict, scratch: dict):
+    """The wall-time saving, or "busy" when either run shared the machine."""
+    return "busy" if busy(run) or busy(scratch) else saving(run, scratch, "wall")
+
+
 def _pct(v):
-    return "never" if v is None else f"{100 * v:.0f}%"
+    return v if isinstance(v, str) else "never" if v is None else f"{100 * v:.0f}%"
 
 
 def _spread(values, pct=True):
@@ -62,19 +78,20 @@ def summarise(runs: dict) -> list[dict]:
         scratch = {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
         plans = {n: r for (n, l, s), r in by.items() if n != "scratch" and l == lr and s == 0 and "+" not in n}
         levers = {n: r for (n, l, s), r in by.items() if "+" in n and l == lr and s == 0}
-        per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=saving(r, scratch[0], "wall"),
+        per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in plans.items()}
         best = max(per_plan, key=lambda n: per_plan[n]["flops"] or -1) if per_plan else None
         seeds = {s: r for (n, l, s), r in by.items() if n == best and l == lr}
         common = sorted(set(seeds) & set(scratch))
         final = scratch[0]["spec"]["model"]
-        per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=saving(r, scratch[0], "wall"),
+        per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
                              d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in levers.items()}
         rows.append(dict(budget=budget, lr=lr, tried=sorted(scratch0), scratch=scratch, plans=per_plan, best=best,
                          levers=per_lever,
                          tokens=scratch[0]["steps"] * 2048, final=final,
                          best_flops=[saving(seeds[s], scratch[s], "flops") for s in common],
-                         best_wall=[saving(seeds[s], scratch[s], "wall") for s in common],
+                         best_wall=[saving(seeds[s], scratch[s], "wall") for s in common     # idle pairs only
+                                    if wall_saving(seeds[s], scratch[s]) != "busy"],
                          best_d=[seeds[s]["final_bpb"] - scratch[s]["final_bpb"] for s in common],
                          seeds=common))
     return rows

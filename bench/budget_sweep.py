@@ -76,7 +76,10 @@ def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
 def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict) -> dict:
     path = run_path(out, budget, name, lr, seed)
     if path.is_file():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if saved["evals"][-1]["step"] == saved["steps"]:
+            return saved
+        print(f"{path.name}: stopped at step {saved['evals'][-1]['step']} of {saved['steps']}; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
     spec = schedule_spec(name, budget, lr)
     result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),

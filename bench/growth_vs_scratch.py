@@ -152,7 +152,8 @@ class BenchRecorder(Callback):
         self.evals.append(dict(step=trainer.step, flops=trainer.flops, wall=round(trainer.train_seconds, 3),
                                tokens=trainer.step * TOKENS_PER_STEP,
                                bpb=self.validation[config.vocab_size].bits_per_byte(trainer.engine),
-                               generation=trainer.engine.model.generation, parameters=config_parameters(config)))
+                               generation=trainer.engine.model.generation, parameters=config_parameters(config),
+                               load=round(os.getloadavg()[0], 2)))     # > ~3.5 on 2 cores: something else ran
         return self.evals[-1]["bpb"]
 
     def on_fit_start(self, trainer):

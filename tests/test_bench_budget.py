@@ -55,10 +55,10 @@ def test_late_growths_at_the_largest_budget_would_repeat_text(tmp_path):
     assert budget_sweep.one_epoch(5, "g2@50-vocab", tmp_path)
 
 
-def _run(runs, budget, name, lr, seed, reach, flops=100.0, growths=()):
+def _run(runs, budget, name, lr, seed, reach, flops=100.0, growths=(), load=2.7, stopped_at=None):
     """A saved run whose bits/byte falls linearly from 3.0 to 3.0 - 1.0 * flops / reach."""
-    evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - flops * k / 10 / reach)
-             for k in range(11)]
+    evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - flops * k / 10 / reach, load=load)
+             for k in range(11 if stopped_at is None else stopped_at + 1)]
     run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=list(growths),
                final_bpb=evals[-1]["bpb"], flops=flops, wall=flops / 2, steps=10,
                spec=dict(model=dict(budget_sweep.FINAL, **budget_sweep.COMMON)))
@@ -75,6 +75,8 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     _run(runs, 1, "g2@25", 1e-3, 1, reach=80.0)                             # 20%
     _run(runs, 1, "g1@10", 1e-3, 0, reach=120.0)                            # never reaches 2.0
     _run(runs, 1, "g2@25+rewarm1", 1e-3, 0, reach=50.0)                     # a lever: 50%, never the best plan
+    _run(runs, 1, "g3@10", 1e-3, 0, reach=90.0, load=5.0)                   # shared the machine: no wall saving
+    _run(runs, 1, "g3@25", 1e-3, 0, reach=10.0, stopped_at=3)               # stopped early: left out
     table = budget_report.write_report(tmp_path)
     (row,) = budget_report.summarise(budget_report.load(tmp_path))
     assert row["lr"] == 1e-3 and row["best"] == "g2@25"
@@ -83,4 +85,6 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     assert "| g2@25 | 30% (20..40) |" in table and "| g1@10 | never /" in table
     assert row["levers"]["g2@25+rewarm1"]["flops"] == pytest.approx(0.5) and "g2@25+rewarm1" not in row["plans"]
     assert "| g2@25 (base) | 40% |" in table and "| g2@25+rewarm1 | 50% |" in table
+    assert row["plans"]["g3@10"]["wall"] == "busy" and row["plans"]["g3@10"]["flops"] == pytest.approx(0.1)
+    assert "g3@25" not in row["plans"]
     assert table in capsys.readouterr().out
