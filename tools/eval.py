@@ -3,7 +3,8 @@
     python tools/eval.py hf/a ../shared/data/tinystories/valid.txt             # an export (or any HF Llama)
     python tools/eval.py runs/a/checkpoints ../shared/data/tinystories/valid.txt --seq-len 256
     python tools/eval.py hf/a data.jsonl --text-key text --max-docs 500 --json result.json
-    python tools/eval.py hf/a - --tasks hellaswag,arc_easy    # lm-evaluation-harness, when installed (task data local)
+    python tools/eval.py hf/a - --tasks hellaswag,arc_easy    # lm-evaluation-harness (pip install 'megababel[eval]')
+    python tools/eval.py hf/a - --tasks my_task --include-path my_tasks/ --json r.json --log-samples   # local tasks
 
 Both kinds of model are evaluated the same way: each document becomes BOS + tokens + EOS, the documents are
 concatenated and cut into windows of --seq-len + 1 tokens (no overlap), and every next-token loss counts. Bits per
@@ -116,17 +117,32 @@ def evaluate(model: Evaluated, documents, seq_len: int, batch_size: int, progres
                 perplexity=math.exp(total / targets), bits_per_byte=total / math.log(2) / n_bytes)
 
 
-def run_lm_eval(path: Path, tasks: str) -> dict:
+def run_lm_eval(path: Path, tasks: str, include_path: Path | None = None, limit: int | None = None,
+                log_samples: bool = False) -> dict:
+    """lm-evaluation-harness on a Hugging Face directory: {"results": per-task metrics} and, with `log_samples`,
+    {"samples": per task, each document's log-likelihood of every choice}."""
     try:
         import lm_eval
+        from lm_eval.tasks import TaskManager
     except ImportError:
-        raise SystemExit("--tasks needs lm-evaluation-harness: pip install lm-eval (and the task data available "
-                         "locally, e.g. HF_DATASETS_OFFLINE=1 with a populated cache)") from None
+        raise SystemExit("--tasks needs lm-evaluation-harness: pip install 'megababel[eval]' (or lm-eval), and the "
+                         "task data available locally (e.g. HF_DATASETS_OFFLINE=1 with a populated cache, or "
+                         "--include-path with local task YAMLs)") from None
     if not (path / "config.json").is_file():
         raise SystemExit("--tasks runs on a Hugging Face directory: export the checkpoint first "
                          "(tools/convert_to_hf.py)")
-    results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=tasks.split(","))
-    return results["results"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=tasks.split(","), device=device,
+                                  task_manager=TaskManager(include_path=None if include_path is None
+                                                           else str(include_path)),
+                                  limit=limit, log_samples=log_samples)
+    result = dict(results=out["results"])
+    if log_samples:      # resps: per choice [(log-likelihood, is_greedy)]
+        result["samples"] = {task: [dict(doc_id=s["doc_id"], target=s["target"],
+                                         loglikelihoods=[float(r[0][0] if isinstance(r[0], (list, tuple)) else r[0])
+                                                         for r in s["resps"]]) for s in samples]
+                             for task, samples in out["samples"].items()}
+    return result
 
 
 def main(argv=None) -> dict:
@@ -140,6 +156,10 @@ def main(argv=None) -> dict:
     p.add_argument("--txt-mode", default="paragraph", help="txt documents: paragraph | line | file")
     p.add_argument("--max-docs", type=int, default=None)
     p.add_argument("--tasks", default=None, help="comma-separated lm-evaluation-harness tasks")
+    p.add_argument("--include-path", type=Path, default=None, help="a folder of lm-eval task YAMLs (local tasks)")
+    p.add_argument("--limit", type=int, default=None, help="lm-eval: at most this many documents per task")
+    p.add_argument("--log-samples", action="store_true", help="lm-eval: also keep every document's log-likelihoods "
+                                                              "(in --json)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     if args.seq_len < 1 or args.batch_size < 1:
@@ -160,8 +180,10 @@ def main(argv=None) -> dict:
               f"{result['bytes']:,} bytes: {result['nll_per_token']:.4f} nats/token, perplexity "
               f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte")
     if args.tasks:
-        result["lm_eval"] = run_lm_eval(args.model, args.tasks)
-        print(json.dumps(result["lm_eval"], indent=1))
+        if args.include_path is not None and not args.include_path.is_dir():
+            p.error(f"--include-path {args.include_path}: no such directory")
+        result["lm_eval"] = run_lm_eval(args.model, args.tasks, args.include_path, args.limit, args.log_samples)
+        print(json.dumps(result["lm_eval"]["results"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result
