@@ -97,8 +97,8 @@ class GrowableLayer(nn.Module):
 
     def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int) -> nn.Parameter:
         data = data.detach()
-        # where a new tensor goes: under ZeRO-3's zero.Init the GPU (it broadcasts each new parameter there, and
-        # NCCL moves no CPU tensor), else the default device. Initial values are made on the CPU (seeded draws).
+        # initial values are made on the CPU (seeded draws); a parameter belongs where a new tensor goes: under
+        # ZeRO-3's zero.Init its device (which broadcasts it from there), else the default device
         device = torch.empty(0).device
         if data.device != device:
             data = data.to(device)
