@@ -48,6 +48,7 @@ EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
                  "global_batch_tokens", "rewarmup_steps"}   # beside the event's
 
+
 def planned_preset(final: dict, tokens: int, seq_len: int, tokens_per_step: int, vocab_stages: list) -> dict:
     """A preset made by the growth planner (megababel/planner.py) for the `final` model at a budget of `tokens`
     (scratch's), with the growths at fractions of the run, so that --steps scales the whole plan."""
@@ -64,7 +65,7 @@ PRESETS = {
     # The default, made by the growth planner: a 1.8M-parameter final model (hidden 128, 4 layers, vocabulary 4000)
     # on the embedded corpus (stages 1000/2000/4000) at 0.25 tokens/parameter (450 steps of 8 x 128 tokens for
     # scratch), so g3@10-vocab: half width and depth and vocabulary 2000, then 3/4 width + vocabulary 4000 at 10% of
-    # the FLOPs, full width, then depth; about two minutes on 2 CPU cores.
+    # the FLOPs, full width, then depth; 880 steps.
     "tiny": planned_preset(dict(hidden_size=128, head_dim=16, num_hidden_layers=4, intermediate_size=352,
                                 multiple_of=32, vocab_size=4000, max_position_embeddings=1024),
                            tokens=450 * 8 * 128, seq_len=128, tokens_per_step=8 * 128, vocab_stages=[1000, 2000, 4000]),
