@@ -15,7 +15,7 @@ import pytest
 from megababel.data.embedded import embedded_corpus
 from megababel.data.loader import PackedLoader
 from megababel.data.preprocess import preprocess, stage_dir
-from megababel.data.readers import DataError
+from megababel.data.readers import DataError, read_documents
 from megababel.data.shards import TokenDataset
 from megababel.tokenizer import TokenizerError, VocabRanking, train_sentencepiece
 
@@ -53,6 +53,39 @@ def test_txt_jsonl_parquet_give_identical_shards(corpus, tmp_path):
                 assert (stage_dir(tmp_path / fmt, size) / name).read_bytes() == \
                        (stage_dir(tmp_path / "txt", size) / name).read_bytes(), (fmt, size, name)
     assert (tmp_path / "txt" / "ranking.json").read_bytes() == (tmp_path / "parquet" / "ranking.json").read_bytes()
+
+
+def test_local_hugging_face_datasets_give_the_readers_shards(corpus, tmp_path):
+    """The same documents as a save_to_disk Dataset, a DatasetDict (DIR:split), and a directory of parquet shards
+    (a Hub download's layout, streamed by `datasets`): the same documents in order and the same token shards as the
+    jsonl reader."""
+    datasets = pytest.importorskip("datasets")
+    _, root, sample = corpus
+    table = datasets.Dataset.from_dict({"id": list(range(len(sample))), "text": sample})
+    table.save_to_disk(str(root / "saved"))
+    datasets.DatasetDict(validation=table.select(range(5)), train=table).save_to_disk(str(root / "dict"))
+    (root / "shards" / "data").mkdir(parents=True)
+    for k, start in enumerate(range(0, len(sample), 150)):     # 3 shards: read in name order
+        pq.write_table(pa.table({"text": sample[start:start + 150]}),
+                       root / "shards" / "data" / f"train-{k:05d}-of-00003.parquet")
+    for source in ("saved", "dict", "shards", "dict:validation"):
+        expected = sample[:5] if source.endswith("validation") else sample
+        assert list(read_documents(str(root / source))) == expected, source
+    _preprocess(corpus, "docs.jsonl", tmp_path / "jsonl")
+    _preprocess(corpus, "saved", tmp_path / "saved")
+    for size in STAGES:
+        for name in sorted(p.name for p in stage_dir(tmp_path / "jsonl", size).iterdir()):
+            assert (stage_dir(tmp_path / "saved", size) / name).read_bytes() == \
+                   (stage_dir(tmp_path / "jsonl", size) / name).read_bytes(), (size, name)
+    with pytest.raises(DataError, match="no split 'test'"):
+        list(read_documents(str(root / "dict") + ":test"))
+    with pytest.raises(DataError, match="no column 'body'"):
+        list(read_documents(str(root / "saved"), text_key="body"))
+    (root / "mixed").mkdir()
+    (root / "mixed" / "a.jsonl").write_text('{"text": "x"}\n')
+    pq.write_table(pa.table({"text": ["y"]}), root / "mixed" / "b.parquet")
+    with pytest.raises(DataError, match="one kind"):
+        list(read_documents(str(root / "mixed")))
 
 
 def test_shards_decode_back_to_the_documents(corpus, tmp_path):

@@ -29,7 +29,8 @@ from megababel.tokenizer import Tokenizer, TokenizerError  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", help=".txt, .jsonl or .parquet files, or hf:owner/name[:split]")
+    p.add_argument("inputs", nargs="+", help=".txt, .jsonl or .parquet files, local dataset directories (save_to_disk, "
+                   "or parquet / jsonl shards; DIR:split), or hf:owner/name[:split]")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model file, a directory with tokenizer.model, "
                                                       "or a Hugging Face repo id")

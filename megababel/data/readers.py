@@ -1,4 +1,9 @@
-"""Documents from txt, jsonl and parquet files, or a Hugging Face dataset by name (when online).
+"""Documents from txt, jsonl and parquet files, local Hugging Face datasets, or a Hub dataset by name (when online).
+
+Local Hugging Face datasets (needs `datasets`): a directory written by `Dataset.save_to_disk` (or a DatasetDict's,
+then DIR:split, default train), read from its memory-mapped Arrow files; or a directory of .parquet / .jsonl /
+.json shards (a Hub dataset's files, downloaded), streamed by `datasets` in name order, so inputs larger than
+memory work.
 
 Every reader yields plain strings, one per document, in file order, so the same documents stored in any of the
 formats produce identical token shards. Errors name the file, the place in it, and the fix.
@@ -99,13 +104,63 @@ def read_hf_dataset(name: str, text_key: str = "text") -> Iterator[str]:
                         f"download the files and pass them as txt/jsonl/parquet") from None
 
 
+SHARD_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+def _local_dataset(source: str) -> tuple[Path, str | None] | None:
+    """(directory, split) when `source` is a local Hugging Face dataset directory (DIR or DIR:split), else None."""
+    path, split = Path(source), None
+    if not path.is_dir() and ":" in source:
+        head, _, tail = source.rpartition(":")
+        if Path(head).is_dir() and "/" not in tail:
+            path, split = Path(head), tail
+    return (path, split) if path.is_dir() else None
+
+
+def _import_datasets(source: str):
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{source}: a dataset directory needs the `datasets` package (pip install datasets)") from None
+    return datasets
+
+
+def read_local_dataset(path: Path, split: str | None, text_key: str = "text") -> Iterator[str]:
+    """A save_to_disk directory (Dataset or DatasetDict), or a directory of parquet / json(l) shards (streamed)."""
+    datasets = _import_datasets(str(path))
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            if (split or "train") not in data:
+                raise DataError(f"{path}: no split {split or 'train'!r} (splits: {sorted(data)}); pass {path}:SPLIT")
+            data = data[split or "train"]
+    else:
+        shards = sorted(p for p in path.rglob("*") if p.suffix in SHARD_SUFFIXES)
+        kinds = {SHARD_SUFFIXES[p.suffix] for p in shards}
+        if len(kinds) != 1:
+            raise DataError(f"{path}: a dataset directory holds a save_to_disk dataset or .parquet / .jsonl shards of "
+                            f"one kind (found {sorted(kinds) or 'none'})")
+        data = datasets.load_dataset(kinds.pop(), data_files=[str(p) for p in shards], split="train",
+                                     streaming=True)
+    if text_key not in (data.column_names or []):
+        raise DataError(f"{path}: no column {text_key!r} (columns: {data.column_names}); pass --text-key")
+    for record in data.select_columns([text_key]):
+        value = record[text_key]
+        if value is not None and value.strip():
+            yield value
+
+
 def check_source(source: str) -> None:
     """Fail early (before any compute) on a missing, empty or unknown input."""
     if source.startswith("hf:"):
         return
+    local = _local_dataset(source)
+    if local is not None:
+        _import_datasets(source)
+        return
     path = Path(source)
     if not path.is_file():
-        raise DataError(f"{source}: no such file")
+        raise DataError(f"{source}: no such file or dataset directory")
     if path.stat().st_size == 0:
         raise DataError(f"{source}: the file is empty")
     if path.suffix not in TEXT_SUFFIXES + (".jsonl", ".json", ".parquet"):
@@ -115,10 +170,14 @@ def check_source(source: str) -> None:
 
 def read_documents(source: str, text_key: str = "text", txt_mode: str = "paragraph",
                    errors: str = "strict") -> Iterator[str]:
-    """Documents of one input: a .txt/.jsonl/.parquet path, or hf:owner/name[:split]."""
+    """Documents of one input: a .txt/.jsonl/.parquet path, a local dataset directory (DIR[:split]), or
+    hf:owner/name[:split]."""
     check_source(source)
     if source.startswith("hf:"):
         return read_hf_dataset(source[3:], text_key)
+    local = _local_dataset(source)
+    if local is not None:
+        return read_local_dataset(*local, text_key)
     path = Path(source)
     if path.suffix in TEXT_SUFFIXES:
         return read_txt(path, txt_mode, errors)
