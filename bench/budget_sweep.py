@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import wikipedia  # noqa: E402
+from budget_report import busy  # noqa: E402
 from growth_report import at, crossing  # noqa: E402
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
 from megababel.config import LlamaConfig  # noqa: E402
@@ -69,6 +70,9 @@ def schedule_spec(name: str, budget: float, lr: float) -> dict:
     return plan_schedule(final_config(), name, scratch_steps(budget), SEQ, TOKENS_PER_STEP, lr)
 
 
+RERUN_BUSY = False      # --rerun-busy: train again the saved runs that shared the machine
+
+
 def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
     return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
 
@@ -77,9 +81,11 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     path = run_path(out, budget, name, lr, seed)
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved["evals"][-1]["step"] == saved["steps"]:
+        finished = saved["evals"][-1]["step"] == saved["steps"]
+        if finished and not (RERUN_BUSY and busy(saved)):
             return saved
-        print(f"{path.name}: stopped at step {saved['evals'][-1]['step']} of {saved['steps']}; training it again")
+        print(f"{path.name}: " + (f"stopped at step {saved['evals'][-1]['step']} of {saved['steps']}" if not finished
+                                  else "shared the machine (no wall time)") + "; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
     spec = schedule_spec(name, budget, lr)
     result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
@@ -145,10 +151,14 @@ def main(argv=None):
     p.add_argument("--levers", nargs="*", default=None, metavar="LEVER",
                    help="after the sweep, run these levers on the best plan at the largest budget (default when "
                         "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py)")
+    p.add_argument("--rerun-busy", action="store_true", help="train again the saved runs that shared the machine "
+                                                               "(their wall time is not reported)")
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
     p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, plans g2@25 and g2@25-vocab")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    global RERUN_BUSY
+    RERUN_BUSY = args.rerun_busy
     if args.quick:
         args.budgets, args.lrs, args.plans, args.seeds = [0.05], args.lrs[1:2], ["g2@25", "g2@25-vocab"], [0]
     if not args.report:
