@@ -42,8 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import wikipedia  # noqa: E402
-from budget_report import busy  # noqa: E402
-from growth_report import at, crossing  # noqa: E402
+from budget_report import busy, saving  # noqa: E402
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
 from megababel.config import LlamaConfig  # noqa: E402
 from megababel.counters import config_parameters  # noqa: E402
@@ -98,13 +97,6 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     return result
 
 
-def saving(run_: dict, scratch: dict, key: str = "flops") -> float | None:
-    """1 - (cost at which the run first reaches scratch's final bits/byte) / scratch's cost; None if never."""
-    xs, ys = [e[key] for e in run_["evals"]], [e["bpb"] for e in run_["evals"]]
-    reached = crossing(xs, ys, scratch["final_bpb"])
-    return None if reached is None else 1 - reached / scratch[key]
-
-
 def one_epoch(budget: float, name: str, data: Path) -> bool:
     """Whether the run's tokens fit in one epoch of the training text (counted at the final vocabulary, where the
     text is fewest tokens): a plan that would repeat text is not run at that budget."""
@@ -135,7 +127,7 @@ def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, 
         tuning[lr] = run(out, budget, "scratch", lr, seeds[0], data, validation)
     lr = min(tuning, key=lambda lr: tuning[lr]["final_bpb"])
     results = {name: run(out, budget, name, lr, seeds[0], data, validation) for name in plans}
-    best_plan = max(results, key=lambda n: saving(results[n], tuning[lr]) or -1)
+    best_plan = max(results, key=lambda n: saving(results[n], tuning[lr], "flops") or -1)
     for seed in seeds[1:]:
         run(out, budget, "scratch", lr, seed, data, validation)
         run(out, budget, best_plan, lr, seed, data, validation)

@@ -166,6 +166,10 @@ def main(argv=None) -> dict:
         p.error("--seq-len and --batch-size must be positive")
     if not args.model.exists():
         p.error(f"{args.model}: no such model directory")
+    if args.include_path is not None and not args.include_path.is_dir():       # before any evaluation is spent
+        p.error(f"--include-path {args.include_path}: no such directory")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be positive, got {args.limit}")
     result = {}
     if args.data != "-":
         try:
@@ -180,8 +184,6 @@ def main(argv=None) -> dict:
               f"{result['bytes']:,} bytes: {result['nll_per_token']:.4f} nats/token, perplexity "
               f"{result['perplexity']:.2f}, {result['bits_per_byte']:.4f} bits/byte")
     if args.tasks:
-        if args.include_path is not None and not args.include_path.is_dir():
-            p.error(f"--include-path {args.include_path}: no such directory")
         result["lm_eval"] = run_lm_eval(args.model, args.tasks, args.include_path, args.limit, args.log_samples)
         print(json.dumps(result["lm_eval"]["results"], indent=1))
     if args.json:
