@@ -157,6 +157,7 @@ class RunLogger(Callback):
         if not self.is_main:
             return
         self.log.writerow(row)
+        self.log_file.flush()    # a checkpoint may follow this step: a kill right after it must not lose the row
         for key in ("loss", "train_bpb", "parameters", "tokens_per_s", "generation", "vocab"):
             self.board.add_scalar(f"train/{key}", row[key], row["step"])
         for info, group in zip(trainer.engine.groups, trainer.engine.engine.optimizer.param_groups):
