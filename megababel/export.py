@@ -200,17 +200,55 @@ def _save_tokenizer(tokenizer: Tokenizer, folder: Path) -> dict:
     return dict(identical=best[0], probes=len(probes), split_space_runs=best[1] is not None)
 
 
+def _stage_agreement(folder: Path, stage) -> int:
+    """How many probe texts AutoTokenizer (the export's full tokenizer.json) encodes exactly like the vocabulary
+    stage the model was trained on. No tokenizer.json reproduces a stage: SentencePiece merges through the
+    out-of-stage pieces and splits them back at the end, which Hugging Face BPE cannot express (measured in
+    bench/stage_tokenizer.py), so an intermediate-stage export says so loudly instead."""
+    from transformers import AutoTokenizer
+    probes = _probe_texts()
+    encoded = AutoTokenizer.from_pretrained(str(folder))(probes, add_special_tokens=False)["input_ids"]
+    return sum(ids == stage.to_tokenizer_ids(stage.encode(text)).tolist() for ids, text in zip(encoded, probes))
+
+
+def stage_warning(active: int, tokenizer_size: int, agreement: dict | None = None) -> str:
+    """The warning an intermediate-stage export carries (card, convert_to_hf, tools/eval.py)."""
+    measured = "" if not agreement or "stage_identical" not in agreement else (
+        f" (here {agreement['stage_identical']} of {agreement['probes']} probe texts encode the same)")
+    return (f"intermediate vocabulary stage: the model knows only {active} of the tokenizer's {tokenizer_size} pieces. "
+            f"AutoTokenizer (tokenizer.json) and anything built on it, lm-evaluation-harness included, encode text "
+            f"with the full tokenizer, not the way this model was trained{measured}, and measure another number than "
+            f"megababel does (lower or higher). Encode with vocab_stage.model (SentencePiece) or evaluate with "
+            f"megababel's tools/eval.py, which does; or export a checkpoint from after the last vocabulary stage.")
+
+
+def export_stage_warning(folder: str | os.PathLike) -> str | None:
+    """stage_warning() for a Hugging Face directory exported at an intermediate vocabulary stage, else None."""
+    folder = Path(folder)
+    if not (folder / "vocab_stage.model").is_file():
+        return None
+    try:
+        info = json.loads((folder / "megababel.json").read_text())
+        size = json.loads((folder / "config.json").read_text())["vocab_size"]
+        return stage_warning(info["active_vocab_size"], size, info.get("tokenizer_agreement"))
+    except (OSError, ValueError, KeyError):
+        return (f"{folder} has a vocab_stage.model: it was exported at an intermediate vocabulary stage, and "
+                f"AutoTokenizer does not encode text the way it was trained; evaluate it with tools/eval.py")
+
+
 def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int, agreement: dict) -> str:
     lines = ["---", "library_name: transformers", "tags: [llama, megababel, progressive-training]", "---", "",
              f"# megababel Llama: {config_parameters(config) / 1e6:.1f}M parameters, generation "
              f"{meta['generation']}", "",
              "Trained with [megababel](https://github.com/) by progressive growth: the model grew while it trained. "
-             "Exported with `tools/convert_to_hf.py`; a plain `LlamaForCausalLM`, no custom code.", "",
-             f"- checkpoint step {meta['step']}, {meta.get('tokens', 0):,} training tokens, "
-             f"{meta.get('flops', 0):.3g} training FLOPs",
-             f"- hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads "
-             f"(head_dim {config.head_dim}, {config.num_key_value_heads} key/value heads), FFN "
-             f"{config.intermediate_size}, vocabulary {active} of the tokenizer's {tokenizer_size}", ""]
+             "Exported with `tools/convert_to_hf.py`; a plain `LlamaForCausalLM`, no custom code.", ""]
+    if active < tokenizer_size:         # first thing a reader sees: evaluating it the usual way gives other numbers
+        lines += [f"> **Warning: {stage_warning(active, tokenizer_size, agreement)}**", ""]
+    lines += [f"- checkpoint step {meta['step']}, {meta.get('tokens', 0):,} training tokens, "
+              f"{meta.get('flops', 0):.3g} training FLOPs",
+              f"- hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads "
+              f"(head_dim {config.head_dim}, {config.num_key_value_heads} key/value heads), FFN "
+              f"{config.intermediate_size}, vocabulary {active} of the tokenizer's {tokenizer_size}", ""]
     history = meta.get("history") or []
     if history:
         lines += ["## Growth history", "",
@@ -241,7 +279,15 @@ def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int
                   f"Trained on the first {active} pieces of a frequency ranking. The other {tokenizer_size - active} "
                   f"ids have zero rows and are in generation_config's `suppress_tokens`, so `generate()` never emits "
                   f"them. The saved tokenizer is the full one and may produce such ids; `vocab_stage.model` is the "
-                  f"SentencePiece model restricted to the stage, which `tools/eval.py` uses.", ""]
+                  f"SentencePiece model restricted to the stage, which `tools/eval.py` uses. No tokenizer.json can "
+                  f"encode like it (SentencePiece merges through the left-out pieces and splits them back at the "
+                  f"end; Hugging Face BPE cannot): `AutoTokenizer` encodes {agreement.get('stage_identical', '?')} of "
+                  f"{agreement['probes']} probe texts the way the model was trained.", "",
+                  "```python", "import sentencepiece, torch", "from transformers import AutoModelForCausalLM",
+                  "sp = sentencepiece.SentencePieceProcessor(model_file=f\"{path}/vocab_stage.model\")",
+                  "model = AutoModelForCausalLM.from_pretrained(path)",
+                  "ids = torch.tensor([[sp.bos_id()] + sp.encode(text)])     # ids are the model's, no remapping",
+                  "```", ""]
     return "\n".join(lines)
 
 
@@ -285,6 +331,7 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
         if inactive:
             stage = ranking.stage(tokenizer, active)
             (tmp / "vocab_stage.model").write_bytes(stage.sp.serialized_model_proto())
+            agreement["stage_identical"] = _stage_agreement(tmp, stage)
         info = dict(source=str(path), step=meta["step"], generation=meta["generation"], active_vocab_size=active,
                     tokenizer_sha256=tokenizer.sha256, tokenizer_agreement=agreement, history=meta.get("history"))
         (tmp / "megababel.json").write_text(json.dumps(info, indent=1))

@@ -274,3 +274,31 @@ def test_large_exports_are_sharded_and_load(small_checkpoint, tmp_path):
     b = AutoModelForCausalLM.from_pretrained(sharded).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert set(index["weight_map"]) == set(load_file(whole / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_intermediate_stage_export_says_autotokenizer_differs(run, tmp_path, capsys):
+    """No tokenizer.json reproduces a vocabulary stage (bench/stage_tokenizer.py), so such an export warns on export,
+    first thing in its card, and when tools/eval.py loads it; the count of probe texts it reports is the real one."""
+    from transformers import AutoTokenizer
+
+    from megababel.export import _probe_texts
+    checkpoint = run / "step_00000015_gen1"
+    _, _, stage = _megababel(checkpoint)
+    out = _export(checkpoint, tmp_path / "hf")
+    assert "warning: intermediate vocabulary stage" in capsys.readouterr().err
+    probes = _probe_texts()
+    encoded = AutoTokenizer.from_pretrained(out)(probes, add_special_tokens=False)["input_ids"]
+    same = sum(ids == stage.to_tokenizer_ids(stage.encode(t)).tolist() for ids, t in zip(encoded, probes))
+    agreement = json.loads((out / "megababel.json").read_text())["tokenizer_agreement"]
+    assert agreement["stage_identical"] == same < len(probes)
+    card = (out / "README.md").read_text().split("\n")
+    warning = next(i for i, line in enumerate(card) if "Warning: intermediate vocabulary stage" in line)
+    assert warning < 12 and f"{same} of {len(probes)} probe texts" in card[warning]
+    data = tmp_path / "text.txt"
+    data.write_text(_text())
+    load_script("tools/eval.py").main([str(out), str(data), "--seq-len", "64"])
+    assert "intermediate vocabulary stage" in capsys.readouterr().err
+    final = _export(run, tmp_path / "final")                      # the last stage: nothing to warn about
+    assert "warning" not in capsys.readouterr().err
+    assert "Warning" not in (final / "README.md").read_text() and not (final / "vocab_stage.model").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel.export import ExportError, export_checkpoint  # noqa: E402
+from megababel.export import ExportError, export_checkpoint, export_stage_warning  # noqa: E402
 from megababel.hub import HubError, push_folder  # noqa: E402
 
 
@@ -41,6 +41,8 @@ def main(argv=None) -> Path:
     except ExportError as e:
         p.error(str(e))
     print(f"exported {args.checkpoint} -> {out}")
+    if warning := export_stage_warning(out):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.push_to_hub:
         try:
             plan = push_folder(out, args.push_to_hub, args.revision, dry_run=args.dry_run)

@@ -1,0 +1,114 @@
+"""Does a tokenizer.json reproduce a vocabulary stage? Agreement of AutoTokenizer with SentencePiece's stage encoding.
+
+    python bench/stage_tokenizer.py                       # results/stage_tokenizer.{md,json}; ~3 min on 2 cores
+    python bench/stage_tokenizer.py --paragraphs 200 --stages 1000 8000      # quick look
+
+A model exported before its last vocabulary stage was trained on SentencePiece's stage encoding: BPE over the full
+Llama 2 vocabulary in which the out-of-stage pieces are marked UNUSED. SentencePiece still merges through those
+pieces and only at the end splits each out-of-stage piece back into the pair it was merged from (recursively), and an
+out-of-stage character that stays alone falls back to bytes. A Hugging Face BPE tokenizer (tokenizer.json) has no
+such final step. Two candidates are measured, as AutoTokenizer loads them from an export:
+- `full`: the export's tokenizer.json (the full tokenizer, what megababel ships);
+- `trimmed merges`: the same with every merge whose result is out of the stage removed, so out-of-stage pieces are
+  never formed (but neither is an in-stage piece SentencePiece reaches only through one).
+A paragraph agrees when the two id sequences are identical. Corpora: TinyStories valid, WikiText-103 valid and
+Shakespeare, blank-line paragraphs (the first --paragraphs of each); rankings: the TinyStories and the Wikipedia
+build's piece frequencies, as the benchmarks' datasets have them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_data import SHARED, SPEED_STAGES, tinystories, wikipedia  # noqa: E402
+from megababel.data.readers import read_documents  # noqa: E402
+from megababel.export import _save_tokenizer  # noqa: E402
+from megababel.tokenizer import Tokenizer, VocabRanking  # noqa: E402
+
+CORPORA = {"TinyStories": SHARED / "tinystories" / "valid.txt", "WikiText": SHARED / "wikitext" / "wiki.valid.raw",
+           "Shakespeare": SHARED / "shakespeare" / "input.txt"}
+
+
+def trimmed_merges(spec: dict, in_stage: set[str]) -> dict:
+    spec = json.loads(json.dumps(spec))
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"]
+                               if "".join(m.split(" ", 1) if isinstance(m, str) else m) in in_stage]
+    return spec
+
+
+def agreement(hf, stage, paragraphs: list[str]) -> dict:
+    ours = [stage.to_tokenizer_ids(ids).tolist() for ids in stage.encode_batch(paragraphs)]
+    theirs = hf(paragraphs, add_special_tokens=False)["input_ids"]
+    out_of_stage = set(stage.ranking.order[stage.size:].tolist())
+    tokens = sum(len(t) for t in theirs)
+    return dict(paragraphs=len(paragraphs), identical=sum(a == b for a, b in zip(ours, theirs)),
+                out_of_stage_tokens=sum(i in out_of_stage for t in theirs for i in t) / tokens,
+                token_ratio=tokens / sum(len(o) for o in ours))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000, 16000, 24000])
+    p.add_argument("--paragraphs", type=int, default=2000)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args(argv)
+    from transformers import AutoTokenizer
+
+    tokenizer = Tokenizer.load(SHARED / "tokenizers" / "llama2" / "tokenizer.model")
+    rankings = {"TinyStories": VocabRanking.load(tinystories(SPEED_STAGES) / "ranking.json", tokenizer),
+                "Wikipedia": VocabRanking.load(wikipedia([1000, 2000, 4000]) / "ranking.json", tokenizer)}
+    corpora = {name: [d for _, d in zip(range(args.paragraphs), read_documents(str(path)))]
+               for name, path in CORPORA.items()}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "full"
+        export.mkdir()
+        _save_tokenizer(tokenizer, export)                 # exactly what tools/convert_to_hf.py writes
+        full_spec = json.loads((export / "tokenizer.json").read_text())
+        full = AutoTokenizer.from_pretrained(str(export))
+        for ranking_name, ranking in rankings.items():
+            for size in args.stages:
+                stage = ranking.stage(tokenizer, size)
+                in_stage = {tokenizer.sp.id_to_piece(int(i)) for i in ranking.order[:size]}
+                trimmed_dir = Path(tmp) / "trimmed"
+                shutil.rmtree(trimmed_dir, ignore_errors=True)
+                shutil.copytree(export, trimmed_dir)
+                (trimmed_dir / "tokenizer.json").write_text(
+                    json.dumps(trimmed_merges(full_spec, in_stage), ensure_ascii=False))
+                trimmed = AutoTokenizer.from_pretrained(str(trimmed_dir))
+                for corpus, paragraphs in corpora.items():
+                    for variant, hf in (("full", full), ("trimmed merges", trimmed)):
+                        row = dict(ranking=ranking_name, stage=size, corpus=corpus, variant=variant,
+                                   **agreement(hf, stage, paragraphs))
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "stage_tokenizer.json").write_text(json.dumps(rows, indent=1))
+    lines = [f"Paragraphs whose AutoTokenizer ids equal SentencePiece's stage encoding (first {args.paragraphs} "
+             f"paragraphs of each corpus); in brackets, the share of AutoTokenizer's tokens (full tokenizer.json) "
+             f"that are out of the stage", "",
+             "| ranking | stage | " + " | ".join(f"{c}: full | {c}: trimmed merges" for c in CORPORA) + " |",
+             "|---|---|" + "---|---|" * len(CORPORA)]
+    for ranking_name in rankings:
+        for size in args.stages:
+            cells = []
+            for corpus in CORPORA:
+                by = {r["variant"]: r for r in rows
+                      if (r["ranking"], r["stage"], r["corpus"]) == (ranking_name, size, corpus)}
+                f, t = by["full"], by["trimmed merges"]
+                cells += [f"{100 * f['identical'] / f['paragraphs']:.1f}% ({100 * f['out_of_stage_tokens']:.1f}%)",
+                          f"{100 * t['identical'] / t['paragraphs']:.1f}%"]
+            lines.append(f"| {ranking_name} | {size} | " + " | ".join(cells) + " |")
+    (args.out / "stage_tokenizer.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
