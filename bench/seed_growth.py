@@ -6,7 +6,7 @@
     python bench/seed_growth.py --growth 3 --phases train      # one phase only
 
 Phases (results in bench/results/seed_growth_g<K>.json; a finished phase is not run again):
-  train   build the model before growth K of the `seed` preset, train --steps-before steps, grow (a checkpoint right
+  train   build the model before growth K of the `seed_2x` preset, train --steps-before steps, grow (a checkpoint right
           after the growth), train --steps-after steps. Per rank: peak RSS while building, RSS before the growth,
           peak RSS during it, RSS right after it, peak RSS while training the grown model (VmHWM, reset between
           phases; the heap is returned to the OS before each reading), growth seconds, seconds per step; and the
@@ -59,10 +59,10 @@ def _trim_and_reset():
 
 
 def schedule_spec(growth: int, steps_before: int, steps_after: int) -> dict:
-    """The seed preset cut to one growth: the model as it is before growth `growth`, that growth after
+    """The seed_2x preset cut to one growth: the model as it is before growth `growth`, that growth after
     `steps_before` steps. Warm-up 2 steps, so that a few steps move the weights (and a resume has something to
     reproduce)."""
-    seed = PRESETS["seed"]
+    seed = PRESETS["seed_2x"]
     full = parse_schedule(seed, 1)
     configs = [full.model] + [g.config for g in full.growths]
     event = {k: v for k, v in seed["growths"][growth].items() if k != "at_step"}
@@ -239,7 +239,7 @@ def export_and_load(args) -> dict:
 def planner(growth: int, spill: bool, micro: int, seq: int, ranks: int = 2) -> list:
     """The memory planner's rows (megababel/memory_plan.py) for the stages before and after growth `growth`."""
     from megababel.memory_plan import plan_memory
-    full = parse_schedule(PRESETS["seed"], 1)
+    full = parse_schedule(PRESETS["seed_2x"], 1)
     configs = [full.model] + [g.config for g in full.growths]
     return plan_memory(configs[growth:growth + 2], ranks, 1, 3, micro, seq, bf16=True, growth_spill=spill)
 
@@ -280,7 +280,7 @@ def report(paths: list[Path], micro: int, seq: int) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--growth", type=int, default=3, help="which growth of the seed preset (0-3; 3: 488M -> 1.05B)")
+    p.add_argument("--growth", type=int, default=3, help="which growth of the seed_2x preset (0-3; 3: 488M -> 1.05B)")
     p.add_argument("--steps-before", type=int, default=3)
     p.add_argument("--steps-after", type=int, default=3)
     p.add_argument("--ranks", type=int, default=2, help="processes (on GPUs: one per GPU)")

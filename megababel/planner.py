@@ -10,6 +10,7 @@ Plans are named as in bench/budget_sweep.py, which measures them through this mo
   g1  half width (hidden, heads, FFN) and half depth -> the final model in one growth
   g2  half width and depth -> full width (+ FFN) -> full depth (interleaved identity layers)
   g3  half width and depth -> 3/4 width -> full width -> full depth
+  (widths are whole numbers of heads, in whole key/value groups: the nearest to the fraction)
   @F  the first growth at F% of the run's training FLOPs, the others evenly spaced after it; the run ends at the
       FLOPs of training the final model from scratch on the budget (so it sees more tokens than scratch)
   -vocab  a vocabulary stage of half the final vocabulary until the first growth
@@ -82,17 +83,20 @@ def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None) -> lis
         raise ConfigError.about("num_hidden_layers", f"{final.num_hidden_layers} is odd: every plan starts at half "
                                 f"the depth and doubles it; use an even number of layers")
     group = final.num_attention_heads // final.num_key_value_heads
-    configs = []
+    configs, previous = [], 0
     for fraction in STAGE_WIDTHS[plan]:
-        heads = final.num_attention_heads * fraction
-        if heads != int(heads) or int(heads) % group:
+        # the nearest whole number of key/value groups (14 heads: 7, 11, 14 for g3), each stage wider than the last
+        heads = group * math.floor(final.num_attention_heads * fraction / group + 0.5)
+        if not previous < heads <= final.num_attention_heads or (fraction < 1) == (heads == final.num_attention_heads):
             raise ConfigError.about("hidden_size", f"{final.hidden_size} ({final.num_attention_heads} heads of "
-                                    f"{final.head_dim}) has no {fraction:g}x width stage with whole heads and "
-                                    f"key/value groups of {group}; use a head count divisible by {4 * group}")
-        heads = int(heads)
+                                    f"{final.head_dim}) has no {fraction:g}x width stage of whole heads in key/value "
+                                    f"groups of {group} for plan {plan}; use more heads (a head count divisible by "
+                                    f"{4 * group} gives every plan exact stages)")
+        previous = heads
+        width = heads / final.num_attention_heads
         configs.append(LlamaConfig(**dict(
             final.to_dict(), hidden_size=heads * final.head_dim, num_attention_heads=heads,
-            num_key_value_heads=heads // group, intermediate_size=_round_to(final.intermediate_size * fraction, 8),
+            num_key_value_heads=heads // group, intermediate_size=_round_to(final.intermediate_size * width, 8),
             num_hidden_layers=final.num_hidden_layers // 2, vocab_size=final.vocab_size)))
     configs[0] = LlamaConfig(**dict(configs[0].to_dict(), vocab_size=vocab_stage or final.vocab_size))
     configs.append(final)

@@ -49,15 +49,22 @@ GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "o
                  "global_batch_tokens", "rewarmup_steps"}   # beside the event's
 
 
-def planned_preset(final: dict, tokens: int, seq_len: int, tokens_per_step: int, vocab_stages: list) -> dict:
+def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: int, vocab_stages: list,
+                   batch_in_schedule: bool = False) -> dict:
     """A preset made by the growth planner (megababel/planner.py) for the `final` model at a budget of `tokens`
-    (scratch's), with the growths at fractions of the run, so that --steps scales the whole plan."""
+    (scratch's; a float below 1000 means tokens per parameter), with the growths at fractions of the run, so that
+    --steps scales the whole plan. `batch_in_schedule`: the preset fixes its tokens per step (global batch)."""
+    from .counters import config_parameters
     from .planner import plan_growth
+    if tokens < 1000:
+        tokens *= config_parameters(LlamaConfig(**final))
     spec = plan_growth(LlamaConfig(**final), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,
                        vocab_stages=vocab_stages).schedule
     steps = spec["training"]["steps"]
     spec["growths"] = [dict({k: v for k, v in g.items() if k != "at_step"}, at_fraction=g["at_step"] / steps)
                        for g in spec["growths"]]
+    if batch_in_schedule:
+        spec["training"].setdefault("global_batch_tokens", tokens_per_step)
     return spec
 
 
@@ -76,8 +83,16 @@ PRESETS = {
                                        multiple_of=32, vocab_size=8000, max_position_embeddings=1024),
                                   tokens=150 * 8 * 256, seq_len=256, tokens_per_step=8 * 256,
                                   vocab_stages=[2000, 4000, 8000]),
-    # the seed's plan: ~49M parameters, about 2x per growth as the vocabulary grows, to ~1.05B (Llama 2 tokenizer)
-    "seed": dict(
+    # the seed's final model, the 1.05B Llama (hidden 1792, 24 layers, FFN 4864, head_dim 128, vocabulary 32000 of
+    # Llama 2), planned for 20 tokens/parameter (21B tokens) at 256 sequences of 2048 tokens per step (gradient
+    # accumulation fills the batch on fewer ranks). --data: a dataset with stages 8000 16000 32000.
+    "seed": planned_preset(dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864,
+                                vocab_size=32000, max_position_embeddings=2048),
+                           tokens=20.0, seq_len=2048, tokens_per_step=256 * 2048, vocab_stages=[8000, 16000, 32000],
+                           batch_in_schedule=True),
+    # the seed notes' hand-made plan: ~49M parameters, about 2x per growth as the vocabulary grows, to the same
+    # ~1.05B; what the growth-at-scale benchmarks (bench/seed_growth.py) and memory plans exercise
+    "seed_2x": dict(
         model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,
                    max_position_embeddings=2048),
         training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
@@ -89,11 +104,11 @@ PRESETS = {
                      layer_positions="interleave"),
                 dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
                      layer_positions="interleave")]),
-    # the seed's plan for tensor parallelism 2, 4 and 8: every head count and every growth's added heads (and FFN
-    # units, vocabulary rows) divisible by 8. With the seed's head_dim 128 that needs hidden steps of 1024, so this
-    # variant uses head_dim 32; same vocabulary stages, about 2x per growth, the same 488M and 1.05B models
+    # seed_2x for tensor parallelism 2, 4 and 8: every head count and every growth's added heads (and FFN units,
+    # vocabulary rows) divisible by 8. With head_dim 128 that needs hidden steps of 1024, so this variant uses
+    # head_dim 32; same vocabulary stages, about 2x per growth, the same 488M and 1.05B models
     # (49M -> 103M -> 223M -> 488M -> 1.05B)
-    "seed_tp": dict(
+    "seed_2x_tp": dict(
         model=dict(hidden_size=512, head_dim=32, num_hidden_layers=12, vocab_size=8000,
                    max_position_embeddings=2048),
         training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),

@@ -65,11 +65,11 @@ def test_planner_cli_prints_every_stage_and_refuses_an_indivisible_layout(capsys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import model_size
-    rows = model_size.main(["--schedule", "seed", "--world", "2", "--zero-stage", "3", "--micro-batch-size", "1",
+    rows = model_size.main(["--schedule", "seed_2x", "--world", "2", "--zero-stage", "3", "--micro-batch-size", "1",
                             "--seq-len", "128", "--bf16"])
     out = capsys.readouterr().out
     assert len(rows) == 5 and "growth peak" in out and out.count("\n") >= 7
     assert rows[-1].growth_peak > rows[-1].training - rows[-1].gradients - rows[-1].activations
     with pytest.raises(SystemExit):
-        model_size.main(["--schedule", "seed", "--world", "2", "--tp", "2"])
+        model_size.main(["--schedule", "seed_2x", "--world", "2", "--tp", "2"])
     assert "num_attention_heads=5" in capsys.readouterr().err

@@ -292,10 +292,10 @@ def test_at_tokens_counts_each_stage_at_its_own_batch():
 
 
 @pytest.mark.parametrize("tp", [2, 4, 8])
-def test_seed_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_plan(tp):
+def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_2x_plan(tp):
     from megababel.counters import config_parameters
     from megababel.parallel import check_tensor_parallel
-    seed, seed_tp = (load_schedule(name, 2048) for name in ("seed", "seed_tp"))
+    seed, seed_tp = (load_schedule(name, 2048) for name in ("seed_2x", "seed_2x_tp"))
     configs = [seed_tp.model] + [g.config for g in seed_tp.growths]
     check_tensor_parallel(configs, tp, tp)          # every stage, every growth's added heads / units / rows
     sizes = [config_parameters(c) for c in configs]

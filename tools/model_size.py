@@ -2,8 +2,8 @@
 
     python tools/model_size.py --hidden-size 512 --num-hidden-layers 8              # the seed's ~60M start
     python tools/model_size.py --hidden-size 768 1024 2048 --num-hidden-layers 8 12 16 --vocab-size 8000 16000 32000
-    python tools/model_size.py --schedule seed --world 2 --zero-stage 3 --micro-batch-size 1 --seq-len 128 --bf16
-    python tools/model_size.py --schedule seed_tp --world 16 --tp 8 --zero-stage 3 --micro-batch-size 4 --seq-len 2048 --bf16
+    python tools/model_size.py --schedule seed_2x --world 2 --zero-stage 3 --micro-batch-size 1 --seq-len 128 --bf16
+    python tools/model_size.py --schedule seed_2x_tp --world 16 --tp 8 --zero-stage 3 --micro-batch-size 4 --seq-len 2048 --bf16
 
 Several values per flag describe successive stages (a missing value repeats the last one). Nothing is allocated.
 With --schedule (a preset or a YAML/JSON file), it prints each stage's memory per rank: weights (with ZeRO's fp32
