@@ -2,6 +2,7 @@
 
     python bench/stage_tokenizer.py                       # results/stage_tokenizer.{md,json}; ~3 min on 2 cores
     python bench/stage_tokenizer.py --paragraphs 200 --stages 1000 8000      # quick look
+    python bench/stage_tokenizer.py --export hf/gen1 --paragraphs 500           # + bits/byte of an export both ways
 
 A model exported before its last vocabulary stage was trained on SentencePiece's stage encoding: BPE over the full
 Llama 2 vocabulary in which the out-of-stage pieces are marked UNUSED. SentencePiece still merges through those
@@ -14,6 +15,9 @@ such final step. Two candidates are measured, as AutoTokenizer loads them from a
 A paragraph agrees when the two id sequences are identical. Corpora: TinyStories valid, WikiText-103 valid and
 Shakespeare, blank-line paragraphs (the first --paragraphs of each); rankings: the TinyStories and the Wikipedia
 build's piece frequencies, as the benchmarks' datasets have them.
+With --export (an intermediate-stage export), also the size of the difference in bits/byte: tools/eval.py's (the
+stage's encoding, out-of-stage logits masked, as the model was trained and as megababel reports) against a plain
+Hugging Face evaluation (AutoTokenizer + AutoModelForCausalLM, BOS + text + EOS, the same windows), per corpus.
 """
 from __future__ import annotations
 
@@ -31,6 +35,11 @@ from bench_data import SHARED, SPEED_STAGES, tinystories, wikipedia  # noqa: E40
 from megababel.data.readers import read_documents  # noqa: E402
 from megababel.export import _save_tokenizer  # noqa: E402
 from megababel.tokenizer import Tokenizer, VocabRanking  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import load_script  # noqa: E402
+
+EVAL = load_script("tools/eval.py")
 
 CORPORA = {"TinyStories": SHARED / "tinystories" / "valid.txt", "WikiText": SHARED / "wikitext" / "wiki.valid.raw",
            "Shakespeare": SHARED / "shakespeare" / "input.txt"}
@@ -53,10 +62,38 @@ def agreement(hf, stage, paragraphs: list[str]) -> dict:
                 token_ratio=tokens / sum(len(o) for o in ours))
 
 
+class AutoTokenizerEvaluation:
+    """The export as a user evaluates it without megababel: AutoTokenizer's ids, every logit."""
+
+    def __init__(self, path: Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.bos, self.eos, self.mask, self.name = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id, None, "hf"
+
+    def encode(self, text):
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def nll(self, ids):
+        return EVAL.summed_nll(self.model(ids[:, :-1]).logits, ids[:, 1:])
+
+
+def bits_per_byte_both_ways(export: Path, corpora: dict) -> list[dict]:
+    ours, theirs = EVAL.Evaluated.load(export), AutoTokenizerEvaluation(export)
+    rows = []
+    for corpus, paragraphs in corpora.items():
+        a, b = (EVAL.evaluate(m, paragraphs, 1024, 4, progress=False) for m in (ours, theirs))
+        rows.append(dict(corpus=corpus, megababel_bpb=a["bits_per_byte"], autotokenizer_bpb=b["bits_per_byte"],
+                         megababel_tokens=a["tokens"], autotokenizer_tokens=b["tokens"]))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000, 16000, 24000])
+    p.add_argument("--stages", type=int, nargs="+", default=[1000, 2000, 4000, 8000, 16000, 24000, 32000])
     p.add_argument("--paragraphs", type=int, default=2000)
+    p.add_argument("--export", type=Path, default=None, help="an intermediate-stage export: its bits/byte both ways")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
@@ -66,6 +103,20 @@ def main(argv=None):
                 "Wikipedia": VocabRanking.load(wikipedia([1000, 2000, 4000]) / "ranking.json", tokenizer)}
     corpora = {name: [d for _, d in zip(range(args.paragraphs), read_documents(str(path)))]
                for name, path in CORPORA.items()}
+    if args.export:
+        info = json.loads((args.export / "megababel.json").read_text())
+        rows = bits_per_byte_both_ways(args.export, corpora)
+        lines = [f"{args.export.name}: vocabulary {info['active_vocab_size']} of 32000, first {args.paragraphs} "
+                 f"paragraphs", "", "| corpus | tools/eval.py bits/byte | AutoTokenizer bits/byte | difference | "
+                 "tokens (eval.py / AutoTokenizer) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['corpus']} | {r['megababel_bpb']:.3f} | {r['autotokenizer_bpb']:.3f} | "
+                  f"{r['autotokenizer_bpb'] - r['megababel_bpb']:+.3f} | {r['megababel_tokens']:,} / "
+                  f"{r['autotokenizer_tokens']:,} |" for r in rows]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "stage_tokenizer_bpb.json").write_text(json.dumps(dict(export=str(args.export), rows=rows), indent=1))
+        (args.out / "stage_tokenizer_bpb.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "full"
@@ -91,9 +142,10 @@ def main(argv=None):
                         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stage_tokenizer.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"Paragraphs whose AutoTokenizer ids equal SentencePiece's stage encoding (first {args.paragraphs} "
-             f"paragraphs of each corpus); in brackets, the share of AutoTokenizer's tokens (full tokenizer.json) "
-             f"that are out of the stage", "",
+    counts = ", ".join(f"{name} {len(paragraphs):,}" for name, paragraphs in corpora.items())
+    lines = [f"Paragraphs whose AutoTokenizer ids equal SentencePiece's stage encoding (the first paragraphs: "
+             f"{counts}); in brackets, the share of AutoTokenizer's tokens (full tokenizer.json) that are out of the "
+             f"stage", "",
              "| ranking | stage | " + " | ".join(f"{c}: full | {c}: trimmed merges" for c in CORPORA) + " |",
              "|---|---|" + "---|---|" * len(CORPORA)]
     for ranking_name in rankings:

@@ -78,6 +78,8 @@ def test_lm_eval_on_a_local_task_equals_a_hand_computation(export, tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "local.yaml").write_text(TASK.format(data=tmp_path / "data.jsonl"))
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)    # left by an in-process run of an earlier test: accelerate would join its dead group
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "eval.py"), str(export), "-", "--tasks",
                            "megababel_local", "--include-path", str(tmp_path / "tasks"), "--log-samples", "--json",
                            str(tmp_path / "result.json")], env=env, capture_output=True, text=True, timeout=600)
