@@ -93,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps and at the end (0: never)")
     p.add_argument("--save-after-growth", action="store_true", help="also checkpoint right after each growth")
     p.add_argument("--keep-last", type=int, default=0, help="keep only the newest N checkpoints (0: all)")
+    p.add_argument("--keep-generations", action="store_true", help="also keep each generation's last state (just "
+                   "before each growth, and the final model) in OUT/generations: a model family "
+                   "(tools/export_family.py)")
     p.add_argument("--resume", default=None,
                    help="checkpoint (step_N dir, or a checkpoints dir: its newest); 'auto': OUT/checkpoints if any")
     p.add_argument("--seed", type=int, default=0)

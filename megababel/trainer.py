@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from .deepspeed_config import load_ds_config
 from .engine import GrowingEngine
 from .parallel import TensorParallel, all_reduce, check_tensor_parallel, init_distributed
 from .schedule import Schedule, load_schedule, parse_schedule, schedule_differences
+
+GENERATIONS = "generations"     # OUT/generations: one checkpoint per generation with keep_generations
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,6 +76,8 @@ class RunConfig:
     save_every: int = 0
     save_after_growth: bool = False
     keep_last: int = 0                        # 0: keep every checkpoint
+    keep_generations: bool = False            # also keep each generation's last state in OUT/generations: the
+                                              # model just before each growth, and the final one (a model family)
     resume: Path | str | None = None          # a checkpoint, a checkpoints directory, or "auto"
     out: Path = Path("runs/demo")
 
@@ -81,6 +86,8 @@ class RunConfig:
             _require_int(name, getattr(self, name), minimum=1)
         for name in ("eval_every", "save_every", "keep_last", "seed"):
             _require_int(name, getattr(self, name), minimum=0)
+        if not isinstance(self.keep_generations, bool):
+            raise ConfigError(f"keep_generations must be true or false, got {self.keep_generations!r}")
         for name in ("steps", "global_batch_tokens"):
             if getattr(self, name) is not None:
                 _require_int(name, getattr(self, name), minimum=1)
@@ -440,6 +447,8 @@ class Trainer:
                     break
         finally:
             stop.close()
+        if run.keep_generations and not preempted:
+            self.save(GENERATIONS, validation_loss=self.last_val_loss)
         result = dict(preempted=preempted, step=self.step, tokens=self.tokens, flops=self.flops,
                       train_seconds=self.train_seconds, generation=self.engine.model.generation,
                       vocab_size=self.engine.model.config.vocab_size, parameters=self.parameters,
@@ -476,6 +485,8 @@ class Trainer:
             callback.on_before_growth(self, growth)
         started = time.perf_counter()
         before = self.validate(notify=False) if self.run.eval_every else None
+        if self.run.keep_generations:           # the generation as it ends: a member of the model family
+            self.save(GENERATIONS, validation_loss=before)
         grow_started = time.perf_counter()
         generation = self.engine.grow(growth, step, ds_config=self._ds_config(self.engine.model.generation + 1))
         config = self.engine.model.config
@@ -512,17 +523,23 @@ class Trainer:
                 callback.on_validation(self, loss, self.data.valid_bits_per_byte(loss))
         return loss
 
-    def save(self) -> Path:
+    def save(self, folder: str = "checkpoints", validation_loss: float | None = None) -> Path:
+        """A checkpoint in OUT/`folder`: "checkpoints" (pruned by keep_last), or GENERATIONS (one per generation:
+        an older one of the same generation, from before a resume or a longer --steps, is replaced)."""
+        loss = self.last_val_loss if folder == "checkpoints" else validation_loss
         run = dict(step=self.step, tokens=self.tokens, flops=self.flops, train_seconds=self.train_seconds,
                    vocab=self.data.size, loader=self.data.loader.state_dict(), record=self.record,
                    history=self.history, data=str(self.data_dir), schedule_source=str(self.run.schedule)
                    if not isinstance(self.run.schedule, dict) else "<dict>", rng=rng_states(),
-                   validation_loss=self.last_val_loss,
-                   validation_bpb=None if self.last_val_loss is None else
-                   self.data.valid_bits_per_byte(self.last_val_loss))
-        path = save_checkpoint(Path(self.run.out) / "checkpoints", self.engine, run,
+                   validation_loss=loss, validation_bpb=None if loss is None else self.data.valid_bits_per_byte(loss))
+        directory = Path(self.run.out) / folder
+        path = save_checkpoint(directory, self.engine, run,
                                files={name: self.data_dir / name for name in ("tokenizer.model", "ranking.json")},
-                               keep_last=self.run.keep_last)
+                               keep_last=self.run.keep_last if folder == "checkpoints" else 0)
+        if folder == GENERATIONS and self.rank == 0:
+            for other in list_checkpoints(directory):
+                if other != path and _checkpoint_order(other)[1] == self.engine.model.generation:
+                    shutil.rmtree(other, ignore_errors=True)
         for callback in self.callbacks:
             callback.on_save(self, path)
         return path

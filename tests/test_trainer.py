@@ -146,3 +146,38 @@ def test_a_global_batch_that_is_not_whole_micro_batches_is_refused(distributed_e
         Trainer(RunConfig(schedule=BATCH_SCHEDULE, global_batch_tokens=100, seq_len=32, micro_batch_size=2,
                           out=tmp_path)).setup()
     assert not (tmp_path / "checkpoints").exists()
+
+
+class StopAt(Callback):
+    """Sends this process SIGUSR1 after `step`: the trainer checkpoints and stops, as under a Slurm preemption."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer, row):
+        if row["step"] == self.step:
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_keep_generations_keeps_one_checkpoint_per_generation_and_survives_resume(distributed_env, tmp_path):
+    from megababel.checkpoint import list_checkpoints, load_checkpoint
+    whole = dict(schedule=TWO_GROWTHS, steps=24, seq_len=32, micro_batch_size=2, eval_every=4, keep_generations=True)
+    Trainer(RunConfig(**whole, save_every=6, out=tmp_path / "whole")).setup().fit()
+    names = [p.name for p in list_checkpoints(tmp_path / "whole/generations")]
+    assert names == ["step_00000006_gen0", "step_00000012_gen1", "step_00000024_gen2"]   # growths at 6 and 12
+    for name in names:      # each generation as it ended: the same state the regular checkpoint of that step holds
+        kept, regular = (load_checkpoint(tmp_path / "whole" / d / name) for d in ("generations", "checkpoints"))
+        assert kept.state.generation == regular.state.generation
+        assert all(torch.equal(v, regular.state.values[k]) for k, v in kept.state.values.items())
+    assert load_checkpoint(tmp_path / "whole/generations" / names[0]).run["validation_loss"] is not None
+
+    stopped = Trainer(RunConfig(**whole, out=tmp_path / "stopped", save_every=100), callbacks=[StopAt(13)])
+    assert stopped.setup().fit()["preempted"]
+    assert [p.name for p in list_checkpoints(tmp_path / "stopped/generations")] == names[:2]   # no final one
+    Trainer(RunConfig(**whole, out=tmp_path / "stopped", save_every=100, resume="auto")).setup().fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "stopped/generations")] == names
+    for name in names:     # the resumed run's family is the uninterrupted run's
+        a, b = (load_checkpoint(tmp_path / d / "generations" / name) for d in ("whole", "stopped"))
+        assert all(torch.equal(v, b.state.values[k]) for k, v in a.state.values.items()), name
