@@ -22,7 +22,8 @@ The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte,
 nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's
 final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
 bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the nearest and
-the explanation says so.
+the explanation says so. Where that plan's median seed saved no FLOPs (or never reached scratch's loss), the plan is
+"scratch": do not grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
 """
 from __future__ import annotations
 
@@ -37,15 +38,34 @@ from .counters import config_parameters, flops_per_token
 class Measured:
     """One row of bench/README.md's saving-versus-budget table (bench/budget_sweep.py, final model 1.32M)."""
     tokens_per_parameter: float      # scratch's training tokens / all parameters (embeddings included)
-    plan: str                        # the best plan there ("scratch": growing did not pay)
+    plan: str                        # the best growth plan there (seed 0's largest FLOP saving)
     lr: float                        # scratch's tuned peak LR at hidden 128
-    flop_saving: tuple               # (mean, min, max) over seeds of the best plan's FLOP saving
-    seeds: int
+    flop_savings: tuple              # that plan's FLOP saving per seed; None: it never reached scratch's final loss
+
+    @property
+    def seeds(self) -> int:
+        return len(self.flop_savings)
+
+    @property
+    def pays(self) -> bool:
+        """Growing pays when the median seed saves FLOPs; a seed that never reached scratch's loss counts as a loss
+        (for an even number of seeds, the lower of the two middle ones)."""
+        ordered = sorted(-math.inf if v is None else v for v in self.flop_savings)
+        return ordered[(len(ordered) - 1) // 2] > 0
+
+    def saving_text(self) -> str:
+        reached = [v for v in self.flop_savings if v is not None]
+        never = len(self.flop_savings) - len(reached)
+        if not reached:
+            return f"never reached scratch's final loss ({self.seeds} seeds)"
+        spread = f"{100 * min(reached):.0f}..{100 * max(reached):.0f}%, " if len(reached) > 1 else ""
+        return (f"{100 * sum(reached) / len(reached):.0f}% fewer FLOPs to scratch's final loss ({spread}{self.seeds} "
+                f"seeds{f', {never} never reached it' if never else ''})")
 
 
 MEASURED = (
-    Measured(0.1, "g3@10-vocab", 6e-3, (0.87, 0.82, 0.92), 3),
-    Measured(1.0, "g1@50", 3e-3, (0.66, 0.55, 0.73), 3),
+    Measured(0.1, "g3@10-vocab", 6e-3, (0.8151, 0.8761, 0.919)),
+    Measured(1.0, "g1@50", 3e-3, (0.691, 0.7265, 0.5495)),
 )
 BENCH_HIDDEN = 128
 STAGE_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   # hidden / final hidden, per stage
@@ -63,11 +83,16 @@ class Plan:
 
     def explain(self) -> str:
         m = self.measured
-        saving = "no growth" if self.name == "scratch" else (
-            f"{100 * m.flop_saving[0]:.0f}% fewer FLOPs to scratch's final loss ({100 * m.flop_saving[1]:.0f}.."
-            f"{100 * m.flop_saving[2]:.0f}%, {m.seeds} seeds)")
         lines = [f"plan {self.name}: budget {self.tokens_per_parameter:.3g} tokens/parameter; measured at "
-                 f"{m.tokens_per_parameter:g} tokens/parameter (bench/README.md): best plan {m.plan}, {saving}"]
+                 f"{m.tokens_per_parameter:g} tokens/parameter (bench/README.md): best plan {m.plan}, "
+                 f"{m.saving_text()}"]
+        if self.name == "scratch":
+            lines.append("do not grow: growing did not pay at this budget; train the final model from scratch. For "
+                         "the smaller models too (a model family from one run), plan in family mode: "
+                         "tools/plan_growth.py --family, or launch/train.py --schedule auto --keep-generations")
+        elif not m.pays:
+            lines.append(f"family mode: {self.name} is planned for its family of smaller models; at this budget it "
+                         f"costs more than training the final model alone")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
@@ -160,9 +185,11 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
 
 
 def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | None = None, seq_len: int = 2048,
-                tokens_per_step: int = 2048 * 8, lr: float | None = None, vocab_stages=None) -> Plan:
+                tokens_per_step: int = 2048 * 8, lr: float | None = None, vocab_stages=None, family: bool = False,
+                table=MEASURED) -> Plan:
     """The measured-best plan for training `final` on `tokens` (scratch's training tokens) or `flops` (training
-    FLOPs). `vocab_stages`: the vocabulary stages the data has (None: any); `lr`: a peak LR instead of the rule's."""
+    FLOPs); "scratch" (do not grow) where growing did not pay, unless `family` (the smaller models are wanted too).
+    `vocab_stages`: the vocabulary stages the data has (None: any); `lr`: a peak LR instead of the rule's."""
     if (tokens is None) == (flops is None):
         raise ConfigError.about("budget", "give exactly one of tokens or flops")
     if tokens_per_step <= 0 or seq_len <= 0:
@@ -180,13 +207,13 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
                                 f"tokens; a plan needs at least {MIN_STEPS} (warm-up and growth steps need room): "
                                 f"raise the budget or lower the tokens per step")
     per_parameter = tokens / config_parameters(final)
-    measured = min(MEASURED, key=lambda m: abs(math.log(m.tokens_per_parameter / per_parameter)))
+    measured = min(table, key=lambda m: abs(math.log(m.tokens_per_parameter / per_parameter)))
     notes = []
     ratio = per_parameter / measured.tokens_per_parameter
     if not 0.5 <= ratio <= 2:
         notes.append(f"no measurement within 2x of {per_parameter:.3g} tokens/parameter: planned from the nearest "
                      f"({measured.tokens_per_parameter:g}); the saving there need not hold here")
-    name, vocab_stage = measured.plan, None
+    name, vocab_stage = (measured.plan if measured.pays or family else "scratch"), None
     if name.endswith("-vocab"):
         vocab_stage = final.vocab_size // 2
         if vocab_stages is not None:
@@ -219,9 +246,10 @@ def data_vocab_stages(data) -> list[int]:
 
 
 def plan_for_run(run, tokens_per_step: int, data) -> Plan:
-    """The plan for a RunConfig with schedule "auto" (its final, budget, seq_len) at `tokens_per_step`."""
+    """The plan for a RunConfig with schedule "auto" (its final, budget, seq_len) at `tokens_per_step`; a run that
+    keeps its generations wants the family, so it is planned in family mode."""
     final = final_model(run.final)
     tokens = run.tokens if run.tokens is not None else (
         None if run.tokens_per_parameter is None else run.tokens_per_parameter * config_parameters(final))
     return plan_growth(final, tokens=tokens, flops=run.flops, seq_len=run.seq_len, tokens_per_step=tokens_per_step,
-                       vocab_stages=data_vocab_stages(data))
+                       vocab_stages=data_vocab_stages(data), family=run.keep_generations)

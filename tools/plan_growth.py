@@ -7,7 +7,8 @@
     deepspeed launch/train.py --schedule plan.yaml ...        # or plan at launch: --schedule auto --final ...
 
 The rule (megababel/planner.py) follows bench/README.md's saving-versus-budget table: the best measured plan at the
-budget nearest in log(tokens per parameter), its LR scaled to the model's width. It prints what it chose and why.
+budget nearest in log(tokens per parameter), its LR scaled to the model's width; "do not grow" (a scratch schedule)
+where growing did not pay there, unless --family. It prints what it chose and why.
 The budget is scratch's: the tokens (or FLOPs) of training the final model from scratch; the planned run spends the
 same FLOPs and sees more tokens. --global-batch-tokens must be what the run will use (steps are counted in it).
 """
@@ -41,6 +42,8 @@ def main(argv=None):
     p.add_argument("--global-batch-tokens", type=int, default=None, help="tokens per optimizer step (default: "
                                                                           "8 sequences of --seq-len)")
     p.add_argument("--lr", type=float, default=None, help="peak LR (default: the rule's)")
+    p.add_argument("--family", action="store_true", help="plan the growth even where it does not pay: the smaller "
+                   "models are wanted too (train with --keep-generations, export with tools/export_family.py)")
     p.add_argument("--data", type=Path, default=None, help="dataset directory: plan only its vocabulary stages")
     p.add_argument("--out", type=Path, default=None, help="write the schedule here (.yaml or .json)")
     args = p.parse_args(argv)
@@ -59,7 +62,8 @@ def main(argv=None):
             args.tokens_per_parameter * config_parameters(final)
         plan = plan_growth(final, tokens=tokens, flops=args.flops, seq_len=args.seq_len,
                            tokens_per_step=args.global_batch_tokens or 8 * args.seq_len, lr=args.lr,
-                           vocab_stages=None if args.data is None else data_vocab_stages(args.data))
+                           vocab_stages=None if args.data is None else data_vocab_stages(args.data),
+                           family=args.family)
     except ConfigError as e:
         p.error(str(e))
     print(plan.explain())
