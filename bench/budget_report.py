@@ -56,15 +56,17 @@ def _pct(v):
 
 
 def _spread(values, pct=True):
+    """Mean (min..max) of the seeds that reached scratch's loss; the others are counted, never averaged away."""
+    never = sum(v is None for v in values)
     values = [v for v in values if v is not None]
     if not values:
         return "never"
     scale = 100 if pct else 1
     mean = f"{scale * np.mean(values):.0f}%" if pct else f"{np.mean(values):+.3f}"
-    if len(values) == 1:
-        return mean
-    low, high = min(values), max(values)
-    return mean + (f" ({scale * low:.0f}..{scale * high:.0f})" if pct else f" ({low:+.3f}..{high:+.3f})")
+    if len(values) > 1:
+        low, high = min(values), max(values)
+        mean += f" ({scale * low:.0f}..{scale * high:.0f})" if pct else f" ({low:+.3f}..{high:+.3f})"
+    return mean + (f"; {never} of {never + len(values)} seeds never" if never else "")
 
 
 def summarise(runs: dict) -> list[dict]:
