@@ -88,8 +88,17 @@ def summarise(runs: dict) -> list[dict]:
         final = scratch[0]["spec"]["model"]
         per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
                              d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in levers.items()}
+        by_seed = {}        # every non-scratch run at the tuned LR, against scratch of the same seed
+        for (n, l, s), r in by.items():
+            if n != "scratch" and l == lr and s in scratch:
+                entry = by_seed.setdefault(n, dict(seeds=[], flops=[], wall=[], d_bpb=[]))
+                entry["seeds"].append(s)
+                entry["flops"].append(saving(r, scratch[s], "flops"))
+                entry["d_bpb"].append(r["final_bpb"] - scratch[s]["final_bpb"])
+                if wall_saving(r, scratch[s]) != "busy":
+                    entry["wall"].append(saving(r, scratch[s], "wall"))
         rows.append(dict(budget=budget, lr=lr, tried=sorted(scratch0), scratch=scratch, plans=per_plan, best=best,
-                         levers=per_lever,
+                         levers=per_lever, by_seed=by_seed,
                          tokens=scratch[0]["steps"] * 2048, final=final,
                          best_flops=[saving(seeds[s], scratch[s], "flops") for s in common],
                          best_wall=[saving(seeds[s], scratch[s], "wall") for s in common     # idle pairs only
@@ -131,14 +140,17 @@ def write_report(out: Path) -> str:
     for r in rows:
         if not r["levers"]:
             continue
-        lines += ["", f"Levers at {r['budget']:g} tokens/parameter, seed 0 (plan + lever against the plan alone):", "",
-                  "| run | FLOP saving | wall saving | d bits/byte at equal FLOPs |", "|---|---|---|---|"]
-        for name, v in sorted(r["levers"].items(), key=lambda kv: kv[0].split("+")[0]):
-            base = r["plans"].get(name.split("+")[0])
-            if base is not None and name.split("+")[0] + "(base)" not in "".join(lines):
-                lines.append(f"| {name.split('+')[0]} (base) | {_pct(base['flops'])} | {_pct(base['wall'])} | "
-                             f"{base['d_bpb']:+.3f} |")
-            lines.append(f"| {name} | {_pct(v['flops'])} | {_pct(v['wall'])} | {v['d_bpb']:+.3f} |")
+        lines += ["", f"Levers at {r['budget']:g} tokens/parameter (plan + lever against the plan alone; each against "
+                  f"scratch of its own seed):", "",
+                  "| run | FLOP saving | wall saving | d bits/byte at equal FLOPs | seeds |", "|---|---|---|---|---|"]
+        bases = sorted({name.split("+")[0] for name in r["levers"]})
+        for name in bases + sorted(r["levers"], key=lambda n: (n.split("+")[0], n)):
+            v = r["by_seed"].get(name)
+            if v is None:
+                continue
+            label = f"{name} (base)" if name in bases else name
+            lines.append(f"| {label} | {_spread(v['flops'])} | {_spread(v['wall'])} | "
+                         f"{_spread(v['d_bpb'], pct=False)} | {len(v['seeds'])} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")

@@ -4,6 +4,7 @@
     python bench/budget_sweep.py --budgets 0.1 1          # the small budgets only
     python bench/budget_sweep.py --report                 # table + plots again from the saved runs
     python bench/budget_sweep.py --budgets 20 --levers    # then the levers on the best plan at 20
+    python bench/budget_sweep.py --budgets 20 --levers @2 @5 copy x4+copy genlr+rewarm1 zerowidth --lever-seeds 0 1 2
     python bench/budget_sweep.py --quick --out /tmp/bs    # smoke test: a tiny budget, 2 plans, one LR
 
 Final model: hidden 128 (head_dim 32), 4 layers, FFN 352, vocabulary stage 2000 of the Llama 2 tokenizer: 1.32M
@@ -105,14 +106,27 @@ def one_epoch(budget: float, name: str, data: Path) -> bool:
     return steps * TOKENS_PER_STEP <= index["splits"]["train"]["n_tokens"]
 
 
-def run_levers(out: Path, budget: float, levers: list, data: Path, validation: dict):
-    """Each lever on the best plan at `budget` (seed 0, scratch's tuned LR), once the plans there are run."""
+def lever_variant(best: str, lever: str) -> str:
+    """The best plan with a lever: "+copy" etc. appended (several joined by "+"), or "@P" its first growth moved to
+    P% of the FLOPs (g2@10-vocab with @2: g2@2-vocab)."""
+    if lever.startswith("@"):
+        plan, _, rest = best.partition("@")
+        return plan + lever + ("-vocab" if rest.endswith("-vocab") else "")
+    return f"{best}+{lever}"
+
+
+def run_levers(out: Path, budget: float, levers: list, seeds: list, data: Path, validation: dict):
+    """Each lever on the best plan at `budget` (scratch's tuned LR), for each seed (and the plan itself and scratch
+    at those seeds, if not run yet), once the plans there are run."""
     from budget_report import load, summarise
     row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
     if row is None or row["best"] is None:
         raise SystemExit(f"--levers: no plans run at budget {budget:g} yet; run the sweep there first")
-    for lever in levers:
-        run(out, budget, f"{row['best']}+{lever}", row["lr"], 0, data, validation)
+    for seed in seeds:
+        run(out, budget, "scratch", row["lr"], seed, data, validation)
+        run(out, budget, row["best"], row["lr"], seed, data, validation)
+        for lever in levers:
+            run(out, budget, lever_variant(row["best"], lever), row["lr"], seed, data, validation)
 
 
 def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):
@@ -142,7 +156,9 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--levers", nargs="*", default=None, metavar="LEVER",
                    help="after the sweep, run these levers on the best plan at the largest budget (default when "
-                        "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py)")
+                        "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py; @P moves the first growth "
+                        "to P%% of the FLOPs; join levers with +, e.g. x4+copy)")
+    p.add_argument("--lever-seeds", type=int, nargs="+", default=[0], help="seeds for --levers (default 0)")
     p.add_argument("--rerun-busy", action="store_true", help="train again the saved runs that shared the machine "
                                                                "(their wall time is not reported)")
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
@@ -164,8 +180,8 @@ def main(argv=None):
         for budget in sorted(args.budgets):
             sweep_budget(args.out, budget, args.lrs, args.plans, args.seeds, data, validation)
         if args.levers is not None:
-            run_levers(args.out, max(args.budgets), args.levers or ["rewarm1", "rewarm5", "halfbatch"], data,
-                       validation)
+            run_levers(args.out, max(args.budgets), args.levers or ["rewarm1", "rewarm5", "halfbatch"],
+                       args.lever_seeds, data, validation)
     from budget_report import write_report
     write_report(args.out)
 

@@ -18,6 +18,10 @@ Plans are named as in bench/budget_sweep.py, which measures them through this mo
 Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +rewarmP    after each growth the older generations' LR ramps up again over P% of scratch's steps
   +halfbatch  every stage before the last growth trains at half the tokens per step (twice the steps)
+  +copy       depth grows by stacking copies of the trained layers on top (G_stack; not function-preserving)
+  +x4         start at a quarter of the depth and grow it 4x in its one growth
+  +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
+  +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
 The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0) at the measured budget
 nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's
 final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
@@ -100,13 +104,15 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None) -> list[LlamaConfig]:
-    """The models of `plan` ("g1", "g2", "g3"), first to final; `vocab_stage`: the first stage's vocabulary."""
+def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None, depth_factor: int = 2) -> list[LlamaConfig]:
+    """The models of `plan` ("g1", "g2", "g3"), first to final; `vocab_stage`: the first stage's vocabulary;
+    `depth_factor`: the depth grows by this factor in its one growth (the +x4 lever: 4)."""
     if plan not in STAGE_WIDTHS:
         raise ConfigError.about("plan", f"unknown plan {plan!r}; plans: {sorted(STAGE_WIDTHS)} or scratch")
-    if final.num_hidden_layers % 2:
-        raise ConfigError.about("num_hidden_layers", f"{final.num_hidden_layers} is odd: every plan starts at half "
-                                f"the depth and doubles it; use an even number of layers")
+    if final.num_hidden_layers % depth_factor:
+        raise ConfigError.about("num_hidden_layers", f"{final.num_hidden_layers} does not divide by {depth_factor}: "
+                                f"the plan starts at 1/{depth_factor} of the depth and grows it {depth_factor}x; use "
+                                f"a multiple of {depth_factor} layers")
     group = final.num_attention_heads // final.num_key_value_heads
     configs, previous = [], 0
     for fraction in STAGE_WIDTHS[plan]:
@@ -122,25 +128,54 @@ def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None) -> lis
         configs.append(LlamaConfig(**dict(
             final.to_dict(), hidden_size=heads * final.head_dim, num_attention_heads=heads,
             num_key_value_heads=heads // group, intermediate_size=_round_to(final.intermediate_size * width, 8),
-            num_hidden_layers=final.num_hidden_layers // 2, vocab_size=final.vocab_size)))
+            num_hidden_layers=final.num_hidden_layers // depth_factor, vocab_size=final.vocab_size)))
     configs[0] = LlamaConfig(**dict(configs[0].to_dict(), vocab_size=vocab_stage or final.vocab_size))
     configs.append(final)
     return configs
 
 
-def _events(configs: list[LlamaConfig]) -> list[dict]:
+def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict]:
     """The growth events between consecutive stages: width (+ FFN) while the width changes, depth at the end; g1
-    does both at once. The vocabulary reaches the final's at the first growth."""
+    does both at once. The vocabulary reaches the final's at the first growth. New layers are identity layers
+    interleaved with the old ones, or with +copy the trained layers stacked again on top (G_stack)."""
+    levers = levers or LEVER_DEFAULTS
     events = []
     for before, after in zip(configs, configs[1:]):
         event = {}
         if after.hidden_size != before.hidden_size:
             event.update(hidden_size=after.hidden_size, intermediate_size=after.intermediate_size)
+            if levers["zero_width"]:
+                event.update(width_init="zero", heads_init="zero", ffn_init="zero")
         if after.num_hidden_layers != before.num_hidden_layers:
-            event.update(num_hidden_layers=after.num_hidden_layers, layer_positions="interleave")
+            old, new = before.num_hidden_layers, after.num_hidden_layers
+            if levers["depth_init"] == "copy":
+                event.update(num_hidden_layers=new, layer_positions="append", depth_init="copy",
+                             copy_from=[i % old for i in range(new - old)])
+            else:
+                event.update(num_hidden_layers=new, layer_positions="interleave")
         if event:
             events.append(event)
     return events
+
+
+LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
+                      generation_lr=False)
+
+
+def parse_levers(levers: list[str]) -> dict:
+    """A plan name's +levers (bench/budget_sweep.py --levers measures them; see the module docstring)."""
+    options = dict(LEVER_DEFAULTS)
+    for lever in levers:
+        if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
+            options["rewarm"] = float(lever[6:])
+        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr"):
+            options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
+                                x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
+                                genlr=dict(generation_lr=True))[lever])
+        else:
+            raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
+                                    f"+copy, +x4, +zerowidth and +genlr")
+    return options
 
 
 def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: int, tokens_per_step: int, lr: float,
@@ -153,16 +188,15 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
                         max_position_embeddings=final.max_position_embeddings)
     if name == "scratch":
         return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
-    name, *levers = name.split("+")
-    rewarm = next((float(lever[6:]) for lever in levers if lever.startswith("rewarm")), 0)
-    half = "halfbatch" in levers
-    if set(levers) - {"halfbatch"} - {lever for lever in levers if lever.startswith("rewarm")}:
-        raise ConfigError.about("plan", f"unknown lever in {levers}: levers are +rewarmP and +halfbatch")
+    name, *lever_names = name.split("+")
+    levers = parse_levers(lever_names)
+    rewarm, half = levers["rewarm"], levers["halfbatch"]
     plan, _, rest = name.partition("@")
     vocab = rest.endswith("-vocab")
     first = int(rest.removesuffix("-vocab")) / 100
-    configs = stage_configs(final, plan, (vocab_stage or final.vocab_size // 2) if vocab else None)
-    events = _events(configs)
+    configs = stage_configs(final, plan, (vocab_stage or final.vocab_size // 2) if vocab else None,
+                            levers["depth_factor"])
+    events = _events(configs, levers)
     configs = [configs[0]] + [c for c, n in zip(configs[1:], configs) if _events([n, c])]
     total = scratch_steps * flops_per_token(final, seq_len) * tokens_per_step
     fractions = [first + i * (1 - first) / len(events) for i in range(len(events))] + [1.0]
@@ -180,6 +214,10 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     if half:
         training["global_batch_tokens"] = tokens_per_step // 2
         growths[-1]["global_batch_tokens"] = tokens_per_step
+    if levers["generation_lr"]:      # each generation's peak LR by its width, lr x final / its hidden size
+        training["lr"] = lr * final.hidden_size / configs[0].hidden_size
+        for growth, config in zip(growths, configs[1:]):
+            growth["lr"] = lr * final.hidden_size / config.hidden_size
     return dict(model=dict(configs[0].to_dict(), **model_fields), training=dict(training, steps=at_steps[-1]),
                 growths=growths)
 

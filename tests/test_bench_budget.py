@@ -65,6 +65,12 @@ def _run(runs, budget, name, lr, seed, reach, flops=100.0, growths=(), load=2.7,
     (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
 
 
+def test_lever_variants_append_levers_or_move_the_first_growth():
+    assert budget_sweep.lever_variant("g2@10-vocab", "@2") == "g2@2-vocab"
+    assert budget_sweep.lever_variant("g1@25", "@5") == "g1@5"
+    assert budget_sweep.lever_variant("g2@10-vocab", "x4+copy") == "g2@10-vocab+x4+copy"
+
+
 def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_path, capsys):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -84,7 +90,9 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     assert row["plans"]["g1@10"]["flops"] is None and row["plans"]["g1@10"]["d_bpb"] > 0
     assert "| g2@25 | 30% (20..40) |" in table and "| g1@10 | never /" in table
     assert row["levers"]["g2@25+rewarm1"]["flops"] == pytest.approx(0.5) and "g2@25+rewarm1" not in row["plans"]
-    assert "| g2@25 (base) | 40% |" in table and "| g2@25+rewarm1 | 50% |" in table
+    # the lever table: every seed run of the base and the lever, each against scratch of its seed
+    assert "| g2@25 (base) | 30% (20..40) |" in table and "| g2@25+rewarm1 | 50% | 50% | -1.000 | 1 |" in table
+    assert row["by_seed"]["g2@25"]["seeds"] == [0, 1] and row["by_seed"]["g2@25"]["flops"] == pytest.approx([0.4, 0.2])
     assert row["plans"]["g3@10"]["wall"] == "busy" and row["plans"]["g3@10"]["flops"] == pytest.approx(0.1)
     assert "g3@25" not in row["plans"]
     assert table in capsys.readouterr().out

@@ -66,8 +66,9 @@ def test_between_budgets_the_nearest_in_log_scale_and_far_ones_are_flagged():
     dict(hidden_size=2048, head_dim=128, num_hidden_layers=24, num_key_value_heads=4, vocab_size=32000),   # GQA
     dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864, vocab_size=32000)],
     ids=["bench", "gqa-2048", "seed-1.05B"])
-@pytest.mark.parametrize("name", ["scratch"] + budget_sweep.ALL_PLANS + ["g2@10-vocab+halfbatch", "g1@25+rewarm2",
-                                                                          "g3@10+rewarm1+halfbatch"])
+@pytest.mark.parametrize("name", ["scratch"] + budget_sweep.ALL_PLANS + [
+    "g2@10-vocab+halfbatch", "g1@25+rewarm2", "g3@10+rewarm1+halfbatch", "g1@2-vocab+copy", "g1@5+x4+copy",
+    "g2@10+x4", "g3@10-vocab+zerowidth", "g2@5-vocab+genlr+rewarm1"])
 def test_every_plan_is_a_valid_schedule_ending_at_the_final_model_at_scratch_flops(final, name):
     final = LlamaConfig(**final)
     spec = plan_schedule(final, name, 1000, 2048, 2048 * 8, 3e-4)
@@ -84,6 +85,18 @@ def test_every_plan_is_a_valid_schedule_ending_at_the_final_model_at_scratch_flo
     rewarm = {g.rewarmup_steps for g in schedule.growths}
     assert rewarm == ({20} if "+rewarm2" in name else {10} if "+rewarm1" in name else {0} if rewarm else set())
     assert (schedule.model.vocab_size == final.vocab_size // 2) == ("-vocab" in name)
+    if name == "scratch":
+        return
+    depth = next(g for g in schedule.growths if g.event.num_hidden_layers)
+    assert schedule.model.num_hidden_layers == final.num_hidden_layers // (4 if "+x4" in name else 2)
+    assert depth.event.depth_init == ("copy" if "+copy" in name else "identity")
+    if "+copy" in name:           # the trained layers stacked again on top, in order
+        old = schedule.model.num_hidden_layers
+        assert depth.event.copy_from == [i % old for i in range(final.num_hidden_layers - old)]
+    assert all((g.event.width_init == "zero") == ("+zerowidth" in name) for g in schedule.growths if g.event.hidden_size)
+    lrs = [schedule.lr] + [g.lr for g in schedule.growths]
+    expected = [3e-4 * final.hidden_size / c.hidden_size for c in configs] if "+genlr" in name else [3e-4] * len(lrs)
+    assert lrs == pytest.approx(expected)
 
 
 def test_the_data_decides_the_vocabulary_stage():
@@ -102,7 +115,7 @@ def test_the_lr_scales_with_width_unless_given():
 
 
 @pytest.mark.parametrize("final, kw, field, fix", [
-    (dict(num_hidden_layers=3), dict(tokens=1e7), "num_hidden_layers", "even number"),
+    (dict(num_hidden_layers=3), dict(tokens=1e7), "num_hidden_layers", "multiple of 2 layers"),
     (dict(), dict(tokens=1e4), "tokens", "raise the budget"),
     (dict(), dict(tokens=1e7, flops=1e15), "budget", "exactly one"),
     (dict(), dict(tokens=-5.0), "tokens", "positive"),
