@@ -47,8 +47,10 @@ def saving(run: dict, scratch: dict, key: str) -> float | None:
 
 
 def wall_saving(run: dict, scratch: dict):
-    """The wall-time saving, or "busy" when either run shared the machine."""
-    return "busy" if busy(run) or busy(scratch) else saving(run, scratch, "wall")
+    """The wall-time saving, or "busy" when either run shared the machine or the two ran in different set-ups (torch
+    threads, sweep processes side by side; runs before this was recorded: 2 threads, alone)."""
+    setup = [(r.get("threads", 2), r.get("processes", 1)) for r in (run, scratch)]
+    return "busy" if busy(run) or busy(scratch) or setup[0] != setup[1] else saving(run, scratch, "wall")
 
 
 def _pct(v):

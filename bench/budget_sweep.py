@@ -39,6 +39,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -71,6 +73,7 @@ def schedule_spec(name: str, budget: float, lr: float) -> dict:
 
 
 RERUN_BUSY = False      # --rerun-busy: train again the saved runs that shared the machine
+PROCESSES = 1           # --processes: how many sweep processes share the machine (recorded per run)
 
 
 def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
@@ -90,7 +93,7 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     spec = schedule_spec(name, budget, lr)
     result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
                    micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256 needs micro batches of 4
-    result.update(budget=budget, lr=lr)
+    result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     print(f"  -> final {result['final_bpb']:.4f} bits/byte, {result['flops']:.3g} FLOPs, {result['wall']:.0f} s",
@@ -164,13 +167,15 @@ def main(argv=None):
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
     p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, plans g2@25 and g2@25-vocab")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--processes", type=int, default=1, help="how many sweep processes run side by side (e.g. "
+                   "--budgets 5 and --budgets 20, --threads 1 each): recorded, so that wall times are compared "
+                   "only between runs made alike")
     args = p.parse_args(argv)
-    global RERUN_BUSY
-    RERUN_BUSY = args.rerun_busy
+    global RERUN_BUSY, PROCESSES
+    RERUN_BUSY, PROCESSES = args.rerun_busy, args.processes
     if args.quick:
         args.budgets, args.lrs, args.plans, args.seeds = [0.05], args.lrs[1:2], ["g2@25", "g2@25-vocab"], [0]
     if not args.report:
-        import torch
         from megababel.parallel import init_distributed
         torch.set_num_threads(args.threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -96,3 +96,15 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     assert row["plans"]["g3@10"]["wall"] == "busy" and row["plans"]["g3@10"]["flops"] == pytest.approx(0.1)
     assert "g3@25" not in row["plans"]
     assert table in capsys.readouterr().out
+
+
+def test_wall_time_is_compared_only_between_runs_made_alike(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _run(runs, 1, "scratch", 1e-3, 0, reach=100.0)
+    _run(runs, 1, "g2@25", 1e-3, 0, reach=60.0)
+    scratch, plan = (json.loads((runs / f"b1-{n}-lr0.001-seed0.json").read_text()) for n in ("scratch", "g2@25"))
+    assert budget_report.wall_saving(plan, scratch) == pytest.approx(0.4)     # both: 2 threads, alone (the default)
+    assert budget_report.wall_saving(dict(plan, threads=1, processes=2), scratch) == "busy"
+    assert budget_report.wall_saving(dict(plan, threads=1, processes=2),
+                                     dict(scratch, threads=1, processes=2)) == pytest.approx(0.4)
