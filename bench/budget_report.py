@@ -80,6 +80,7 @@ def summarise(runs: dict) -> list[dict]:
             continue
         lr = min(scratch0, key=lambda k: scratch0[k]["final_bpb"])
         scratch = {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
+        by = {k: r for k, r in by.items() if not k[0].startswith("member")}      # family members: their own report
         plans = {n: r for (n, l, s), r in by.items() if n != "scratch" and l == lr and s == 0 and "+" not in n}
         levers = {n: r for (n, l, s), r in by.items() if "+" in n and l == lr and s == 0}
         per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
@@ -203,3 +204,84 @@ def _plots(rows, out: Path):
     fig.tight_layout()
     fig.savefig(out / f"curves_b{largest['budget']:g}.png", dpi=120)
     plt.close(fig)
+
+
+def summarise_family(runs: dict) -> list[dict]:
+    """Per budget and family plan (bench/budget_sweep.py --family), per seed: each member (the model before each
+    growth, then the final) with the FLOPs the family had spent when it reached it, its bits/byte, and the FLOPs the
+    member trained alone needed to reach that bits/byte (the least over its alone runs; where none reached it, their
+    FLOPs, a lower bound); the family saving is 1 - family FLOPs / the members' alone FLOPs summed."""
+    rows = []
+    for budget in sorted(runs):
+        by = runs[budget]
+        plans = sorted({n.split("-", 2)[2] for (n, _, _) in by if n.startswith("member")})
+        for plan in plans:
+            seeds = []
+            for (name, lr, seed), family in sorted(by.items(), key=lambda kv: kv[0][2]):
+                scratch = by.get(("scratch", lr, seed))
+                if name != plan or scratch is None:
+                    continue
+                members = []
+                for generation, growth in enumerate(family["growths"]):
+                    alone = [r for (n, _, s), r in by.items()
+                             if s == seed and n.startswith(f"member{generation}-") and n.split("-", 2)[2] == plan]
+                    if not alone:
+                        break
+                    members.append(_member(growth["flops"], growth["before"], alone, growth_parameters(family, generation)))
+                if len(members) != len(family["growths"]):
+                    continue                                      # this seed's members are not all run yet
+                members.append(_member(family["flops"], family["final_bpb"], [scratch],
+                                       family["evals"][-1].get("parameters")))
+                alone_total = sum(m["alone_flops"] for m in members)
+                seeds.append(dict(seed=seed, members=members, family_flops=family["flops"], alone_flops=alone_total,
+                                  saving=1 - family["flops"] / alone_total,
+                                  lower_bound=any(m["lower_bound"] for m in members)))
+            if seeds:
+                rows.append(dict(budget=budget, plan=plan, seeds=seeds))
+    return rows
+
+
+def growth_parameters(family: dict, generation: int):
+    """Parameters of generation `generation` of a run (from its evaluations' records)."""
+    return next((e.get("parameters") for e in family["evals"] if e.get("generation") == generation), None)
+
+
+def _member(family_flops: float, bpb: float, alone: list, parameters) -> dict:
+    reached = [x for x in (crossing([e["flops"] for e in r["evals"]], [e["bpb"] for e in r["evals"]], bpb)
+                           for r in alone) if x is not None]
+    return dict(parameters=parameters, family_flops=family_flops, bpb=bpb,
+                alone_flops=min(reached) if reached else max(r["flops"] for r in alone), lower_bound=not reached,
+                alone_bpb={r["name"]: r["final_bpb"] for r in alone})
+
+
+def write_family_report(out: Path) -> str:
+    rows = summarise_family(load(out))
+    if not rows:
+        return ""
+    lines = []
+    for row in rows:
+        savings = [s["saving"] for s in row["seeds"]]
+        bound = any(s["lower_bound"] for s in row["seeds"])
+        lines += [f"Model family of {row['plan']} at {row['budget']:g} tokens/parameter: family saving "
+                  f"{'>= ' if bound else ''}{_spread(savings)} over {len(savings)} seed(s) (1 - the family's FLOPs / "
+                  f"the FLOPs of training each member alone to the same bits/byte)", "",
+                  "| member | parameters | family FLOPs when reached | bits/byte | alone: FLOPs to that bits/byte | "
+                  "alone runs' final bits/byte |", "|---|---|---|---|---|---|"]
+        first = row["seeds"][0]["members"]
+        for k, member in enumerate(first):
+            per_seed = [s["members"][k] for s in row["seeds"]]
+            alone = np.mean([m["alone_flops"] for m in per_seed])
+            marker = ">= " if any(m["lower_bound"] for m in per_seed) else ""
+            finals = ", ".join(f"{n.split('-')[1] if n.startswith('member') else n} {b:.3f}"
+                               for n, b in member["alone_bpb"].items())
+            params = "" if member["parameters"] is None else f"{member['parameters'] / 1e6:.2f}M"
+            lines.append(f"| {k}{' (final)' if k == len(first) - 1 else ''} | {params} | "
+                         f"{np.mean([m['family_flops'] for m in per_seed]):.3g} | "
+                         f"{np.mean([m['bpb'] for m in per_seed]):.4f} | {marker}{alone:.3g} | {finals} |")
+        total_family = np.mean([s["family_flops"] for s in row["seeds"]])
+        total_alone = np.mean([s["alone_flops"] for s in row["seeds"]])
+        lines += [f"| all | | {total_family:.3g} | | {'>= ' if bound else ''}{total_alone:.3g} | |", ""]
+    table = "\n".join(lines)
+    (out / "family.md").write_text(table + "\n")
+    print(table)
+    return table

@@ -5,6 +5,7 @@
     python bench/budget_sweep.py --report                 # table + plots again from the saved runs
     python bench/budget_sweep.py --budgets 20 --levers    # then the levers on the best plan at 20
     python bench/budget_sweep.py --budgets 20 --levers @2 @5 copy x4+copy genlr+rewarm1 zerowidth --lever-seeds 0 1 2
+    python bench/budget_sweep.py --budgets 20 --family    # the best plan's model family against its members alone
     python bench/budget_sweep.py --quick --out /tmp/bs    # smoke test: a tiny budget, 2 plans, one LR
 
 Final model: hidden 128 (head_dim 32), 4 layers, FFN 352, vocabulary stage 2000 of the Llama 2 tokenizer: 1.32M
@@ -48,8 +49,9 @@ from bench_data import wikipedia  # noqa: E402
 from budget_report import busy, saving  # noqa: E402
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
 from megababel.config import LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters  # noqa: E402
+from megababel.counters import config_parameters, flops_per_token  # noqa: E402
 from megababel.planner import STAGE_WIDTHS, plan_schedule  # noqa: E402
+from megababel.schedule import parse_schedule  # noqa: E402
 
 COMMON = dict(head_dim=32, multiple_of=32, max_position_embeddings=SEQ)
 FINAL = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, vocab_size=2000)
@@ -80,7 +82,9 @@ def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
     return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
 
 
-def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict) -> dict:
+def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict,
+        spec: dict | None = None) -> dict:
+    """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members)."""
     path = run_path(out, budget, name, lr, seed)
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -90,7 +94,7 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
         print(f"{path.name}: " + (f"stopped at step {saved['evals'][-1]['step']} of {saved['steps']}" if not finished
                                   else "shared the machine (no wall time)") + "; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
-    spec = schedule_spec(name, budget, lr)
+    spec = spec or schedule_spec(name, budget, lr)
     result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
                    micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256 needs micro batches of 4
     result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
@@ -132,6 +136,46 @@ def run_levers(out: Path, budget: float, levers: list, seeds: list, data: Path, 
             run(out, budget, lever_variant(row["best"], lever), row["lr"], seed, data, validation)
 
 
+def family_members(spec: dict) -> list[LlamaConfig]:
+    """The models a plan's run passes through, one per generation: the model before each growth, then the final."""
+    schedule = parse_schedule(spec, TOKENS_PER_STEP)
+    return [schedule.model] + [g.config for g in schedule.growths]
+
+
+def member_name(generation: int, kind: str, plan: str) -> str:
+    return f"member{generation}-{kind}-{plan}"
+
+
+def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Path, validation: dict):
+    """A plan's run as a model family: each member but the last (the final model, whose baseline is scratch) also
+    trained alone from scratch, on its own compute-optimal budget (`budget` tokens per its parameters, "optimal") and
+    on the FLOPs the family had spent when it reached that member ("matched"). The member's peak LR: scratch's tuned
+    LR or twice it (smaller models take larger LRs), whichever ends lower on seed 0's optimal run."""
+    from budget_report import load, summarise
+    row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
+    if row is None or row["best"] is None:
+        raise SystemExit(f"--family: no plans run at budget {budget:g} yet; run the sweep there first")
+    plan, lr = plan or row["best"], row["lr"]
+    member_lrs = {}
+    for seed in seeds:
+        family = run(out, budget, plan, lr, seed, data, validation)
+        run(out, budget, "scratch", lr, seed, data, validation)
+        members = family_members(family["spec"])[:-1]
+        for generation, (config, growth) in enumerate(zip(members, family["growths"])):
+            steps = dict(optimal=max(20, round(budget * config_parameters(config) / TOKENS_PER_STEP)),
+                         matched=max(20, round(growth["flops"] / (flops_per_token(config, SEQ) * TOKENS_PER_STEP))))
+
+            def member(kind, member_lr):
+                spec = plan_schedule(LlamaConfig(**dict(config.to_dict())), "scratch", steps[kind], SEQ,
+                                     TOKENS_PER_STEP, member_lr)
+                return run(out, budget, member_name(generation, kind, plan), member_lr, seed, data, validation, spec)
+            if generation not in member_lrs:
+                tried = {x: member("optimal", x) for x in (lr, 2 * lr)}
+                member_lrs[generation] = min(tried, key=lambda x: tried[x]["final_bpb"])
+            for kind in ("optimal", "matched"):
+                member(kind, member_lrs[generation])
+
+
 def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):
     plans = [name for name in plans if one_epoch(budget, name, data)]
     tuning = {lr: run(out, budget, "scratch", lr, seeds[0], data, validation) for lr in sorted(lrs)}
@@ -162,6 +206,9 @@ def main(argv=None):
                         "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py; @P moves the first growth "
                         "to P%% of the FLOPs; join levers with +, e.g. x4+copy)")
     p.add_argument("--lever-seeds", type=int, nargs="+", default=[0], help="seeds for --levers (default 0)")
+    p.add_argument("--family", nargs="?", const="best", default=None, metavar="PLAN",
+                   help="after the sweep, the model family of PLAN (default: the best) at the largest budget: each "
+                        "member also trained alone (results in family.md); seeds: --seeds")
     p.add_argument("--rerun-busy", action="store_true", help="train again the saved runs that shared the machine "
                                                                "(their wall time is not reported)")
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
@@ -187,8 +234,12 @@ def main(argv=None):
         if args.levers is not None:
             run_levers(args.out, max(args.budgets), args.levers or ["rewarm1", "rewarm5", "halfbatch"],
                        args.lever_seeds, data, validation)
-    from budget_report import write_report
+        if args.family is not None:
+            run_family(args.out, max(args.budgets), None if args.family == "best" else args.family, args.seeds,
+                       data, validation)
+    from budget_report import write_family_report, write_report
     write_report(args.out)
+    write_family_report(args.out)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,24 @@ def test_wall_time_is_compared_only_between_runs_made_alike(tmp_path):
     assert budget_report.wall_saving(dict(plan, threads=1, processes=2), scratch) == "busy"
     assert budget_report.wall_saving(dict(plan, threads=1, processes=2),
                                      dict(scratch, threads=1, processes=2)) == pytest.approx(0.4)
+
+
+def test_family_report_sums_each_member_trained_alone_and_marks_lower_bounds(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _run(runs, 20, "scratch", 1e-3, 0, reach=100.0)                     # 3.0 -> 2.0 over 100 FLOPs
+    _run(runs, 20, "g1@10", 1e-3, 0, reach=80.0, growths=[dict(step=3, flops=30.0, before=2.7, after=2.7)])
+    _run(runs, 20, "member0-optimal-g1@10", 1e-3, 0, reach=50.0, flops=50.0)    # reaches 2.7 at 15 FLOPs
+    _run(runs, 20, "member0-matched-g1@10", 2e-3, 0, reach=40.0, flops=30.0)    # at 12: the least counts
+    (row,) = budget_report.summarise_family(budget_report.load(tmp_path))
+    (seed,) = row["seeds"]
+    first, final = seed["members"]
+    assert first["alone_flops"] == pytest.approx(12.0) and not first["lower_bound"]
+    assert first["family_flops"] == 30.0 and first["bpb"] == 2.7
+    # the family ends at 1.75, below scratch's 2.0: alone never got there in scratch's 100 FLOPs, a lower bound
+    assert final["lower_bound"] and final["alone_flops"] == 100.0
+    assert seed["saving"] == pytest.approx(1 - 100 / 112) and seed["lower_bound"]
+    table = budget_report.write_family_report(tmp_path)
+    assert "family saving >= 11%" in table and "| 0 |" in table and "| 1 (final) |" in table
+    (summary,) = budget_report.summarise(budget_report.load(tmp_path))       # members are not plans
+    assert set(summary["plans"]) == {"g1@10"} and set(summary["by_seed"]) == {"g1@10"}
