@@ -87,7 +87,8 @@ class RunConfig:
         for name in ("eval_every", "save_every", "keep_last", "seed"):
             _require_int(name, getattr(self, name), minimum=0)
         if not isinstance(self.keep_generations, bool):
-            raise ConfigError(f"keep_generations must be true or false, got {self.keep_generations!r}")
+            raise ConfigError(f"--keep-generations (keep_generations) must be true or false, got "
+                              f"{self.keep_generations!r}")
         for name in ("steps", "global_batch_tokens"):
             if getattr(self, name) is not None:
                 _require_int(name, getattr(self, name), minimum=1)
