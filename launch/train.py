@@ -133,6 +133,10 @@ class RunLogger(Callback):
         self.say("global batch per generation (micro batch x accumulation x DP): " + ", ".join(plans))
         if trainer.plan is not None:
             self.say(trainer.plan.explain())
+        schedule = trainer.schedule
+        if schedule.warmup_steps >= schedule.steps:     # e.g. --steps cut a preset short: fine for a smoke run
+            self.say(f"warning: training.warmup_steps {schedule.warmup_steps} >= {schedule.steps} steps: the LR "
+                     f"never reaches its peak {schedule.lr:g}; lower warmup_steps in the schedule for a real run")
         if getattr(trainer, "resumed_from", None):
             self.say(f"resumed from {trainer.resumed_from} at step {trainer.step}")
         if not self.is_main:

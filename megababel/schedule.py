@@ -420,4 +420,11 @@ def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dic
         training = spec.setdefault("training", {})
         if isinstance(training, dict):        # anything else: parse_schedule says what is wrong with it
             training.update(overrides)
-    return parse_schedule(spec, tokens_per_step, str(name_or_path))
+    try:
+        return parse_schedule(spec, tokens_per_step, str(name_or_path))
+    except ConfigError as e:
+        if str(name_or_path) in PRESETS or not str(e).startswith("schedule"):
+            raise
+        # name the file: "schedule growth 0.hidden_size: ..." -> "schedule plan.yaml: growth 0.hidden_size: ..."
+        where, _, problem = str(e).removeprefix("schedule").lstrip().partition(": ")
+        raise ConfigError(f"schedule {path}: {where + ': ' if where else ''}{problem}") from None

@@ -191,19 +191,20 @@ def test_non_finite_numbers_in_files_are_refused(tmp_path, name, text, field):
     path = tmp_path / name
     path.write_text(text)
     message = refusal(load_schedule, path, 128)
-    assert f"schedule {field}: " in message and "not finite" in message
+    assert f"schedule {path}: {field}: " in message and "not finite" in message
 
 
 def test_a_yaml_exponent_without_a_dot_gets_the_fix(tmp_path):
     path = tmp_path / "lr.yaml"
     path.write_text(YAML_MODEL + "training: {steps: 40, lr: 3e-3}\n")       # PyYAML reads 3e-3 as a string
-    assert "schedule training.lr: " in (message := refusal(load_schedule, path, 128)) and "write 3.0e-3" in message
+    message = refusal(load_schedule, path, 128)           # the file is named: a run may have several schedules
+    assert f"schedule {path}: training.lr: " in message and "write 3.0e-3" in message
 
 
 def test_overrides_do_not_hide_a_training_section_of_the_wrong_shape(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(YAML_MODEL + "training: 5\n")
-    assert "schedule training: must be a mapping" in refusal(load_schedule, path, 128, {"steps": 10})
+    assert f"schedule {path}: training: must be a mapping" in refusal(load_schedule, path, 128, {"steps": 10})
 
 
 def test_well_typed_files_still_load(tmp_path):
