@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -82,10 +83,29 @@ def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
     return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
 
 
+def _claimed(path: Path) -> bool:
+    """Whether another live sweep process is training this run (its pid in RUN.claim)."""
+    claim = path.with_suffix(".claim")
+    try:
+        pid = int(claim.read_text())
+        if pid != os.getpid():
+            os.kill(pid, 0)
+            return True
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict,
-        spec: dict | None = None) -> dict:
-    """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members)."""
+        spec: dict | None = None, wait: bool = True) -> dict | None:
+    """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members).
+    Several sweep processes may share the work: a run another one is training is waited for (`wait`) or skipped
+    (None)."""
     path = run_path(out, budget, name, lr, seed)
+    while not path.is_file() and _claimed(path):
+        if not wait:
+            return None
+        time.sleep(30)
     if path.is_file():
         saved = json.loads(path.read_text())
         finished = saved["evals"][-1]["step"] == saved["steps"]
@@ -95,11 +115,15 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
                                   else "shared the machine (no wall time)") + "; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
     spec = spec or schedule_spec(name, budget, lr)
-    result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
-                   micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256 needs micro batches of 4
-    result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
+    path.with_suffix(".claim").write_text(str(os.getpid()))
+    try:
+        result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
+                       micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256: micro batches of 4
+        result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
+        path.write_text(json.dumps(result))
+    finally:
+        path.with_suffix(".claim").unlink(missing_ok=True)
     print(f"  -> final {result['final_bpb']:.4f} bits/byte, {result['flops']:.3g} FLOPs, {result['wall']:.0f} s",
           flush=True)
     return result
@@ -178,7 +202,11 @@ def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Pa
 
 def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):
     plans = [name for name in plans if one_epoch(budget, name, data)]
-    tuning = {lr: run(out, budget, "scratch", lr, seeds[0], data, validation) for lr in sorted(lrs)}
+
+    def all_of(jobs):       # first what no other process is training, then wait for the rest
+        done = {key: run(*job, wait=False) for key, job in jobs.items()}
+        return {key: done[key] or run(*jobs[key]) for key in jobs}
+    tuning = all_of({lr: (out, budget, "scratch", lr, seeds[0], data, validation) for lr in sorted(lrs)})
     while True:     # extend the grid while the best LR sits at an edge (at most two extensions)
         best = min(tuning, key=lambda lr: tuning[lr]["final_bpb"])
         edges = sorted(tuning)
@@ -187,11 +215,10 @@ def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, 
         lr = best * 2 if best == edges[-1] else best / 2
         tuning[lr] = run(out, budget, "scratch", lr, seeds[0], data, validation)
     lr = min(tuning, key=lambda lr: tuning[lr]["final_bpb"])
-    results = {name: run(out, budget, name, lr, seeds[0], data, validation) for name in plans}
+    results = all_of({name: (out, budget, name, lr, seeds[0], data, validation) for name in plans})
     best_plan = max(results, key=lambda n: saving(results[n], tuning[lr], "flops") or -1)
-    for seed in seeds[1:]:
-        run(out, budget, "scratch", lr, seed, data, validation)
-        run(out, budget, best_plan, lr, seed, data, validation)
+    all_of({(name, seed): (out, budget, name, lr, seed, data, validation)
+            for seed in seeds[1:] for name in ("scratch", best_plan)})
 
 
 def main(argv=None):

@@ -129,3 +129,17 @@ def test_family_report_sums_each_member_trained_alone_and_marks_lower_bounds(tmp
     assert "family saving >= 11%" in table and "| 0 |" in table and "| 1 (final) |" in table
     (summary,) = budget_report.summarise(budget_report.load(tmp_path))       # members are not plans
     assert set(summary["plans"]) == {"g1@10"} and set(summary["by_seed"]) == {"g1@10"}
+
+
+def test_a_run_claimed_by_another_live_process_is_skipped_or_waited_for(tmp_path):
+    import os
+    path = budget_sweep.run_path(tmp_path, 5, "g2@25", 1e-3, 0)
+    path.parent.mkdir(parents=True)
+    claim = path.with_suffix(".claim")
+    claim.write_text(str(os.getpid()))                      # our own claim: not another's
+    assert not budget_sweep._claimed(path)
+    claim.write_text("1")                                   # a live process (init)
+    assert budget_sweep._claimed(path)
+    assert budget_sweep.run(tmp_path, 5, "g2@25", 1e-3, 0, None, None, wait=False) is None
+    claim.write_text("999999999")                           # a dead one: its claim is stale
+    assert not budget_sweep._claimed(path)
