@@ -227,7 +227,8 @@ def summarise_family(runs: dict) -> list[dict]:
                              if s == seed and n.startswith(f"member{generation}-") and n.split("-", 2)[2] == plan]
                     if not alone:
                         break
-                    members.append(_member(growth["flops"], growth["before"], alone, growth_parameters(family, generation)))
+                    members.append(_member(growth["flops"], growth["before"], alone,
+                                           growth_parameters(family, generation)))
                 if len(members) != len(family["growths"]):
                     continue                                      # this seed's members are not all run yet
                 members.append(_member(family["flops"], family["final_bpb"], [scratch],

@@ -106,7 +106,8 @@ def main(argv=None):
                 for name, times in seconds.items():
                     tokens_per_s = tokens / min(times)
                     rows.append(dict(size=model_size, dtype=dtype_name, variant=name, tokens=tokens,
-                                     tokens_per_s=round(tokens_per_s), vs_transformers=round(tokens_per_s / reference, 3),
+                                     tokens_per_s=round(tokens_per_s),
+                                     vs_transformers=round(tokens_per_s / reference, 3),
                                      seconds=[round(t, 3) for t in times]))
                     print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

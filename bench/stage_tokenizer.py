@@ -113,7 +113,8 @@ def main(argv=None):
                   f"{r['autotokenizer_bpb'] - r['megababel_bpb']:+.3f} | {r['megababel_tokens']:,} / "
                   f"{r['autotokenizer_tokens']:,} |" for r in rows]
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "stage_tokenizer_bpb.json").write_text(json.dumps(dict(export=str(args.export), rows=rows), indent=1))
+        (args.out / "stage_tokenizer_bpb.json").write_text(
+            json.dumps(dict(export=str(args.export), rows=rows), indent=1))
         (args.out / "stage_tokenizer_bpb.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return

@@ -93,7 +93,8 @@ def test_every_plan_is_a_valid_schedule_ending_at_the_final_model_at_scratch_flo
     if "+copy" in name:           # the trained layers stacked again on top, in order
         old = schedule.model.num_hidden_layers
         assert depth.event.copy_from == [i % old for i in range(final.num_hidden_layers - old)]
-    assert all((g.event.width_init == "zero") == ("+zerowidth" in name) for g in schedule.growths if g.event.hidden_size)
+    assert all((g.event.width_init == "zero") == ("+zerowidth" in name)
+               for g in schedule.growths if g.event.hidden_size)
     lrs = [schedule.lr] + [g.lr for g in schedule.growths]
     expected = [3e-4 * final.hidden_size / c.hidden_size for c in configs] if "+genlr" in name else [3e-4] * len(lrs)
     assert lrs == pytest.approx(expected)

@@ -55,7 +55,8 @@ class MegababelModel(Evaluated):
         tokenizer, ranking = find_tokenizer(path, saved.run)
         self.stage = ranking.stage(tokenizer, state.config.vocab_size)
         self.bos, self.eos = self.stage.bos_id, self.stage.eos_id
-        self.model = Llama(state.config, layout=state.layout, generation=state.generation, values=state.values).eval().to(dtype)
+        self.model = Llama(state.config, layout=state.layout, generation=state.generation,
+                           values=state.values).eval().to(dtype)
         self.name = f"megababel checkpoint {path}"
 
     def encode(self, text: str) -> np.ndarray:
