@@ -70,6 +70,7 @@ class Measured:
 MEASURED = (
     Measured(0.1, "g3@10-vocab", 6e-3, (0.8151, 0.8761, 0.919)),
     Measured(1.0, "g1@50", 3e-3, (0.691, 0.7265, 0.5495)),
+    Measured(5.0, "g3@10-vocab", 3e-3, (0.3087, 0.3214, 0.3142)),
 )
 BENCH_HIDDEN = 128
 STAGE_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   # hidden / final hidden, per stage
