@@ -96,12 +96,31 @@ def _claimed(path: Path) -> bool:
     return False
 
 
+def _claim(path: Path) -> bool:
+    """Claim the run for this process, atomically (a hard link fails if the claim exists: two processes starting
+    together cannot both take it); a dead process's claim is taken over. False: another live process has it."""
+    claim, mine = path.with_suffix(".claim"), path.with_suffix(f".claim.{os.getpid()}")
+    mine.write_text(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, claim)
+                return True
+            except FileExistsError:
+                if _claimed(path):
+                    return False
+                claim.unlink(missing_ok=True)               # stale: its process is gone
+    finally:
+        mine.unlink(missing_ok=True)
+
+
 def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict,
         spec: dict | None = None, wait: bool = True) -> dict | None:
     """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members).
     Several sweep processes may share the work: a run another one is training is waited for (`wait`) or skipped
     (None)."""
     path = run_path(out, budget, name, lr, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     while not path.is_file() and _claimed(path):
         if not wait:
             return None
@@ -114,9 +133,9 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
         print(f"{path.name}: " + (f"stopped at step {saved['evals'][-1]['step']} of {saved['steps']}" if not finished
                                   else "shared the machine (no wall time)") + "; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
+    if not _claim(path):              # another process took it meanwhile
+        return run(out, budget, name, lr, seed, data, validation, spec, wait)
     spec = spec or schedule_spec(name, budget, lr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".claim").write_text(str(os.getpid()))
     try:
         result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
                        micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256: micro batches of 4
@@ -190,8 +209,7 @@ def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Pa
                          matched=max(20, round(growth["flops"] / (flops_per_token(config, SEQ) * TOKENS_PER_STEP))))
 
             def member(kind, member_lr):
-                spec = plan_schedule(LlamaConfig(**dict(config.to_dict())), "scratch", steps[kind], SEQ,
-                                     TOKENS_PER_STEP, member_lr)
+                spec = plan_schedule(config, "scratch", steps[kind], SEQ, TOKENS_PER_STEP, member_lr)
                 return run(out, budget, member_name(generation, kind, plan), member_lr, seed, data, validation, spec)
             if generation not in member_lrs:
                 tried = {x: member("optimal", x) for x in (lr, 2 * lr)}
@@ -241,9 +259,9 @@ def main(argv=None):
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")
     p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, plans g2@25 and g2@25-vocab")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--processes", type=int, default=1, help="how many sweep processes run side by side (e.g. "
-                   "--budgets 5 and --budgets 20, --threads 1 each): recorded, so that wall times are compared "
-                   "only between runs made alike")
+    p.add_argument("--processes", type=int, default=1, help="how many sweep processes run side by side (the same "
+                   "command twice with --threads 1 --processes 2: they share the runs): recorded, so that wall "
+                   "times are compared only between runs made alike")
     args = p.parse_args(argv)
     global RERUN_BUSY, PROCESSES
     RERUN_BUSY, PROCESSES = args.rerun_busy, args.processes
