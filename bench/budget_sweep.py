@@ -148,6 +148,13 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     return result
 
 
+def all_of(jobs: dict) -> dict:
+    """Run every job (`run`'s arguments): first those no other sweep process is training, then wait for the rest,
+    so that processes sharing the sweep each train a different run."""
+    done = {key: run(*job, wait=False) for key, job in jobs.items()}
+    return {key: done[key] or run(*jobs[key]) for key in jobs}
+
+
 def one_epoch(budget: float, name: str, data: Path) -> bool:
     """Whether the run's tokens fit in one epoch of the training text (counted at the final vocabulary, where the
     text is fewest tokens): a plan that would repeat text is not run at that budget."""
@@ -172,11 +179,8 @@ def run_levers(out: Path, budget: float, levers: list, seeds: list, data: Path, 
     row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
     if row is None or row["best"] is None:
         raise SystemExit(f"--levers: no plans run at budget {budget:g} yet; run the sweep there first")
-    for seed in seeds:
-        run(out, budget, "scratch", row["lr"], seed, data, validation)
-        run(out, budget, row["best"], row["lr"], seed, data, validation)
-        for lever in levers:
-            run(out, budget, lever_variant(row["best"], lever), row["lr"], seed, data, validation)
+    names = ["scratch", row["best"]] + [lever_variant(row["best"], lever) for lever in levers]
+    all_of({(name, seed): (out, budget, name, row["lr"], seed, data, validation) for seed in seeds for name in names})
 
 
 def family_members(spec: dict) -> list[LlamaConfig]:
@@ -199,31 +203,25 @@ def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Pa
     if row is None or row["best"] is None:
         raise SystemExit(f"--family: no plans run at budget {budget:g} yet; run the sweep there first")
     plan, lr = plan or row["best"], row["lr"]
-    member_lrs = {}
-    for seed in seeds:
-        family = run(out, budget, plan, lr, seed, data, validation)
-        run(out, budget, "scratch", lr, seed, data, validation)
-        members = family_members(family["spec"])[:-1]
-        for generation, (config, growth) in enumerate(zip(members, family["growths"])):
-            steps = dict(optimal=max(20, round(budget * config_parameters(config) / TOKENS_PER_STEP)),
-                         matched=max(20, round(growth["flops"] / (flops_per_token(config, SEQ) * TOKENS_PER_STEP))))
+    families = all_of({seed: (out, budget, plan, lr, seed, data, validation) for seed in seeds})
+    all_of({seed: (out, budget, "scratch", lr, seed, data, validation) for seed in seeds})
+    members = family_members(families[seeds[0]]["spec"])[:-1]
 
-            def member(kind, member_lr):
-                spec = plan_schedule(config, "scratch", steps[kind], SEQ, TOKENS_PER_STEP, member_lr)
-                return run(out, budget, member_name(generation, kind, plan), member_lr, seed, data, validation, spec)
-            if generation not in member_lrs:
-                tried = {x: member("optimal", x) for x in (lr, 2 * lr)}
-                member_lrs[generation] = min(tried, key=lambda x: tried[x]["final_bpb"])
-            for kind in ("optimal", "matched"):
-                member(kind, member_lrs[generation])
+    def member_job(generation, kind, member_lr, seed):
+        config, growth = members[generation], families[seed]["growths"][generation]
+        steps = dict(optimal=max(20, round(budget * config_parameters(config) / TOKENS_PER_STEP)),
+                     matched=max(20, round(growth["flops"] / (flops_per_token(config, SEQ) * TOKENS_PER_STEP))))
+        spec = plan_schedule(config, "scratch", steps[kind], SEQ, TOKENS_PER_STEP, member_lr)
+        return (out, budget, member_name(generation, kind, plan), member_lr, seed, data, validation, spec)
+    tried = all_of({(g, x): member_job(g, "optimal", x, seeds[0]) for g in range(len(members)) for x in (lr, 2 * lr)})
+    member_lrs = {g: min((lr, 2 * lr), key=lambda x: tried[g, x]["final_bpb"]) for g in range(len(members))}
+    all_of({(g, kind, seed): member_job(g, kind, member_lrs[g], seed)
+            for seed in seeds for g in range(len(members)) for kind in ("optimal", "matched")})
 
 
 def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):
     plans = [name for name in plans if one_epoch(budget, name, data)]
 
-    def all_of(jobs):       # first what no other process is training, then wait for the rest
-        done = {key: run(*job, wait=False) for key, job in jobs.items()}
-        return {key: done[key] or run(*jobs[key]) for key in jobs}
     tuning = all_of({lr: (out, budget, "scratch", lr, seeds[0], data, validation) for lr in sorted(lrs)})
     while True:     # extend the grid while the best LR sits at an edge (at most two extensions)
         best = min(tuning, key=lambda lr: tuning[lr]["final_bpb"])
