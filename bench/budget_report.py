@@ -13,6 +13,7 @@ Runs that stopped before their last step are left out.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -71,6 +72,13 @@ def _spread(values, pct=True):
     return mean + (f"; {never} of {never + len(values)} seeds never" if never else "")
 
 
+GRID_PLAN = re.compile(r"g\d@(10|25|50)(-vocab)?")    # the sweep's plans; anything else is a lever (+x, @2, @5)
+
+
+def is_grid_plan(name: str) -> bool:
+    return GRID_PLAN.fullmatch(name) is not None
+
+
 def summarise(runs: dict) -> list[dict]:
     rows = []
     for budget in sorted(runs):
@@ -81,8 +89,8 @@ def summarise(runs: dict) -> list[dict]:
         lr = min(scratch0, key=lambda k: scratch0[k]["final_bpb"])
         scratch = {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
         by = {k: r for k, r in by.items() if not k[0].startswith("member")}      # family members: their own report
-        plans = {n: r for (n, l, s), r in by.items() if n != "scratch" and l == lr and s == 0 and "+" not in n}
-        levers = {n: r for (n, l, s), r in by.items() if "+" in n and l == lr and s == 0}
+        plans = {n: r for (n, l, s), r in by.items() if is_grid_plan(n) and l == lr and s == 0}
+        levers = {n: r for (n, l, s), r in by.items() if n != "scratch" and not is_grid_plan(n) and l == lr and s == 0}
         per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in plans.items()}
         best = max(per_plan, key=lambda n: per_plan[n]["flops"] or -1) if per_plan else None
@@ -143,10 +151,11 @@ def write_report(out: Path) -> str:
     for r in rows:
         if not r["levers"]:
             continue
-        lines += ["", f"Levers at {r['budget']:g} tokens/parameter (plan + lever against the plan alone; each against "
-                  f"scratch of its own seed):", "",
+        lines += ["", f"Levers at {r['budget']:g} tokens/parameter (plan + lever against the plan alone, @P: its first "
+                  f"growth at P% of the FLOPs; each against scratch of its own seed):", "",
                   "| run | FLOP saving | wall saving | d bits/byte at equal FLOPs | seeds |", "|---|---|---|---|---|"]
-        bases = sorted({name.split("+")[0] for name in r["levers"]})
+        bases = sorted({name.split("+")[0] for name in r["levers"] if is_grid_plan(name.split("+")[0])}
+                       | ({r["best"]} - {None}))
         for name in bases + sorted(r["levers"], key=lambda n: (n.split("+")[0], n)):
             v = r["by_seed"].get(name)
             if v is None:

@@ -168,7 +168,8 @@ def lever_variant(best: str, lever: str) -> str:
     P% of the FLOPs (g2@10-vocab with @2: g2@2-vocab)."""
     if lever.startswith("@"):
         plan, _, rest = best.partition("@")
-        return plan + lever + ("-vocab" if rest.endswith("-vocab") else "")
+        at, plus, others = lever.partition("+")
+        return plan + at + ("-vocab" if rest.endswith("-vocab") else "") + plus + others
     return f"{best}+{lever}"
 
 

@@ -69,6 +69,7 @@ def test_lever_variants_append_levers_or_move_the_first_growth():
     assert budget_sweep.lever_variant("g2@10-vocab", "@2") == "g2@2-vocab"
     assert budget_sweep.lever_variant("g1@25", "@5") == "g1@5"
     assert budget_sweep.lever_variant("g2@10-vocab", "x4+copy") == "g2@10-vocab+x4+copy"
+    assert budget_sweep.lever_variant("g3@10-vocab", "@2+copy") == "g3@2-vocab+copy"
 
 
 def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_path, capsys):
@@ -81,6 +82,7 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     _run(runs, 1, "g2@25", 1e-3, 1, reach=80.0)                             # 20%
     _run(runs, 1, "g1@10", 1e-3, 0, reach=120.0)                            # never reaches 2.0
     _run(runs, 1, "g2@25+rewarm1", 1e-3, 0, reach=50.0)                     # a lever: 50%, never the best plan
+    _run(runs, 1, "g2@2", 1e-3, 0, reach=45.0)                              # @2 is a lever too, not a grid plan
     _run(runs, 1, "g3@10", 1e-3, 0, reach=90.0, load=5.0)                   # shared the machine: no wall saving
     _run(runs, 1, "g3@25", 1e-3, 0, reach=10.0, stopped_at=3)               # stopped early: left out
     table = budget_report.write_report(tmp_path)
@@ -90,6 +92,7 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     assert row["plans"]["g1@10"]["flops"] is None and row["plans"]["g1@10"]["d_bpb"] > 0
     assert "| g2@25 | 30% (20..40) |" in table and "| g1@10 | never /" in table
     assert row["levers"]["g2@25+rewarm1"]["flops"] == pytest.approx(0.5) and "g2@25+rewarm1" not in row["plans"]
+    assert row["levers"]["g2@2"]["flops"] == pytest.approx(0.55) and "g2@2" not in row["plans"]
     # the lever table: every seed run of the base and the lever, each against scratch of its seed
     assert "| g2@25 (base) | 30% (20..40) |" in table and "| g2@25+rewarm1 | 50% | 50% | -1.000 | 1 |" in table
     assert row["by_seed"]["g2@25"]["seeds"] == [0, 1] and row["by_seed"]["g2@25"]["flops"] == pytest.approx([0.4, 0.2])
