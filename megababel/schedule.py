@@ -50,16 +50,17 @@ GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "o
 
 
 def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: int, vocab_stages: list,
-                   batch_in_schedule: bool = False) -> dict:
+                   batch_in_schedule: bool = False, family: bool = False) -> dict:
     """A preset made by the growth planner (megababel/planner.py) for the `final` model at a budget of `tokens`
     (scratch's; a float below 1000 means tokens per parameter), with the growths at fractions of the run, so that
-    --steps scales the whole plan. `batch_in_schedule`: the preset fixes its tokens per step (global batch)."""
+    --steps scales the whole plan. `batch_in_schedule`: the preset fixes its tokens per step (global batch);
+    `family`: planned in family mode (grows even where growing saved nothing, for the smaller models)."""
     from .counters import config_parameters
     from .planner import plan_growth
     if tokens < 1000:
         tokens *= config_parameters(LlamaConfig(**final))
     spec = plan_growth(LlamaConfig(**final), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,
-                       vocab_stages=vocab_stages).schedule
+                       vocab_stages=vocab_stages, family=family).schedule
     steps = spec["training"]["steps"]
     spec["growths"] = [dict({k: v for k, v in g.items() if k != "at_step"}, at_fraction=g["at_step"] / steps)
                        for g in spec["growths"]]
@@ -85,11 +86,13 @@ PRESETS = {
                                   vocab_stages=[2000, 4000, 8000]),
     # the seed's final model, the 1.05B Llama (hidden 1792, 24 layers, FFN 4864, head_dim 128, vocabulary 32000 of
     # Llama 2), planned for 20 tokens/parameter (21B tokens) at 256 sequences of 2048 tokens per step (gradient
-    # accumulation fills the batch on fewer ranks). --data: a dataset with stages 8000 16000 32000.
+    # accumulation fills the batch on fewer ranks). --data: a dataset with stages 8000 16000 32000. In family mode:
+    # at 20 tokens/parameter growing saved no FLOPs one can count on (bench/README.md), so this preset grows for the
+    # family of smaller models it leaves (--keep-generations); `--schedule auto` trains the final model alone there.
     "seed": planned_preset(dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864,
                                 vocab_size=32000, max_position_embeddings=2048),
                            tokens=20.0, seq_len=2048, tokens_per_step=256 * 2048, vocab_stages=[8000, 16000, 32000],
-                           batch_in_schedule=True),
+                           batch_in_schedule=True, family=True),
     # the seed notes' hand-made plan: ~49M parameters, about 2x per growth as the vocabulary grows, to the same
     # ~1.05B; what the growth-at-scale benchmarks (bench/seed_growth.py) and memory plans exercise
     "seed_2x": dict(
