@@ -27,7 +27,8 @@ nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled 
 final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
 bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the nearest and
 the explanation says so. Where that plan did not save FLOPs in every seed (one that never reached scratch's loss
-counts as no saving), the plan is "scratch": do not grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
+counts as no saving), the plan is "scratch": do not grow; family mode (`family=True`: the user wants the smaller
+models too) plans the growth anyway.
 """
 from __future__ import annotations
 
