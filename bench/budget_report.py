@@ -59,17 +59,18 @@ def _pct(v):
 
 
 def _spread(values, pct=True):
-    """Mean (min..max) of the seeds that reached scratch's loss; the others are counted, never averaged away."""
-    never = sum(v is None for v in values)
-    values = [v for v in values if v is not None]
-    if not values:
-        return "never"
+    """Mean (min..max) over seeds; where some seed never reached scratch's loss, each seed's value ("1%, 4%, never"):
+    a mean of the seeds that got there would flatter the plan."""
     scale = 100 if pct else 1
+    if not values:
+        return "-"
+    if any(v is None for v in values):
+        return ", ".join("never" if v is None else f"{scale * v:.0f}%" if pct else f"{v:+.3f}" for v in values)
     mean = f"{scale * np.mean(values):.0f}%" if pct else f"{np.mean(values):+.3f}"
     if len(values) > 1:
         low, high = min(values), max(values)
         mean += f" ({scale * low:.0f}..{scale * high:.0f})" if pct else f" ({low:+.3f}..{high:+.3f})"
-    return mean + (f"; {never} of {never + len(values)} seeds never" if never else "")
+    return mean
 
 
 GRID_PLAN = re.compile(r"g\d@(10|25|50)(-vocab)?")    # the sweep's plans; anything else is a lever (+x, @2, @5)

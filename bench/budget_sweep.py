@@ -214,10 +214,12 @@ def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Pa
                      matched=max(20, round(growth["flops"] / (flops_per_token(config, SEQ) * TOKENS_PER_STEP))))
         spec = plan_schedule(config, "scratch", steps[kind], SEQ, TOKENS_PER_STEP, member_lr)
         return (out, budget, member_name(generation, kind, plan), member_lr, seed, data, validation, spec)
-    tried = all_of({(g, x): member_job(g, "optimal", x, seeds[0]) for g in range(len(members)) for x in (lr, 2 * lr)})
-    member_lrs = {g: min((lr, 2 * lr), key=lambda x: tried[g, x]["final_bpb"]) for g in range(len(members))}
+    # Largest members first, so that processes sharing the phase finish it together (the small runs fill the tail).
+    largest_first = range(len(members) - 1, -1, -1)
+    tried = all_of({(g, x): member_job(g, "optimal", x, seeds[0]) for g in largest_first for x in (lr, 2 * lr)})
+    member_lrs = {g: min((lr, 2 * lr), key=lambda x: tried[g, x]["final_bpb"]) for g in largest_first}
     all_of({(g, kind, seed): member_job(g, kind, member_lrs[g], seed)
-            for seed in seeds for g in range(len(members)) for kind in ("optimal", "matched")})
+            for g in largest_first for kind in ("matched", "optimal") for seed in seeds})
 
 
 def sweep_budget(out: Path, budget: float, lrs: list, plans: list, seeds: list, data: Path, validation: dict):

@@ -113,6 +113,12 @@ def test_wall_time_is_compared_only_between_runs_made_alike(tmp_path):
                                      dict(scratch, threads=1, processes=2)) == pytest.approx(0.4)
 
 
+def test_a_seed_that_never_reaches_scratch_lists_every_seed_instead_of_a_mean():
+    assert budget_report._spread([0.30, 0.32, 0.31]) == "31% (30..32)"
+    assert budget_report._spread([0.01, 0.04, None]) == "1%, 4%, never"      # not "3% (1..4)" of the two that did
+    assert budget_report._spread([-0.005, None], pct=False) == "-0.005, never"
+
+
 def test_family_report_sums_each_member_trained_alone_and_marks_lower_bounds(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
