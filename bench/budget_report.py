@@ -247,6 +247,8 @@ def summarise_family(runs: dict) -> list[dict]:
                     continue                                      # this seed's members are not all run yet
                 members.append(_member(family["flops"], family["final_bpb"], [scratch],
                                        family["evals"][-1].get("parameters")))
+                for member, shape in zip(members, member_shapes(family["spec"])):
+                    member["shape"] = shape
                 alone_total = sum(m["alone_flops"] for m in members)
                 seeds.append(dict(seed=seed, members=members, family_flops=family["flops"], alone_flops=alone_total,
                                   saving=1 - family["flops"] / alone_total,
@@ -254,6 +256,17 @@ def summarise_family(runs: dict) -> list[dict]:
             if seeds:
                 rows.append(dict(budget=budget, plan=plan, seeds=seeds))
     return rows
+
+
+def member_shapes(spec: dict) -> list[str]:
+    """Each generation's model of a run's schedule (the model, then each growth's fields over it), as text: the
+    vocabulary is the stage each member was trained and is evaluated at."""
+    model, shapes = dict(spec.get("model", {})), []
+    for growth in [{}] + list(spec.get("growths", [])):
+        model.update({k: v for k, v in growth.items() if k in model})
+        shapes.append(f"{model.get('hidden_size')}x{model.get('num_hidden_layers')}, "
+                      f"FFN {model.get('intermediate_size')}, vocabulary {model.get('vocab_size')}")
+    return shapes
 
 
 def growth_parameters(family: dict, generation: int):
@@ -280,8 +293,8 @@ def write_family_report(out: Path) -> str:
         lines += [f"Model family of {row['plan']} at {row['budget']:g} tokens/parameter: family saving "
                   f"{'>= ' if bound else ''}{_spread(savings)} over {len(savings)} seed(s) (1 - the family's FLOPs / "
                   f"the FLOPs of training each member alone to the same bits/byte)", "",
-                  "| member | parameters | family FLOPs when reached | bits/byte | alone: FLOPs to that bits/byte | "
-                  "alone runs' final bits/byte |", "|---|---|---|---|---|---|"]
+                  "| member | model (hidden x layers) | parameters | family FLOPs when reached | bits/byte | "
+                  "alone: FLOPs to that bits/byte | alone runs' final bits/byte |", "|---|---|---|---|---|---|---|"]
         first = row["seeds"][0]["members"]
         for k, member in enumerate(first):
             per_seed = [s["members"][k] for s in row["seeds"]]
@@ -290,12 +303,13 @@ def write_family_report(out: Path) -> str:
             finals = ", ".join(f"{n.split('-')[1] if n.startswith('member') else n} {b:.3f}"
                                for n, b in member["alone_bpb"].items())
             params = "" if member["parameters"] is None else f"{member['parameters'] / 1e6:.2f}M"
-            lines.append(f"| {k}{' (final)' if k == len(first) - 1 else ''} | {params} | "
+            lines.append(f"| {k}{' (final)' if k == len(first) - 1 else ''} | {member.get('shape', '')} | "
+                         f"{params} | "
                          f"{np.mean([m['family_flops'] for m in per_seed]):.3g} | "
                          f"{np.mean([m['bpb'] for m in per_seed]):.4f} | {marker}{alone:.3g} | {finals} |")
         total_family = np.mean([s["family_flops"] for s in row["seeds"]])
         total_alone = np.mean([s["alone_flops"] for s in row["seeds"]])
-        lines += [f"| all | | {total_family:.3g} | | {'>= ' if bound else ''}{total_alone:.3g} | |", ""]
+        lines += [f"| all | | | {total_family:.3g} | | {'>= ' if bound else ''}{total_alone:.3g} | |", ""]
     table = "\n".join(lines)
     (out / "family.md").write_text(table + "\n")
     print(table)

@@ -119,6 +119,12 @@ def test_a_seed_that_never_reaches_scratch_lists_every_seed_instead_of_a_mean():
     assert budget_report._spread([-0.005, None], pct=False) == "-0.005, never"
 
 
+def test_family_members_are_named_by_shape_and_vocabulary_stage():
+    spec = budget_sweep.schedule_spec("g3@10-vocab", 20, 1e-3)
+    assert budget_report.member_shapes(spec) == ["64x2, FFN 176, vocabulary 1000", "96x2, FFN 264, vocabulary 2000",
+                                                 "128x2, FFN 352, vocabulary 2000", "128x4, FFN 352, vocabulary 2000"]
+
+
 def test_family_report_sums_each_member_trained_alone_and_marks_lower_bounds(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -137,7 +143,8 @@ def test_family_report_sums_each_member_trained_alone_and_marks_lower_bounds(tmp
     assert final["lower_bound"] and final["alone_flops"] == 100.0
     assert seed["saving"] == pytest.approx(1 - 100 / 112) and seed["lower_bound"]
     table = budget_report.write_family_report(tmp_path)
-    assert "family saving >= 11%" in table and "| 0 |" in table and "| 1 (final) |" in table
+    assert "family saving >= 11%" in table and "| 0 | 128x4, FFN 352, vocabulary 2000 |" in table
+    assert "| 1 (final) |" in table
     (summary,) = budget_report.summarise(budget_report.load(tmp_path))       # members are not plans
     assert set(summary["plans"]) == {"g1@10"} and set(summary["by_seed"]) == {"g1@10"}
 
