@@ -197,8 +197,8 @@ def member_name(generation: int, kind: str, plan: str) -> str:
 def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Path, validation: dict):
     """A plan's run as a model family: each member but the last (the final model, whose baseline is scratch) also
     trained alone from scratch, on its own compute-optimal budget (`budget` tokens per its parameters, "optimal") and
-    on the FLOPs the family had spent when it reached that member ("matched"). The member's peak LR: scratch's tuned
-    LR or twice it (smaller models take larger LRs), whichever ends lower on seed 0's optimal run."""
+    on the FLOPs the family had spent when it reached that member ("matched"). The member's peak LR: of scratch's tuned
+    LR, twice it, and one more past the better of those two, the one that ends lowest on seed 0's optimal run."""
     from budget_report import load, summarise
     row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
     if row is None or row["best"] is None:
@@ -217,7 +217,13 @@ def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Pa
     # Largest members first, so that processes sharing the phase finish it together (the small runs fill the tail).
     largest_first = range(len(members) - 1, -1, -1)
     tried = all_of({(g, x): member_job(g, "optimal", x, seeds[0]) for g in largest_first for x in (lr, 2 * lr)})
-    member_lrs = {g: min((lr, 2 * lr), key=lambda x: tried[g, x]["final_bpb"]) for g in largest_first}
+
+    def best_lr(g):
+        return min((x for (h, x) in tried if h == g), key=lambda x: tried[g, x]["final_bpb"])
+    # one more LR past the better edge (halved or doubled), so that no baseline is left at the edge of its grid
+    beyond = {g: best_lr(g) / 2 if best_lr(g) == lr else best_lr(g) * 2 for g in largest_first}
+    tried.update(all_of({(g, x): member_job(g, "optimal", x, seeds[0]) for g, x in beyond.items()}))
+    member_lrs = {g: best_lr(g) for g in largest_first}
     all_of({(g, kind, seed): member_job(g, kind, member_lrs[g], seed)
             for g in largest_first for kind in ("matched", "optimal") for seed in seeds})
 
