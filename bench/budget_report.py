@@ -235,7 +235,7 @@ def summarise_family(runs: dict) -> list[dict]:
                 for generation, growth in enumerate(family["growths"]):
                     alone = {(n, l): r for (n, l, s), r in by.items()
                              if s == seed and n.startswith(f"member{generation}-") and n.split("-", 2)[2] == plan}
-                    # seed 0 also has the LR it was not chosen at (budget_sweep.run_family tries two): every seed
+                    # seed 0 also has the LR it was not chosen at (budget_sweep.run_family tries three): every seed
                     # counts its member's runs at the chosen LR only, the one its "matched" run used
                     chosen = {l for (n, l) in alone if n.startswith(f"member{generation}-matched-")}
                     alone = [r for (n, l), r in alone.items() if not chosen or l in chosen]
