@@ -252,13 +252,14 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
         notes.append(f"no measurement within 2x of {per_parameter:.3g} tokens/parameter: planned from the nearest "
                      f"({measured.tokens_per_parameter:g}); the saving there need not hold here")
     name, vocab_stage = (measured.plan if measured.pays or family else "scratch"), None
-    if name.endswith("-vocab"):
+    plan, plus, levers = name.partition("+")          # "g3@2-vocab+copy": the plan, then its levers
+    if plan.endswith("-vocab"):
         vocab_stage = final.vocab_size // 2
         if vocab_stages is not None:
             smaller = [s for s in vocab_stages if s < final.vocab_size]
             vocab_stage = max([s for s in smaller if s <= final.vocab_size // 2] or smaller or [0]) or None
             if vocab_stage is None:
-                name = name.removesuffix("-vocab")
+                name = plan.removesuffix("-vocab") + plus + levers
                 notes.append(f"the data has no vocabulary stage below {final.vocab_size}: planned without the "
                              f"vocabulary stage")
     if lr is None:

@@ -106,6 +106,12 @@ def test_the_data_decides_the_vocabulary_stage():
     assert plan.schedule["model"]["vocab_size"] == 500
     plan = bench_plan(0.1, vocab_stages=[2000])                      # none below the final: no vocabulary stage
     assert plan.name == "g3@10" and plan.schedule["model"]["vocab_size"] == 2000 and "no vocabulary" in plan.explain()
+    from megababel.planner import Measured
+    table = (Measured(20.0, "g3@2-vocab+copy", 1.5e-3, (0.1, 0.1, 0.1)),)       # a plan with a lever keeps it
+    plan = bench_plan(20.0, table=table, vocab_stages=[2000])
+    assert plan.name == "g3@2+copy" and plan.schedule["model"]["vocab_size"] == 2000
+    assert plan.schedule["growths"][-1]["depth_init"] == "copy"
+    assert bench_plan(20.0, table=table, vocab_stages=[1000, 2000]).schedule["model"]["vocab_size"] == 1000
 
 
 def test_the_lr_scales_with_width_unless_given():
