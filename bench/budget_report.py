@@ -94,12 +94,16 @@ def summarise(runs: dict) -> list[dict]:
         levers = {n: r for (n, l, s), r in by.items() if n != "scratch" and not is_grid_plan(n) and l == lr and s == 0}
         per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in plans.items()}
-        best = max(per_plan, key=lambda n: per_plan[n]["flops"] or -1) if per_plan else None
+        per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
+                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in levers.items()}
+        # the best plan: seed 0's largest saving among the grid plans and the lever combinations run at every seed
+        # scratch has (a lever seen at one seed only is a lead, not a plan); its other seeds then confirm it or not
+        every_seed = {n for n in levers if set(scratch) <= {s for (m, l, s) in by if m == n and l == lr}}
+        candidates = dict(per_plan, **{n: per_lever[n] for n in every_seed})
+        best = max(candidates, key=lambda n: candidates[n]["flops"] or -1) if candidates else None
         seeds = {s: r for (n, l, s), r in by.items() if n == best and l == lr}
         common = sorted(set(seeds) & set(scratch))
         final = scratch[0]["spec"]["model"]
-        per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
-                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in levers.items()}
         by_seed = {}        # every non-scratch run at the tuned LR, against scratch of the same seed
         for (n, l, s), r in by.items():
             if n != "scratch" and l == lr and s in scratch:

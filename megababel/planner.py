@@ -22,7 +22,8 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +x4         start at a quarter of the depth and grow it 4x in its one growth
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
-The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0) at the measured budget
+The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0, among the grid plans and
+the lever combinations measured at every seed) at the measured budget
 nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's
 final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
 bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the nearest and
@@ -43,7 +44,7 @@ from .counters import config_parameters, flops_per_token
 class Measured:
     """One row of bench/README.md's saving-versus-budget table (bench/budget_sweep.py, final model 1.32M)."""
     tokens_per_parameter: float      # scratch's training tokens / all parameters (embeddings included)
-    plan: str                        # the best growth plan there (seed 0's largest FLOP saving)
+    plan: str                        # the best growth plan there, levers included (seed 0's largest FLOP saving)
     lr: float                        # scratch's tuned peak LR at hidden 128
     flop_savings: tuple              # that plan's FLOP saving per seed; None: it never reached scratch's final loss
 
