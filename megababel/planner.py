@@ -23,9 +23,9 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
 The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0, among the grid plans and
-the lever combinations measured at every seed) at the measured budget
-nearest in log(tokens per parameter), and scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's
-final model is 128 wide; the 1/width scaling is the usual muP-style assumption, not measured here). MEASURED is
+the lever combinations measured at every seed) at the measured budget nearest in log(tokens per parameter), and
+scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/width scaling
+is the usual muP-style assumption, not measured here). MEASURED is
 bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the nearest and
 the explanation says so. Where that plan did not save FLOPs in every seed (one that never reached scratch's loss
 counts as no saving), the plan is "scratch": do not grow; family mode (`family=True`: the user wants the smaller
