@@ -5,7 +5,7 @@
     python bench/budget_sweep.py --report                 # table + plots again from the saved runs
     python bench/budget_sweep.py --budgets 20 --levers    # then the levers on the best plan at 20
     python bench/budget_sweep.py --budgets 20 --levers @2 @5 copy x4+copy genlr+rewarm1 zerowidth --lever-seeds 0 1 2
-    python bench/budget_sweep.py --budgets 20 --family    # the best plan's model family against its members alone
+    python bench/budget_sweep.py --budgets 20 --family    # the best grid plan's model family against its members alone
     python bench/budget_sweep.py --quick --out /tmp/bs    # smoke test: a tiny budget, 2 plans, one LR
 
 Final model: hidden 128 (head_dim 32), 4 layers, FFN 352, vocabulary stage 2000 of the Llama 2 tokenizer: 1.32M
@@ -178,9 +178,9 @@ def run_levers(out: Path, budget: float, levers: list, seeds: list, data: Path, 
     at those seeds, if not run yet), once the plans there are run."""
     from budget_report import load, summarise
     row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
-    if row is None or row["best"] is None:
+    if row is None or row["base"] is None:
         raise SystemExit(f"--levers: no plans run at budget {budget:g} yet; run the sweep there first")
-    names = ["scratch", row["best"]] + [lever_variant(row["best"], lever) for lever in levers]
+    names = ["scratch", row["base"]] + [lever_variant(row["base"], lever) for lever in levers]
     all_of({(name, seed): (out, budget, name, row["lr"], seed, data, validation) for seed in seeds for name in names})
 
 
@@ -201,9 +201,9 @@ def run_family(out: Path, budget: float, plan: str | None, seeds: list, data: Pa
     LR, twice it, and one more past the better of those two, the one that ends lowest on seed 0's optimal run."""
     from budget_report import load, summarise
     row = next((r for r in summarise(load(out)) if r["budget"] == budget), None)
-    if row is None or row["best"] is None:
+    if row is None or row["base"] is None:
         raise SystemExit(f"--family: no plans run at budget {budget:g} yet; run the sweep there first")
-    plan, lr = plan or row["best"], row["lr"]
+    plan, lr = plan or row["base"], row["lr"]
     families = all_of({seed: (out, budget, plan, lr, seed, data, validation) for seed in seeds})
     all_of({seed: (out, budget, "scratch", lr, seed, data, validation) for seed in seeds})
     members = family_members(families[seeds[0]]["spec"])[:-1]
@@ -254,12 +254,12 @@ def main(argv=None):
     p.add_argument("--plans", nargs="+", default=ALL_PLANS, choices=ALL_PLANS, metavar="PLAN")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--levers", nargs="*", default=None, metavar="LEVER",
-                   help="after the sweep, run these levers on the best plan at the largest budget (default when "
+                   help="after the sweep, run these levers on the best grid plan at the largest budget (default when "
                         "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py; @P moves the first growth "
                         "to P%% of the FLOPs; join levers with +, e.g. x4+copy)")
     p.add_argument("--lever-seeds", type=int, nargs="+", default=[0], help="seeds for --levers (default 0)")
     p.add_argument("--family", nargs="?", const="best", default=None, metavar="PLAN",
-                   help="after the sweep, the model family of PLAN (default: the best) at the largest budget: each "
+                   help="after the sweep, the model family of PLAN (default: the best grid plan, seed 0) at the largest budget: each "
                         "member also trained alone (results in family.md); seeds: --seeds")
     p.add_argument("--rerun-busy", action="store_true", help="train again the saved runs that shared the machine "
                                                                "(their wall time is not reported)")
