@@ -221,16 +221,19 @@ def _plots(rows, out: Path):
     largest = rows[-1]
     runs = load(out)[largest["budget"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("scratch", largest["best"]):
+    for name in dict.fromkeys(("scratch", largest["base"], largest["best"])):      # the grid's best and the best
         r = runs.get((name, largest["lr"], 0))
         if r is None:
             continue
         ax.plot([e["flops"] for e in r["evals"]], [e["bpb"] for e in r["evals"]], label=name)
         for g in r["growths"]:
             ax.axvline(g["flops"], color="0.7", ls=":")
+    lowest = min(r["final_bpb"] for n, r in runs.items() if n[1] == largest["lr"] and n[2] == 0
+                 and n[0] in ("scratch", largest["base"], largest["best"]))
+    ax.set_ylim(lowest - 0.05, lowest + 0.6)        # the end, where the runs differ by hundredths, stays readable
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation bits/byte")
-    ax.set_title(f"{largest['budget']:g} tokens/parameter")
+    ax.set_title(f"{largest['budget']:g} tokens/parameter, seed 0")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"curves_b{largest['budget']:g}.png", dpi=120)

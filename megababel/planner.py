@@ -69,7 +69,7 @@ MEASURED = (
     Measured(0.1, "g3@10-vocab", 6e-3, (0.8151, 0.8761, 0.919)),
     Measured(1.0, "g1@50", 3e-3, (0.691, 0.7265, 0.5495)),
     Measured(5.0, "g3@10-vocab", 3e-3, (0.3087, 0.3214, 0.3142)),
-    Measured(20.0, "g3@10-vocab", 1.5e-3, (0.0100, 0.0435, None)),
+    Measured(20.0, "g3@2-vocab+copy", 1.5e-3, (0.0241, 0.1558, 0.0817)),
 )
 BENCH_HIDDEN = 128
 STAGE_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   # hidden / final hidden, per stage
@@ -94,7 +94,10 @@ class Plan:
             lines.append("do not grow: growing did not pay at this budget; train the final model from scratch. For "
                          "the smaller models too (a model family from one run), plan in family mode: "
                          "tools/plan_growth.py --family, or launch/train.py --schedule auto --keep-generations")
-        elif not m.pays:
+        if "copy" in self.name.split("+")[1:]:
+            lines.append("the depth growth stacks copies of the trained layers (G_stack): it does not keep the "
+                         "function (the loss jumps at that growth and recovers); every other growth does")
+        if self.name != "scratch" and not m.pays:
             lines.append(f"family mode: {self.name} is planned for its family of smaller models; at this budget "
                          f"growing did not save FLOPs in every seed: expect the final model to cost about as much as "
                          f"training it alone, or more")

@@ -199,3 +199,12 @@ def test_where_growing_did_not_pay_the_planner_says_do_not_grow(savings, pays):
         family = bench_plan(20.0, table=table, family=True)
         assert family.name == "g1@10-vocab" and len(family.schedule["growths"]) == 1
         assert "family mode" in family.explain()
+
+
+def test_at_20_tokens_per_parameter_the_planner_grows_with_stacked_depth_and_says_it_breaks_the_function():
+    """The 20 row's best plan (first growth at 2%, depth by stacking trained layers) saved FLOPs in every seed, so
+    the planner grows there; its explanation warns that the stacking growth does not keep the function."""
+    plan = bench_plan(20.0)
+    assert plan.name == MEASURED[-1].plan == "g3@2-vocab+copy" and MEASURED[-1].pays
+    assert plan.schedule["growths"][-1]["depth_init"] == "copy" and "does not keep the function" in plan.explain()
+    assert "does not keep the function" not in bench_plan(5.0).explain()
