@@ -259,8 +259,8 @@ def main(argv=None):
                         "to P%% of the FLOPs; join levers with +, e.g. x4+copy)")
     p.add_argument("--lever-seeds", type=int, nargs="+", default=[0], help="seeds for --levers (default 0)")
     p.add_argument("--family", nargs="?", const="best", default=None, metavar="PLAN",
-                   help="after the sweep, the model family of PLAN (default: the best grid plan, seed 0) at the largest budget: each "
-                        "member also trained alone (results in family.md); seeds: --seeds")
+                   help="after the sweep, the model family of PLAN (default: the best grid plan, seed 0) at the "
+                        "largest budget: each member also trained alone (results in family.md); seeds: --seeds")
     p.add_argument("--rerun-busy", action="store_true", help="train again the saved runs that shared the machine "
                                                                "(their wall time is not reported)")
     p.add_argument("--report", action="store_true", help="only make the table and plots from saved runs")

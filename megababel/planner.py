@@ -22,14 +22,14 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +x4         start at a quarter of the depth and grow it 4x in its one growth
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
-The rule: the best plan (largest FLOP saving to reach scratch's final bits/byte, seed 0, among the grid plans and
-the lever combinations measured at every seed) at the measured budget nearest in log(tokens per parameter), and
-scratch's tuned peak LR there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/width scaling
-is the usual muP-style assumption, not measured here). MEASURED is
-bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the nearest and
-the explanation says so. Where that plan did not save FLOPs in every seed (one that never reached scratch's loss
-counts as no saving), the plan is "scratch": do not grow; family mode (`family=True`: the user wants the smaller
-models too) plans the growth anyway.
+The rule: the best plan at the measured budget nearest in log(tokens per parameter), and scratch's tuned peak LR
+there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/width scaling is the usual muP-style
+assumption, not measured here). The best plan (bench/budget_report.py) is, among the grid plans and lever
+combinations run at every seed, the one whose worst seed saved most FLOPs to reach scratch's final bits/byte.
+MEASURED is bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the
+nearest and the explanation says so. Where that plan did not save FLOPs in every seed (one that never reached
+scratch's loss counts as no saving), the plan is "scratch": do not grow; family mode (`family=True`: the user wants
+the smaller models too) plans the growth anyway.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from .counters import config_parameters, flops_per_token
 class Measured:
     """One row of bench/README.md's saving-versus-budget table (bench/budget_sweep.py, final model 1.32M)."""
     tokens_per_parameter: float      # scratch's training tokens / all parameters (embeddings included)
-    plan: str                        # the best growth plan there, levers included (seed 0's largest FLOP saving)
+    plan: str                        # the best growth plan there, levers included
     lr: float                        # scratch's tuned peak LR at hidden 128
     flop_savings: tuple              # that plan's FLOP saving per seed; None: it never reached scratch's final loss
 
