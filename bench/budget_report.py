@@ -221,15 +221,13 @@ def _plots(rows, out: Path):
     largest = rows[-1]
     runs = load(out)[largest["budget"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(("scratch", largest["base"], largest["best"])):      # the grid's best and the best
-        r = runs.get((name, largest["lr"], 0))
-        if r is None:
-            continue
-        ax.plot([e["flops"] for e in r["evals"]], [e["bpb"] for e in r["evals"]], label=name)
+    shown = [runs[key] for key in ((name, largest["lr"], 0) for name in     # the grid's best and the best
+             dict.fromkeys(("scratch", largest["base"], largest["best"]))) if key in runs]
+    for r in shown:
+        ax.plot([e["flops"] for e in r["evals"]], [e["bpb"] for e in r["evals"]], label=r["name"])
         for g in r["growths"]:
             ax.axvline(g["flops"], color="0.7", ls=":")
-    lowest = min(r["final_bpb"] for n, r in runs.items() if n[1] == largest["lr"] and n[2] == 0
-                 and n[0] in ("scratch", largest["base"], largest["best"]))
+    lowest = min(r["final_bpb"] for r in shown)
     ax.set_ylim(lowest - 0.05, lowest + 0.6)        # the end, where the runs differ by hundredths, stays readable
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation bits/byte")
