@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import SPEED_STAGES, tinystories  # noqa: E402
 from growth_speed import _status  # noqa: E402
-from megababel.trainer import Callback  # noqa: E402
+from megababel.train.trainer import Callback  # noqa: E402
 
 MODEL = dict(hidden_size=768, head_dim=128, num_hidden_layers=10, intermediate_size=2048, vocab_size=32000)
 SEQ = 256
@@ -67,9 +67,9 @@ class StepProbe(Callback):
 
 
 def worker(name: str, steps: int):
-    from megababel.deepspeed_config import load_ds_config
+    from megababel.engine.deepspeed_config import load_ds_config
     from megababel.parallel import init_distributed
-    from megababel.trainer import RunConfig, Trainer
+    from megababel.train.trainer import RunConfig, Trainer
 
     init_distributed()
     torch.set_num_threads(2)

@@ -44,7 +44,7 @@ def _corpus(name: str, stages, cache: Path | None, valid_documents: int | None) 
     if all((cache / f"vocab_{s}" / "index.json").is_file() for s in stages):
         return cache
     from megababel.data.preprocess import preprocess
-    from megababel.tokenizer import Tokenizer
+    from megababel.data.tokenizer import Tokenizer
     train, valid = SHARED / name / "train.txt", SHARED / name / "valid.txt"
     llama2 = SHARED / "tokenizers" / "llama2" / "tokenizer.model"
     for path in (train, valid, llama2):

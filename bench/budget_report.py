@@ -148,7 +148,7 @@ def write_report(out: Path) -> str:
         return ""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from megababel.config import LlamaConfig
-    from megababel.counters import config_parameters
+    from megababel.model.counters import config_parameters
     config = LlamaConfig(**rows[0]["final"])
     total = config_parameters(config)
     non_embedding = total - 2 * config.vocab_size * config.hidden_size

@@ -50,9 +50,9 @@ from bench_data import wikipedia  # noqa: E402
 from budget_report import busy, saving  # noqa: E402
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
 from megababel.config import LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.planner import STAGE_WIDTHS, plan_schedule  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.plan.planner import STAGE_WIDTHS, plan_schedule  # noqa: E402
+from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 COMMON = dict(head_dim=32, multiple_of=32, max_position_embeddings=SEQ)
 FINAL = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, vocab_size=2000)

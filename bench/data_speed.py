@@ -28,7 +28,7 @@ from megababel.data.loader import PackedLoader  # noqa: E402
 from megababel.data.preprocess import preprocess, stage_dir  # noqa: E402
 from megababel.data.readers import read_documents  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.tokenizer import Tokenizer, VocabRanking  # noqa: E402
+from megababel.data.tokenizer import Tokenizer, VocabRanking  # noqa: E402
 
 SHARED = ROOT / ".." / "shared" / "data"
 TRAINING_TOKENS_PER_S = {"bf16": 1500, "fp32": 600}   # 60M config, bench/README.md

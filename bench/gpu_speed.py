@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import SPEED_STAGES, tinystories  # noqa: E402
 from megababel import LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.engine import release_engine  # noqa: E402
-from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.engine.growing_engine import release_engine  # noqa: E402
+from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
 
 SIZES = {   # Llama-2 shapes at about GPT-3's 125M / 350M / 1.3B sizes (head_dim 64 / 64 / 128), vocabulary 32000
     "tiny": dict(hidden_size=128, head_dim=32, num_hidden_layers=2, intermediate_size=352),
@@ -73,8 +73,8 @@ def transformers_steps(size: str, args, data: Path) -> list[float]:
 
     from megababel.data.loader import PackedLoader
     from megababel.data.shards import TokenDataset
-    from megababel.deepspeed_config import load_ds_config
-    from megababel.hf_adapter import to_hf_config
+    from megababel.engine.deepspeed_config import load_ds_config
+    from megababel.hf.adapter import to_hf_config
 
     config = LlamaConfig(**SIZES[size], vocab_size=32000, max_position_embeddings=max(2048, args.seq_len))
     model = LlamaForCausalLM(to_hf_config(config))

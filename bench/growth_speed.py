@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1] if "--tree" in sys.argv[:-1] else str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from megababel.trainer import Callback  # noqa: E402
+from megababel.train.trainer import Callback  # noqa: E402
 
 CONFIGS = {
     "large": dict(model=dict(hidden_size=512, head_dim=128, num_hidden_layers=8, vocab_size=32000),
@@ -103,7 +103,7 @@ class GrowthProbe(Callback):
 def worker(stage: int, size: str, steps: int, micro: int, seq: int):
     import megababel
     from megababel.parallel import init_distributed
-    from megababel.trainer import RunConfig, Trainer
+    from megababel.train.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
     torch.set_num_threads(max(1, 2 // world))

@@ -38,12 +38,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from megababel.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
 from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.engine import release_engine  # noqa: E402
+from megababel.engine.growing_engine import release_engine  # noqa: E402
 from megababel.parallel import init_distributed  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
-from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from megababel.plan.schedule import parse_schedule  # noqa: E402
+from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import tinystories  # noqa: E402
 

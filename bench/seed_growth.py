@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from megababel.schedule import PRESETS, parse_schedule  # noqa: E402
-from megababel.trainer import Callback  # noqa: E402
+from megababel.plan.schedule import PRESETS, parse_schedule  # noqa: E402
+from megababel.train.trainer import Callback  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -155,7 +155,7 @@ class MachineMemory:
 
 def worker(args):
     from megababel.parallel import init_distributed
-    from megababel.trainer import RunConfig, Trainer
+    from megababel.train.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
     torch.set_num_threads(1)
@@ -202,11 +202,11 @@ def run_ranks(args, phase: str) -> list[dict]:
 def export_and_load(args) -> dict:
     """Export the checkpoint right after the growth and compare transformers' loss with megababel's."""
     from transformers import LlamaForCausalLM
-    from megababel.checkpoint import load_checkpoint, resolve_checkpoint
+    from megababel.checkpoint.io import load_checkpoint, resolve_checkpoint
     from megababel.data.loader import PackedLoader
     from megababel.data.shards import TokenDataset
-    from megababel.export import find_tokenizer
-    from megababel.model import Llama
+    from megababel.hf.export import find_tokenizer
+    from megababel.model.llama import Llama
     checkpoint = resolve_checkpoint(Path(args.out) / "checkpoints")
     hf_dir = Path(args.out) / "hf"
     start = time.time()
@@ -238,7 +238,7 @@ def export_and_load(args) -> dict:
 
 def planner(growth: int, spill: bool, micro: int, seq: int, ranks: int = 2) -> list:
     """The memory planner's rows (megababel/memory_plan.py) for the stages before and after growth `growth`."""
-    from megababel.memory_plan import plan_memory
+    from megababel.plan.memory import plan_memory
     full = parse_schedule(PRESETS["seed_2x"], 1)
     configs = [full.model] + [g.config for g in full.growths]
     return plan_memory(configs[growth:growth + 2], ranks, 1, 3, micro, seq, bf16=True, growth_spill=spill)

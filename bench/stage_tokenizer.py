@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import SHARED, SPEED_STAGES, tinystories, wikipedia  # noqa: E402
 from megababel.data.readers import read_documents  # noqa: E402
-from megababel.export import _save_tokenizer  # noqa: E402
-from megababel.tokenizer import Tokenizer, VocabRanking  # noqa: E402
+from megababel.hf.export import _save_tokenizer  # noqa: E402
+from megababel.data.tokenizer import Tokenizer, VocabRanking  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import load_script  # noqa: E402

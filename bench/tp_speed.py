@@ -36,7 +36,7 @@ GLOBAL_BATCH, SEQ = 8, 256
 
 def worker(tp_size: int, bf16: bool, steps: int):
     from megababel.parallel import init_distributed
-    from megababel.trainer import RunConfig, Trainer
+    from megababel.train.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
     torch.set_num_threads(max(1, 2 // world))

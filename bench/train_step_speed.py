@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_data import SPEED_STAGES, tinystories  # noqa: E402
 from megababel import GrowthEvent, Llama, LlamaConfig, grow  # noqa: E402
-from megababel.counters import count_parameters  # noqa: E402
-from megababel.engine import release_engine  # noqa: E402
-from megababel.hf_adapter import to_hf_config  # noqa: E402
-from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from megababel.model.counters import count_parameters  # noqa: E402
+from megababel.engine.growing_engine import release_engine  # noqa: E402
+from megababel.hf.adapter import to_hf_config  # noqa: E402
+from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
 
 TARGET = dict(hidden_size=512, num_hidden_layers=8, head_dim=128, vocab_size=32000)          # ~60M parameters
 GROWTH_START = dict(hidden_size=256, num_hidden_layers=4, head_dim=128, vocab_size=8000)

@@ -53,11 +53,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from megababel.checkpoint import CheckpointError  # noqa: E402
+from megababel.checkpoint.io import CheckpointError  # noqa: E402
 from megababel.config import ConfigError  # noqa: E402
 from megababel.data.readers import DataError  # noqa: E402
-from megababel.tokenizer import TokenizerError  # noqa: E402
-from megababel.trainer import Callback, RunConfig, Trainer, TrainingDiverged  # noqa: E402
+from megababel.data.tokenizer import TokenizerError  # noqa: E402
+from megababel.train.trainer import Callback, RunConfig, Trainer, TrainingDiverged  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -267,7 +267,7 @@ def main(argv=None):
             import wandb  # noqa: F401
         except ImportError:
             fail(p, "--wandb needs the wandb package: pip install wandb (or pip install 'megababel[wandb]')")
-        from megababel.wandb_logger import WandbLogger
+        from megababel.train.wandb_logger import WandbLogger
         callbacks.append(WandbLogger(args.wandb, name=args.wandb_run_name))
     trainer = Trainer(run, callbacks=callbacks)
     try:

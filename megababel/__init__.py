@@ -1,6 +1,6 @@
 """megababel: train Llama-2 models progressively, growing them while they train."""
-from .config import ConfigError, LlamaConfig
-from .growth import GrowthEvent, grow
-from .model import Llama
+from megababel.config import ConfigError, LlamaConfig
+from megababel.growth.operators import GrowthEvent, grow
+from megababel.model.llama import Llama
 
 __all__ = ["ConfigError", "GrowthEvent", "Llama", "LlamaConfig", "grow"]

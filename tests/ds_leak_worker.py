@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel.counters import count_parameters  # noqa: E402
-from megababel.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from megababel.model.counters import count_parameters  # noqa: E402
+from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
 
 # FFN +64 at each of steps 1..5 (the embedded corpus' largest vocabulary stage keeps the model big enough for the
 # RSS bound of the test to mean something)
@@ -36,7 +36,7 @@ class LeakProbe(Callback):
             return
         gc.collect()
         from deepspeed.runtime.engine import DeepSpeedEngine
-        from megababel.model import Llama
+        from megababel.model.llama import Llama
         alive = dict(engines=sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()),
                      models=sum(isinstance(o, Llama) for o in gc.get_objects()))
         self.record.append(dict(rss=rss(), parameters=count_parameters(trainer.engine.model).total, **alive))

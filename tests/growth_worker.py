@@ -17,10 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel import sharded_growth  # noqa: E402
-from megababel.deepspeed_config import load_ds_config  # noqa: E402
-from megababel.engine import GrowingEngine  # noqa: E402
+from megababel.engine.deepspeed_config import load_ds_config  # noqa: E402
+from megababel.engine.growing_engine import GrowingEngine  # noqa: E402
 from megababel.parallel import TensorParallel, init_distributed  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 SCHEDULE = dict(
     model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, intermediate_size=192, vocab_size=1000,

@@ -12,8 +12,8 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import budget_report  # noqa: E402
 import budget_sweep  # noqa: E402
-from megababel.counters import flops_per_token  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.model.counters import flops_per_token  # noqa: E402
+from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 
 def stage_flops(spec) -> list[float]:

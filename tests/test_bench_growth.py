@@ -13,8 +13,8 @@ from conftest import ROOT, SHARED_DATA
 sys.path.insert(0, str(ROOT / "bench"))
 import growth_report  # noqa: E402
 import growth_vs_scratch  # noqa: E402
-from megababel.counters import flops_per_token  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.model.counters import flops_per_token  # noqa: E402
+from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 
 def test_crossing_interpolates_between_evaluations():

@@ -82,7 +82,7 @@ def test_a_crash_during_saving_leaves_the_previous_checkpoint_loadable(tmp_path,
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert (checkpoints / "latest").is_file()
-    from megababel.checkpoint import load_checkpoint
+    from megababel.checkpoint.io import load_checkpoint
     saved = load_checkpoint(checkpoints)           # the newest complete one
     assert saved.run["step"] >= 4
     resumed = train(tmp_path / "run", "--micro-batch-size", "2", "--resume", str(checkpoints), cache=cache)

@@ -164,7 +164,7 @@ def test_an_import_whose_rows_are_not_in_the_datas_ranking_is_refused(tmp_path, 
 @pytest.mark.slow
 def test_export_refuses_a_tokenizer_that_is_not_the_checkpoints(tmp_path, cache, trained):
     from megababel.data.embedded import build_embedded_dataset
-    from megababel.tokenizer import Tokenizer, VocabRanking
+    from megababel.data.tokenizer import Tokenizer, VocabRanking
     os.environ["MEGABABEL_CACHE"] = str(cache)
     data = build_embedded_dataset()
     other = tmp_path / "other"

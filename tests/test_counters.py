@@ -9,8 +9,8 @@ from transformers import LlamaForCausalLM
 
 from conftest import load_script, tiny_config
 from megababel import GrowthEvent, Llama, LlamaConfig, grow
-from megababel.counters import config_parameters, count_parameters, flops_per_token
-from megababel.hf_adapter import to_hf_config
+from megababel.model.counters import config_parameters, count_parameters, flops_per_token
+from megababel.hf.adapter import to_hf_config
 
 
 @pytest.mark.parametrize("config", [tiny_config(), tiny_config(num_key_value_heads=1, num_hidden_layers=3),

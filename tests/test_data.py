@@ -17,7 +17,7 @@ from megababel.data.loader import PackedLoader
 from megababel.data.preprocess import preprocess, stage_dir
 from megababel.data.readers import DataError, read_documents
 from megababel.data.shards import TokenDataset
-from megababel.tokenizer import TokenizerError, VocabRanking, train_sentencepiece
+from megababel.data.tokenizer import TokenizerError, VocabRanking, train_sentencepiece
 
 STAGES = [300, 1000]
 

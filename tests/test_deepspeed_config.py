@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from megababel import LlamaConfig
-from megababel.deepspeed_config import load_ds_config, model_sized
+from megababel.engine.deepspeed_config import load_ds_config, model_sized
 
 
 def test_auto_sizes_follow_the_model_and_explicit_numbers_win(tmp_path):
@@ -41,9 +41,9 @@ def distributed_env(monkeypatch):
 
 
 def test_a_growth_re_derives_the_zero3_sizes(distributed_env):
-    from megababel.engine import GrowingEngine
+    from megababel.engine.growing_engine import GrowingEngine
     from megababel.parallel import init_distributed
-    from megababel.schedule import parse_schedule
+    from megababel.plan.schedule import parse_schedule
     init_distributed()
     schedule = parse_schedule(dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96,
                                               multiple_of=32), training=dict(steps=20),

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, TWO_GROWTHS, load_script
-from megababel.checkpoint import load_checkpoint
+from megababel.checkpoint.io import load_checkpoint
 from megababel.parallel import free_port
-from megababel.model import Llama
-from megababel.tokenizer import Tokenizer, VocabRanking
+from megababel.model.llama import Llama
+from megababel.data.tokenizer import Tokenizer, VocabRanking
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,7 +202,7 @@ def test_bad_inputs_give_clear_errors_and_no_output(small_checkpoint, tmp_path, 
 
 
 def test_a_failure_mid_export_leaves_no_directory_that_looks_complete(small_checkpoint, tmp_path, monkeypatch):
-    import megababel.export as export
+    import megababel.hf.export as export
 
     def fail(*args):
         raise OSError(28, "No space left on device")
@@ -265,7 +265,7 @@ def test_large_exports_are_sharded_and_load(small_checkpoint, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from megababel.export import export_checkpoint
+    from megababel.hf.export import export_checkpoint
     whole = export_checkpoint(small_checkpoint, tmp_path / "whole")
     sharded = export_checkpoint(small_checkpoint, tmp_path / "sharded", shard_bytes=200_000)
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
@@ -282,7 +282,7 @@ def test_intermediate_stage_export_says_autotokenizer_differs(run, tmp_path, cap
     first thing in its card, and when tools/eval.py loads it; the count of probe texts it reports is the real one."""
     from transformers import AutoTokenizer
 
-    from megababel.export import _probe_texts
+    from megababel.hf.export import _probe_texts
     checkpoint = run / "step_00000015_gen1"
     _, _, stage = _megababel(checkpoint)
     out = _export(checkpoint, tmp_path / "hf")

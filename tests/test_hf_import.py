@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megababel.hf_adapter import UnsupportedHFConfigError, from_hf_config
+from megababel.hf.adapter import UnsupportedHFConfigError, from_hf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -68,7 +68,7 @@ def test_schedule_auto_trains_the_planners_schedule(tmp_path, monkeypatch, capsy
     """--schedule auto --final tiny: the planner's plan for tiny's final model at this budget, batch and data (the
     embedded corpus' stages 1000/2000/4000), trained to that final model, with the choice explained."""
     monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
-    from megababel.planner import plan_growth, final_model
+    from megababel.plan.planner import plan_growth, final_model
     expected = plan_growth(final_model("tiny"), tokens=20_000, seq_len=64, tokens_per_step=256,
                            vocab_stages=[1000, 2000, 4000])
     result = _load_train().main(["--schedule", "auto", "--final", "tiny", "--tokens", "20000", "--micro-batch-size",
@@ -76,5 +76,5 @@ def test_schedule_auto_trains_the_planners_schedule(tmp_path, monkeypatch, capsy
     assert f"plan {expected.name}" in capsys.readouterr().out
     assert result["step"] == expected.schedule["training"]["steps"]
     assert result["generation"] == len(expected.schedule["growths"]) and result["vocab_size"] == 4000
-    from megababel.counters import config_parameters
+    from megababel.model.counters import config_parameters
     assert result["parameters"] == config_parameters(final_model("tiny"))

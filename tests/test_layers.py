@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megababel.layers import GrowableLinear
+from megababel.model.layers import GrowableLinear
 
 
 def _grown_linear() -> GrowableLinear:

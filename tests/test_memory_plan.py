@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from megababel import Llama, LlamaConfig
-from megababel.memory_plan import activation_bytes, activation_parts, plan_memory, rank_parameters
-from megababel.counters import config_parameters
+from megababel.plan.memory import activation_bytes, activation_parts, plan_memory, rank_parameters
+from megababel.model.counters import config_parameters
 
 CONFIGS = [dict(hidden_size=256, head_dim=64, num_hidden_layers=4, vocab_size=8000),
            dict(hidden_size=512, head_dim=128, num_hidden_layers=2, vocab_size=2000, intermediate_size=2048,

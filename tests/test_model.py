@@ -7,8 +7,8 @@ from transformers import LlamaForCausalLM
 
 from conftest import tiny_config
 from megababel import GrowthEvent, Llama, grow
-from megababel.counters import count_parameters
-from megababel.hf_adapter import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
+from megababel.model.counters import count_parameters
+from megababel.hf.adapter import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 
 
 def _hf_twin(model: Llama) -> LlamaForCausalLM:

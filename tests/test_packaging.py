@@ -103,7 +103,7 @@ sys.argv = ["train.py"] + sys.argv[1:]
 try:
     runpy.run_path("train.py", run_name="__main__")
 finally:
-    from megababel.deepspeed_config import ds_config_path
+    from megababel.engine.deepspeed_config import ds_config_path
     report = dict(megababel=sys.modules["megababel"].__file__, ds_config=str(ds_config_path(0)))
     print("INSTALLED " + json.dumps(report))
 """

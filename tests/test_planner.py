@@ -16,9 +16,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import budget_report  # noqa: E402
 import budget_sweep  # noqa: E402
 from megababel.config import ConfigError, LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.planner import MEASURED, plan_growth, plan_schedule  # noqa: E402
-from megababel.schedule import parse_schedule  # noqa: E402
+from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.plan.planner import MEASURED, plan_growth, plan_schedule  # noqa: E402
+from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "budget_sweep"
 BENCH_FINAL = budget_sweep.final_config()
@@ -106,7 +106,7 @@ def test_the_data_decides_the_vocabulary_stage():
     assert plan.schedule["model"]["vocab_size"] == 500
     plan = bench_plan(0.1, vocab_stages=[2000])                      # none below the final: no vocabulary stage
     assert plan.name == "g3@10" and plan.schedule["model"]["vocab_size"] == 2000 and "no vocabulary" in plan.explain()
-    from megababel.planner import Measured
+    from megababel.plan.planner import Measured
     table = (Measured(20.0, "g3@2-vocab+copy", 1.5e-3, (0.1, 0.1, 0.1)),)       # a plan with a lever keeps it
     plan = bench_plan(20.0, table=table, vocab_stages=[2000])
     assert plan.name == "g3@2+copy" and plan.schedule["model"]["vocab_size"] == 2000
@@ -146,7 +146,7 @@ def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
                            "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "plan g3@10-vocab" in done.stdout
-    from megababel.schedule import load_schedule
+    from megababel.plan.schedule import load_schedule
     schedule = load_schedule(out, 2048)
     assert schedule.final_config.hidden_size == 256 and len(schedule.growths) == 3
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
@@ -166,9 +166,9 @@ def test_an_unknown_lever_is_refused():
 def test_presets_follow_the_planner(name, tokens, seq_len, tokens_per_step, stages):
     """The preset, loaded at its batch, is step for step the planner's plan for its final model and budget (its
     growths are stored as fractions, so that --steps scales them: they must land on the planned steps)."""
-    from megababel.counters import config_parameters
-    from megababel.planner import final_model
-    from megababel.schedule import load_schedule
+    from megababel.model.counters import config_parameters
+    from megababel.plan.planner import final_model
+    from megababel.plan.schedule import load_schedule
     final = final_model(name)
     plan = plan_growth(final, tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step, vocab_stages=stages,
                        family=name == "seed")        # the seed preset grows for its family (megababel/schedule.py)
@@ -189,7 +189,7 @@ def test_presets_follow_the_planner(name, tokens, seq_len, tokens_per_step, stag
 def test_where_growing_did_not_pay_the_planner_says_do_not_grow(savings, pays):
     """Every seed must save (never reaching scratch's loss counts as no saving): otherwise the plan is scratch and the
     explanation says "do not grow"; family mode still plans the growth, saying what it costs."""
-    from megababel.planner import Measured
+    from megababel.plan.planner import Measured
     table = (Measured(20.0, "g1@10-vocab", 3e-3, savings),)
     plan = bench_plan(20.0, table=table)
     assert (plan.name == "g1@10-vocab") == pays and (plan.name == "scratch") != pays

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from megababel.config import ConfigError
-from megababel.growth import GrowthEvent
-from megababel.schedule import GROWTH_FIELDS, PRESETS, load_schedule, parse_schedule
+from megababel.growth.operators import GrowthEvent
+from megababel.plan.schedule import GROWTH_FIELDS, PRESETS, load_schedule, parse_schedule
 
 MODEL = dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=96)
 NAN, INF = math.nan, math.inf
@@ -249,8 +249,8 @@ def test_rewarmup_ramps_the_older_generations_again_after_a_growth():
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
-    from megababel.deepspeed_config import load_ds_config
-    from megababel.engine import GrowingEngine
+    from megababel.engine.deepspeed_config import load_ds_config
+    from megababel.engine.growing_engine import GrowingEngine
     from megababel.parallel import free_port, init_distributed
     # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
@@ -294,7 +294,7 @@ def test_at_tokens_counts_each_stage_at_its_own_batch():
 
 @pytest.mark.parametrize("tp", [2, 4, 8])
 def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_2x_plan(tp):
-    from megababel.counters import config_parameters
+    from megababel.model.counters import config_parameters
     from megababel.parallel import check_tensor_parallel
     seed, seed_tp = (load_schedule(name, 2048) for name in ("seed_2x", "seed_2x_tp"))
     configs = [seed_tp.model] + [g.config for g in seed_tp.growths]

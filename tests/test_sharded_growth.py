@@ -10,7 +10,7 @@ import torch
 
 from local_ranks import run_local_ranks
 from megababel import Llama, grow
-from megababel.growth import GrowthStep
+from megababel.growth.operators import GrowthStep
 
 WORKER = Path(__file__).with_name("growth_worker.py")
 SEED = 7       # growth_worker.SEED

@@ -166,7 +166,7 @@ def test_a_checkpoint_resumes_under_another_tensor_parallel_degree(runs, name):
 
 @pytest.mark.slow
 def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
-    from megababel.checkpoint import load_checkpoint
+    from megababel.checkpoint.io import load_checkpoint
     tp1, tp2 = (load_checkpoint(path) for path in runs["checkpoints"])
     assert (tp1.meta["tensor_parallel"], tp2.meta["tensor_parallel"]) == (1, 2)
     assert tp1.state.layout == tp2.state.layout
@@ -178,7 +178,7 @@ def test_checkpoints_hold_the_unsharded_model_whatever_the_layout(runs):
 def test_tensor_parallel_model_of_one_rank_equals_the_plain_model(monkeypatch):
     """The TP code path (vocab-parallel embedding and cross-entropy, copy/reduce functions) on a 1-rank group:
     same loss and gradients as the plain model, also with ignored targets (-100)."""
-    from megababel.model import Llama
+    from megababel.model.llama import Llama
     from megababel.parallel import init_distributed
     from megababel.parallel.tensor_parallel import TensorParallel
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import SHARED_DATA, load_script
 from megababel.data.embedded import embedded_corpus
-from megababel.tokenizer import Tokenizer, TokenizerError, VocabRanking, train_sentencepiece
+from megababel.data.tokenizer import Tokenizer, TokenizerError, VocabRanking, train_sentencepiece
 
 LLAMA2 = SHARED_DATA / "tokenizers" / "llama2" / "tokenizer.model"
 CORPORA = {"tinystories": SHARED_DATA / "tinystories" / "valid.txt",
@@ -140,7 +140,7 @@ def test_a_sentencepiece_that_cannot_encode_stages_is_refused(monkeypatch):
     """Before 0.2.3, SentencePiece's BPE emits pieces marked UNUSED: stages would leak ids (found on a GPU image with
     0.2.2). The refusal names the fix."""
     import sentencepiece as spm
-    from megababel.tokenizer import TokenizerError, require_stage_support
+    from megababel.data.tokenizer import TokenizerError, require_stage_support
     require_stage_support()                         # the installed one (setup.cfg asks for >= 0.2.3)
     monkeypatch.setattr(spm, "__version__", "0.2.2")
     with pytest.raises(TokenizerError, match=r"sentencepiece>=0\.2\.3"):

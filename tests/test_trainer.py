@@ -10,7 +10,7 @@ import torch
 
 from conftest import TWO_GROWTHS
 from megababel.config import ConfigError
-from megababel.trainer import Callback, RunConfig, Trainer
+from megababel.train.trainer import Callback, RunConfig, Trainer
 
 
 class Draws(Callback):
@@ -67,9 +67,9 @@ def test_bf16_growth_keeps_fp32_masters_and_adam_moments(distributed_env, zero_s
     """DeepSpeed's bf16 path keeps fp32 masters and the Adam state apart from the bf16 weights (at ZeRO-0 in
     fp32_groups, which DeepSpeed's safe_get_* accessors do not see). Growth must carry both: the old blocks' moments
     unchanged, the weights the fp32 masters (not their bf16 rounding), the groups' steps as counted by fp32 runs."""
-    from megababel.deepspeed_config import load_ds_config
-    from megababel.engine import GrowingEngine
-    from megababel.schedule import parse_schedule
+    from megababel.engine.deepspeed_config import load_ds_config
+    from megababel.engine.growing_engine import GrowingEngine
+    from megababel.plan.schedule import parse_schedule
     schedule = parse_schedule(dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96,
                                               multiple_of=32), training=dict(steps=20),
                                    growths=[dict(at_step=3, hidden_size=96)]), 64)
@@ -162,7 +162,7 @@ class StopAt(Callback):
 
 
 def test_keep_generations_keeps_one_checkpoint_per_generation_and_survives_resume(distributed_env, tmp_path):
-    from megababel.checkpoint import list_checkpoints, load_checkpoint
+    from megababel.checkpoint.io import list_checkpoints, load_checkpoint
     whole = dict(schedule=TWO_GROWTHS, steps=24, seq_len=32, micro_batch_size=2, eval_every=4, keep_generations=True)
     Trainer(RunConfig(**whole, save_every=6, out=tmp_path / "whole")).setup().fit()
     names = [p.name for p in list_checkpoints(tmp_path / "whole/generations")]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel.config import ConfigError  # noqa: E402
-from megababel.export import ExportError, import_hf  # noqa: E402
-from megababel.tokenizer import TokenizerError  # noqa: E402
+from megababel.hf.export import ExportError, import_hf  # noqa: E402
+from megababel.data.tokenizer import TokenizerError  # noqa: E402
 
 
 def main(argv=None) -> Path:

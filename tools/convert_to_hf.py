@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel.export import ExportError, export_checkpoint, export_stage_warning  # noqa: E402
-from megababel.hub import HubError, push_folder  # noqa: E402
+from megababel.hf.export import ExportError, export_checkpoint, export_stage_warning  # noqa: E402
+from megababel.hf.hub import HubError, push_folder  # noqa: E402
 
 
 def main(argv=None) -> Path:

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from megababel.checkpoint.io import CheckpointError, load_checkpoint  # noqa: E402
 from megababel.data.readers import DataError, read_documents  # noqa: E402
 
 
@@ -48,8 +48,8 @@ class Evaluated:
 
 class MegababelModel(Evaluated):
     def __init__(self, path: Path, dtype: torch.dtype = torch.float32):
-        from megababel.export import find_tokenizer
-        from megababel.model import Llama
+        from megababel.hf.export import find_tokenizer
+        from megababel.model.llama import Llama
         saved = load_checkpoint(path)
         path, state = saved.path, saved.state
         tokenizer, ranking = find_tokenizer(path, saved.run)
@@ -71,7 +71,7 @@ class HFModel(Evaluated):
     def __init__(self, path: Path, dtype: torch.dtype = torch.float32):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from megababel.export import export_stage_warning
+        from megababel.hf.export import export_stage_warning
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
         self.mask = None
         stage, sentencepiece = path / "vocab_stage.model", path / "tokenizer.model"
@@ -175,7 +175,7 @@ def run_lm_eval(path: Path, tasks: str, include_path: Path | None = None, limit:
     if not (path / "config.json").is_file():
         raise SystemExit("--tasks runs on a Hugging Face directory: export the checkpoint first "
                          "(tools/convert_to_hf.py)")
-    from megababel.export import export_stage_warning
+    from megababel.hf.export import export_stage_warning
     warning = export_stage_warning(path)        # lm-eval encodes with AutoTokenizer: not the stage's encoding
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -24,10 +24,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from megababel.checkpoint import CheckpointError, list_checkpoints, load_checkpoint  # noqa: E402
-from megababel.counters import config_parameters  # noqa: E402
+from megababel.checkpoint.io import CheckpointError, list_checkpoints, load_checkpoint  # noqa: E402
+from megababel.model.counters import config_parameters  # noqa: E402
 from megababel.data.readers import DataError, read_documents  # noqa: E402
-from megababel.export import ExportError, export_checkpoint  # noqa: E402
+from megababel.hf.export import ExportError, export_checkpoint  # noqa: E402
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
 

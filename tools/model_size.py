@@ -19,15 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel.config import ConfigError, LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters, flops_per_token  # noqa: E402
+from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
 
 STAGE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_key_value_heads")
 
 
 def memory_table(args) -> list:
-    from megababel.memory_plan import GIB, plan_memory
+    from megababel.plan.memory import GIB, plan_memory
     from megababel.parallel.tensor_parallel import check_tensor_parallel
-    from megababel.schedule import load_schedule
+    from megababel.plan.schedule import load_schedule
     schedule = load_schedule(args.schedule, args.micro_batch_size * args.seq_len)
     configs = [schedule.model] + [g.config for g in schedule.growths]
     check_tensor_parallel(configs, args.tp, args.world)

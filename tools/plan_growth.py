@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from megababel.config import ConfigError, LlamaConfig  # noqa: E402
-from megababel.counters import config_parameters  # noqa: E402
-from megababel.planner import data_vocab_stages, final_model, plan_growth  # noqa: E402
+from megababel.model.counters import config_parameters  # noqa: E402
+from megababel.plan.planner import data_vocab_stages, final_model, plan_growth  # noqa: E402
 
 MODEL_FIELDS = ("hidden_size", "head_dim", "num_hidden_layers", "intermediate_size", "num_key_value_heads",
                 "vocab_size", "multiple_of", "max_position_embeddings")

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel.data.preprocess import preprocess  # noqa: E402
 from megababel.data.readers import TXT_MODES, DataError  # noqa: E402
-from megababel.tokenizer import Tokenizer, TokenizerError  # noqa: E402
+from megababel.data.tokenizer import Tokenizer, TokenizerError  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel.data.embedded import embedded_corpus  # noqa: E402
 from megababel.data.readers import TXT_MODES, DataError, check_source, read_documents  # noqa: E402
-from megababel.tokenizer import TokenizerError, train_sentencepiece  # noqa: E402
+from megababel.data.tokenizer import TokenizerError, train_sentencepiece  # noqa: E402
 
 
 def main(argv=None):

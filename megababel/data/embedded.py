@@ -71,9 +71,9 @@ def default_cache_dir() -> Path:
 
 def build_embedded_dataset(cache_dir: str | os.PathLike | None = None, progress: bool = False) -> Path:
     """The embedded corpus as a dataset directory (tokenizer, ranking, vocab_1000/2000/4000), built once."""
-    from ..tokenizer import train_sentencepiece
-    from .preprocess import preprocess
-    from .shards import INDEX
+    from megababel.data.tokenizer import train_sentencepiece
+    from megababel.data.preprocess import preprocess
+    from megababel.data.shards import INDEX
 
     docs = embedded_corpus()
     digest = hashlib.sha256("\x00".join(docs).encode()).hexdigest()[:12]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .readers import DataError
-from .shards import TokenDataset
+from megababel.data.readers import DataError
+from megababel.data.shards import TokenDataset
 
 
 class PackedLoader:

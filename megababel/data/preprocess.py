@@ -22,9 +22,9 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ..tokenizer import Tokenizer, TokenizerError, VocabRanking, VocabStage, require_stage_support
-from .readers import DataError, check_source, read_documents
-from .shards import INDEX, ShardWriter, TokenDataset, write_index
+from megababel.data.tokenizer import Tokenizer, TokenizerError, VocabRanking, VocabStage, require_stage_support
+from megababel.data.readers import DataError, check_source, read_documents
+from megababel.data.shards import INDEX, ShardWriter, TokenDataset, write_index
 
 RANKING = "ranking.json"
 

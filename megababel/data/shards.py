@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import DataError
+from megababel.data.readers import DataError
 
 FORMAT = "megababel-tokens/1"
 INDEX = "index.json"

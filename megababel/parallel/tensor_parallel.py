@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..config import ConfigError, LlamaConfig
-from ..layers import GrowableEmbedding, GrowableLinear, GrowableLayer
-from .distributed import all_gather
+from megababel.config import ConfigError, LlamaConfig
+from megababel.model.layers import GrowableEmbedding, GrowableLinear, GrowableLayer
+from megababel.parallel.distributed import all_gather
 
 SPLIT_AXES = ("q_heads", "kv_heads", "ffn", "vocab")   # a weight is split along its (only) axis among these
 

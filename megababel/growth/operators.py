@@ -43,9 +43,9 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 
-from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
-from .layers import GrowableEmbedding, GrowableRMSNorm, GrowableLayer, grown_layout
-from .model import Builder, DecoderLayer, Llama
+from megababel.config import ConfigError, LlamaConfig, describe, is_integer, is_number
+from megababel.model.layers import GrowableEmbedding, GrowableRMSNorm, GrowableLayer, grown_layout
+from megababel.model.llama import Builder, DecoderLayer, Llama
 
 WIDTH_INITS = ("split", "zero")
 UNIT_INITS = ("pairs", "zero")
@@ -356,7 +356,7 @@ def _tensor_rng(seed: int, generation: int, path: str) -> torch.Generator:
 
 def _skeleton(config: LlamaConfig, layout: dict | None, generation: int) -> Llama:
     """The model's structure on the meta device: paths, axes, shapes and block layout, no memory."""
-    from .model import UNINITIALISED
+    from megababel.model.llama import UNINITIALISED
     with torch.device("meta"):
         return Llama(config, layout=layout, generation=generation, values=UNINITIALISED)
 

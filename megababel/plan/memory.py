@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import LlamaConfig
+from megababel.config import LlamaConfig
 
 RUNTIME_BYTES = int(0.3 * 2**30)
 GIB = 2**30

@@ -37,8 +37,8 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .config import ConfigError, LlamaConfig, describe, is_integer, is_number
-from .growth import GrowthEvent, check_growth
+from megababel.config import ConfigError, LlamaConfig, describe, is_integer, is_number
+from megababel.growth.operators import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
                          lr_schedule="per_generation", global_batch_tokens=None)
@@ -55,8 +55,8 @@ def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: in
     (scratch's; a float below 1000 means tokens per parameter), with the growths at fractions of the run, so that
     --steps scales the whole plan. `batch_in_schedule`: the preset fixes its tokens per step (global batch);
     `family`: planned in family mode (grows even where growing saved nothing, for the smaller models)."""
-    from .counters import config_parameters
-    from .planner import plan_growth
+    from megababel.model.counters import config_parameters
+    from megababel.plan.planner import plan_growth
     if tokens < 1000:
         tokens *= config_parameters(LlamaConfig(**final))
     spec = plan_growth(LlamaConfig(**final), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from .trainer import Callback
+from megababel.train.trainer import Callback
 
 RUN_ID_FILE = "wandb_run_id"
 

@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .config import LlamaConfig
-from .layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, growable_layers
+from megababel.config import LlamaConfig
+from megababel.model.layers import GrowableEmbedding, GrowableLinear, GrowableRMSNorm, growable_layers
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:

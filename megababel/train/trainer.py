@@ -30,17 +30,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import NAME as CHECKPOINT_NAME
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import ConfigError
-from .counters import count_parameters, flops_per_token
-from .data.loader import PackedLoader
-from .data.readers import DataError
-from .data.shards import TokenDataset
-from .deepspeed_config import load_ds_config
-from .engine import GrowingEngine
-from .parallel import TensorParallel, all_reduce, check_tensor_parallel, init_distributed
-from .schedule import Schedule, load_schedule, parse_schedule, schedule_differences
+from megababel.checkpoint.io import NAME as CHECKPOINT_NAME
+from megababel.checkpoint.io import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from megababel.config import ConfigError
+from megababel.model.counters import count_parameters, flops_per_token
+from megababel.data.loader import PackedLoader
+from megababel.data.readers import DataError
+from megababel.data.shards import TokenDataset
+from megababel.engine.deepspeed_config import load_ds_config
+from megababel.engine.growing_engine import GrowingEngine
+from megababel.parallel import TensorParallel, all_reduce, check_tensor_parallel, init_distributed
+from megababel.plan.schedule import Schedule, load_schedule, parse_schedule, schedule_differences
 
 GENERATIONS = "generations"     # OUT/generations: one checkpoint per generation with keep_generations
 
@@ -264,7 +264,7 @@ class Trainer:
         self.data_dir = self._data_dir()
         self.plan = None
         if run.schedule == "auto":             # the planner's schedule for this batch and the data's stages
-            from .planner import plan_for_run
+            from megababel.plan.planner import plan_for_run
             self.plan = plan_for_run(run, run.global_batch_tokens or default_batch_tokens, self.data_dir)
             self.schedule = parse_schedule(dict(self.plan.schedule, training=dict(
                 self.plan.schedule["training"], **(overrides or {}))), default_batch_tokens, "auto")
@@ -336,7 +336,7 @@ class Trainer:
     def _data_dir(self) -> Path:
         if self.run.data is not None:
             return Path(self.run.data)
-        from .data.embedded import build_embedded_dataset
+        from megababel.data.embedded import build_embedded_dataset
         if self.rank == 0:
             build_embedded_dataset(progress=True)
         if dist.is_initialized():
@@ -553,7 +553,7 @@ def _checkpoint_order(path: Path) -> tuple[int, int]:
 
 def vocabulary_fingerprints(folder: Path) -> dict:
     """sha256 of a folder's tokenizer.model and fingerprint of its ranking.json (a dataset or a checkpoint)."""
-    from .tokenizer import Tokenizer, TokenizerError, VocabRanking
+    from megababel.data.tokenizer import Tokenizer, TokenizerError, VocabRanking
     try:
         tokenizer = Tokenizer.load(folder / "tokenizer.model")
         ranking = VocabRanking.load(folder / "ranking.json")

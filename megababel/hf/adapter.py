@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError, LlamaConfig
-from .model import Llama
+from megababel.config import ConfigError, LlamaConfig
+from megababel.model.llama import Llama
 
 
 class UnsupportedHFConfigError(ConfigError):

@@ -22,15 +22,15 @@ import gc
 import torch
 import torch.distributed as dist
 
-from .config import LlamaConfig
-from .deepspeed_compat import check_deepspeed, clear_params_to_release_cache
-from .deepspeed_config import model_sized
-from .growth import GrowthEvent, GrowthStep
-from .model import Llama
-from .sharded_growth import GrownState, LocalPieces
-from .state import EngineState, GroupInfo
-from .parallel.distributed import all_reduce
-from .parallel.tensor_parallel import block_shard, merge_layer_state, shard_of, unflagged_shards
+from megababel.config import LlamaConfig
+from megababel.engine.deepspeed_compat import check_deepspeed, clear_params_to_release_cache
+from megababel.engine.deepspeed_config import model_sized
+from megababel.growth.operators import GrowthEvent, GrowthStep
+from megababel.model.llama import Llama
+from megababel.engine.sharded_growth import GrownState, LocalPieces
+from megababel.checkpoint.state import EngineState, GroupInfo
+from megababel.parallel.distributed import all_reduce
+from megababel.parallel.tensor_parallel import block_shard, merge_layer_state, shard_of, unflagged_shards
 
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)

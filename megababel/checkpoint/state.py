@@ -12,7 +12,7 @@ from typing import Mapping, Protocol
 
 import torch
 
-from .config import LlamaConfig
+from megababel.config import LlamaConfig
 
 
 @dataclass

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .growth import GrowthStep
-from .parallel.distributed import all_gather_flat, all_reduce
+from megababel.growth.operators import GrowthStep
+from megababel.parallel.distributed import all_gather_flat, all_reduce
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import file_sha256
+from megababel.checkpoint.io import file_sha256
 
 
 class HubError(RuntimeError):

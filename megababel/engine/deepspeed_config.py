@@ -9,7 +9,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-CHECKOUT_DS_CONFIGS = Path(__file__).resolve().parents[1] / "ds_configs"   # running from a checkout, editable install
+CHECKOUT_DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"   # running from a checkout, editable install
 
 
 def ds_config_path(stage: int):

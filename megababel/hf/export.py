@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, write_state
-from .config import LlamaConfig
-from .counters import config_parameters
-from .hf_adapter import from_hf_config, hf_key, to_hf_config
-from .state import EngineState
-from .tokenizer import Tokenizer, TokenizerError, VocabRanking
+from megababel.checkpoint.io import CheckpointError, load_checkpoint, write_state
+from megababel.config import LlamaConfig
+from megababel.model.counters import config_parameters
+from megababel.hf.adapter import from_hf_config, hf_key, to_hf_config
+from megababel.checkpoint.state import EngineState
+from megababel.data.tokenizer import Tokenizer, TokenizerError, VocabRanking
 
 VOCAB_PATHS = ("embed_tokens", "lm_head")       # weights whose dim 0 is the vocabulary (model-row order)
 SHARD_BYTES = 2 * 2**30                          # safetensors shard size
@@ -401,7 +401,7 @@ def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
 
 def _expected_shapes(config: LlamaConfig) -> dict[str, tuple]:
     """{module path: full shape} of every weight, in model order (built without allocating weights)."""
-    from .model import UNINITIALISED, Llama
+    from megababel.model.llama import UNINITIALISED, Llama
     with torch.device("meta"):
         model = Llama(config, values=UNINITIALISED)
     return {path: tensor.full_shape for path, tensor in model.growable_layers()}

@@ -1,6 +1,6 @@
 """The growth planner: given the final model and a token (or FLOP) budget, the schedule the measurements say is best.
 
-    from megababel.planner import plan_growth
+    from megababel.plan.planner import plan_growth
     plan = plan_growth(LlamaConfig(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352,
                                    vocab_size=2000), tokens=6_600_000, seq_len=256, tokens_per_step=2048)
     plan.schedule      # a schedule spec (megababel/schedule.py format): model, training, growths
@@ -36,8 +36,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import ConfigError, LlamaConfig
-from .counters import config_parameters, flops_per_token
+from megababel.config import ConfigError, LlamaConfig
+from megababel.model.counters import config_parameters, flops_per_token
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
 
 def final_model(schedule) -> LlamaConfig:
     """The final model of a preset name or schedule file (what --final names)."""
-    from .schedule import load_schedule
+    from megababel.plan.schedule import load_schedule
     return load_schedule(schedule, 1).final_config
 
 

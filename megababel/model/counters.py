@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from .config import LlamaConfig
+from megababel.config import LlamaConfig
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .state import EngineState
+from megababel.checkpoint.state import EngineState
 
 FORMAT = "megababel-checkpoint/2"
 NAME = re.compile(r"^step_(\d+)_gen(\d+)$")
