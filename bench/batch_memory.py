@@ -18,18 +18,15 @@ import argparse
 import ctypes
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from growth_speed import _status  # noqa: E402
-from megababel.train.trainer import Callback  # noqa: E402
+from bench_data import SPEED_STAGES, tinystories
+from growth_speed import _status
+from megababel.train.trainer import Callback
 
 MODEL = dict(hidden_size=768, head_dim=128, num_hidden_layers=10, intermediate_size=2048, vocab_size=32000)
 SEQ = 256
@@ -68,7 +65,7 @@ class StepProbe(Callback):
 
 def worker(name: str, steps: int):
     from megababel.engine.deepspeed_config import load_ds_config
-    from megababel.parallel import init_distributed
+    from megababel.engine import init_distributed
     from megababel.train.trainer import RunConfig, Trainer
 
     init_distributed()
@@ -99,8 +96,7 @@ def worker(name: str, steps: int):
 
 
 def run(name: str, steps: int) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
-    from local_ranks import run_local_ranks
+    from megababel.parallel.local_ranks import run_local_ranks
     log = run_local_ranks(1, [__file__, "--worker", name, "--steps", steps], threads=2, timeout=3600)[0]
     return json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:])
 

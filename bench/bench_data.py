@@ -34,7 +34,6 @@ def wikipedia(stages, cache: Path | None = None, valid_articles: int | None = No
 def _corpus(name: str, stages, cache: Path | None, valid_documents: int | None) -> Path:
     """../shared/data/<name>/train.txt through the Llama 2 tokenizer at `stages`, validation from its valid.txt (the
     first `valid_documents` blank-line-separated documents, or all)."""
-    sys.path.insert(0, str(ROOT))
     from megababel.data.embedded import default_cache_dir
 
     stages = sorted(stages)

@@ -1,29 +1,40 @@
-"""Tables and plots for bench/budget_sweep.py, from its saved runs (OUT/runs/*.json).
+"""Tables and plots for bench/budget_sweep.py, from its saved runs (OUT/runs/*.json), and the growth planner's table.
+
+    python bench/budget_report.py                   # = python bench/budget_sweep.py --report
+    python bench/budget_report.py --out /tmp/bs     # another sweep's runs (the planner's table is left alone)
 
 Per budget, against scratch at its tuned LR and the same seed:
   FLOP saving   1 - FLOPs at which the plan's validation curve first reaches scratch's final bits/byte / scratch's
                 FLOPs (None: never reached; the run ends at scratch's FLOPs)
   wall saving   the same with training wall time
   d_bpb         the plan's final bits/byte (at scratch's FLOPs) minus scratch's (negative: better)
-Best plan: the largest seed-0 FLOP saving; its figures are mean, and min..max over seeds.
+Best plan: among the grid plans and the lever combinations run at every seed, the one whose worst seed saved most
+(see _best_plan); its figures are mean, and min..max over seeds.
 Wall time needs an otherwise idle machine: a run whose 1-minute load average exceeded BUSY_LOAD at any evaluation
 (something else ran beside it) gives no wall saving ("busy"); runs saved before loads were recorded count as idle.
 Runs that stopped before their last step are left out.
+The report of the benchmark's own runs (bench/results/budget_sweep) also writes the growth planner's table,
+megababel/plan/measured_savings.json (`measured_savings`): per budget run at PLANNER_SEEDS seeds, the best plan,
+scratch's tuned LR and the best plan's FLOP saving per seed.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from growth_report import crossing  # noqa: E402
+from growth_report import crossing
+from megababel.config import LlamaConfig
+from megababel.model.counters import config_parameters
 
-
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "budget_sweep"
+SAVINGS_FILE = ROOT / "megababel" / "plan" / "measured_savings.json"     # what megababel/plan/planner.py reads
+PLANNER_SEEDS = 3    # a budget enters the planner's table once scratch and its best plan have this many seeds
 BUSY_LOAD = 3.5      # 1-minute load average on 2 cores while one run (2 threads) trains alone: ~2.6-2.9
 
 
@@ -141,14 +152,52 @@ def summarise(runs: dict) -> list[dict]:
     return rows
 
 
-def write_report(out: Path) -> str:
+def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT) -> dict:
+    """The growth planner's table (megababel/plan/measured_savings.json) from `summarise`'s rows of the runs in
+    `out`: every budget whose best plan was run at PLANNER_SEEDS seeds, its best plan, scratch's tuned peak LR and
+    the plan's FLOP saving per seed (4 decimals; None: that seed never reached scratch's final bits/byte)."""
+    config = LlamaConfig(**rows[0]["final"])
+    runs = out.resolve() / "runs"
+    command = "python bench/budget_sweep.py --report"
+    if out.resolve() != DEFAULT_OUT.resolve():
+        command += f" --out {out}"
+    return dict(
+        about="The growth planner's table (megababel/plan/planner.py, MEASURED): per budget (scratch's training "
+              "tokens per parameter, all parameters), the best growth plan, scratch's tuned peak LR (at the final "
+              "model's hidden size) and that plan's FLOP saving to reach scratch's final bits/byte, per seed (null: "
+              "that seed never reached it). Written by bench/budget_report.py from the saved runs; do not edit.",
+        command=command,
+        runs=str(runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs),
+        final_model=dict(config.to_dict(), parameters=config_parameters(config)),
+        rows=[dict(tokens_per_parameter=r["budget"], plan=r["best"], lr=r["lr"], seeds=r["seeds"],
+                   flop_savings=[None if v is None else round(v, 4) for v in r["best_flops"]])
+              for r in rows if r["best"] is not None and len(r["seeds"]) >= PLANNER_SEEDS])
+
+
+def _json_lines(table: dict) -> str:
+    """JSON, one line per field and per row of the table (diffs show which row changed)."""
+    fields = [f" {json.dumps(k)}: " + ("[\n" + ",\n".join(f"  {json.dumps(row)}" for row in v) + "\n ]" if k == "rows"
+                                       else json.dumps(v)) for k, v in table.items()]
+    return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
+def write_measured_savings(rows: list[dict], out: Path, path: Path) -> dict:
+    table = measured_savings(rows, out)
+    path.write_text(_json_lines(table))
+    print(f"wrote {path}: the planner's table, {len(table['rows'])} budgets")
+    return table
+
+
+def write_report(out: Path, savings_file: Path | None = None) -> str:
+    """table.md and the plots in `out`, and the planner's table in `savings_file` (default: the package's data file
+    when `out` is the benchmark's own results folder; no file for other folders: a --quick sweep or a test must not
+    change what the planner plans)."""
     rows = summarise(load(out))
     if not rows:
         print(f"no runs in {out / 'runs'}: run bench/budget_sweep.py first")
         return ""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from megababel.config import LlamaConfig
-    from megababel.model.counters import config_parameters
+    if savings_file is None and out.resolve() == DEFAULT_OUT.resolve():
+        savings_file = SAVINGS_FILE
     config = LlamaConfig(**rows[0]["final"])
     total = config_parameters(config)
     non_embedding = total - 2 * config.vocab_size * config.hidden_size
@@ -190,6 +239,8 @@ def write_report(out: Path) -> str:
     (out / "table.md").write_text(table + "\n")
     print(table)
     _plots(rows, out)
+    if savings_file is not None:
+        write_measured_savings(rows, out, savings_file)
     return table
 
 
@@ -336,3 +387,15 @@ def write_family_report(out: Path) -> str:
     (out / "family.md").write_text(table + "\n")
     print(table)
     return table
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the sweep's folder (its runs/ are read)")
+    args = p.parse_args(argv)
+    write_report(args.out)
+    write_family_report(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,28 +37,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import wikipedia  # noqa: E402
-from budget_report import busy, saving  # noqa: E402
-from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train  # noqa: E402
-from megababel.config import LlamaConfig  # noqa: E402
-from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.plan.planner import STAGE_WIDTHS, plan_schedule  # noqa: E402
-from megababel.plan.schedule import parse_schedule  # noqa: E402
+from bench_data import wikipedia
+from budget_report import busy, saving
+from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train
+from megababel.config import LlamaConfig
+from megababel.model.counters import config_parameters, flops_per_token
+from megababel.plan.planner import GENERATION_WIDTHS, plan_schedule
+from megababel.plan.schedule import parse_schedule
 
 COMMON = dict(head_dim=32, multiple_of=32, max_position_embeddings=SEQ)
 FINAL = dict(hidden_size=128, num_hidden_layers=4, intermediate_size=352, vocab_size=2000)
 VALID_ARTICLES = 40
 FIRST_GROWTH = (0.10, 0.25, 0.50)
-ALL_PLANS = [f"{plan}@{round(100 * f)}{vocab}" for plan in STAGE_WIDTHS for f in FIRST_GROWTH
+ALL_PLANS = [f"{plan}@{round(100 * f)}{vocab}" for plan in GENERATION_WIDTHS for f in FIRST_GROWTH
              for vocab in ("", "-vocab")]
 
 
@@ -275,7 +272,7 @@ def main(argv=None):
     if args.quick:
         args.budgets, args.lrs, args.plans, args.seeds = [0.05], args.lrs[1:2], ["g2@25", "g2@25-vocab"], [0]
     if not args.report:
-        from megababel.parallel import init_distributed
+        from megababel.engine import init_distributed
         torch.set_num_threads(args.threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         init_distributed()

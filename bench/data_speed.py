@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,12 +22,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from megababel.data.loader import PackedLoader  # noqa: E402
-from megababel.data.preprocess import preprocess, stage_dir  # noqa: E402
-from megababel.data.readers import read_documents  # noqa: E402
-from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.data.tokenizer import Tokenizer, VocabRanking  # noqa: E402
+from megababel.data.loader import PackedLoader
+from megababel.data.preprocess import preprocess, stage_dir
+from megababel.data.readers import read_documents
+from megababel.data.shards import TokenDataset
+from megababel.data.tokenizer import Tokenizer, VocabRanking
 
 SHARED = ROOT / ".." / "shared" / "data"
 TRAINING_TOKENS_PER_S = {"bf16": 1500, "fp32": 600}   # 60M config, bench/README.md

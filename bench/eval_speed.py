@@ -26,12 +26,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from bench_data import SHARED  # noqa: E402
-from conftest import load_script  # noqa: E402
-from megababel.data.readers import read_documents  # noqa: E402
+from bench_data import SHARED
+from conftest import load_script
+from megababel.data.readers import read_documents
 
 EVAL = load_script("tools/eval.py")
 SIZES = {   # vocabulary 32000 (Llama 2)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +24,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from megababel import LlamaConfig  # noqa: E402
-from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.engine.growing_engine import release_engine  # noqa: E402
-from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from bench_data import SPEED_STAGES, tinystories
+from megababel import LlamaConfig
+from megababel.model.counters import config_parameters, flops_per_token
+from megababel.train.trainer import Callback, RunConfig, Trainer
 
 SIZES = {   # Llama-2 shapes at about GPT-3's 125M / 350M / 1.3B sizes (head_dim 64 / 64 / 128), vocabulary 32000
     "tiny": dict(hidden_size=128, head_dim=32, num_hidden_layers=2, intermediate_size=352),
@@ -62,26 +58,25 @@ def megababel_steps(size: str, args, data: Path) -> list[float]:
                                     activation_checkpointing=args.activation_checkpointing, eval_every=0,
                                     out=Path(out)), callbacks=[times])
         trainer.setup().fit()
-    release_engine(trainer.engine.engine)
+    trainer.close()
     return times.seconds
 
 
 def transformers_steps(size: str, args, data: Path) -> list[float]:
     """The reference: LlamaForCausalLM in a DeepSpeed engine of the same config, on the same kind of batches."""
-    import deepspeed
     from transformers import LlamaForCausalLM
 
     from megababel.data.loader import PackedLoader
     from megababel.data.shards import TokenDataset
     from megababel.engine.deepspeed_config import load_ds_config
+    from megababel.engine.module_engine import ModuleEngine
     from megababel.hf.adapter import to_hf_config
 
     config = LlamaConfig(**SIZES[size], vocab_size=32000, max_position_embeddings=max(2048, args.seq_len))
     model = LlamaForCausalLM(to_hf_config(config))
     if args.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                      config=load_ds_config(0, args.micro_batch_size, 1, 1, bf16=True))
+    engine = ModuleEngine(model, load_ds_config(0, args.micro_batch_size, 1, 1, bf16=True))
     loader = PackedLoader(TokenDataset(data / "vocab_32000", "train"), args.seq_len, args.micro_batch_size)
     seconds = []
     for step in range(args.steps + 1):
@@ -89,14 +84,13 @@ def transformers_steps(size: str, args, data: Path) -> list[float]:
         start = time.perf_counter()
         logits = engine(input_ids=x).logits
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        engine.backward(loss)
-        engine.step()
+        engine.backward_step(loss)
         loss.item()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         if step > 0:
             seconds.append(time.perf_counter() - start)
-    release_engine(engine)
+    engine.close()
     return seconds
 
 

@@ -19,18 +19,14 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# --tree DIR: import megababel from another checkout (before anything imports it from this one)
-sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1] if "--tree" in sys.argv[:-1] else str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from megababel.train.trainer import Callback  # noqa: E402
+from bench_data import SPEED_STAGES, tinystories
+from megababel.train.trainer import Callback
 
 CONFIGS = {
     "large": dict(model=dict(hidden_size=512, head_dim=128, num_hidden_layers=8, vocab_size=32000),
@@ -102,7 +98,7 @@ class GrowthProbe(Callback):
 
 def worker(stage: int, size: str, steps: int, micro: int, seq: int):
     import megababel
-    from megababel.parallel import init_distributed
+    from megababel.engine import init_distributed
     from megababel.train.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
@@ -126,13 +122,12 @@ def worker(stage: int, size: str, steps: int, micro: int, seq: int):
 
 
 def run(stage: int, world: int, size: str, steps: int, micro: int, seq: int, tree: Path | None = None) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
-    from local_ranks import run_local_ranks
+    from megababel.parallel.local_ranks import run_local_ranks
     tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     command = [__file__, "--worker", stage, "--size", size, "--steps", steps, "--micro", micro, "--seq", seq]
-    if tree is not None:
-        command += ["--tree", Path(tree).resolve()]
-    logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1200)
+    # another checkout's package comes first on the ranks' path (PYTHONPATH precedes the installed package)
+    env = None if tree is None else dict(PYTHONPATH=str(Path(tree).resolve()))
+    logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1200, env=env)
     return [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
 
 

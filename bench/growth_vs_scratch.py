@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,15 +36,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.data.shards import TokenDataset  # noqa: E402
-from megababel.engine.growing_engine import release_engine  # noqa: E402
-from megababel.parallel import init_distributed  # noqa: E402
-from megababel.plan.schedule import parse_schedule  # noqa: E402
-from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import tinystories  # noqa: E402
+from megababel.model.counters import config_parameters, flops_per_token
+from megababel.data.shards import TokenDataset
+from megababel.engine import init_distributed
+from megababel.plan.schedule import parse_schedule
+from megababel.train.trainer import Callback, RunConfig, Trainer
+from bench_data import tinystories
 
 SEQ, BATCH = 256, 8
 TOKENS_PER_STEP = SEQ * BATCH
@@ -190,7 +186,7 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),
                           callbacks=[recorder])
         fitted = trainer.setup().fit()
-    release_engine(trainer.engine.engine)
+    trainer.close()
     if fitted["preempted"]:     # SIGTERM/SIGUSR1 stop the Trainer cleanly: a partial run must not be saved as done
         raise SystemExit(f"{name} seed {seed}: stopped by {trainer.stop_signal} at step {fitted['step']} of "
                          f"{trainer.schedule.steps}; not saved, a re-run trains it again")

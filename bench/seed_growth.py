@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from megababel.plan.schedule import PRESETS, parse_schedule  # noqa: E402
-from megababel.train.trainer import Callback  # noqa: E402
+from bench_data import SPEED_STAGES, tinystories
+from megababel.plan.presets import PRESETS
+from megababel.plan.schedule import parse_schedule
+from megababel.train.trainer import Callback
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -154,7 +153,7 @@ class MachineMemory:
 
 
 def worker(args):
-    from megababel.parallel import init_distributed
+    from megababel.engine import init_distributed
     from megababel.train.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
@@ -181,8 +180,7 @@ def worker(args):
 
 
 def run_ranks(args, phase: str) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
-    from local_ranks import run_local_ranks
+    from megababel.parallel.local_ranks import run_local_ranks
     command = [__file__, "--worker", "--phase", phase, "--growth", args.growth, "--steps-before", args.steps_before,
                "--steps-after", args.steps_after, "--micro", args.micro, "--seq", args.seq, "--out", args.out,
                "--ranks", args.ranks,

@@ -29,15 +29,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SHARED, SPEED_STAGES, tinystories, wikipedia  # noqa: E402
-from megababel.data.readers import read_documents  # noqa: E402
-from megababel.hf.export import _save_tokenizer  # noqa: E402
-from megababel.data.tokenizer import Tokenizer, VocabRanking  # noqa: E402
+from bench_data import SHARED, SPEED_STAGES, tinystories, wikipedia
+from megababel.data.readers import read_documents
+from megababel.hf.export import _save_tokenizer
+from megababel.data.tokenizer import Tokenizer, VocabRanking
 
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import load_script  # noqa: E402
+from conftest import load_script
 
 EVAL = load_script("tools/eval.py")
 

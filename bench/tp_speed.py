@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from growth_speed import GrowthProbe  # noqa: E402
+from bench_data import SPEED_STAGES, tinystories
+from growth_speed import GrowthProbe
 
 MODEL = dict(hidden_size=512, head_dim=128, num_hidden_layers=8, vocab_size=32000)   # ~60M parameters
 EVENT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=10, layer_positions="interleave")
@@ -35,7 +33,7 @@ GLOBAL_BATCH, SEQ = 8, 256
 
 
 def worker(tp_size: int, bf16: bool, steps: int):
-    from megababel.parallel import init_distributed
+    from megababel.engine import init_distributed
     from megababel.train.trainer import RunConfig, Trainer
 
     rank, world = init_distributed()
@@ -58,8 +56,7 @@ def worker(tp_size: int, bf16: bool, steps: int):
 
 
 def run(world: int, tp: int, bf16: bool, steps: int) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "tests"))   # the rank launcher is a test helper, not part of the library
-    from local_ranks import run_local_ranks
+    from megababel.parallel.local_ranks import run_local_ranks
     tinystories(SPEED_STAGES)                 # built once here, before the ranks read it
     command = [__file__, "--worker", tp, "--steps", steps] + (["--bf16"] if bf16 else [])
     logs = run_local_ranks(world, command, threads=max(1, 2 // world), timeout=1800)

@@ -22,7 +22,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,14 +30,11 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_data import SPEED_STAGES, tinystories  # noqa: E402
-from megababel import GrowthEvent, Llama, LlamaConfig, grow  # noqa: E402
-from megababel.model.counters import count_parameters  # noqa: E402
-from megababel.engine.growing_engine import release_engine  # noqa: E402
-from megababel.hf.adapter import to_hf_config  # noqa: E402
-from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from bench_data import SPEED_STAGES, tinystories
+from megababel import GrowthEvent, Llama, LlamaConfig, grow
+from megababel.model.counters import count_parameters
+from megababel.hf.adapter import to_hf_config
+from megababel.train.trainer import Callback, RunConfig, Trainer
 
 TARGET = dict(hidden_size=512, num_hidden_layers=8, head_dim=128, vocab_size=32000)          # ~60M parameters
 GROWTH_START = dict(hidden_size=256, num_hidden_layers=4, head_dim=128, vocab_size=8000)
@@ -81,7 +77,7 @@ def trainer_round(variant: str, bf16: bool, steps: int, data: Path) -> StepTimer
         trainer = Trainer(RunConfig(schedule=schedule_spec(variant, steps + 1), data=data, micro_batch_size=BATCH,
                                     seq_len=SEQ, bf16=bf16, eval_every=0, out=Path(out)), callbacks=[timer])
         trainer.setup().fit()
-    release_engine(trainer.engine.engine)
+    trainer.close()
     return timer
 
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megababel import sharded_growth  # noqa: E402
 from megababel.engine.deepspeed_config import load_ds_config  # noqa: E402
 from megababel.engine.growing_engine import GrowingEngine  # noqa: E402
-from megababel.parallel import TensorParallel, init_distributed  # noqa: E402
+from megababel.parallel import TensorParallel  # noqa: E402
+from megababel.engine import init_distributed  # noqa: E402
 from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 SCHEDULE = dict(

@@ -16,8 +16,8 @@ from megababel.model.counters import flops_per_token  # noqa: E402
 from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 
-def stage_flops(spec) -> list[float]:
-    """Training FLOPs spent in each stage of a schedule."""
+def generation_flops(spec) -> list[float]:
+    """Training FLOPs spent in each generation of a schedule (the model between two growths)."""
     schedule = parse_schedule(spec, budget_sweep.TOKENS_PER_STEP)
     configs = [schedule.model] + [g.config for g in schedule.growths]
     bounds = [0] + [g.at_step for g in schedule.growths] + [schedule.steps]
@@ -28,9 +28,9 @@ def stage_flops(spec) -> list[float]:
 @pytest.mark.parametrize("name", budget_sweep.ALL_PLANS)
 def test_every_plan_ends_at_the_final_model_with_scratch_flops_and_grows_on_time(name):
     budget = 5
-    scratch = sum(stage_flops(budget_sweep.schedule_spec("scratch", budget, 1e-3)))
+    scratch = sum(generation_flops(budget_sweep.schedule_spec("scratch", budget, 1e-3)))
     spec = budget_sweep.schedule_spec(name, budget, 1e-3)
-    flops = stage_flops(spec)
+    flops = generation_flops(spec)
     assert sum(flops) == pytest.approx(scratch, rel=2e-3)
     final = parse_schedule(spec, budget_sweep.TOKENS_PER_STEP)
     assert final.final_config == budget_sweep.final_config()
@@ -109,6 +109,31 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     _run(runs, 1, "g2@25+rewarm1", 1e-3, 1, reach=120.0)                    # seed 1 never gets there: worst
     (row,) = budget_report.summarise(budget_report.load(tmp_path))
     assert row["best"] == "g2@2"
+
+
+def test_the_planners_table_takes_the_budgets_run_at_three_seeds(tmp_path, capsys):
+    """measured_savings: per budget whose best plan and scratch share 3 seeds, the best plan, the tuned LR and each
+    seed's FLOP saving to 4 decimals (None: never reached); written only where asked (or for the benchmark's runs)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in (0, 1, 2):
+        _run(runs, 1, "scratch", 1e-3, seed, reach=100.0)
+        _run(runs, 5, "scratch", 2e-3, seed, reach=100.0)
+    for seed, reach in ((0, 70.0), (1, 60.0), (2, 120.0)):
+        _run(runs, 1, "g2@25", 1e-3, seed, reach=reach)               # 30%, 40%, never
+    _run(runs, 5, "g1@10", 2e-3, 0, reach=50.0)                       # one seed only: not in the table
+    path = tmp_path / "savings.json"
+    budget_report.write_report(tmp_path, savings_file=path)
+    assert f"wrote {path}: the planner's table, 1 budgets" in capsys.readouterr().out
+    table = json.loads(path.read_text())
+    assert table["rows"] == [dict(tokens_per_parameter=1, plan="g2@25", lr=1e-3, seeds=[0, 1, 2],
+                                  flop_savings=[0.3, 0.4, None])]
+    assert table["final_model"]["hidden_size"] == 128 and table["final_model"]["parameters"] > 0
+    assert table["command"] == f"python bench/budget_sweep.py --report --out {tmp_path}"
+    from megababel.plan.planner import read_measured
+    (measured,), final = read_measured(path.read_text())
+    assert (measured.plan, measured.lr, measured.flop_savings, measured.pays) == ("g2@25", 1e-3, (0.3, 0.4, None),
+                                                                                  False)
 
 
 def test_wall_time_is_compared_only_between_runs_made_alike(tmp_path):

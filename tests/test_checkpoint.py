@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TWO_GROWTHS
-from local_ranks import run_local_ranks
+from megababel.parallel.local_ranks import run_local_ranks
 
 from megababel.parallel import free_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from local_ranks import run_local_ranks
+from megababel.parallel.local_ranks import run_local_ranks
 
 WORKER = Path(__file__).with_name("ds_worker.py")
 
@@ -134,7 +134,8 @@ def test_zero3_growth_spreads_its_memory_over_ranks():
 
 SHM_PROBE = """
 import os, torch
-from megababel.parallel import all_reduce, init_distributed
+from megababel.parallel import all_reduce
+from megababel.engine import init_distributed
 os.environ["LOCAL_SIZE"] = os.environ["WORLD_SIZE"]     # as the deepspeed launcher sets it: all ranks on one host
 init_distributed()
 assert all_reduce(torch.ones(3)).tolist() == [2.0, 2.0, 2.0]

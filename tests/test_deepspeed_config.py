@@ -42,16 +42,16 @@ def distributed_env(monkeypatch):
 
 def test_a_growth_re_derives_the_zero3_sizes(distributed_env):
     from megababel.engine.growing_engine import GrowingEngine
-    from megababel.parallel import init_distributed
+    from megababel.engine import init_distributed
     from megababel.plan.schedule import parse_schedule
     init_distributed()
     schedule = parse_schedule(dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96,
                                               multiple_of=32), training=dict(steps=20),
                                    growths=[dict(at_step=3, hidden_size=128, intermediate_size=256)]), 64)
     engine = GrowingEngine(schedule.model, load_ds_config(3, 2, 1, 1, bf16=False), schedule, seed=0)
-    assert engine.engine.zero_prefetch_bucket_size() == int(0.9 * 64 * 64)
-    assert engine.engine.zero_param_persistence_threshold() == 640
+    assert engine._ds.zero_prefetch_bucket_size() == int(0.9 * 64 * 64)
+    assert engine._ds.zero_param_persistence_threshold() == 640
     engine.grow(schedule.growths[0], 3)
-    assert engine.engine.zero_prefetch_bucket_size() == int(0.9 * 128 * 128)
-    assert engine.engine.zero_param_persistence_threshold() == 1280
-    engine.engine.destroy()
+    assert engine._ds.zero_prefetch_bucket_size() == int(0.9 * 128 * 128)
+    assert engine._ds.zero_param_persistence_threshold() == 1280
+    engine.close()

@@ -1,4 +1,4 @@
-"""The memory planner (megababel/memory_plan.py, tools/model_size.py --schedule): its activation model against the
+"""The memory planner (megababel/plan/memory.py, tools/model_size.py --schedule): its activation model against the
 tensors autograd really saves, and the tool's checks. Its state model is checked against measured runs in
 bench/README.md ("Memory planner")."""
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_zero3_spreads_the_state_and_tensor_parallelism_splits_it():
     assert kept.growth_peak - spilled.growth_peak == 12 * rank_parameters(config) // 2
 
 
-def test_planner_cli_prints_every_stage_and_refuses_an_indivisible_layout(capsys):
+def test_planner_cli_prints_every_generation_and_refuses_an_indivisible_layout(capsys):
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -69,6 +69,8 @@ def test_planner_cli_prints_every_stage_and_refuses_an_indivisible_layout(capsys
                             "--seq-len", "128", "--bf16"])
     out = capsys.readouterr().out
     assert len(rows) == 5 and "growth peak" in out and out.count("\n") >= 7
+    assert [r.generation for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[0].growth_peak is None and None not in [r.growth_peak for r in rows[1:]]
     assert rows[-1].growth_peak > rows[-1].training - rows[-1].gradients - rows[-1].activations
     with pytest.raises(SystemExit):
         model_size.main(["--schedule", "seed_2x", "--world", "2", "--tp", "2"])

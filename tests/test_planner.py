@@ -1,6 +1,7 @@
-"""The growth planner (megababel/planner.py, tools/plan_growth.py, launch/train.py --schedule auto): its table is
-the saved benchmark's, it reproduces the best measured plan at each benchmarked budget, its schedules are valid and
-spend scratch's FLOPs, and impossible requests are refused with the field and the fix."""
+"""The growth planner (megababel/plan/planner.py, tools/plan_growth.py, launch/train.py --schedule auto): its table
+(megababel/plan/measured_savings.json) is what bench/budget_report.py computes from the saved benchmark runs, it
+reproduces the best measured plan at each benchmarked budget, its schedules are valid and spend scratch's FLOPs, and
+impossible requests are refused with the field and the fix."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import budget_report  # noqa: E402
 import budget_sweep  # noqa: E402
 from megababel.config import ConfigError, LlamaConfig  # noqa: E402
 from megababel.model.counters import config_parameters, flops_per_token  # noqa: E402
-from megababel.plan.planner import MEASURED, plan_growth, plan_schedule  # noqa: E402
+from megababel.plan.planner import BENCH_HIDDEN, MEASURED, MEASURED_FINAL, plan_growth, plan_schedule  # noqa: E402
 from megababel.plan.schedule import parse_schedule  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "budget_sweep"
@@ -30,17 +31,41 @@ def bench_plan(tokens_per_parameter: float, **kw):
 
 
 def test_the_table_is_the_saved_benchmark():
-    """Every MEASURED row is what bench/budget_sweep.py's saved runs say (best plan, tuned LR, saving and spread),
-    and every budget whose seeds are all run is in MEASURED: the rule cannot drift from the data."""
-    rows = {r["budget"]: r for r in budget_report.summarise(budget_report.load(RUNS))}
-    for m in MEASURED:
-        row = rows[m.tokens_per_parameter]
-        assert (row["best"], row["lr"], len(row["seeds"])) == (m.plan, m.lr, m.seeds), m
-        assert [v is None for v in row["best_flops"]] == [v is None for v in m.flop_savings], m
-        assert [v for v in row["best_flops"] if v is not None] == pytest.approx(
-            [v for v in m.flop_savings if v is not None], abs=5e-4), m
-    complete = {b for b, r in rows.items() if len(r["seeds"]) >= 3}
-    assert complete <= {m.tokens_per_parameter for m in MEASURED}
+    """The planner's data file is exactly what bench/budget_report.py writes from bench/budget_sweep.py's saved runs
+    (every budget run at 3 seeds: best plan, tuned LR, each seed's saving), and MEASURED is that file: the rule
+    cannot drift from the data. (A new run: `python bench/budget_sweep.py --report` rewrites the file.)"""
+    rows = budget_report.summarise(budget_report.load(RUNS))
+    table = budget_report.measured_savings(rows)
+    saved = json.loads(budget_report.SAVINGS_FILE.read_text())
+    assert saved == table
+    assert budget_report.SAVINGS_FILE.read_text() == budget_report._json_lines(table)      # as written, byte for byte
+    assert [(m.tokens_per_parameter, m.plan, m.lr, list(m.flop_savings)) for m in MEASURED] == [
+        (r["tokens_per_parameter"], r["plan"], r["lr"], r["flop_savings"]) for r in saved["rows"]]
+    assert MEASURED_FINAL == saved["final_model"] and BENCH_HIDDEN == BENCH_FINAL.hidden_size == 128
+    assert MEASURED_FINAL["parameters"] == config_parameters(BENCH_FINAL)
+    complete = {r["budget"] for r in rows if len(r["seeds"]) >= 3}
+    assert complete == {m.tokens_per_parameter for m in MEASURED} and all(m.seeds == 3 for m in MEASURED)
+    by_budget = {r["budget"]: r for r in rows}
+    for m in MEASURED:          # the rounding: 4 decimals of what the report computes
+        assert list(m.flop_savings) == pytest.approx(by_budget[m.tokens_per_parameter]["best_flops"], abs=5e-5)
+
+
+def test_the_report_of_the_benchmark_writes_the_planners_table(tmp_path, capsys):
+    """`python bench/budget_report.py` (= budget_sweep.py --report) rewrites the package's table from the benchmark's
+    runs; the report of another folder (a --quick sweep, a test) leaves it alone unless given a file."""
+    import shutil
+    out = tmp_path / "sweep"
+    shutil.copytree(RUNS / "runs", out / "runs")
+    written = tmp_path / "measured_savings.json"
+    budget_report.write_report(out, savings_file=written)
+    assert f"wrote {written}" in capsys.readouterr().out
+    table = json.loads(written.read_text())
+    saved = json.loads(budget_report.SAVINGS_FILE.read_text())
+    assert table["command"] == f"python bench/budget_sweep.py --report --out {out}"
+    assert dict(table, command=saved["command"], runs=saved["runs"]) == saved
+    assert not list(out.glob("*.json"))
+    budget_report.write_report(out)                       # not the benchmark's folder: no table written
+    assert "wrote" not in capsys.readouterr().out and not list(out.glob("*.json"))
 
 
 @pytest.mark.parametrize("measured", MEASURED, ids=lambda m: f"{m.tokens_per_parameter:g}")
@@ -146,7 +171,7 @@ def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
                            "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "plan g3@10-vocab" in done.stdout
-    from megababel.plan.schedule import load_schedule
+    from megababel.plan.presets import load_schedule
     schedule = load_schedule(out, 2048)
     assert schedule.final_config.hidden_size == 256 and len(schedule.growths) == 3
     bad = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
@@ -168,10 +193,10 @@ def test_presets_follow_the_planner(name, tokens, seq_len, tokens_per_step, stag
     growths are stored as fractions, so that --steps scales them: they must land on the planned steps)."""
     from megababel.model.counters import config_parameters
     from megababel.plan.planner import final_model
-    from megababel.plan.schedule import load_schedule
+    from megababel.plan.presets import load_schedule
     final = final_model(name)
     plan = plan_growth(final, tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step, vocab_stages=stages,
-                       family=name == "seed")        # the seed preset grows for its family (megababel/schedule.py)
+                       family=name == "seed")   # the seed preset grows for its family (megababel/plan/presets.py)
     loaded, planned = load_schedule(name, tokens_per_step), parse_schedule(plan.schedule, tokens_per_step)
     nearest = min(MEASURED, key=lambda m: abs(math.log(m.tokens_per_parameter * config_parameters(final) / tokens)))
     assert plan.name.removesuffix("-vocab") == nearest.plan.removesuffix("-vocab")

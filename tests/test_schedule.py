@@ -9,7 +9,8 @@ import torch
 
 from megababel.config import ConfigError
 from megababel.growth.operators import GrowthEvent
-from megababel.plan.schedule import GROWTH_FIELDS, PRESETS, load_schedule, parse_schedule
+from megababel.plan.presets import PRESETS, load_schedule
+from megababel.plan.schedule import GROWTH_FIELDS, parse_schedule
 
 MODEL = dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=96)
 NAN, INF = math.nan, math.inf
@@ -208,11 +209,51 @@ def test_overrides_do_not_hide_a_training_section_of_the_wrong_shape(tmp_path):
 
 
 def test_well_typed_files_still_load(tmp_path):
-    """ints are numbers (lr: 1), `growths:` may be empty, and the old `stages` name still works."""
+    """ints are numbers (lr: 1) and `growths:` may be empty."""
     path = tmp_path / "ok.yaml"
-    path.write_text(YAML_MODEL + "training: {steps: 40, lr: 1, weight_decay: 0, min_lr_ratio: 1}\nstages:\n")
+    path.write_text(YAML_MODEL + "training: {steps: 40, lr: 1, weight_decay: 0, min_lr_ratio: 1}\ngrowths:\n")
     loaded = load_schedule(path, 128, {"steps": 30})
     assert (loaded.steps, loaded.lr, loaded.growths) == (30, 1, [])
+
+
+def test_the_old_stages_key_still_works_but_is_deprecated(tmp_path):
+    """`stages:` (the name of `growths:` before 0.2) loads the same schedule, with a DeprecationWarning; both at once
+    are refused. "stage" now means only a ZeRO stage or a vocabulary stage."""
+    path = tmp_path / "old.yaml"
+    path.write_text(YAML_MODEL + TRAINING + "stages:\n  - {at_step: 5, hidden_size: 96}\n")
+    with pytest.warns(DeprecationWarning, match="schedule key `stages` is deprecated: rename it to `growths`"):
+        old = load_schedule(path, 128)
+    new = tmp_path / "new.yaml"
+    new.write_text(YAML_MODEL + TRAINING + "growths:\n  - {at_step: 5, hidden_size: 96}\n")
+    assert old.resolved() == load_schedule(new, 128).resolved() and len(old.growths) == 1
+    with pytest.warns(DeprecationWarning, match="rename it to `growths`"):
+        assert parse_schedule(dict(model=MODEL, training=dict(steps=40), stages=None), 128).growths == []
+    assert "not both" in refusal(parse_schedule, dict(model=MODEL, stages=[], growths=[]), 128)
+
+
+def test_presets_are_made_when_first_asked_for_not_at_import():
+    """Importing the schedule format imports neither the planner nor the presets; importing the presets plans
+    nothing; `in`, iteration and len() need no preset made; each access returns a copy."""
+    import subprocess
+    import sys
+    check = ("import sys; import megababel.plan.schedule; "
+             "assert 'megababel.plan.planner' not in sys.modules and 'megababel.plan.presets' not in sys.modules; "
+             "from megababel.plan.presets import PRESETS, PRESET_NAMES, load_schedule; "
+             "assert 'megababel.plan.planner' not in sys.modules; "
+             "assert 'tiny' in PRESETS and 'nope' not in PRESETS and sorted(PRESETS) == sorted(PRESET_NAMES); "
+             "assert len(PRESETS) == 5 and not PRESETS._made; "
+             "PRESETS['seed_2x']; assert 'megababel.plan.planner' not in sys.modules; "
+             "PRESETS['tiny']; assert 'megababel.plan.planner' in sys.modules and sorted(PRESETS._made) == "
+             "['seed_2x', 'tiny']")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    spec = PRESETS["seed_2x"]
+    spec["training"]["steps"] = 1
+    assert PRESETS["seed_2x"]["training"]["steps"] == 100_000          # the caller's copy, not the preset
+    assert sorted(PRESETS) == ["seed", "seed_2x", "seed_2x_tp", "tiny", "tinystories"]
+    with pytest.raises(KeyError):
+        PRESETS["nope"]
+    assert "not a preset" in refusal(load_schedule, "nope", 128)
 
 
 def test_every_preset_parses():
@@ -251,7 +292,8 @@ def test_rewarmup_ramps_the_older_generations_again_after_a_growth():
 def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
     from megababel.engine.deepspeed_config import load_ds_config
     from megababel.engine.growing_engine import GrowingEngine
-    from megababel.parallel import free_port, init_distributed
+    from megababel.parallel import free_port
+    from megababel.engine import init_distributed
     # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
@@ -281,7 +323,7 @@ def test_growth_keeps_or_resets_the_adam_state(reset, monkeypatch):
     assert all(m.abs().max() > 0 for (path, _), (m, _) in moments.items() if "norm" not in path)
 
 
-def test_at_tokens_counts_each_stage_at_its_own_batch():
+def test_at_tokens_counts_each_generation_at_its_own_batch():
     """64 tokens per step until step 4, then 256: 1000 tokens are reached at step 4 + ceil((1000 - 256) / 256)."""
     schedule = parse_schedule(dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=96),
                                    training=dict(steps=40, global_batch_tokens=64),
@@ -298,7 +340,7 @@ def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_2x_pla
     from megababel.parallel import check_tensor_parallel
     seed, seed_tp = (load_schedule(name, 2048) for name in ("seed_2x", "seed_2x_tp"))
     configs = [seed_tp.model] + [g.config for g in seed_tp.growths]
-    check_tensor_parallel(configs, tp, tp)          # every stage, every growth's added heads / units / rows
+    check_tensor_parallel(configs, tp, tp)          # every generation, every growth's added heads / units / rows
     sizes = [config_parameters(c) for c in configs]
     assert all(1.9 < b / a < 2.3 for a, b in zip(sizes, sizes[1:])), sizes          # about 2x per growth
     assert [c.vocab_size for c in configs] == [8000, 16000, 32000, 32000, 32000]

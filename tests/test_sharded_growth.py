@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from local_ranks import run_local_ranks
+from megababel.parallel.local_ranks import run_local_ranks
 from megababel import Llama, grow
 from megababel.growth.operators import GrowthStep
 

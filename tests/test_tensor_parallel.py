@@ -20,7 +20,7 @@ from megababel.parallel import free_port
 from megababel.parallel.tensor_parallel import TPSplit, check_tensor_parallel, split_dim
 
 from conftest import TWO_GROWTHS, tiny_config
-from local_ranks import run_local_ranks
+from megababel.parallel.local_ranks import run_local_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("tp_worker.py")
@@ -179,7 +179,7 @@ def test_tensor_parallel_model_of_one_rank_equals_the_plain_model(monkeypatch):
     """The TP code path (vocab-parallel embedding and cross-entropy, copy/reduce functions) on a 1-rank group:
     same loss and gradients as the plain model, also with ignored targets (-100)."""
     from megababel.model.llama import Llama
-    from megababel.parallel import init_distributed
+    from megababel.engine import init_distributed
     from megababel.parallel.tensor_parallel import TensorParallel
 
     # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port

@@ -88,7 +88,7 @@ def test_bf16_growth_keeps_fp32_masters_and_adam_moments(distributed_env, zero_s
     for state in (before, after):        # real fp32 masters, not their bf16 copies
         q_proj = state.values["layers.0.self_attn.q_proj"]
         assert not torch.equal(q_proj, q_proj.bfloat16().float())
-    engine.engine.destroy()
+    engine.close()
 
 
 def test_bf16_resume_is_exact(distributed_env, tmp_path):
@@ -110,7 +110,7 @@ class Batches(Callback):
 
     def on_step_end(self, trainer, row):
         self.tokens[row["step"]], self.losses[row["step"]] = row["tokens"], row["loss"]
-        self.accumulation[row["step"]] = trainer.engine.engine.gradient_accumulation_steps()
+        self.accumulation[row["step"]] = trainer.engine.gradient_accumulation_steps
 
 
 def test_a_growing_global_batch_accumulates_and_resumes_exactly(distributed_env, tmp_path):

@@ -1,57 +1,11 @@
-"""Export a megababel checkpoint to a Hugging Face LlamaForCausalLM directory (safetensors + tokenizer + card).
+"""`megababel-export`: export a megababel checkpoint to a Hugging Face LlamaForCausalLM directory.
 
-    python tools/convert_to_hf.py runs/a/checkpoints hf/a                 # the latest checkpoint of a run
-    python tools/convert_to_hf.py runs/a/checkpoints/step_00000300_gen2 hf/a --dtype bf16
-    python tools/convert_to_hf.py CKPT hf/a --tokenizer data/tinystories  # tokenizer + ranking from a dataset dir
-    python tools/convert_to_hf.py CKPT hf/a --push-to-hub me/babel-60m --dry-run   # writes hf/a.upload.json only
-    python tools/convert_to_hf.py CKPT hf/a --push-to-hub me/babel-60m    # one branch per generation: gen2
+    python tools/convert_to_hf.py runs/a/checkpoints hf/a
+    megababel-export runs/a/checkpoints hf/a   # the same, installed
 
-Any checkpoint works: any TP degree, ZeRO stage, number of generations or vocabulary stage (checkpoints are stored
-unsharded). Then: `AutoModelForCausalLM.from_pretrained("hf/a")`. Format details: megababel/export.py.
+The code and every option: megababel/cli/export_hf.py (`megababel-export --help`).
 """
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megababel.hf.export import ExportError, export_checkpoint, export_stage_warning  # noqa: E402
-from megababel.hf.hub import HubError, push_folder  # noqa: E402
-
-
-def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("checkpoint", type=Path, help="a step_N directory, or a checkpoints directory (its latest)")
-    p.add_argument("out", type=Path)
-    p.add_argument("--tokenizer", type=Path, default=None,
-                   help="directory with tokenizer.model + ranking.json (default: the checkpoint, then its dataset)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload OUT to this Hub repo after exporting")
-    p.add_argument("--revision", default=None, help="Hub branch (default: gen<G> of the checkpoint)")
-    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: write OUT.upload.json, upload nothing")
-    args = p.parse_args(argv)
-    dtype = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[args.dtype]
-    try:
-        out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, dtype=dtype, overwrite=args.overwrite)
-    except ExportError as e:
-        p.error(str(e))
-    print(f"exported {args.checkpoint} -> {out}")
-    if warning := export_stage_warning(out):
-        print(f"warning: {warning}", file=sys.stderr)
-    if args.push_to_hub:
-        try:
-            plan = push_folder(out, args.push_to_hub, args.revision, dry_run=args.dry_run)
-        except HubError as e:
-            print(f"error: {e} (the export in {out} is complete and untouched)", file=sys.stderr)
-            raise SystemExit(1)
-        print(plan)
-    return out
-
+from megababel.cli.export_hf import main
 
 if __name__ == "__main__":
     main()

@@ -29,8 +29,7 @@ from megababel.growth.operators import GrowthEvent, GrowthStep
 from megababel.model.llama import Llama
 from megababel.engine.sharded_growth import GrownState, LocalPieces
 from megababel.checkpoint.state import EngineState, GroupInfo
-from megababel.parallel.distributed import all_reduce
-from megababel.parallel.tensor_parallel import block_shard, merge_layer_state, shard_of, unflagged_shards
+from megababel.parallel import all_reduce, block_shard, merge_layer_state, shard_of, unflagged_shards
 
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
@@ -69,7 +68,7 @@ def _return_freed_memory():
         pass
 
 
-def release_engine(engine):
+def release_deepspeed_engine(engine):
     """engine.destroy() plus what it leaves behind (hooks, ZeRO-3's module stack and an lru_cache holding the
     parameter coordinator), so that growth after growth does not keep old models alive."""
     module = engine.module
@@ -144,7 +143,7 @@ class GrowingEngine:
         self.groups = [self.groups[i] for i in keep]
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=[param_groups[i] for i in keep],
                                                        config=ds_config, mpu=self.tp)
-        self.engine, self.model = engine, model
+        self._ds, self.model = engine, model
         self._masters = _fp32_masters(optimizer)
         self._check_parallel_layout()
         if counters:
@@ -157,7 +156,7 @@ class GrowingEngine:
     def _restore(self, values, moments: dict, steps: dict):
         """Create the (lazy) Adam state, then write fp32 masters, moments of old blocks and group steps."""
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-        inner = _inner(self.engine.optimizer)
+        inner = _inner(self._ds.optimizer)
         # parameters whose optimizer state is keyed by a tensor we hold (the parameter itself at ZeRO-0 fp32, its
         # fp32 master at ZeRO-0 bf16): their moments go straight into the new state, no zeros + copy
         direct = {}
@@ -172,13 +171,13 @@ class GrowingEngine:
         # torch's fused AdamW (one pass per tensor, the templates' choice) keeps each step count on its parameter's
         # device; the other implementations keep it on the CPU
         fused = bool(getattr(inner, "defaults", {}).get("fused"))
-        for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
+        for info, flats in zip(self.groups, _flats_per_group(self._ds.optimizer)):
             step = float(steps.get((info.generation, info.decay), 0))
             for flat in flats:
                 exp_avg, exp_avg_sq = direct.get(flat) or (torch.zeros_like(flat), torch.zeros_like(flat))
                 inner.state[flat] = dict(step=torch.tensor(step, device=flat.device if fused else "cpu"),
                                          exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
-        self._link_optimizer_state()
+        self.link_optimizer_state()
         # ZeRO's fp32 masters were copied from the weights the model was built with: exact in fp32, rounded in
         # bf16/fp16, where they are written again (a growth then grows each tensor twice: sharded_growth.py)
         low_precision = any(self.ds_config.get(key, {}).get("enabled") for key in ("bf16", "fp16"))
@@ -211,7 +210,7 @@ class GrowingEngine:
         """DeepSpeed's ZeRO-0 mixed-precision optimizer creates its state with one optimizer step on zero gradients:
         Adam's step count starts at 1 and the masters get one weight decay. Undo both, so that a fresh bf16 run
         counts its steps (and bias-corrects) like an fp32 run and a resumed one."""
-        inner = _inner(self.engine.optimizer)
+        inner = _inner(self._ds.optimizer)
         for p in self.model.parameters():
             master = self._masters.get(id(p))
             if master is not None:
@@ -225,9 +224,9 @@ class GrowingEngine:
         world = dist.get_world_size() if dist.is_initialized() else 1
         dp = self.tp.dp_size if self.tp else world
         problems = []
-        if self.engine.dp_world_size != dp:
-            problems.append(f"DeepSpeed's data-parallel size is {self.engine.dp_world_size}, the layout's {dp}")
-        if self.tp is not None and self.engine.mpu is not self.tp:
+        if self._ds.dp_world_size != dp:
+            problems.append(f"DeepSpeed's data-parallel size is {self._ds.dp_world_size}, the layout's {dp}")
+        if self.tp is not None and self._ds.mpu is not self.tp:
             problems.append("the engine was built without the layout as mpu")
         problems += [f"{name} is sharded but not flagged tensor_model_parallel"
                      for name in unflagged_shards(self.model)[:4]]
@@ -240,23 +239,52 @@ class GrowingEngine:
         if problems:
             raise RuntimeError("inconsistent parallel layout: " + "; ".join(problems))
 
-    # --- training -----------------------------------------------------------------------------------------------
+    # --- the public interface: everything outside megababel.engine goes through these --------------------------
+    @property
+    def device(self) -> torch.device:
+        return self._ds.device
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self._ds.gradient_accumulation_steps()
+
+    def param_group_lrs(self) -> list[tuple[GroupInfo, float]]:
+        """(group, current learning rate) of every AdamW param group, oldest generation first."""
+        return [(info, group["lr"]) for info, group in zip(self.groups, self._ds.optimizer.param_groups)]
+
+    def set_param_group_lrs(self, lrs: list[float]):
+        """Set each param group's learning rate, in the order of param_group_lrs()."""
+        if len(lrs) != len(self.groups):
+            raise ValueError(f"{len(lrs)} learning rates for {len(self.groups)} param groups")
+        for lr, group in zip(lrs, self._ds.optimizer.param_groups):
+            group["lr"] = lr
+
     def set_lr(self, step: int):
-        for info, group in zip(self.groups, self.engine.optimizer.param_groups):
-            group["lr"] = self.schedule.group_lr(step, info.born, info.lr, info.warmup)
+        """Every group's learning rate at `step`, from the schedule's curve for its generation."""
+        self.set_param_group_lrs([self.schedule.group_lr(step, info.born, info.lr, info.warmup)
+                                  for info in self.groups])
+
+    def close(self):
+        """Release the DeepSpeed engine and everything it keeps alive (hooks, caches, ZeRO-3's module stack).
+        Idempotent; the engine cannot be used afterwards."""
+        if self._ds is not None:
+            release_deepspeed_engine(self._ds)
+            self._ds = self.model = None
+            gc.collect()
+            _return_freed_memory()
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor):
         """(logits, mean loss over targets != -100) of the engine's model, on its device."""
-        device = self.engine.device
-        return self.engine(inputs.to(device), targets.to(device))
+        device = self._ds.device
+        return self._ds(inputs.to(device), targets.to(device))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         """One optimizer step on this rank's share of the global batch: its rows are cut into the DeepSpeed config's
         gradient_accumulation_steps micro-batches of train_micro_batch_size_per_gpu (DeepSpeed scales each loss by
         1/accumulation and steps the optimizer at the last one). Returns the loss averaged over micro-batches and
         ranks."""
-        micro = self.engine.train_micro_batch_size_per_gpu()
-        accumulation = self.engine.gradient_accumulation_steps()
+        micro = self._ds.train_micro_batch_size_per_gpu()
+        accumulation = self._ds.gradient_accumulation_steps()
         if inputs.shape[0] != micro * accumulation:
             raise ValueError(f"train_step got {inputs.shape[0]} sequences; the engine takes {accumulation} "
                              f"micro-batches of {micro}")
@@ -264,8 +292,8 @@ class GrowingEngine:
         losses = []
         for first in range(0, inputs.shape[0], micro):
             _, loss = self.forward(inputs[first:first + micro], targets[first:first + micro])
-            self.engine.backward(loss)
-            self.engine.step()
+            self._ds.backward(loss)
+            self._ds.step()
             losses.append(loss.detach().float())
         loss = torch.stack(losses).mean()
         if dist.get_world_size() > 1:
@@ -280,14 +308,23 @@ class GrowingEngine:
         return losses.item()
 
     # --- state and growth ---------------------------------------------------------------------------------------
-    def _link_optimizer_state(self):
+    def link_optimizer_state(self):
         """ZeRO-1/2 and bf16 link each parameter to its Adam state once, after the first group's first step, when
         the other param groups have no state yet (so with several groups their moments stay unreachable through
         safe_get/set_full_optimizer_state). Relink now that every group has its state."""
-        optimizer = self.engine.optimizer
+        optimizer = self._ds.optimizer
         if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
             optimizer._hp_optimizer_states_linked = False
             optimizer._lazy_init_hp_params_optimizer_state()
+
+    def fp32_master(self, p: torch.nn.Parameter) -> torch.Tensor:
+        """The tensor that holds p's fp32 value without ZeRO (its master under bf16 at ZeRO-0, else p itself); the
+        inner optimizer's state is keyed by it."""
+        return self._masters.get(id(p), p)
+
+    def adam_state(self, key: torch.Tensor) -> dict:
+        """The inner torch optimizer's state of `key` (a tensor from fp32_master), {} before the first step."""
+        return _inner(self._ds.optimizer).state.get(key, {})
 
     def _full_param(self, p: torch.nn.Parameter) -> torch.Tensor:
         """The fp32 master of a parameter, whole (collective under ZeRO); callers copy it where it belongs."""
@@ -305,14 +342,14 @@ class GrowingEngine:
             except KeyError:          # ZeRO-3 creates Adam's state at the first step: none yet
                 value = None
         else:
-            value = _inner(self.engine.optimizer).state.get(self._masters.get(id(p), p), {}).get(key)
+            value = _inner(self._ds.optimizer).state.get(self._masters.get(id(p), p), {}).get(key)
             value = None if value is None else value.clone()       # a snapshot, not the live optimizer state
         return None if value is None else value.float().cpu()
 
     def iter_state(self):
         """Yield (path, full fp32 weight, {block index: (exp_avg, exp_avg_sq)}) tensor by tensor, merged from the
         blocks' metadata whatever the ZeRO partitioning. Collective: every rank iterates in the same order."""
-        self._link_optimizer_state()
+        self.link_optimizer_state()
         for path, tensor in self.model.growable_layers():
             full, moments = torch.empty(tensor.full_shape), {}
             for index, p in enumerate(tensor.blocks()):
@@ -325,14 +362,14 @@ class GrowingEngine:
 
     def group_steps(self) -> dict:
         """{(generation, decayed): Adam step} of every param group."""
-        steps, inner = {}, _inner(self.engine.optimizer)
-        for info, flats in zip(self.groups, _flats_per_group(self.engine.optimizer)):
+        steps, inner = {}, _inner(self._ds.optimizer)
+        for info, flats in zip(self.groups, _flats_per_group(self._ds.optimizer)):
             state = inner.state.get(flats[0], {})
             steps[(info.generation, info.decay)] = float(state["step"]) if "step" in state else 0.0
         return steps
 
     def counters(self) -> dict:
-        return dict(global_steps=self.engine.global_steps, global_samples=self.engine.global_samples)
+        return dict(global_steps=self._ds.global_steps, global_samples=self._ds.global_samples)
 
     def state(self) -> EngineState:
         """The whole unsharded state, in memory (tests, small models; checkpoints stream iter_state instead).
@@ -367,10 +404,7 @@ class GrowingEngine:
         counters = self.counters()
         if ds_config is not None:
             self.ds_config = ds_config
-        release_engine(self.engine)
-        self.engine = self.model = None
-        gc.collect()
-        _return_freed_memory()
+        self.close()
         self.groups += [GroupInfo(plan.generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
         grown = GrownState(old, plan)
         self._build(plan.new, plan.layout, grown, plan.generation, grown.moments, steps, counters)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from megababel.growth.operators import GrowthStep
-from megababel.parallel.distributed import all_gather_flat, all_reduce
+from megababel.parallel import all_gather_flat, all_reduce
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -86,8 +86,7 @@ class LocalPieces:
         self.tp, self.spilled = engine.tp, False
         self.meta, self.pieces = {}, {}
         self.moments_kept = moments
-        engine._link_optimizer_state()
-        inner = getattr(engine.engine.optimizer, "optimizer", engine.engine.optimizer)
+        engine.link_optimizer_state()
         for path, tensor in engine.model.growable_layers():
             self.meta[path] = _TensorMeta(tensor.tp_split, tensor.full_shape,
                                           [p.block_meta.slices for p in tensor.blocks()])
@@ -111,9 +110,9 @@ class LocalPieces:
                                 tensors[key] = _host_copy(mapping.get_hp_fragment(key))
                     piece = _Piece("fragment", shape, tensors, group=p._dp_group, start=start)
                 else:                                        # ZeRO-0: every rank holds the block (and its master)
-                    master = engine._masters.get(id(p), p)
+                    master = engine.fp32_master(p)
                     tensors = dict(value=_on_host(master))
-                    state = inner.state.get(master, {}) if moments else {}
+                    state = engine.adam_state(master) if moments else {}
                     tensors.update({key: _on_host(state[key]) for key in MOMENTS if key in state})
                     piece = _Piece("whole", shape, tensors)
                 self.pieces[(path, index)] = piece

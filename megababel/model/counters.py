@@ -11,6 +11,7 @@ Conventions (stated once, here):
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ def count_parameters(model) -> ParameterCounts:
     embedding = 0
     for path, tensor in model.growable_layers():
         for block in tensor.blocks():
-            n = block.ds_numel if hasattr(block, "ds_numel") else block.numel()  # ZeRO-3 partitions hold no data
+            n = math.prod(block.block_meta.shape)     # not numel(): a ZeRO-3 partitioned parameter holds no data
             if tensor.tp_split is not None:       # each rank holds an equal piece of every block
                 n *= tensor.tp_split.size
             by_generation[block.block_meta.generation] += n

@@ -102,8 +102,9 @@ class GrowableLayer(nn.Module):
         device = torch.empty(0).device
         if data.device != device:
             data = data.to(device)
-        if data._base is not None or not data.is_contiguous():   # a view of someone else's tensor: own a copy
-            data = data.clone(memory_format=torch.contiguous_format)     # (clone() would keep a transposed layout)
+        # always an own contiguous copy: `data` may be (a view of) a tensor the caller keeps, e.g. a checkpoint's
+        # value, which training would then change in place (clone() alone would keep a transposed layout)
+        data = data.clone(memory_format=torch.contiguous_format)
         param = nn.Parameter(data)
         param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes)
         if self.tp_split is not None:    # the flags DeepSpeed reads (gradient norm, checkpoints), plus our split

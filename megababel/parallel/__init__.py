@@ -1,10 +1,14 @@
-"""Everything parallel in one place: distributed start-up, collectives' device, tensor-parallel layout and layers.
+"""Everything parallel in one place: collectives and their device, the tensor-parallel layout and its layers, and a
+launcher of local ranks (for tests and benchmarks).
 
-Nothing outside this package reaches into tensor-parallel internals: the model asks `TensorParallel` for its layers
-(`make`) and its loss (`loss_fn`), DeepSpeed gets it as `mpu`.
+This file is the package's interface; nothing outside it imports megababel.parallel.tensor_parallel. The model asks
+`TensorParallel` for its layers (`make`) and its loss (`loss_fn`), DeepSpeed gets it as `mpu`, and the state paths
+(engine, growth, checkpoints) move unsharded tensors in and out of shards with `shard_of`, `block_shard` and
+`merge_layer_state`, and check DeepSpeed's flags with `unflagged_shards`.
 """
-from megababel.parallel.distributed import all_gather, all_reduce, broadcast, comm_device, free_port, init_distributed
-from megababel.parallel.tensor_parallel import TensorParallel, check_tensor_parallel
+from megababel.parallel.distributed import all_gather, all_gather_flat, all_reduce, broadcast, comm_device, free_port
+from megababel.parallel.tensor_parallel import (TensorParallel, block_shard, check_tensor_parallel, merge_layer_state,
+                                                shard_of, unflagged_shards)
 
-__all__ = ["TensorParallel", "all_gather", "all_reduce", "broadcast", "check_tensor_parallel", "comm_device",
-           "free_port", "init_distributed"]
+__all__ = ["TensorParallel", "all_gather", "all_gather_flat", "all_reduce", "block_shard", "broadcast",
+           "check_tensor_parallel", "comm_device", "free_port", "merge_layer_state", "shard_of", "unflagged_shards"]

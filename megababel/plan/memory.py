@@ -1,4 +1,5 @@
-"""Per-rank memory of a run, stage by stage, before launching it (tools/model_size.py --schedule prints it).
+"""Per-rank memory of a run, generation by generation (the model between two growths), before launching it
+(tools/model_size.py --schedule prints it).
 
 Bytes per parameter follow what DeepSpeed 0.19 allocates (checked against measured runs in bench/README.md,
 "Memory planner"); P is the parameters a rank computes with (its tensor-parallel shard: heads, FFN units and
@@ -69,9 +70,9 @@ def activation_bytes(config: LlamaConfig, tokens: int, bf16: bool, tp: int = 1, 
 
 
 @dataclass
-class StageMemory:
-    """Bytes per rank for one stage of a schedule."""
-    stage: int
+class GenerationMemory:
+    """Bytes per rank for one generation of a schedule (0: the initial model, then one per growth)."""
+    generation: int
     config: LlamaConfig
     parameters: int
     weights: int
@@ -82,7 +83,7 @@ class StageMemory:
     workspace: int               # transient in a step: logits and loss work, whole vocabulary tensors, buckets
     optimizer_transient: int     # transient in the optimizer step: DeepSpeed's fp64 copy of a sub-group's gradients
     runtime: int
-    growth_peak: int | None      # building this stage from the previous one (None for the first)
+    growth_peak: int | None      # building this generation from the previous one (None for the first)
     gradients_kept: bool = True  # ZeRO-1/2/3 keep their gradient partitions between steps, ZeRO-0 frees them
 
     @property
@@ -119,12 +120,12 @@ def _state(config: LlamaConfig, dp: int, tp: int, zero_stage: int, bf16: bool) -
 
 
 def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int, micro_batch_size: int,
-                seq_len: int, bf16: bool = False, growth_spill: bool = False) -> list[StageMemory]:
-    """Per-rank memory of each stage (configs[0] the initial model, then one per growth)."""
+                seq_len: int, bf16: bool = False, growth_spill: bool = False) -> list[GenerationMemory]:
+    """Per-rank memory of each generation (configs[0] the initial model, then one per growth)."""
     dp, w = world // tp, 2 if bf16 else 4
     tokens = micro_batch_size * seq_len
     rows = []
-    for stage, config in enumerate(configs):
+    for generation, config in enumerate(configs):
         weights, gradients, adam = _state(config, dp, tp, zero_stage, bf16)
         largest = largest_tensor(config)
         # a step's transient: fp32 logits, log-softmax and its gradient; under ZeRO-3 the gathered embedding and
@@ -144,8 +145,8 @@ def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int
         else:
             optimizer_transient = 8 * rank_parameters(config, tp) // dp if zero_stage else 0
         growth_peak = None
-        if stage:
-            old = rank_parameters(configs[stage - 1], tp)
+        if generation:
+            old = rank_parameters(configs[generation - 1], tp)
             # ZeRO-0 keeps the old weights' fp32 values (its moments become the new Adam state as they are)
             pieces = 0 if growth_spill else (12 * old // dp if zero_stage else 4 * old)
             build_copy = w * rank_parameters(config, tp) // dp if zero_stage == 3 else 0
@@ -153,7 +154,7 @@ def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int
             # gather buffer, grown tensor and its noise, moments); ZeRO-0 gathers nothing over data parallelism
             copies = 8 if zero_stage else 6
             growth_peak = weights + adam + build_copy + pieces + copies * 4 * largest + RUNTIME_BYTES
-        rows.append(StageMemory(stage, config, rank_parameters(config, tp), weights, gradients, adam,
+        rows.append(GenerationMemory(generation, config, rank_parameters(config, tp), weights, gradients, adam,
                                 activation_bytes(config, tokens, bf16, tp),
                                 activation_bytes(config, tokens, bf16, tp, checkpointing=True), workspace,
                                 optimizer_transient, RUNTIME_BYTES, growth_peak, gradients_kept=zero_stage > 0))

@@ -3,10 +3,11 @@
     from megababel.plan.planner import plan_growth
     plan = plan_growth(LlamaConfig(hidden_size=128, head_dim=32, num_hidden_layers=4, intermediate_size=352,
                                    vocab_size=2000), tokens=6_600_000, seq_len=256, tokens_per_step=2048)
-    plan.schedule      # a schedule spec (megababel/schedule.py format): model, training, growths
+    plan.schedule      # a schedule spec (megababel/plan/schedule.py format): model, training, growths
     plan.explain()     # why: the measured row it follows, the saving measured there, what is extrapolated
 
-Plans are named as in bench/budget_sweep.py, which measures them through this module's `plan_schedule`:
+Plans are named as in bench/budget_sweep.py, which measures them through this module's `plan_schedule`. A plan is
+a sequence of generations (the model between two growths), first to final:
   g1  half width (hidden, heads, FFN) and half depth -> the final model in one growth
   g2  half width and depth -> full width (+ FFN) -> full depth (interleaved identity layers)
   g3  half width and depth -> 3/4 width -> full width -> full depth
@@ -17,7 +18,7 @@ Plans are named as in bench/budget_sweep.py, which measures them through this mo
   scratch  no growth: train the final model
 Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +rewarmP    after each growth the older generations' LR ramps up again over P% of scratch's steps
-  +halfbatch  every stage before the last growth trains at half the tokens per step (twice the steps)
+  +halfbatch  every generation before the last growth trains at half the tokens per step (twice the steps)
   +copy       depth grows by stacking copies of the trained layers on top (G_stack; not function-preserving)
   +x4         start at a quarter of the depth and grow it 4x in its one growth
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
@@ -26,15 +27,18 @@ The rule: the best plan at the measured budget nearest in log(tokens per paramet
 there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/width scaling is the usual muP-style
 assumption, not measured here). The best plan (bench/budget_report.py) is, among the grid plans and lever
 combinations run at every seed, the one whose worst seed saved most FLOPs to reach scratch's final bits/byte.
-MEASURED is bench/README.md's saving-versus-budget table; a budget far from every measured one is planned from the
-nearest and the explanation says so. Where that plan did not save FLOPs in every seed (one that never reached
-scratch's loss counts as no saving), the plan is "scratch": do not grow; family mode (`family=True`: the user wants
-the smaller models too) plans the growth anyway.
+MEASURED, bench/README.md's saving-versus-budget table, is data: measured_savings.json beside this module, which
+bench/budget_report.py writes from the saved runs (tests/test_planner.py checks that the two agree). A budget far
+from every measured one is planned from the nearest and the explanation says so. Where that plan did not save FLOPs
+in every seed (one that never reached scratch's loss counts as no saving), the plan is "scratch": do not grow;
+family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from importlib import resources
 
 from megababel.config import ConfigError, LlamaConfig
 from megababel.model.counters import config_parameters, flops_per_token
@@ -42,7 +46,8 @@ from megababel.model.counters import config_parameters, flops_per_token
 
 @dataclass(frozen=True)
 class Measured:
-    """One row of bench/README.md's saving-versus-budget table (bench/budget_sweep.py, final model 1.32M)."""
+    """One row of the measured saving-versus-budget table (measured_savings.json: bench/budget_sweep.py, final
+    model 1.32M)."""
     tokens_per_parameter: float      # scratch's training tokens / all parameters (embeddings included)
     plan: str                        # the best growth plan there, levers included
     lr: float                        # scratch's tuned peak LR at hidden 128
@@ -65,14 +70,23 @@ class Measured:
         return f"FLOP saving to scratch's final loss per seed: {per_seed}{never}"
 
 
-MEASURED = (
-    Measured(0.1, "g3@10-vocab", 6e-3, (0.8151, 0.8761, 0.919)),
-    Measured(1.0, "g1@50", 3e-3, (0.691, 0.7265, 0.5495)),
-    Measured(5.0, "g3@10-vocab", 3e-3, (0.3087, 0.3214, 0.3142)),
-    Measured(20.0, "g3@2-vocab+copy", 1.5e-3, (0.0241, 0.1558, 0.0817)),
-)
-BENCH_HIDDEN = 128
-STAGE_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   # hidden / final hidden, per stage
+MEASURED_FILE = "measured_savings.json"     # package data of megababel.plan, written by bench/budget_report.py
+
+
+def read_measured(text: str | None = None) -> tuple[tuple[Measured, ...], dict]:
+    """The measured table (rows by budget) and the final model it was measured on (with its "parameters"), from
+    measured_savings.json's `text` (default: the package's file)."""
+    if text is None:
+        text = resources.files("megababel.plan").joinpath(MEASURED_FILE).read_text()
+    data = json.loads(text)
+    rows = tuple(Measured(row["tokens_per_parameter"], row["plan"], row["lr"], tuple(row["flop_savings"]))
+                 for row in data["rows"])
+    return tuple(sorted(rows, key=lambda m: m.tokens_per_parameter)), data["final_model"]
+
+
+MEASURED, MEASURED_FINAL = read_measured()
+BENCH_HIDDEN = MEASURED_FINAL["hidden_size"]      # the measured final model's width, which the tuned LRs are for
+GENERATION_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   # hidden / final hidden, per generation
 MIN_STEPS = 20
 
 
@@ -108,25 +122,28 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
 
 
-def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None, depth_factor: int = 2) -> list[LlamaConfig]:
-    """The models of `plan` ("g1", "g2", "g3"), first to final; `vocab_stage`: the first stage's vocabulary;
-    `depth_factor`: the depth grows by this factor in its one growth (the +x4 lever: 4)."""
-    if plan not in STAGE_WIDTHS:
-        raise ConfigError.about("plan", f"unknown plan {plan!r}; plans: {sorted(STAGE_WIDTHS)} or scratch")
+def generation_configs(final: LlamaConfig, plan: str, vocab_stage: int | None,
+                       depth_factor: int = 2) -> list[LlamaConfig]:
+    """The generations of `plan` ("g1", "g2", "g3"), first to final; `vocab_stage`: the first generation's
+    vocabulary (a vocabulary stage; None: the final's); `depth_factor`: the depth grows by this factor in its one
+    growth (the +x4 lever: 4)."""
+    if plan not in GENERATION_WIDTHS:
+        raise ConfigError.about("plan", f"unknown plan {plan!r}; plans: {sorted(GENERATION_WIDTHS)} or scratch")
     if final.num_hidden_layers % depth_factor:
         raise ConfigError.about("num_hidden_layers", f"{final.num_hidden_layers} does not divide by {depth_factor}: "
                                 f"the plan starts at 1/{depth_factor} of the depth and grows it {depth_factor}x; use "
                                 f"a multiple of {depth_factor} layers")
     group = final.num_attention_heads // final.num_key_value_heads
     configs, previous = [], 0
-    for fraction in STAGE_WIDTHS[plan]:
-        # the nearest whole number of key/value groups (14 heads: 7, 11, 14 for g3), each stage wider than the last
+    for fraction in GENERATION_WIDTHS[plan]:
+        # the nearest whole number of key/value groups (14 heads: 7, 11, 14 for g3), each generation wider than the
+        # last
         heads = group * math.floor(final.num_attention_heads * fraction / group + 0.5)
         if not previous < heads <= final.num_attention_heads or (fraction < 1) == (heads == final.num_attention_heads):
             raise ConfigError.about("hidden_size", f"{final.hidden_size} ({final.num_attention_heads} heads of "
-                                    f"{final.head_dim}) has no {fraction:g}x width stage of whole heads in key/value "
-                                    f"groups of {group} for plan {plan}; use more heads (a head count divisible by "
-                                    f"{4 * group} gives every plan exact stages)")
+                                    f"{final.head_dim}) has no {fraction:g}x width generation of whole heads in "
+                                    f"key/value groups of {group} for plan {plan}; use more heads (a head count "
+                                    f"divisible by {4 * group} gives every plan exact widths)")
         previous = heads
         width = heads / final.num_attention_heads
         configs.append(LlamaConfig(**dict(
@@ -139,7 +156,7 @@ def stage_configs(final: LlamaConfig, plan: str, vocab_stage: int | None, depth_
 
 
 def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict]:
-    """The growth events between consecutive stages: width (+ FFN) while the width changes, depth at the end; g1
+    """The growth events between consecutive generations: width (+ FFN) while the width changes, depth at the end; g1
     does both at once. The vocabulary reaches the final's at the first growth. New layers are identity layers
     interleaved with the old ones, or with +copy the trained layers stacked again on top (G_stack)."""
     levers = levers or LEVER_DEFAULTS
@@ -185,8 +202,8 @@ def parse_levers(levers: list[str]) -> dict:
 def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: int, tokens_per_step: int, lr: float,
                   vocab_stage: int | None = None) -> dict:
     """The schedule of plan `name` (e.g. "g3@10-vocab", "scratch") ending at the final model, at the training FLOPs of
-    `scratch_steps` steps of the final model. `vocab_stage`: the first stage's vocabulary of a -vocab plan (default
-    half the final's)."""
+    `scratch_steps` steps of the final model. `vocab_stage`: the first generation's vocabulary (a vocabulary stage)
+    of a -vocab plan (default half the final's)."""
     training = dict(lr=lr, warmup_steps=max(10, scratch_steps // 20), min_lr_ratio=0.1, weight_decay=0.1)
     model_fields = dict(head_dim=final.head_dim, multiple_of=final.multiple_of,
                         max_position_embeddings=final.max_position_embeddings)
@@ -198,15 +215,15 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     plan, _, rest = name.partition("@")
     vocab = rest.endswith("-vocab")
     first = int(rest.removesuffix("-vocab")) / 100
-    configs = stage_configs(final, plan, (vocab_stage or final.vocab_size // 2) if vocab else None,
-                            levers["depth_factor"])
+    configs = generation_configs(final, plan, (vocab_stage or final.vocab_size // 2) if vocab else None,
+                                 levers["depth_factor"])
     events = _events(configs, levers)
     configs = [configs[0]] + [c for c, n in zip(configs[1:], configs) if _events([n, c])]
     total = scratch_steps * flops_per_token(final, seq_len) * tokens_per_step
     fractions = [first + i * (1 - first) / len(events) for i in range(len(events))] + [1.0]
     batches = [tokens_per_step // 2 if half else tokens_per_step] * len(events) + [tokens_per_step]
     at_steps, done, previous = [], 0.0, 0.0
-    for config, fraction, batch in zip(configs, fractions, batches):    # each stage's steps at its FLOPs per token
+    for config, fraction, batch in zip(configs, fractions, batches):    # each generation's steps at its FLOPs/token
         done += (fraction - previous) * total / (flops_per_token(config, seq_len) * batch)
         at_steps.append(round(done))
         previous = fraction
@@ -277,7 +294,7 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
 
 def final_model(schedule) -> LlamaConfig:
     """The final model of a preset name or schedule file (what --final names)."""
-    from megababel.plan.schedule import load_schedule
+    from megababel.plan.presets import load_schedule     # presets are made by this module: imported when called
     return load_schedule(schedule, 1).final_config
 
 

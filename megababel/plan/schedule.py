@@ -1,10 +1,10 @@
 """Growth schedules: the starting model, the training length and learning rates, and the growths.
 
-A schedule is a YAML or JSON file (or a preset name):
+A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, whose `load_schedule` takes either):
 
     model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, multiple_of: 32, vocab_size: 1000}
     training: {steps: 450, lr: 3.0e-3, warmup_steps: 30, min_lr_ratio: 0.1, weight_decay: 0.1}
-    growths:                               # (`stages:` is accepted too, the name before 0.2)
+    growths:                               # (`stages:`, the name before 0.2, is deprecated)
       - at_step: 150                       # or at_tokens: 2_000_000, or at_fraction: 0.33 (of training.steps)
         hidden_size: 128                   # any GrowthEvent target: hidden_size, intermediate_size,
         intermediate_size: 352             #   num_hidden_layers, vocab_size
@@ -23,7 +23,8 @@ training.lr_schedule: per_generation (default): each generation warms up from it
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
 (new parameters join at the current learning rate), the baseline that bench/growth_vs_scratch.py compares against.
 
-`load_schedule` validates the whole schedule before anything is built: every growth is checked against the model it
+`parse_schedule` (and `load_schedule_file`, `presets.load_schedule`) validates the whole schedule before anything is
+built: every growth is checked against the model it
 grows (shrinking, hidden not a multiple of head_dim, GQA groups, layer positions, ...), growths must come in order
 and before the end of training; errors name the growth and the field. Types are strict: a key given twice in a file,
 a boolean or a non-finite number where a number is meant, a float where an integer is meant and an option value
@@ -34,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -47,83 +49,7 @@ OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
                  "global_batch_tokens", "rewarmup_steps"}   # beside the event's
-
-
-def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: int, vocab_stages: list,
-                   batch_in_schedule: bool = False, family: bool = False) -> dict:
-    """A preset made by the growth planner (megababel/planner.py) for the `final` model at a budget of `tokens`
-    (scratch's; a float below 1000 means tokens per parameter), with the growths at fractions of the run, so that
-    --steps scales the whole plan. `batch_in_schedule`: the preset fixes its tokens per step (global batch);
-    `family`: planned in family mode (grows even where growing saved nothing, for the smaller models)."""
-    from megababel.model.counters import config_parameters
-    from megababel.plan.planner import plan_growth
-    if tokens < 1000:
-        tokens *= config_parameters(LlamaConfig(**final))
-    spec = plan_growth(LlamaConfig(**final), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,
-                       vocab_stages=vocab_stages, family=family).schedule
-    steps = spec["training"]["steps"]
-    spec["growths"] = [dict({k: v for k, v in g.items() if k != "at_step"}, at_fraction=g["at_step"] / steps)
-                       for g in spec["growths"]]
-    if batch_in_schedule:
-        spec["training"].setdefault("global_batch_tokens", tokens_per_step)
-    return spec
-
-
-PRESETS = {
-    # The default, made by the growth planner: a 1.8M-parameter final model (hidden 128, 4 layers, vocabulary 4000)
-    # on the embedded corpus (stages 1000/2000/4000) at 0.25 tokens/parameter (450 steps of 8 x 128 tokens for
-    # scratch), so g3@10-vocab: half width and depth and vocabulary 2000, then 3/4 width + vocabulary 4000 at 10% of
-    # the FLOPs, full width, then depth; 880 steps.
-    "tiny": planned_preset(dict(hidden_size=128, head_dim=16, num_hidden_layers=4, intermediate_size=352,
-                                multiple_of=32, vocab_size=4000, max_position_embeddings=1024),
-                           tokens=450 * 8 * 128, seq_len=128, tokens_per_step=8 * 128, vocab_stages=[1000, 2000, 4000]),
-    # the planner's plan for the TinyStories benchmark's 10.5M final model (hidden 256, 8 layers, vocabulary 8000 of
-    # the Llama 2 tokenizer) at its budget (150 steps of 8 x 256 tokens for scratch, 0.03 tokens/parameter).
-    # --data: tools/preprocess_data.py --stages 2000 4000 8000 (or the benchmark's cache); --seq-len 256 --bf16
-    "tinystories": planned_preset(dict(hidden_size=256, head_dim=32, num_hidden_layers=8, intermediate_size=704,
-                                       multiple_of=32, vocab_size=8000, max_position_embeddings=1024),
-                                  tokens=150 * 8 * 256, seq_len=256, tokens_per_step=8 * 256,
-                                  vocab_stages=[2000, 4000, 8000]),
-    # the seed's final model, the 1.05B Llama (hidden 1792, 24 layers, FFN 4864, head_dim 128, vocabulary 32000 of
-    # Llama 2), planned for 20 tokens/parameter (21B tokens) at 256 sequences of 2048 tokens per step (gradient
-    # accumulation fills the batch on fewer ranks). --data: a dataset with stages 8000 16000 32000. At 20
-    # tokens/parameter the measured best is g3@2-vocab+copy (first growth at 2% of the FLOPs, depth by stacking the
-    # trained layers, which does not keep the function): 9% fewer FLOPs (2..16, 3 seeds, 1.32M final model;
-    # bench/README.md). Planned in family mode, so it stays a growth plan should a re-measurement stop paying.
-    "seed": planned_preset(dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864,
-                                vocab_size=32000, max_position_embeddings=2048),
-                           tokens=20.0, seq_len=2048, tokens_per_step=256 * 2048, vocab_stages=[8000, 16000, 32000],
-                           batch_in_schedule=True, family=True),
-    # the seed notes' hand-made plan: ~49M parameters, about 2x per growth as the vocabulary grows, to the same
-    # ~1.05B; what the growth-at-scale benchmarks (bench/seed_growth.py) and memory plans exercise
-    "seed_2x": dict(
-        model=dict(hidden_size=512, head_dim=128, num_hidden_layers=12, vocab_size=8000,
-                   max_position_embeddings=2048),
-        training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
-        growths=[dict(at_step=10_000, hidden_size=640, num_hidden_layers=14, intermediate_size=1792,
-                     vocab_size=16000, layer_positions="interleave"),
-                dict(at_step=25_000, hidden_size=896, num_hidden_layers=16, intermediate_size=2560,
-                     vocab_size=32000, layer_positions="interleave"),
-                dict(at_step=45_000, hidden_size=1280, num_hidden_layers=20, intermediate_size=3584,
-                     layer_positions="interleave"),
-                dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
-                     layer_positions="interleave")]),
-    # seed_2x for tensor parallelism 2, 4 and 8: every head count and every growth's added heads (and FFN units,
-    # vocabulary rows) divisible by 8. With head_dim 128 that needs hidden steps of 1024, so this variant uses
-    # head_dim 32; same vocabulary stages, about 2x per growth, the same 488M and 1.05B models
-    # (49M -> 103M -> 223M -> 488M -> 1.05B)
-    "seed_2x_tp": dict(
-        model=dict(hidden_size=512, head_dim=32, num_hidden_layers=12, vocab_size=8000,
-                   max_position_embeddings=2048),
-        training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
-        growths=[dict(at_step=10_000, hidden_size=768, intermediate_size=1792, vocab_size=16000),
-                dict(at_step=25_000, hidden_size=1024, num_hidden_layers=14, intermediate_size=2304,
-                     vocab_size=32000, layer_positions="interleave"),
-                dict(at_step=45_000, hidden_size=1280, num_hidden_layers=20, intermediate_size=3584,
-                     layer_positions="interleave"),
-                dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
-                     layer_positions="interleave")]),
-}
+STAGES_DEPRECATED = "schedule key `stages` is deprecated: rename it to `growths`"
 
 
 @dataclass
@@ -258,7 +184,7 @@ def _training(section) -> dict:
 
 def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int, last_step: int, last_tokens: int) -> int:
     """The step of a growth from its one position field (popped from `growth`). `tokens_per_step` is the batch of
-    the stage that ends here, which started at `last_step` with `last_tokens` tokens seen."""
+    the generation that ends here, which started at `last_step` with `last_tokens` tokens seen."""
     given = [key for key in ("at_step", "at_tokens", "at_fraction") if key in growth]
     if len(given) != 1:
         raise _error(where, f"give exactly one of at_step, at_tokens or at_fraction, got {given or 'none'}")
@@ -282,9 +208,10 @@ def _growths(section) -> list:
 
 def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> Schedule:
     spec = copy.deepcopy(_mapping("", spec, "sections model, training, growths"))
-    if "stages" in spec:       # the section's name before 0.2; "growth" now means only a ZeRO or vocabulary growth
+    if "stages" in spec:       # the section's name before 0.2; "stage" now means only a ZeRO or vocabulary stage
         if "growths" in spec:
             raise _error("", "give `growths` (or its old name `stages`), not both")
+        warnings.warn(STAGES_DEPRECATED, DeprecationWarning, stacklevel=2)
         spec["growths"] = spec.pop("stages")
     unknown = _unknown(spec, ("model", "training", "growths"))
     if unknown:
@@ -408,26 +335,27 @@ def _read_spec(path: Path):
         raise ConfigError(f"schedule {path}: cannot parse ({' '.join(str(e).split())})") from None
 
 
-def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dict | None = None) -> Schedule:
-    """A preset name or a .yaml/.yml/.json file; `overrides` replace training fields (e.g. steps from the CLI)."""
-    path = Path(name_or_path)
-    if str(name_or_path) in PRESETS:
-        spec = PRESETS[str(name_or_path)]
-    elif path.is_file():
-        spec = _read_spec(path)
-        if not isinstance(spec, dict):
-            raise ConfigError(f"schedule {path}: expected a mapping with model, training, growths")
-    else:
-        raise ConfigError(f"schedule {name_or_path!r}: not a preset ({sorted(PRESETS)}) nor a file")
+def with_overrides(spec, overrides: dict | None):
+    """A copy of `spec` whose training fields `overrides` replace (e.g. steps from the command line)."""
     spec = copy.deepcopy(spec)
-    if overrides:
+    if overrides and isinstance(spec, dict):
         training = spec.setdefault("training", {})
         if isinstance(training, dict):        # anything else: parse_schedule says what is wrong with it
             training.update(overrides)
+    return spec
+
+
+def load_schedule_file(path: str | Path, tokens_per_step: int, overrides: dict | None = None) -> Schedule:
+    """A .yaml/.yml/.json schedule file; `overrides` replace training fields. Errors name the file. (A preset name
+    or a file: megababel.plan.presets.load_schedule.)"""
+    source, path = str(path), Path(path)
+    spec = _read_spec(path)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"schedule {path}: expected a mapping with model, training, growths")
     try:
-        return parse_schedule(spec, tokens_per_step, str(name_or_path))
+        return parse_schedule(with_overrides(spec, overrides), tokens_per_step, source)
     except ConfigError as e:
-        if str(name_or_path) in PRESETS or not str(e).startswith("schedule"):
+        if not str(e).startswith("schedule"):
             raise
         # name the file: "schedule growth 0.hidden_size: ..." -> "schedule plan.yaml: growth 0.hidden_size: ..."
         where, _, problem = str(e).removeprefix("schedule").lstrip().partition(": ")

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from megababel.train.trainer import Callback
+from megababel.train.callbacks import Callback
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -38,7 +38,7 @@ class WandbLogger(Callback):
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(trainer.run).items()}
         self.run = wandb.init(project=self.project, name=self.name, id=run_id, resume="allow", dir=str(out),
-                              config=dict(config, schedule=trainer.record["schedule"], world=trainer.world))
+                              config=dict(config, schedule=trainer.identity.schedule, world=trainer.world))
         id_file.write_text(run_id + "\n")
         self.run.define_metric("*", step_metric="train/step")
 
@@ -51,9 +51,9 @@ class WandbLogger(Callback):
         values = {f"train/{key}": row[key] for key in ("loss", "tokens_per_s", "parameters", "generation", "vocab",
                                                        "tokens", "flops")}
         values["train/bits_per_byte"] = row["train_bpb"]
-        for info, group in zip(trainer.engine.groups, trainer.engine.engine.optimizer.param_groups):
+        for info, lr in trainer.engine.param_group_lrs():
             if info.decay:
-                values[f"lr/generation_{info.generation}"] = group["lr"]
+                values[f"lr/generation_{info.generation}"] = lr
         self._log(values, row["step"])
 
     def on_validation(self, trainer, loss, bits_per_byte):

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-from megababel.parallel import free_port
+from megababel.parallel.distributed import free_port
 
 
 def run_local_ranks(world: int, argv: list, threads: int = 1, timeout: float = 600,
