@@ -28,6 +28,7 @@ BAD_NUMBERS = {
 # tools without a numeric flag: a missing argument is refused the same way
 MISSING_ARGUMENT = {"megababel-export": ["runs/a/checkpoints"], "megababel-import": ["hf/a"]}
 OURS = [*BAD_NUMBERS, *MISSING_ARGUMENT]
+SUCCESS = ("megababel-model-size", "--hidden-size", "512", "768", "--num-hidden-layers", "8")   # arithmetic only
 
 
 def entry_points() -> dict[str, str]:
@@ -44,9 +45,30 @@ def script(name: str) -> Path:
     return path
 
 
-def run(name: str, *args: str) -> subprocess.CompletedProcess:
+def command(name: str, *args: str) -> tuple[str, ...]:
+    return (name, *args)
+
+
+def commands() -> list[tuple[str, ...]]:
+    """Every command line the tests below run (run together, a few at a time: each pays for importing torch)."""
+    lines = [command(name, "--help") for name in OURS]
+    lines += [command(name, *args, flag, value) for name, (args, flag) in BAD_NUMBERS.items()
+              for value in ("0", "-1", "nan")]
+    lines += [command(name, *args) for name, args in MISSING_ARGUMENT.items()]
+    return lines + [command("megababel-model-size", "--world", "6", "--tp", "4"), SUCCESS]
+
+
+@pytest.fixture(scope="module")
+def ran() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    from concurrent.futures import ThreadPoolExecutor
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    return subprocess.run([str(script(name)), *args], env=env, capture_output=True, text=True, timeout=120)
+
+    def one(line):
+        return subprocess.run([str(script(line[0])), *line[1:]], env=env, capture_output=True, text=True,
+                              timeout=300)
+    lines = commands()
+    with ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2))) as pool:
+        return dict(zip(lines, pool.map(one, lines)))
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str):
@@ -67,28 +89,35 @@ def test_every_tool_has_an_entry_point_into_megababel_cli():
 
 
 @pytest.mark.parametrize("name", OURS)
-def test_help(name):
-    done = run(name, "--help")
+def test_help(ran, name):
+    done = ran[command(name, "--help")]
     assert done.returncode == 0 and done.stdout.startswith(f"usage: {name}"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan"])
 @pytest.mark.parametrize("name", list(BAD_NUMBERS))
-def test_a_bad_number_is_refused_in_one_line(name, value):
+def test_a_bad_number_is_refused_in_one_line(ran, name, value):
     args, flag = BAD_NUMBERS[name]
-    done = run(name, *args, flag, value)
+    done = ran[command(name, *args, flag, value)]
     assert_one_line_error(done, f"{name}: error: argument {flag}", repr(value))
 
 
 @pytest.mark.parametrize("name", list(MISSING_ARGUMENT))
-def test_a_missing_argument_is_refused_in_one_line(name):
-    assert_one_line_error(run(name, *MISSING_ARGUMENT[name]), f"{name}: error:", "required")
+def test_a_missing_argument_is_refused_in_one_line(ran, name):
+    assert_one_line_error(ran[command(name, *MISSING_ARGUMENT[name])], f"{name}: error:", "required")
 
 
-def test_model_size_refuses_a_world_its_tensor_parallelism_does_not_divide():
-    done = run("megababel-model-size", "--world", "6", "--tp", "4")
+def test_model_size_refuses_a_world_its_tensor_parallelism_does_not_divide(ran):
+    done = ran[command("megababel-model-size", "--world", "6", "--tp", "4")]
     assert_one_line_error(done, "--world 6 is not divisible by --tp 4")
+
+
+def test_a_console_script_that_succeeds_exits_0_and_prints_no_return_value(ran):
+    """A console script runs sys.exit(main()): main's returned rows must not become its exit status and stderr."""
+    done = ran[SUCCESS]
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) == 3 and "config" not in done.stdout
 
 
 @pytest.mark.parametrize("helper, good, bad", [

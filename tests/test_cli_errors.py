@@ -152,7 +152,8 @@ def test_an_import_whose_rows_are_not_in_the_datas_ranking_is_refused(tmp_path, 
     for ranking, ok in ((None, False), (data / "ranking.json", True)):
         ckpt = tmp_path / f"ckpt-{ok}"
         extra = ["--ranking", ranking] if ranking else []
-        assert run(ROOT / "tools/convert_from_hf.py", tmp_path / "hf", ckpt, *extra, cache=cache).returncode == 0
+        assert run(Path(sys.executable).with_name("megababel-import"), tmp_path / "hf", ckpt, *extra,
+                   cache=cache).returncode == 0
         done = run(TRAIN, "--resume", ckpt, "--schedule", schedule, "--data", data, *SMALL,
                    "--out", tmp_path / f"run-{ok}", cache=cache)
         if ok:
@@ -173,8 +174,8 @@ def test_export_refuses_a_tokenizer_that_is_not_the_checkpoints(tmp_path, cache,
     ranking = VocabRanking.load(data / "ranking.json", Tokenizer.load(data / "tokenizer.model"))
     ranking.order[[300, 301]] = ranking.order[[301, 300]]        # two rows swapped: same tokenizer, other rows
     ranking.save(other / "ranking.json")
-    done = run(ROOT / "tools/convert_to_hf.py", trained / "checkpoints", tmp_path / "hf", "--tokenizer", other,
-               cache=cache)
+    done = run(Path(sys.executable).with_name("megababel-export"), trained / "checkpoints", tmp_path / "hf",
+               "--tokenizer", other, cache=cache)
     assert_refused(done, "differ from the ones the checkpoint")
     assert not (tmp_path / "hf").exists()
 

@@ -7,7 +7,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaForCausalLM
 
-from conftest import load_script, tiny_config
+from conftest import tiny_config
 from megababel import GrowthEvent, Llama, LlamaConfig, grow
 from megababel.model.counters import config_parameters, count_parameters, flops_per_token
 from megababel.hf.adapter import to_hf_config
@@ -58,7 +58,7 @@ def test_flops_closed_form():
 
 
 def test_model_size_tool_reports_each_stage(capsys):
-    tool = load_script("tools/model_size.py")
+    from megababel.cli import model_size as tool
     rows = tool.main(["--hidden-size", "512", "768", "--num-hidden-layers", "8", "--seq-len", "256"])
     assert [r["config"].hidden_size for r in rows] == [512, 768]
     assert rows[0]["parameters"] == config_parameters(LlamaConfig(hidden_size=512, num_hidden_layers=8))

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -146,10 +145,10 @@ def test_killed_preprocessing_leaves_nothing_that_looks_complete(corpus, tmp_pat
     big = tmp_path / "big.jsonl"
     big.write_text("".join(json.dumps({"text": d}) + "\n" for d in sample * 60))
     out = tmp_path / "out"
-    tool = Path(__file__).resolve().parents[1] / "tools" / "preprocess_data.py"
-    process = subprocess.Popen([sys.executable, str(tool), str(big), "--out", str(out), "--tokenizer",
-                                str(root / "tok.model"), "--stages", "300", "1000", "--shard-tokens", "5000",
-                                "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "megababel.cli.preprocess", str(big), "--out", str(out),
+                                "--tokenizer", str(root / "tok.model"), "--stages", "300", "1000",
+                                "--shard-tokens", "5000", "--workers", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and len(list(out.rglob("*.tokens"))) < 3:
         time.sleep(0.01)

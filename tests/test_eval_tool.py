@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_script
-
-EVAL = load_script("tools/eval.py")
+from megababel.cli.evaluate import main as eval_main
+from megababel.hf import evaluate as EVAL
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +75,10 @@ def test_fp32_equals_the_plain_computation_bit_for_bit(hf_dir, seq_len, batch_si
 
 
 def test_bf16_runs_in_bf16_and_stays_close(hf_dir, tmp_path):
-    fp32 = EVAL.main([str(hf_dir), _write(tmp_path), "--seq-len", "64"])
+    fp32 = eval_main([str(hf_dir), _write(tmp_path), "--seq-len", "64"])
     model = EVAL.Evaluated.load(hf_dir, torch.bfloat16)
     assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
-    bf16 = EVAL.main([str(hf_dir), _write(tmp_path), "--seq-len", "64", "--dtype", "bf16"])
+    bf16 = eval_main([str(hf_dir), _write(tmp_path), "--seq-len", "64", "--dtype", "bf16"])
     assert bf16["tokens"] == fp32["tokens"]
     assert bf16["nll_per_token"] != fp32["nll_per_token"]
     assert abs(bf16["nll_per_token"] - fp32["nll_per_token"]) < 0.01 * fp32["nll_per_token"]

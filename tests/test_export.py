@@ -12,6 +12,8 @@ import torch
 
 from conftest import SHARED_DATA, TWO_GROWTHS, load_script
 from megababel.checkpoint.io import load_checkpoint
+from megababel.cli import export_hf, import_hf
+from megababel.cli.evaluate import main as eval_main
 from megababel.parallel import free_port
 from megababel.model.llama import Llama
 from megababel.data.tokenizer import Tokenizer, VocabRanking
@@ -56,7 +58,7 @@ def _megababel(checkpoint: Path):
 
 
 def _export(checkpoint, out, *flags):
-    return load_script("tools/convert_to_hf.py").main([str(checkpoint), str(out), *flags])
+    return export_hf.main([str(checkpoint), str(out), *flags])
 
 
 @pytest.mark.slow
@@ -109,7 +111,7 @@ def test_intermediate_vocabulary_stage_never_generates_out_of_stage_tokens(run, 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["step_00000030_gen2", "step_00000015_gen1"])
 def test_eval_bits_per_byte_of_the_export_equals_the_checkpoints(run, tmp_path, which):
-    evaluate = load_script("tools/eval.py").main
+    evaluate = eval_main
     out = _export(run / which, tmp_path / "hf")
     data = tmp_path / "text.txt"
     data.write_text(_text())
@@ -132,8 +134,7 @@ def test_hugging_face_to_megababel_to_hugging_face_is_bit_exact(tmp_path):
     LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
     (tmp_path / "hf/tokenizer.model").write_bytes((data / "tokenizer.model").read_bytes())
     # rows permuted into a dataset's ranking order on the way in, back to tokenizer order on the way out
-    load_script("tools/convert_from_hf.py").main([str(tmp_path / "hf"), str(tmp_path / "ckpt"),
-                                                  "--ranking", str(data / "ranking.json")])
+    import_hf.main([str(tmp_path / "hf"), str(tmp_path / "ckpt"), "--ranking", str(data / "ranking.json")])
     saved = load_checkpoint(tmp_path / "ckpt")
     assert not torch.equal(saved.state.values["embed_tokens"], load_file(tmp_path / "hf/model.safetensors")[
         "model.embed_tokens.weight"])
@@ -157,7 +158,7 @@ def small_checkpoint(tmp_path):
                          num_key_value_heads=2, head_dim=16, vocab_size=4000, tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
     (tmp_path / "hf/tokenizer.model").write_bytes((data / "tokenizer.model").read_bytes())
-    load_script("tools/convert_from_hf.py").main([str(tmp_path / "hf"), str(tmp_path / "ckpt")])
+    import_hf.main([str(tmp_path / "hf"), str(tmp_path / "ckpt")])
     return tmp_path / "ckpt"
 
 
@@ -241,8 +242,7 @@ def test_an_imported_hugging_face_llama_trains_and_grows(tmp_path, capsys):
                          rms_norm_eps=1e-6, max_position_embeddings=2048)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
     (tmp_path / "hf/tokenizer.model").write_bytes((data / "tokenizer.model").read_bytes())
-    load_script("tools/convert_from_hf.py").main([str(tmp_path / "hf"), str(tmp_path / "ckpt"),
-                                                  "--ranking", str(data / "ranking.json")])
+    import_hf.main([str(tmp_path / "hf"), str(tmp_path / "ckpt"), "--ranking", str(data / "ranking.json")])
     schedule = tmp_path / "grow.yaml"
     schedule.write_text("model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, intermediate_size: 192,\n"
                         "        num_key_value_heads: 2, vocab_size: 4000, rms_norm_eps: 1.0e-6}\n"
@@ -297,7 +297,7 @@ def test_intermediate_stage_export_says_autotokenizer_differs(run, tmp_path, cap
     assert warning < 12 and f"{same} of {len(probes)} probe texts" in card[warning]
     data = tmp_path / "text.txt"
     data.write_text(_text())
-    load_script("tools/eval.py").main([str(out), str(data), "--seq-len", "64"])
+    eval_main([str(out), str(data), "--seq-len", "64"])
     assert "intermediate vocabulary stage" in capsys.readouterr().err
     final = _export(run, tmp_path / "final")                      # the last stage: nothing to warn about
     assert "warning" not in capsys.readouterr().err

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TWO_GROWTHS, load_script
+from conftest import ROOT, TWO_GROWTHS
+from megababel.cli import export_family
 from megababel.parallel import free_port
 
 
@@ -41,13 +42,12 @@ def _text(tmp_path) -> str:
 def test_every_member_exports_loads_and_evaluates_like_its_checkpoint(run, tmp_path):
     from transformers import AutoModelForCausalLM
     text = _text(tmp_path)
-    rows = load_script("tools/export_family.py").main([str(run), str(tmp_path / "family"), "--eval-text", text,
-                                                     "--seq-len", "64"])
+    rows = export_family.main([str(run), str(tmp_path / "family"), "--eval-text", text, "--seq-len", "64"])
     assert [r["generation"] for r in rows] == [0, 1, 2]
     assert [r["vocab_size"] for r in rows] == [1000, 2000, 4000]        # two_growths.json's vocabulary stages
     assert all(a["parameters"] < b["parameters"] and a["tokens"] < b["tokens"] and a["flops"] < b["flops"]
                for a, b in zip(rows, rows[1:]))
-    evaluate = load_script("tools/eval.py").main
+    from megababel.cli.evaluate import main as evaluate
     for row in rows:
         export = tmp_path / "family" / row["export"]
         model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
@@ -65,6 +65,6 @@ def test_every_member_exports_loads_and_evaluates_like_its_checkpoint(run, tmp_p
 def test_a_run_without_generations_is_refused_naming_the_flag(tmp_path, capsys):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(SystemExit):
-        load_script("tools/export_family.py").main([str(tmp_path / "run"), str(tmp_path / "family")])
+        export_family.main([str(tmp_path / "run"), str(tmp_path / "family")])
     assert "--keep-generations" in capsys.readouterr().err
     assert not (tmp_path / "family").exists()

@@ -64,7 +64,7 @@ def _save_legacy_rope_scaling(directory: Path, tokenizer_model: bytes) -> Path:
 
 def _convert(hf_dir: Path, out: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(ROOT / "tools/convert_from_hf.py"), str(hf_dir), str(out)],
+    return subprocess.run([sys.executable, "-m", "megababel.cli.import_hf", str(hf_dir), str(out)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 

@@ -58,7 +58,7 @@ def test_schedule_whose_vocabulary_the_data_lacks_is_refused(tmp_path, monkeypat
     monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
     schedule = tmp_path / "s.yaml"
     schedule.write_text("model: {hidden_size: 64, head_dim: 16, num_hidden_layers: 2, vocab_size: 1000}\n"
-                        "training: {steps: 10}\nstages:\n  - {at_step: 5, vocab_size: 3000}\n")
+                        "training: {steps: 10}\ngrowths:\n  - {at_step: 5, vocab_size: 3000}\n")
     with pytest.raises(SystemExit):
         _load_train().main(["--schedule", str(schedule), "--out", str(tmp_path / "run")])
     assert "vocabulary stages [3000]" in capsys.readouterr().err
@@ -68,7 +68,8 @@ def test_schedule_auto_trains_the_planners_schedule(tmp_path, monkeypatch, capsy
     """--schedule auto --final tiny: the planner's plan for tiny's final model at this budget, batch and data (the
     embedded corpus' stages 1000/2000/4000), trained to that final model, with the choice explained."""
     monkeypatch.setenv("MEGABABEL_CACHE", str(tmp_path / "cache"))
-    from megababel.plan.planner import plan_growth, final_model
+    from megababel.plan.planner import plan_growth
+    from megababel.plan.presets import final_model
     expected = plan_growth(final_model("tiny"), tokens=20_000, seq_len=64, tokens_per_step=256,
                            vocab_stages=[1000, 2000, 4000])
     result = _load_train().main(["--schedule", "auto", "--final", "tiny", "--tokens", "20000", "--micro-batch-size",

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, load_script
+from megababel.cli import export_hf, import_hf
 
 pytest.importorskip("lm_eval")
 DOCS = [dict(context="Return the value of the key", choices=[" if it exists.", " never.", " in a list."], label=0),
@@ -46,8 +46,8 @@ def export(tmp_path_factory):
                          num_key_value_heads=2, head_dim=16, vocab_size=4000, tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(tmp / "hf")
     (tmp / "hf" / "tokenizer.model").write_bytes((build_embedded_dataset() / "tokenizer.model").read_bytes())
-    load_script("tools/convert_from_hf.py").main([str(tmp / "hf"), str(tmp / "ckpt")])
-    load_script("tools/convert_to_hf.py").main([str(tmp / "ckpt"), str(tmp / "export")])
+    import_hf.main([str(tmp / "hf"), str(tmp / "ckpt")])
+    export_hf.main([str(tmp / "ckpt"), str(tmp / "export")])
     return tmp / "export"
 
 
@@ -80,7 +80,7 @@ def test_lm_eval_on_a_local_task_equals_a_hand_computation(export, tmp_path):
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)    # left by an in-process run of an earlier test: accelerate would join its dead group
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "eval.py"), str(export), "-", "--tasks",
+    done = subprocess.run([sys.executable, "-m", "megababel.cli.evaluate", str(export), "-", "--tasks",
                            "megababel_local", "--include-path", str(tmp_path / "tasks"), "--log-samples", "--json",
                            str(tmp_path / "result.json")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -61,10 +61,7 @@ def test_zero3_spreads_the_state_and_tensor_parallelism_splits_it():
 
 
 def test_planner_cli_prints_every_generation_and_refuses_an_indivisible_layout(capsys):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import model_size
+    from megababel.cli import model_size
     rows = model_size.main(["--schedule", "seed_2x", "--world", "2", "--zero-stage", "3", "--micro-batch-size", "1",
                             "--seq-len", "128", "--bf16"])
     out = capsys.readouterr().out

@@ -166,7 +166,7 @@ def test_impossible_requests_are_refused_naming_the_field_and_the_fix(final, kw,
 
 def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
     out = tmp_path / "plan.yaml"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
+    done = subprocess.run([sys.executable, "-m", "megababel.cli.plan_growth", "--final", "tinystories",
                            "--tokens-per-parameter", "0.1", "--seq-len", "256", "--global-batch-tokens", "2048",
                            "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -174,7 +174,7 @@ def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
     from megababel.plan.presets import load_schedule
     schedule = load_schedule(out, 2048)
     assert schedule.final_config.hidden_size == 256 and len(schedule.growths) == 3
-    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "plan_growth.py"), "--final", "tinystories",
+    bad = subprocess.run([sys.executable, "-m", "megababel.cli.plan_growth", "--final", "tinystories",
                           "--tokens", "1000"], capture_output=True, text=True)
     assert bad.returncode == 2 and "raise the budget" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -192,8 +192,7 @@ def test_presets_follow_the_planner(name, tokens, seq_len, tokens_per_step, stag
     """The preset, loaded at its batch, is step for step the planner's plan for its final model and budget (its
     growths are stored as fractions, so that --steps scales them: they must land on the planned steps)."""
     from megababel.model.counters import config_parameters
-    from megababel.plan.planner import final_model
-    from megababel.plan.presets import load_schedule
+    from megababel.plan.presets import final_model, load_schedule
     final = final_model(name)
     plan = plan_growth(final, tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step, vocab_stages=stages,
                        family=name == "seed")   # the seed preset grows for its family (megababel/plan/presets.py)

@@ -217,16 +217,16 @@ def test_well_typed_files_still_load(tmp_path):
 
 
 def test_the_old_stages_key_still_works_but_is_deprecated(tmp_path):
-    """`stages:` (the name of `growths:` before 0.2) loads the same schedule, with a DeprecationWarning; both at once
+    """`stages:` (the name of `growths:` before 0.2) loads the same schedule, with a FutureWarning (shown to users, as DeprecationWarning is not); both at once
     are refused. "stage" now means only a ZeRO stage or a vocabulary stage."""
     path = tmp_path / "old.yaml"
     path.write_text(YAML_MODEL + TRAINING + "stages:\n  - {at_step: 5, hidden_size: 96}\n")
-    with pytest.warns(DeprecationWarning, match="schedule key `stages` is deprecated: rename it to `growths`"):
+    with pytest.warns(FutureWarning, match="schedule key `stages` is deprecated: rename it to `growths`"):
         old = load_schedule(path, 128)
     new = tmp_path / "new.yaml"
     new.write_text(YAML_MODEL + TRAINING + "growths:\n  - {at_step: 5, hidden_size: 96}\n")
     assert old.resolved() == load_schedule(new, 128).resolved() and len(old.growths) == 1
-    with pytest.warns(DeprecationWarning, match="rename it to `growths`"):
+    with pytest.warns(FutureWarning, match="rename it to `growths`"):
         assert parse_schedule(dict(model=MODEL, training=dict(steps=40), stages=None), 128).growths == []
     assert "not both" in refusal(parse_schedule, dict(model=MODEL, stages=[], growths=[]), 128)
 

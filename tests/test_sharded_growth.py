@@ -10,7 +10,7 @@ import torch
 
 from megababel.parallel.local_ranks import run_local_ranks
 from megababel import Llama, grow
-from megababel.growth.operators import GrowthStep
+from megababel.growth.operators import GrowthTransform
 
 WORKER = Path(__file__).with_name("growth_worker.py")
 SEED = 7       # growth_worker.SEED
@@ -33,11 +33,11 @@ def run(tmp_path, stage, world, tp, bf16=False, spill=False) -> list:
     return records
 
 
-def unsharded_growth(record) -> tuple[Llama, GrowthStep]:
+def unsharded_growth(record) -> tuple[Llama, GrowthTransform]:
     before = record["before"]
     model = Llama(before["config"], layout=before["layout"], generation=before["generation"],
                   values=before["values"])
-    step = GrowthStep(model.config, model.block_layout(), model.generation, record["event"], seed=SEED)
+    step = GrowthTransform(model.config, model.block_layout(), model.generation, record["event"], seed=SEED)
     grow(model, record["event"], seed=SEED)
     return model, step
 
@@ -82,7 +82,7 @@ def test_a_tensor_grows_alike_whatever_else_is_grown():
     config = LlamaConfig(hidden_size=64, head_dim=16, num_hidden_layers=2, intermediate_size=96, vocab_size=100)
     model = Llama(config, seed=0)
     event = GrowthEvent(hidden_size=96, intermediate_size=128, num_hidden_layers=3)
-    step = GrowthStep(config, model.block_layout(), model.generation, event, seed=3)
+    step = GrowthTransform(config, model.block_layout(), model.generation, event, seed=3)
     old = dict(model.growable_layers())
     alone = step.grown("layers.1.mlp.down_proj", lambda path: old[path].full_tensor())
     new_layer = step.grown("layers.2.self_attn.o_proj", lambda path: old[path].full_tensor())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, load_script
+from conftest import SHARED_DATA
 from megababel.data.embedded import embedded_corpus
 from megababel.data.tokenizer import Tokenizer, TokenizerError, VocabRanking, train_sentencepiece
 
@@ -125,7 +125,7 @@ def test_remapping_equals_encoding_on_the_embedded_corpus(embedded_tokenizer):
 
 
 def test_train_tokenizer_tool(tmp_path, capsys):
-    tool = load_script("tools/train_tokenizer.py")
+    from megababel.cli import train_tokenizer as tool
     (tmp_path / "a.txt").write_text("The cat sat on the mat.\n\nThe dog sat on the log, 42 times.\n" * 50)
     tokenizer = tool.main([str(tmp_path / "a.txt"), "--embedded", "--vocab-size", "600",
                            "--out", str(tmp_path / "t.model")])

@@ -98,7 +98,8 @@ def test_an_offline_run_logs_the_csv_lr_per_generation_growths_and_resumes_the_s
 
 def test_wandb_is_only_imported_when_asked_for():
     code = ("import sys; sys.argv = ['train']; import runpy; "
-            "m = runpy.run_path('launch/train.py', run_name='not_main'); m['parse_args']([]); "
+            "m = runpy.run_path('launch/train.py', run_name='not_main'); "
+            "import megababel.train.cli; megababel.train.cli.parse_args([]); "
             "import megababel.train.trainer; print('wandb' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]

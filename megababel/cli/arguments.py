@@ -1,15 +1,31 @@
-"""argparse `type=` helpers that refuse values a numeric flag cannot take (zero, negative, NaN, infinite) when the
-command line is parsed, with argparse's one-line error (`prog: error: argument --seq-len: ...`, exit status 2)
-instead of a traceback later.
+"""What every tool's command line shares: argparse `type=` helpers that refuse values a numeric flag cannot take
+(zero, negative, NaN, infinite) when the command line is parsed, with argparse's one-line error
+(`prog: error: argument --seq-len: ...`, exit status 2) instead of a traceback later; and `entry_point`, which makes a
+`main(argv=None)` that returns what it computed safe as a console script.
 
-    p.add_argument("--seq-len", type=positive_int, default=1024)
-    p.add_argument("--valid-every", type=non_negative_int, default=100)
-    p.add_argument("--tokens", type=positive_float)
+    @entry_point
+    def main(argv=None) -> dict:
+        p = argparse.ArgumentParser()
+        p.add_argument("--seq-len", type=positive_int, default=1024)
+        p.add_argument("--valid-every", type=non_negative_int, default=100)
+        p.add_argument("--tokens", type=positive_float)
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+
+
+def entry_point(main):
+    """A console script runs `sys.exit(main())`: a returned object would be printed to stderr and the exit status be
+    1. So `main()` on the command line (argv None) returns None (exit status 0); `main([...])` returns what it
+    computed, for tests and scripts."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        result = main(argv)
+        return None if argv is None else result
+    return wrapper
 
 
 def _int(text: str, what: str) -> int:

@@ -26,11 +26,12 @@ import sys
 from pathlib import Path
 
 from megababel.checkpoint.io import CheckpointError
-from megababel.cli.arguments import positive_int
+from megababel.cli.arguments import entry_point, positive_int
 from megababel.data.readers import TXT_MODES, DataError, read_documents
 from megababel.hf.evaluate import DTYPES, Evaluated, EvaluationError, evaluate, lm_eval_warning, run_lm_eval
 
 
+@entry_point
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

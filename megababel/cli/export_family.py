@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from megababel.checkpoint.io import CheckpointError, list_checkpoints, load_checkpoint
-from megababel.cli.arguments import positive_int
+from megababel.cli.arguments import entry_point, positive_int
 from megababel.data.readers import DataError, read_documents
 from megababel.hf.evaluate import Evaluated, evaluate
 from megababel.hf.export import ExportError, export_checkpoint
@@ -76,6 +76,7 @@ def family_card(rows: list[dict], run_dir: Path, eval_text: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@entry_point
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

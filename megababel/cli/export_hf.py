@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from megababel.cli.arguments import entry_point
 from megababel.hf.export import ExportError, export_checkpoint, export_stage_warning
 from megababel.hf.hub import HubError, push_folder
 
 
+@entry_point
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from megababel.cli.arguments import entry_point
 from megababel.config import ConfigError
 from megababel.data.tokenizer import TokenizerError
 from megababel.hf.export import ExportError, import_hf
 
 
+@entry_point
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

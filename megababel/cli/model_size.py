@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from megababel.cli.arguments import check_divisible, positive_int
+from megababel.cli.arguments import check_divisible, entry_point, positive_int
 from megababel.config import ConfigError, LlamaConfig
 from megababel.model.counters import config_parameters, flops_per_token
 
@@ -49,6 +49,7 @@ def memory_table(args) -> list:
     return rows
 
 
+@entry_point
 def main(argv=None) -> list:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

@@ -20,15 +20,17 @@ import argparse
 import json
 from pathlib import Path
 
-from megababel.cli.arguments import positive_float, positive_int
+from megababel.cli.arguments import entry_point, positive_float, positive_int
 from megababel.config import ConfigError, LlamaConfig
 from megababel.model.counters import config_parameters
-from megababel.plan.planner import data_vocab_stages, final_model, plan_growth
+from megababel.plan.planner import data_vocab_stages, plan_growth
+from megababel.plan.presets import final_model
 
 MODEL_FIELDS = ("hidden_size", "head_dim", "num_hidden_layers", "intermediate_size", "num_key_value_heads",
                 "vocab_size", "multiple_of", "max_position_embeddings")
 
 
+@entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     model = p.add_argument_group("the final model: --final, or its fields (Hugging Face names)")

@@ -23,12 +23,13 @@ import argparse
 import json
 from pathlib import Path
 
-from megababel.cli.arguments import non_negative_int, positive_int
+from megababel.cli.arguments import entry_point, non_negative_int, positive_int
 from megababel.data.preprocess import preprocess
 from megababel.data.readers import TXT_MODES, DataError
 from megababel.data.tokenizer import Tokenizer, TokenizerError
 
 
+@entry_point
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help=".txt, .jsonl or .parquet files, local dataset directories (save_to_disk, "

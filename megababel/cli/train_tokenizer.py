@@ -16,12 +16,13 @@ import argparse
 import itertools
 from pathlib import Path
 
-from megababel.cli.arguments import positive_int
+from megababel.cli.arguments import entry_point, positive_int
 from megababel.data.embedded import embedded_corpus
 from megababel.data.readers import TXT_MODES, DataError, check_source, read_documents
 from megababel.data.tokenizer import TokenizerError, train_sentencepiece
 
 
+@entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", help=".txt, .jsonl or .parquet files, or hf:owner/name[:split]")

@@ -1,13 +1,27 @@
-"""The DeepSpeed internals megababel/engine.py relies on, checked before any engine is built.
+"""The DeepSpeed internals the engine package relies on, checked before any engine is built.
 
-engine.py reads and writes ZeRO's fp32 master weights and Adam moments through attributes DeepSpeed does not promise
-to keep, and mostly tells the ZeRO stages apart with hasattr. A renamed attribute would therefore not fail: the engine
-would quietly take another path (e.g. restore no Adam state after a growth). check_deepspeed() turns that into one
-error at start-up naming what is missing.
+Only megababel/engine/ imports DeepSpeed (tests/test_architecture.py enforces it). Beyond the public API
+(deepspeed.initialize, deepspeed.zero.Init, deepspeed.init_distributed, the engine's backward/step/destroy, the
+safe_get/set_full_* accessors), it relies on these internals, each checked below (CHECKS):
+- the dispatch of the safe accessors on the parameter attributes `ds_id` (ZeRO-3, assigned by zero.Init together
+  with `ds_process_group`) and `_hp_mapping` (ZeRO-1/2 and bf16; with `_dp_group`), which growing_engine.py mirrors;
+- ZeRO-3's optimizer: `fp32_partitioned_groups_flat` and `sub_group_to_group_id` (the tensors its Adam state is keyed
+  by, per param group);
+- ZeRO-1/2 and BF16_Optimizer: `_lazy_init_hp_params_optimizer_state` and its flag `_hp_optimizer_states_linked`
+  (relinked once every param group has its Adam state);
+- FP16_UnfusedOptimizer (bf16/fp16 at ZeRO-0): `fp16_groups` and `fp32_groups`, the working weights and their fp32
+  masters, parallel lists;
+- releasing an engine: `parameter_offload.FWD_MODULE_STACK` and the `__params_to_release` lru_cache of ZeRO-3's
+  parameter coordinator, which keep released models alive;
+- sharded growth (sharded_growth.py): `safe_get_local_fp32_param` / `safe_get_local_optimizer_state`, the
+  tensor_fragment fields `lp_fragment_address` and `optim_fragment` and its `get_hp_fragment`, and zero.Init's
+  `shutdown_init_context` / `restore_init_context`.
 
-Instance attributes cannot be looked up without building an optimizer, so they are checked in the source of the
-class (or module) that assigns them; where DeepSpeed is installed without its .py sources those checks are skipped
-with a warning.
+The engine mostly tells the ZeRO stages apart with hasattr, so a renamed attribute would not fail: it would quietly
+take another path (e.g. restore no Adam state after a growth). check_deepspeed() turns that into one error at
+start-up naming what is missing. Instance attributes cannot be looked up without building an optimizer, so they are
+checked in the source of the class (or module) that assigns them; where DeepSpeed is installed without its .py
+sources those checks are skipped with a warning.
 """
 from __future__ import annotations
 
@@ -26,7 +40,7 @@ SAFE_ACCESSORS = ("safe_get_full_fp32_param", "safe_get_full_optimizer_state",
 
 
 class DeepSpeedCompatibilityError(RuntimeError):
-    """The installed DeepSpeed lacks an internal that megababel/engine.py uses, or is outside the tested range."""
+    """The installed DeepSpeed lacks an internal that megababel.engine uses, or is outside the tested range."""
 
 
 class _SourceUnavailable(Exception):
@@ -93,7 +107,7 @@ def _check_safe_accessors(missing: list[str]):
         if not callable(accessor):
             missing.append(f"deepspeed.utils.{name}")
             continue
-        # engine.py mirrors their dispatch (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")) to choose between
+        # growing_engine.py mirrors their dispatch (hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")) to choose between
         # them and the plain optimizer state
         source = _source(accessor)
         for marker in ("ds_id", "_hp_mapping"):
@@ -108,6 +122,8 @@ def _check_parameter_attributes(missing: list[str]):
         missing.append("parameter attribute ds_id (assigned in deepspeed.runtime.zero.partition_parameters)")
     if not re.search(r"\._hp_mapping\s*=", _source(mixed_precision_linkage)):
         missing.append("parameter attribute _hp_mapping (assigned in deepspeed.utils.mixed_precision_linkage)")
+    if not re.search(r"\bparam\.ds_process_group\s*=", _source(partition_parameters)):
+        missing.append("parameter attribute ds_process_group (assigned in deepspeed.runtime.zero.partition_parameters)")
 
 
 def _check_zero3_optimizer(missing: list[str]):
@@ -125,10 +141,17 @@ def _check_hp_linking_optimizers(missing: list[str]):
         if not callable(method):
             missing.append(f"{cls.__name__}._lazy_init_hp_params_optimizer_state")
             continue
-        # engine.py forces a relink by resetting this flag, which the method must consult
+        # growing_engine.py forces a relink by resetting this flag, which the method must consult
         flag = "_hp_optimizer_states_linked"
         if not _class_assigns(cls, flag) or flag not in _source(method):
             missing.append(f"{cls.__name__}._hp_optimizer_states_linked (read by _lazy_init_hp_params_optimizer_state)")
+
+
+def _check_zero0_masters(missing: list[str]):
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+    for attribute in ("fp16_groups", "fp32_groups"):
+        if not _class_assigns(FP16_UnfusedOptimizer, attribute):
+            missing.append(f"FP16_UnfusedOptimizer.{attribute}")
 
 
 def _check_zero3_release(missing: list[str]):
@@ -163,11 +186,11 @@ def _check_local_state_access(missing: list[str]):
 
 
 CHECKS = (_check_safe_accessors, _check_parameter_attributes, _check_zero3_optimizer, _check_hp_linking_optimizers,
-          _check_zero3_release, _check_local_state_access)
+          _check_zero0_masters, _check_zero3_release, _check_local_state_access)
 
 
 def missing_deepspeed_internals() -> tuple[list[str], list[str]]:
-    """(what engine.py needs and the installed DeepSpeed lacks, checks skipped for lack of source)."""
+    """(what megababel.engine needs and the installed DeepSpeed lacks, checks skipped for lack of source)."""
     missing, unverified = [], []
     for check in CHECKS:
         try:
@@ -187,7 +210,7 @@ def check_deepspeed_version(version: str) -> None:
     if SpecifierSet(TESTED_DEEPSPEED).contains(Version(version), prereleases=True):
         return
     message = (f"deepspeed {version} is installed; megababel is tested with deepspeed{TESTED_DEEPSPEED} "
-               f"(pip install 'deepspeed{TESTED_DEEPSPEED}'), and megababel/engine.py relies on DeepSpeed internals")
+               f"(pip install 'deepspeed{TESTED_DEEPSPEED}'), and megababel.engine relies on DeepSpeed internals")
     if os.environ.get(ALLOW_UNTESTED_ENV):
         warnings.warn(message, stacklevel=3)
     else:
@@ -197,14 +220,14 @@ def check_deepspeed_version(version: str) -> None:
 @functools.cache
 def check_deepspeed() -> str:
     """Check once per process that the installed DeepSpeed is in the tested range and has every internal
-    megababel/engine.py uses; return its version. Raises DeepSpeedCompatibilityError naming what is missing."""
+    megababel.engine uses; return its version. Raises DeepSpeedCompatibilityError naming what is missing."""
     import deepspeed
     version = deepspeed.__version__
     check_deepspeed_version(version)
     missing, unverified = missing_deepspeed_internals()
     if missing:
         raise DeepSpeedCompatibilityError(
-            f"deepspeed {version} ({os.path.dirname(deepspeed.__file__)}) lacks what megababel/engine.py relies on: "
+            f"deepspeed {version} ({os.path.dirname(deepspeed.__file__)}) lacks what megababel.engine relies on: "
             + "; ".join(missing) + f". megababel is tested with deepspeed{TESTED_DEEPSPEED}: "
             f"pip install 'deepspeed{TESTED_DEEPSPEED}'.")
     if unverified:

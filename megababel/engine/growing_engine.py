@@ -7,7 +7,7 @@ numel), so it rebuilds (sharded_growth.py):
   2. release the old engine (engine.destroy() leaks the model through hooks and caches: removed here);
   3. build the grown model under zero.Init with its weights set inside each layer's __init__ (writing only the fp32
      masters after initialize would leave the working copy stale: a silent loss jump), one tensor at a time: the
-     ranks assemble the old tensor from their pieces, grow it (growth.GrowthStep) and keep their part; then
+     ranks assemble the old tensor from their pieces, grow it (growth.GrowthTransform) and keep their part; then
      deepspeed.initialize with one decayed and one undecayed param group per generation;
   4. create the optimizer state (DeepSpeed creates it lazily, at the first step), write the fp32 masters, the old
      blocks' moments (old blocks keep their index) and the groups' steps (a new generation's groups start at
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from megababel.config import LlamaConfig
 from megababel.engine.deepspeed_compat import check_deepspeed, clear_params_to_release_cache
 from megababel.engine.deepspeed_config import model_sized
-from megababel.growth.operators import GrowthEvent, GrowthStep
+from megababel.growth.operators import GrowthEvent, GrowthTransform
 from megababel.model.llama import Llama
 from megababel.engine.sharded_growth import GrownState, LocalPieces
 from megababel.checkpoint.state import EngineState, GroupInfo
@@ -398,17 +398,17 @@ class GrowingEngine:
         else:
             event, lr, warmup = growth.event, growth.lr, growth.warmup_steps
             reset_optimizer = growth.optimizer_state == "reset"
-        plan = GrowthStep(self.model.config, self.model.block_layout(), self.model.generation, event, seed=self.seed)
+        transform = GrowthTransform(self.model.config, self.model.block_layout(), self.model.generation, event, seed=self.seed)
         old = LocalPieces(self, moments=not reset_optimizer, spill_dir=self.growth_spill_dir)
         steps = {} if reset_optimizer else self.group_steps()
         counters = self.counters()
         if ds_config is not None:
             self.ds_config = ds_config
         self.close()
-        self.groups += [GroupInfo(plan.generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
-        grown = GrownState(old, plan)
-        self._build(plan.new, plan.layout, grown, plan.generation, grown.moments, steps, counters)
+        self.groups += [GroupInfo(transform.generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
+        grown = GrownState(old, transform)
+        self._build(transform.new, transform.layout, grown, transform.generation, grown.moments, steps, counters)
         del grown, old
         gc.collect()
         _return_freed_memory()
-        return plan.generation
+        return transform.generation

@@ -4,7 +4,7 @@ Before the old engine is released, each rank copies out only its own pieces of e
 Adam moments (`LocalPieces`): its ZeRO-3 partition, its ZeRO-1/2 fragment, or at ZeRO-0 the block itself, each
 within its tensor-parallel shard. The grown engine is then built and filled one tensor at a time (`GrownState`):
 the ranks assemble ONE old tensor from their pieces (the collective the growth math needs: a new row may copy any
-old row, the vocabulary mean reads every old row), grow it with growth.GrowthStep (random values keyed by tensor,
+old row, the vocabulary mean reads every old row), grow it with growth.GrowthTransform (random values keyed by tensor,
 so every rank computes the same values as the unsharded growth), and each keeps its part of the result. An old
 block's moments move to the same block of the grown model.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megababel.growth.operators import GrowthStep
+from megababel.growth.operators import GrowthTransform
 from megababel.parallel import all_gather_flat, all_reduce
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -171,19 +171,19 @@ class GrownState:
     `moments.get((path, block))` a block's moments (None for new blocks). Each is assembled on access from the
     ranks' LocalPieces (collective: the engine asks on every rank in the same order)."""
 
-    def __init__(self, old: LocalPieces, step: GrowthStep):
-        self.old, self.step = old, step
-        self.moments = _GrownMoments(old, step)
+    def __init__(self, old: LocalPieces, transform: GrowthTransform):
+        self.old, self.transform = old, transform
+        self.moments = _GrownMoments(old, transform)
 
     def get(self, path: str, default=None):
-        if path not in self.step.origin:
+        if path not in self.transform.origin:
             return default
         from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
         # called while zero.Init builds the grown model: its tensor constructors would create bf16 tensors in a
         # bf16 run (torch.randn included); the growth math must run in fp32, as the unsharded growth does
         shutdown_init_context()
         try:
-            return self.step.grown(path, self.old.full)
+            return self.transform.grown(path, self.old.full)
         finally:
             restore_init_context()
 
@@ -192,15 +192,15 @@ class GrownState:
 
 
 class _GrownMoments:
-    def __init__(self, old: LocalPieces, step: GrowthStep):
-        self.old, self.step = old, step
+    def __init__(self, old: LocalPieces, transform: GrowthTransform):
+        self.old, self.transform = old, transform
         self.path, self.blocks = None, {}      # the old tensor whose moments are being handed out
 
     def get(self, key, default=None):
         path, index = key
-        if not self.old.moments_kept or path not in self.step.origin:
+        if not self.old.moments_kept or path not in self.transform.origin:
             return default
-        source = self.step.old_block(path, index)
+        source = self.transform.old_block(path, index)
         if source is None:
             return default
         if source[0] != self.path:

@@ -364,11 +364,12 @@ def _skeleton(config: LlamaConfig, layout: dict | None, generation: int) -> Llam
 _LAYER_PATH = re.compile(r"layers\.(\d+)\.(.*)")
 
 
-class GrowthStep:
-    """One growth event planned for a model given by its config, block layout and generation, applied one tensor at
-    a time: `grown(path, fetch)` is the grown model's full tensor at `path`, from the old model's tensors that
-    `fetch(old_path)` supplies. The plan itself holds no tensor of the model, so a rank can grow the tensors it needs
-    (its shard of them) in turn without ever holding the whole model; grow() below applies it to a whole model.
+class GrowthTransform:
+    """The map of one growth event from a generation to the next, for a model given by its config, block layout and
+    generation, applied one tensor at a time: `grown(path, fetch)` is the grown model's full tensor at `path`, from
+    the old model's tensors that `fetch(old_path)` supplies. It holds no tensor of the model, so a rank can grow the
+    tensors it needs (its shard of them) in turn without ever holding the whole model; grow() below applies it to a
+    whole model.
 
     `paths`: the grown model's tensors in module order; `layout`: their block layouts; `origin[path]`: the old
     tensor it grows from (None: a tensor of a new layer); `old_block(path, i)`: the old (path, block) that block i
@@ -452,7 +453,7 @@ def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
     Returns the new generation number. Old parameters keep their identity; new regions become new parameters
     tagged with the new generation. New random values come from generators keyed by (seed, generation, tensor), so
     every rank that calls grow() with the same seed builds the same model."""
-    step = GrowthStep(model.config, model.block_layout(), model.generation, event, seed)
+    step = GrowthTransform(model.config, model.block_layout(), model.generation, event, seed)
     old = dict(model.growable_layers())
     like = model.norm.blocks()[0]
     grown = {path: step.grown(path, lambda origin: old[origin].full_tensor().float()) for path in step.paths}

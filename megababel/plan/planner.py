@@ -32,6 +32,8 @@ bench/budget_report.py writes from the saved runs (tests/test_planner.py checks 
 from every measured one is planned from the nearest and the explanation says so. Where that plan did not save FLOPs
 in every seed (one that never reached scratch's loss counts as no saving), the plan is "scratch": do not grow;
 family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
+A final model named by a preset or a schedule file, and the plan of a run (`--schedule auto`): presets.py's
+`final_model` and `plan_for_run` (this module imports no preset: the presets are made by it).
 """
 from __future__ import annotations
 
@@ -292,24 +294,9 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
     return Plan(name, schedule, measured, per_parameter, steps, notes)
 
 
-def final_model(schedule) -> LlamaConfig:
-    """The final model of a preset name or schedule file (what --final names)."""
-    from megababel.plan.presets import load_schedule     # presets are made by this module: imported when called
-    return load_schedule(schedule, 1).final_config
-
-
 def data_vocab_stages(data) -> list[int]:
     """The vocabulary stages a dataset directory (tools/preprocess_data.py) holds."""
     from pathlib import Path
     return sorted(int(d.name.removeprefix("vocab_")) for d in Path(data).glob("vocab_*")
                   if d.name.removeprefix("vocab_").isdigit())
 
-
-def plan_for_run(run, tokens_per_step: int, data) -> Plan:
-    """The plan for a RunConfig with schedule "auto" (its final, budget, seq_len) at `tokens_per_step`; a run that
-    keeps its generations wants the family, so it is planned in family mode."""
-    final = final_model(run.final)
-    tokens = run.tokens if run.tokens is not None else (
-        None if run.tokens_per_parameter is None else run.tokens_per_parameter * config_parameters(final))
-    return plan_growth(final, tokens=tokens, flops=run.flops, seq_len=run.seq_len, tokens_per_step=tokens_per_step,
-                       vocab_stages=data_vocab_stages(data), family=run.keep_generations)

@@ -6,21 +6,26 @@
 
 Most presets are made by the growth planner (megababel/plan/planner.py) for their final model and budget. Nothing is
 planned at import time: `PRESETS` is a mapping whose values are made the first time they are asked for and kept
-(each access returns a copy, which the caller may change). Importing this module imports neither the planner nor
-the model code: loading a schedule file does not need them.
+(each access returns a copy, which the caller may change). Importing this module does not import the planner:
+loading a schedule file does not need it.
 
-Modules, bottom up: schedule.py (the format, parsing and validation), planner.py (plans, from the measured savings),
-presets.py (this one: presets, which the planner makes when asked, and loading by name or path). The planner's
-`final_model` / `plan_for_run` read preset names through this module, importing it when called.
+Modules, bottom up, no import cycle: schedule.py (the format, parsing and validation), planner.py (plans, from the
+measured savings; it imports neither of the others), presets.py (this one: presets, which the planner makes when
+asked, loading by name or path, and what needs both: `final_model` of a preset or file, `plan_for_run`).
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megababel.config import ConfigError, LlamaConfig
+from megababel.model.counters import config_parameters
 from megababel.plan.schedule import Schedule, load_schedule_file, parse_schedule, with_overrides
+
+if TYPE_CHECKING:
+    from megababel.plan.planner import Plan
 
 
 def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: int, vocab_stages: list,
@@ -30,7 +35,6 @@ def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: in
     plan. `vocab_stages`: the vocabulary stages of the data; `batch_in_schedule`: the preset fixes its tokens per
     step (global batch); `family`: planned in family mode (grows even where growing saved nothing, for the smaller
     models)."""
-    from megababel.model.counters import config_parameters
     from megababel.plan.planner import plan_growth
     if tokens < 1000:
         tokens *= config_parameters(LlamaConfig(**final))
@@ -155,3 +159,20 @@ def load_schedule(name_or_path: str | Path, tokens_per_step: int, overrides: dic
     if Path(name_or_path).is_file():
         return load_schedule_file(name_or_path, tokens_per_step, overrides)
     raise ConfigError(f"schedule {name_or_path!r}: not a preset ({sorted(PRESETS)}) nor a file")
+
+
+def final_model(schedule: str | Path) -> LlamaConfig:
+    """The final model of a preset name or schedule file (what --final names)."""
+    return load_schedule(schedule, 1).final_config
+
+
+def plan_for_run(run, tokens_per_step: int, data) -> Plan:
+    """The planner's plan for a RunConfig with schedule "auto" (its final, a preset or file; its budget and seq_len)
+    at `tokens_per_step`, for the vocabulary stages of the dataset `data`; a run that keeps its generations wants
+    the family, so it is planned in family mode."""
+    from megababel.plan.planner import data_vocab_stages, plan_growth
+    final = final_model(run.final)
+    tokens = run.tokens if run.tokens is not None else (
+        None if run.tokens_per_parameter is None else run.tokens_per_parameter * config_parameters(final))
+    return plan_growth(final, tokens=tokens, flops=run.flops, seq_len=run.seq_len, tokens_per_step=tokens_per_step,
+                       vocab_stages=data_vocab_stages(data), family=run.keep_generations)

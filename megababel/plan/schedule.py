@@ -211,7 +211,8 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     if "stages" in spec:       # the section's name before 0.2; "stage" now means only a ZeRO or vocabulary stage
         if "growths" in spec:
             raise _error("", "give `growths` (or its old name `stages`), not both")
-        warnings.warn(STAGES_DEPRECATED, DeprecationWarning, stacklevel=2)
+        # FutureWarning, not DeprecationWarning: Python shows it to the users who write schedules
+        warnings.warn(STAGES_DEPRECATED, FutureWarning, stacklevel=2)
         spec["growths"] = spec.pop("stages")
     unknown = _unknown(spec, ("model", "training", "growths"))
     if unknown:

@@ -64,6 +64,11 @@ class RunConfig:
             raise ConfigError(f"--growth-spill-dir {self.growth_spill_dir}: not a writable directory (create it, on "
                               f"a local disk with room for this rank's share of the model state)")
         budgets = [f for f in ("tokens", "tokens_per_parameter", "flops") if getattr(self, f) is not None]
+        for name in budgets:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value)
+                                                                                      and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
         if self.schedule == "auto":
             if self.final is None or len(budgets) != 1:
                 raise ConfigError("--schedule auto plans a growth schedule for a final model and a budget: give "
