@@ -5,7 +5,7 @@
 
 Three variants on the same text, alternating round by round, each timed end to end; each reports its best round
 (other work on the machine only ever slows a round down, so the minimum is the least disturbed figure):
-- `evaluator, checkpoint`: `evaluate()` of tools/eval.py on a megababel checkpoint (megababel's model), encoding
+- `evaluator, checkpoint`: `evaluate()` of megababel.hf.evaluate (what tools/eval.py runs) on a megababel checkpoint (megababel's model), encoding
   included;
 - `evaluator, export`: the same on the checkpoint's Hugging Face export (LlamaForCausalLM, tokenizer.model);
 - `transformers forward`: `model(input_ids).logits` of that LlamaForCausalLM on the evaluator's own batches, no
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +25,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 from bench_data import SHARED
-from conftest import load_script
+from megababel.cli import export_hf, import_hf
 from megababel.data.readers import read_documents
-
-EVAL = load_script("tools/eval.py")
+from megababel.hf import evaluate as EVAL
 SIZES = {   # vocabulary 32000 (Llama 2)
     "9M": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4, head_dim=32),
     "60M": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8, head_dim=64),
@@ -45,8 +42,8 @@ def make_model(size: str, folder: Path) -> tuple[Path, Path]:
                          tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(folder / "source")
     (folder / "source" / "tokenizer.model").write_bytes((SHARED / "tokenizers/llama2/tokenizer.model").read_bytes())
-    load_script("tools/convert_from_hf.py").main([str(folder / "source"), str(folder / "checkpoint")])
-    load_script("tools/convert_to_hf.py").main([str(folder / "checkpoint"), str(folder / "export")])
+    import_hf.main([str(folder / "source"), str(folder / "checkpoint")])
+    export_hf.main([str(folder / "checkpoint"), str(folder / "export")])
     return folder / "checkpoint", folder / "export"
 
 

@@ -24,20 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 from bench_data import SHARED, SPEED_STAGES, tinystories, wikipedia
 from megababel.data.readers import read_documents
-from megababel.hf.export import _save_tokenizer
+from megababel.hf.export import save_tokenizer
 from megababel.data.tokenizer import Tokenizer, VocabRanking
-
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import load_script
-
-EVAL = load_script("tools/eval.py")
+from megababel.hf import evaluate as EVAL
 
 CORPORA = {"TinyStories": SHARED / "tinystories" / "valid.txt", "WikiText": SHARED / "wikitext" / "wiki.valid.raw",
            "Shakespeare": SHARED / "shakespeare" / "input.txt"}
@@ -120,7 +115,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "full"
         export.mkdir()
-        _save_tokenizer(tokenizer, export)                 # exactly what tools/convert_to_hf.py writes
+        save_tokenizer(tokenizer, export)                 # exactly what tools/convert_to_hf.py writes
         full_spec = json.loads((export / "tokenizer.json").read_text())
         full = AutoTokenizer.from_pretrained(str(export))
         for ranking_name, ranking in rankings.items():

@@ -65,13 +65,18 @@ def imports(path: Path) -> list[tuple[int, str]]:
 
 
 def deepspeed_reaches(source: str, where: str) -> list[str]:
-    """Every place in `source` that imports DeepSpeed, reaches a private attribute of another object, or reaches
-    a DeepSpeed parameter attribute (ds_*), by attribute or by name in getattr/hasattr/setattr."""
+    """Every place in `source` that imports DeepSpeed, reaches a private attribute of another object or a private
+    name of another megababel package, or reaches a DeepSpeed parameter attribute (ds_*), by attribute or by name
+    in getattr/hasattr/setattr."""
     problems = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "deepspeed" for a in node.names) or \
                 isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "deepspeed":
             problems.append(f"{where}:{node.lineno}: imports deepspeed")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("megababel"):
+            problems += [f"{where}:{node.lineno}: imports {node.module}.{a.name}" for a in node.names
+                         if a.name.startswith("_") and not a.name.startswith("__") and not
+                         where.startswith(node.module.replace(".", "/").rpartition("/")[0] + "/")]
         name = None
         if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and
                                                      node.value.id in ("self", "cls")):
@@ -89,11 +94,12 @@ def deepspeed_reaches(source: str, where: str) -> list[str]:
 
 def test_the_scan_finds_what_it_forbids():
     source = ("import deepspeed\nfrom deepspeed.utils import x\nlr = trainer.engine._ds.optimizer\n"
-              "n = p.ds_numel\nok = hasattr(p, 'ds_id')\nm = engine._masters\nself._private = 1\n")
+              "n = p.ds_numel\nok = hasattr(p, 'ds_id')\nm = engine._masters\nself._private = 1\n"
+              "from megababel.hf.export import _probe_texts\n")
     found = deepspeed_reaches(source, "x.py")
     assert [line.split(": ", 1)[1] for line in found] == [
         "imports deepspeed", "imports deepspeed", "reaches trainer.engine._ds", "reaches p.ds_numel",
-        "reaches hasattr(p, 'ds_id')", "reaches engine._masters"]
+        "reaches hasattr(p, 'ds_id')", "reaches engine._masters", "imports megababel.hf.export._probe_texts"]
 
 
 def test_deepspeed_and_private_attributes_stay_inside_the_engine_package():

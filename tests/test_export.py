@@ -208,7 +208,7 @@ def test_a_failure_mid_export_leaves_no_directory_that_looks_complete(small_chec
     def fail(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "_save_tokenizer", fail)
+    monkeypatch.setattr(export, "save_tokenizer", fail)
     with pytest.raises(OSError):
         export.export_checkpoint(small_checkpoint, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.tmp-*"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from megababel import deepspeed_compat, deepspeed_config
+from megababel.engine import deepspeed_compat, deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

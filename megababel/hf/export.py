@@ -144,7 +144,7 @@ def _probe_texts() -> list[str]:
     return [p for d in docs for p in d.split("\n\n") if p.strip()] + lines
 
 
-# SentencePiece's pipeline: prepend "▁", spaces -> "▁"; candidates for the pre-tokenizer (see _save_tokenizer)
+# SentencePiece's pipeline: prepend "▁", spaces -> "▁"; candidates for the pre-tokenizer (see save_tokenizer)
 _NORMALIZER = {"type": "Sequence", "normalizers": [
     {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
 # (the run is split off only before a word: before a newline or tab SentencePiece keeps "▁▁" whole, as in WikiText's
@@ -153,7 +153,7 @@ _PRE_TOKENIZERS = [None, {"type": "Split", "pattern": {"Regex": "\u2581+(?=\u258
                           "behavior": "Isolated", "invert": False}]
 
 
-def _save_tokenizer(tokenizer: Tokenizer, folder: Path) -> dict:
+def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> dict:
     """tokenizer.json + tokenizer_config.json made to encode like the SentencePiece model, plus the model itself.
     Returns how many probe texts encode identically.
 
@@ -329,7 +329,7 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
         inactive = sorted(ranking.order[active:].tolist())
         GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                          suppress_tokens=inactive or None).save_pretrained(str(tmp))
-        agreement = _save_tokenizer(tokenizer, tmp)
+        agreement = save_tokenizer(tokenizer, tmp)
         if inactive:
             stage = ranking.stage(tokenizer, active)
             (tmp / "vocab_stage.model").write_bytes(stage.sp.serialized_model_proto())
