@@ -28,6 +28,17 @@ BAD_NUMBERS = {
 # tools without a numeric flag: a missing argument is refused the same way
 MISSING_ARGUMENT = {"megababel-export": ["runs/a/checkpoints"], "megababel-import": ["hf/a"]}
 OURS = [*BAD_NUMBERS, *MISSING_ARGUMENT]
+# the launcher checks its run config (megababel/train/run_config.py) before anything is built, with the same one line
+TRAIN_BAD = {
+    ("--steps", "0"): "--steps must be an integer >= 1, got 0",
+    ("--micro-batch-size", "-1"): "--micro-batch-size must be an integer >= 1, got -1",
+    ("--seq-len", "nan"): "argument --seq-len: invalid int value: 'nan'",
+    ("--gradient-clipping", "nan"): "--gradient-clipping must be a finite number >= 0, got nan",
+    ("--schedule", "auto", "--final", "tiny", "--tokens-per-parameter", "nan"):
+        "--tokens-per-parameter must be a finite number > 0, got nan",
+    ("--schedule", "auto", "--final", "tiny", "--flops", "-1"): "--flops must be a finite number > 0, got -1",
+    ("--tp", "3"): "world size 1 is not divisible by --tp 3",          # one process: a world --tp does not divide
+}
 SUCCESS = ("megababel-model-size", "--hidden-size", "512", "768", "--num-hidden-layers", "8")   # arithmetic only
 
 
@@ -51,7 +62,8 @@ def command(name: str, *args: str) -> tuple[str, ...]:
 
 def commands() -> list[tuple[str, ...]]:
     """Every command line the tests below run (run together, a few at a time: each pays for importing torch)."""
-    lines = [command(name, "--help") for name in OURS]
+    lines = [command(name, "--help") for name in [*OURS, "megababel-train"]]
+    lines += [command("megababel-train", *args) for args in TRAIN_BAD]
     lines += [command(name, *args, flag, value) for name, (args, flag) in BAD_NUMBERS.items()
               for value in ("0", "-1", "nan")]
     lines += [command(name, *args) for name, args in MISSING_ARGUMENT.items()]
@@ -88,7 +100,11 @@ def test_every_tool_has_an_entry_point_into_megababel_cli():
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
 
 
-@pytest.mark.parametrize("name", OURS)
+def test_training_runs_as_a_console_script():
+    assert entry_points()["megababel-train"] == "megababel.train.cli:entry_point"
+
+
+@pytest.mark.parametrize("name", [*OURS, "megababel-train"])
 def test_help(ran, name):
     done = ran[command(name, "--help")]
     assert done.returncode == 0 and done.stdout.startswith(f"usage: {name}"), done.stderr[-2000:]
@@ -101,6 +117,11 @@ def test_a_bad_number_is_refused_in_one_line(ran, name, value):
     args, flag = BAD_NUMBERS[name]
     done = ran[command(name, *args, flag, value)]
     assert_one_line_error(done, f"{name}: error: argument {flag}", repr(value))
+
+
+@pytest.mark.parametrize("args", list(TRAIN_BAD), ids=" ".join)
+def test_the_launcher_refuses_a_bad_number_in_one_line(ran, args):
+    assert_one_line_error(ran[command("megababel-train", *args)], "megababel-train: error:", TRAIN_BAD[args])
 
 
 @pytest.mark.parametrize("name", list(MISSING_ARGUMENT))
