@@ -17,10 +17,10 @@ more at equal FLOPs) is less than one epoch: no text is repeated. Validation: th
 
 Every run trains through megababel's Trainer as `launch/train.py --bf16` does (DeepSpeed ZeRO-0, bf16 weights with
 fp32 masters, AdamW, per-generation LR curves, Adam state kept), batch 8 x 256 tokens, and every progressive run gets
-scratch's training FLOPs (megababel/counters.py).
+scratch's training FLOPs (megababel/model/counters.py).
 Per budget, in order: scratch's peak LR tuned on --lrs (seed 0; extended when the best is at an edge); every plan
 at that LR (seed 0); then --seeds for scratch and the plan with the largest FLOP saving. Plans (made by
-megababel/planner.py, which the planner's rule is fitted to):
+megababel/plan/planner.py, which the planner's rule is fitted to):
   g1  64x2 -> 128x4 in one growth
   g2  64x2 -> 128x2 (width + FFN) -> 128x4 (depth, interleaved identity layers)
   g3  64x2 -> 96x2 -> 128x2 -> 128x4
@@ -68,7 +68,7 @@ def scratch_steps(budget: float) -> int:
 
 
 def schedule_spec(name: str, budget: float, lr: float) -> dict:
-    """A run's schedule, made by the planner (megababel/planner.py), so that what is measured is what it plans."""
+    """A run's schedule, made by the planner (megababel/plan/planner.py), so that what is measured is what it plans."""
     return plan_schedule(final_config(), name, scratch_steps(budget), SEQ, TOKENS_PER_STEP, lr)
 
 
@@ -252,7 +252,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--levers", nargs="*", default=None, metavar="LEVER",
                    help="after the sweep, run these levers on the best grid plan at the largest budget (default when "
-                        "given bare: rewarm1 rewarm5 halfbatch; see megababel/planner.py; @P moves the first growth "
+                        "given bare: rewarm1 rewarm5 halfbatch; see megababel/plan/planner.py; @P moves the first growth "
                         "to P%% of the FLOPs; join levers with +, e.g. x4+copy)")
     p.add_argument("--lever-seeds", type=int, nargs="+", default=[0], help="seeds for --levers (default 0)")
     p.add_argument("--family", nargs="?", const="best", default=None, metavar="PLAN",

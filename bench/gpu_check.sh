@@ -8,7 +8,8 @@
 #     mkdir -p .gpu_cache && cp -r ~/.cache/megababel/bench-tinystories-8000-16000-24000-32000 .gpu_cache/
 #   Run there:   OUT=/some/dir bash bench/gpu_check.sh       (.whl and .gpu_cache travel with the tree)
 #
-# 1. tests/test_gpu.py: a two-growth run on the GPU (ZeRO-0/3 x fp32/bf16) against the CPU, and its resume.
+# 1. tests/integration/test_gpu.py: a two-growth run on the GPU (ZeRO-0/3 x fp32/bf16) against the CPU, and its
+#    resume.
 # 2. bench/gpu_speed.py: tokens/s and MFU at 125M / 350M / 1B next to transformers' LlamaForCausalLM.
 # 3. bench/seed_growth.py: the seed plan's last growth, 488M -> 1.05B, trained, grown, checkpointed, resumed and
 #    exported on one GPU (ZeRO-3, bf16, micro batch 4 x 2048).
@@ -28,7 +29,7 @@ python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deep
     2>&1 | tail -1 | tee -a "$OUT/log.txt"
 
 part() { [[ " ${PARTS:-1 2 3} " == *" $1 "* ]]; }
-part 1 && log "1. tests/test_gpu.py" && timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/test_gpu.py -v -rA -p no:cacheprovider ${TEST_ARGS--n 4} \
+part 1 && log "1. tests/integration/test_gpu.py" && timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/integration/test_gpu.py -v -rA -p no:cacheprovider ${TEST_ARGS--n 4} \
     2>&1 | tee "$OUT/test_gpu.log" | tail -25 | tee -a "$OUT/log.txt"
 
 part 2 && log "2. bench/gpu_speed.py" && timeout "${SPEED_SECONDS:-150}" python3 bench/gpu_speed.py --sizes 1B 125M 350M --rounds 1 --steps 6 --out "$OUT" \

@@ -8,7 +8,7 @@ megababel trains through its Trainer exactly as `launch/train.py --bf16` does (D
 masters, AdamW); the reference is LlamaForCausalLM of the same shape (its default SDPA attention) in a DeepSpeed
 engine built from the same DeepSpeed config, so the optimizer and precision paths are the same and only the model
 code differs. The variants alternate (megababel, transformers, megababel, ...) and each reports the median step.
-MFU = model FLOPs per token (megababel.counters.flops_per_token: 6 x matmul weights + attention, causal masking not
+MFU = model FLOPs per token (megababel.model.counters.flops_per_token: 6 x matmul weights + attention, causal masking not
 discounted, the usual convention) x tokens/s / the GPU's dense bf16 peak (--peak-tflops; H100/H200 SXM: 989).
 Data: TinyStories with the Llama 2 tokenizer (full vocabulary), from ../shared/data.
 """

@@ -1,7 +1,7 @@
 """Growth-event latency and peak memory per rank, and ZeRO-3 vs ZeRO-0 training throughput (CPU, gloo).
 
     python bench/growth_speed.py                     # 60M -> 120M: 1 and 2 ranks x ZeRO-0 and ZeRO-3 (~5 minutes)
-    python bench/growth_speed.py --small             # 17M -> 34M, what tests/test_deepspeed.py checks
+    python bench/growth_speed.py --small             # 17M -> 34M, what tests/integration/test_deepspeed.py checks
     python bench/growth_speed.py --worlds 2 --stages 3 --tree /tmp/old --label old   # another checkout's growth
 
 Each configuration trains through megababel's Trainer, as launch/train.py does (fp32, TinyStories with the Llama 2

@@ -14,7 +14,7 @@ ZeRO-0, bf16 weights with fp32 master weights, AdamW, one process, 2 threads), b
   both/...        ablations of "both": Adam state reset at growth, one global LR curve, stacked (copied) layers
                   instead of function-preserving ones, zero-init of new heads/FFN units/layers, zero-init width
 Seeds 0, 1, 2 for scratch and the six growth schedules, 0 and 1 for the ablations (--seeds, --ablation-seeds).
-Every progressive run gets the scratch run's training FLOPs (project counter, megababel/counters.py, small stages
+Every progressive run gets the scratch run's training FLOPs (project counter, megababel/model/counters.py, small stages
 included), so it sees more tokens; the tuned scratch learning rate is used everywhere.
 Validation: the first 160 paragraphs of TinyStories valid.txt, all tokens, in bits per byte (comparable across
 vocabulary stages), after every 10 steps and 1, 2, 4, 8, 16, 32 steps after each growth.

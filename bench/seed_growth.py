@@ -235,7 +235,7 @@ def export_and_load(args) -> dict:
 
 
 def planner(growth: int, spill: bool, micro: int, seq: int, ranks: int = 2) -> list:
-    """The memory planner's rows (megababel/memory_plan.py) for the stages before and after growth `growth`."""
+    """The memory planner's rows (megababel/plan/memory.py) for the stages before and after growth `growth`."""
     from megababel.plan.memory import plan_memory
     full = parse_schedule(PRESETS["seed_2x"], 1)
     configs = [full.model] + [g.config for g in full.growths]

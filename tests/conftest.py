@@ -1,37 +1,15 @@
-"""Shared fixtures: tiny configs and a batch of real text."""
+"""Shared fixtures (a batch of real text). Tests are laid out like the package: unit/<subpackage>/ for in-process
+tests, integration/ for multi-rank, launcher, Slurm and packaging tests, helpers/ for what they share (importable as
+`helpers`: setup.cfg's pytest pythonpath)."""
 from __future__ import annotations
 
 import inspect
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
-from megababel import LlamaConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT / ".." / "shared" / "data"
-# The tests' two-growth schedule (width + FFN + vocabulary 1000 -> 2000 at 1/4 of the run, depth + vocabulary 4000 at
-# 1/2): the `tiny` preset before the planner chose it; tests that count steps and checkpoints name it explicitly.
-TWO_GROWTHS = ROOT / "tests" / "two_growths.json"
-
-
-def load_script(relative_path: str):
-    """Import a script of the repository (launch/, tools/) as a module, to call its main(argv)."""
-    import importlib.util
-
-    path = ROOT / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def tiny_config(**overrides) -> LlamaConfig:
-    fields = dict(hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=128, multiple_of=32)
-    fields.update(overrides)
-    return LlamaConfig(**fields)
+from helpers import SHARED_DATA
 
 
 def _real_text_ids() -> list[int]:

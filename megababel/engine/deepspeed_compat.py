@@ -1,6 +1,6 @@
 """The DeepSpeed internals the engine package relies on, checked before any engine is built.
 
-Only megababel/engine/ imports DeepSpeed (tests/test_architecture.py enforces it). Beyond the public API
+Only megababel/engine/ imports DeepSpeed (tests/unit/test_architecture.py enforces it). Beyond the public API
 (deepspeed.initialize, deepspeed.zero.Init, deepspeed.init_distributed, the engine's backward/step/destroy, the
 safe_get/set_full_* accessors), it relies on these internals, each checked below (CHECKS):
 - the dispatch of the safe accessors on the parameter attributes `ds_id` (ZeRO-3, assigned by zero.Init together
@@ -31,7 +31,7 @@ import os
 import re
 import warnings
 
-# keep equal to setup.cfg's install_requires (tests/test_packaging.py compares them)
+# keep equal to setup.cfg's install_requires (tests/integration/test_packaging.py compares them)
 TESTED_DEEPSPEED = ">=0.19.8,<0.20"
 ALLOW_UNTESTED_ENV = "MEGABABEL_ALLOW_UNTESTED_DEEPSPEED"
 

@@ -20,7 +20,7 @@ data-parallel size. An accumulated step trains on the same sequences as one big 
 --micro-batch-size or the number of ranks at the same global batch keeps the run (and a resume) the same.
 
 This is the command line and the logging (train/run_logger.py) around train/trainer.py's Trainer, which owns the loop. --schedule:
-a preset (tiny, tinystories, seed) or a YAML/JSON file (format: megababel/schedule.py); it is validated, with the
+a preset (tiny, tinystories, seed) or a YAML/JSON file (format: megababel/plan/schedule.py); it is validated, with the
 data of every vocabulary stage, before anything is built. --schedule auto --final NAME_OR_FILE --tokens-per-parameter
 X (or --tokens, --flops): the growth planner's schedule for that final model and budget, at this run's batch and
 the data's vocabulary stages (what it picks and why is printed; tools/plan_growth.py writes it to a file). --data: a directory from tools/preprocess_data.py;
@@ -64,7 +64,7 @@ def parse_args(argv=None):
                    help="ZeRO stage (default 0); --stage is the old name")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1); data parallel = world / tp")
     p.add_argument("--schedule", default="tiny", help="preset name, YAML/JSON file, or auto (default: tiny)")
-    auto = p.add_argument_group("--schedule auto: the growth planner (megababel/planner.py) picks the schedule")
+    auto = p.add_argument_group("--schedule auto: the growth planner (megababel/plan/planner.py) picks the schedule")
     auto.add_argument("--final", default=None, help="preset or schedule file whose final model to reach")
     budget = auto.add_mutually_exclusive_group()
     budget.add_argument("--tokens", type=float, default=None, help="budget: scratch's training tokens")
