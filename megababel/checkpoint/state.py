@@ -1,7 +1,7 @@
 """The state contract: what a growing model and its optimizer are, unsharded, independent of DeepSpeed.
 
 `GrowingEngine.state()` produces an `EngineState`, `GrowingEngine.from_state()` builds an engine from one, and the
-checkpoint writer/reader (checkpoint.py) stores and loads exactly this, so save, resume, growth, export and import
+checkpoint writer/reader (io.py) stores and loads exactly this, so save, resume, growth, export and import
 all speak one format. Tensors are the unsharded model's (merged over ZeRO partitions, TP shards and generation
 blocks); `values` and `moments` may be lazy (a checkpoint reads one tensor file at a time).
 """

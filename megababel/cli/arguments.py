@@ -28,53 +28,37 @@ def entry_point(main):
     return wrapper
 
 
-def _int(text: str, what: str) -> int:
+def _number(text: str, kind: type, minimum, what: str, above: bool = False):
+    """`text` as an int or a finite float, >= `minimum` (`above`: > `minimum`)."""
     try:
-        return int(text)
+        value = kind(text)
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-
-
-def _float(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value):
+    if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    if value < minimum or (above and value == minimum):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    value = _int(text, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    return _number(text, int, 1, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    value = _int(text, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+    return _number(text, int, 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (not nan, not inf)."""
-    value = _float(text, "a finite positive number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+    return _number(text, float, 0, "a finite positive number", above=True)
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (not nan, not inf)."""
-    value = _float(text, "a finite number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
+    return _number(text, float, 0, "a finite number >= 0")
 
 
 def check_divisible(parser: argparse.ArgumentParser, world: int, world_flag: str, degree: int, degree_flag: str):

@@ -2,7 +2,9 @@
 
 Only megababel/engine/ imports DeepSpeed (tests/unit/test_architecture.py enforces it). Beyond the public API
 (deepspeed.initialize, deepspeed.zero.Init, deepspeed.init_distributed, the engine's backward/step/destroy, the
-safe_get/set_full_* accessors), it relies on these internals, each checked below (CHECKS):
+safe_get/set_full_* accessors, and the engine attributes `optimizer` (its param groups, and the inner torch optimizer
+as `optimizer.optimizer`), `dp_world_size`, `mpu`, `global_steps` and `global_samples`), it relies on these
+internals, each checked below (CHECKS):
 - the dispatch of the safe accessors on the parameter attributes `ds_id` (ZeRO-3, assigned by zero.Init together
   with `ds_process_group`) and `_hp_mapping` (ZeRO-1/2 and bf16; with `_dp_group`), which growing_engine.py mirrors;
 - ZeRO-3's optimizer: `fp32_partitioned_groups_flat` and `sub_group_to_group_id` (the tensors its Adam state is keyed

@@ -12,10 +12,10 @@ from pathlib import Path
 CHECKOUT_DS_CONFIGS = Path(__file__).resolve().parents[2] / "ds_configs"   # running from a checkout, editable install
 
 
-def ds_config_path(stage: int):
-    """The template for ZeRO `stage` (a path or importlib.resources Traversable): the installed package data
+def ds_config_path(zero_stage: int):
+    """The template for ZeRO stage `zero_stage` (a path or importlib.resources Traversable): the installed package data
     first, else the checkout's ds_configs/."""
-    name = f"zero{stage}.json"
+    name = f"zero{zero_stage}.json"
     installed = resources.files("megababel") / "ds_configs" / name
     if installed.is_file():
         return installed
@@ -27,13 +27,13 @@ def ds_config_path(stage: int):
         f"(load_ds_config(..., path=PATH)).")
 
 
-def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: int, bf16: bool,
+def load_ds_config(zero_stage: int, micro_batch: int, grad_accum: int, world_size: int, bf16: bool,
                    offload_optimizer: bool = False, gradient_clipping: float | None = None,
                    path: str | None = None) -> dict:
-    """ds_configs/zero<stage>.json with the batch sizes derived here, in one place."""
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"--stage must be 0, 1, 2 or 3, got {stage}")
-    template = Path(path) if path else ds_config_path(stage)
+    """ds_configs/zero<zero_stage>.json with the batch sizes derived here, in one place."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"--zero-stage must be 0, 1, 2 or 3, got {zero_stage}")
+    template = Path(path) if path else ds_config_path(zero_stage)
     config = json.loads(template.read_text())
     config["train_micro_batch_size_per_gpu"] = micro_batch
     config["gradient_accumulation_steps"] = grad_accum
@@ -44,7 +44,7 @@ def load_ds_config(stage: int, micro_batch: int, grad_accum: int, world_size: in
     if "gradient_clipping" not in config:
         raise ValueError("the DeepSpeed config must set gradient_clipping explicitly (DeepSpeed defaults to 1.0)")
     if offload_optimizer:
-        if stage == 0:
+        if zero_stage == 0:
             raise ValueError("--offload-optimizer needs ZeRO stage 1, 2 or 3")
         config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
         config["optimizer"]["params"].pop("torch_adam", None)  # DeepSpeedCPUAdam
@@ -56,7 +56,7 @@ AUTO = "auto"
 REDUCE_BUCKET_FLOOR = 10_000_000
 
 
-def zero_sizes(stage: int, hidden_size: int, layer_parameters: int) -> dict:
+def zero_sizes(zero_stage: int, hidden_size: int, layer_parameters: int) -> dict:
     """ZeRO buffer sizes (in elements) for a model: the rules of Hugging Face's DeepSpeed integration for its "auto"
     values (reduce buckets of hidden^2, here at least REDUCE_BUCKET_FLOOR, prefetch 0.9 hidden^2, parameters under
     10 x hidden stay whole on every rank), and at most two decoder layers' parameters gathered at once under ZeRO-3.
@@ -65,12 +65,12 @@ def zero_sizes(stage: int, hidden_size: int, layer_parameters: int) -> dict:
     1e7): DeepSpeed takes the gradient norm of each sub-group through an fp64 copy of it, so its default (1e9
     elements, the whole param group here) made a step's transient 8 bytes per parameter of the rank's largest group
     (+1.9 GB per rank at 488M on 2 ranks, measured; bench/README.md, "Memory planner")."""
-    if stage == 0:
+    if zero_stage == 0:
         return {}
     # the reduce bucket has a floor: 2-rank ZeRO-3 on gloo (CPU) hung with buckets of 4096-16384 elements (tiny test
     # models, DeepSpeed 0.19.8) and ran with 40000; 1e7 fp32 elements are 40 MB
     sizes = dict(reduce_bucket_size=max(hidden_size * hidden_size, REDUCE_BUCKET_FLOOR))
-    if stage == 3:
+    if zero_stage == 3:
         sizes.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
                      stage3_param_persistence_threshold=10 * hidden_size,
                      stage3_max_live_parameters=2 * layer_parameters,

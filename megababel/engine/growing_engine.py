@@ -95,10 +95,17 @@ class GrowingEngine:
     States, values and moments given and returned are always those of the unsharded model.
     `activation_checkpointing`: recompute each decoder layer in backward (less memory, ~1/3 more compute).
     `growth_spill_dir`: during a growth, keep this rank's pieces of the old state in a memory-mapped file there
-    instead of host memory (sharded_growth.py)."""
+    instead of host memory (sharded_growth.py).
+
+    The interface the rest of megababel uses (the DeepSpeed engine itself is private): train_step, evaluate, grow,
+    iter_state / state / state_meta, param_group_lrs / set_param_group_lrs / set_lr, device,
+    gradient_accumulation_steps, counters and close; `model` (the Llama, whose blocks carry their metadata) and
+    `groups` (GroupInfo per param group) are read-only views."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, tp=None,
                  activation_checkpointing: bool = False, growth_spill_dir=None, _state: EngineState | None = None):
+        self._ds = self.model = None          # the DeepSpeed engine and its module, set by _build
+        self._masters: dict = {}
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
         self.activation_checkpointing, self.growth_spill_dir = activation_checkpointing, growth_spill_dir
         self.zero_stage = ds_config["zero_optimization"]["stage"]

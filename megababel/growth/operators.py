@@ -1,5 +1,5 @@
 """Function-preserving growth of a Llama model: wider residual stream (more heads), wider FFN, more layers, larger
-vocabulary, alone or together in one event. Each event adds one generation of parameters (see layers.py).
+vocabulary, alone or together in one event. Each event adds one generation of parameters (see megababel/model/layers.py).
 
 How it works: every weight names its axes ("hidden", "q_heads", "kv_heads", "ffn", "vocab"). An event makes a plan
 per growing axis, and each plan knows how to extend a tensor along its axis, depending on the role of that dim:
@@ -448,7 +448,7 @@ class GrowthTransform:
 @torch.no_grad()
 def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
     """Apply `event` to `model` in place (validated first: nothing changes if it is invalid): the unsharded
-    growth, the reference that sharded growth (engine.py) matches bit for bit.
+    growth, the reference that sharded growth (megababel/engine/sharded_growth.py) matches bit for bit.
 
     Returns the new generation number. Old parameters keep their identity; new regions become new parameters
     tagged with the new generation. New random values come from generators keyed by (seed, generation, tensor), so

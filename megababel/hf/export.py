@@ -1,8 +1,8 @@
 """Export a megababel checkpoint to a Hugging Face `LlamaForCausalLM` directory, and import one back.
 
-A checkpoint already holds every weight unsharded and merged over generations (checkpoint.py merges ZeRO
+A checkpoint already holds every weight unsharded and merged over generations (megababel/checkpoint/io.py merges ZeRO
 partitions, TP shards and generation blocks from parameter metadata when it saves), so export is a rename
-(hf_adapter.hf_key) plus one permutation: model rows are in the vocabulary ranking's order (a vocabulary stage is a
+(adapter.hf_key) plus one permutation: model rows are in the vocabulary ranking's order (a vocabulary stage is a
 prefix of it), Hugging Face rows in the tokenizer's id order. Row `order[i]` of the export = model row i.
 
 Tokens not in the checkpoint's vocabulary stage (only before the last stage) get zero embedding and lm_head rows and

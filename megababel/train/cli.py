@@ -14,8 +14,8 @@
 
 (`--stage` is the old name of `--zero-stage` and still works.)
 
-Batch: --global-batch-tokens (or training.global_batch_tokens, or a growth's global_batch_tokens for the stages
-after it) sets the tokens per optimizer step; gradient accumulation is derived from it, the micro batch and the
+Batch: --global-batch-tokens (or training.global_batch_tokens, or a growth's global_batch_tokens for the
+generations after it) sets the tokens per optimizer step; gradient accumulation is derived from it, the micro batch and the
 data-parallel size. An accumulated step trains on the same sequences as one big batch would, so changing
 --micro-batch-size or the number of ranks at the same global batch keeps the run (and a resume) the same.
 

@@ -80,7 +80,7 @@ class RunLogger(Callback):
     def on_growth(self, trainer, record):
         config = record["config"]
         change = "" if record["loss_before"] is None else (
-            f"; validation loss on the previous stage's tokens {record['loss_before']:.5f} -> "
+            f"; validation loss on the previous vocabulary stage's tokens {record['loss_before']:.5f} -> "
             f"{record['loss_after']:.5f}")
         self.say(f"step {record['step']}: growth -> generation {record['generation']}: hidden {config.hidden_size}, "
                  f"ffn {config.intermediate_size}, layers {config.num_hidden_layers}, vocabulary {config.vocab_size}, "

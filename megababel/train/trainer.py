@@ -85,7 +85,7 @@ class Trainer:
         default_batch_tokens = run.micro_batch_size * self.dp_world * run.seq_len   # no accumulation
         overrides = {key: getattr(run, key) for key in ("steps", "global_batch_tokens") if getattr(run, key)} or None
         self.data_dir = self._data_dir()
-        if run.schedule == "auto":             # the planner's schedule for this batch and the data's stages
+        if run.schedule == "auto":             # the planner's schedule for this batch and the data's vocabulary stages
             from megababel.plan.presets import plan_for_run     # the planner only when asked for
             self.plan = plan_for_run(run, run.global_batch_tokens or default_batch_tokens, self.data_dir)
             self.schedule = parse_schedule(dict(self.plan.schedule, training=dict(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from megababel.model.counters import count_parameters  # noqa: E402
-from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from megababel.model.counters import count_parameters
+from megababel.train.trainer import Callback, RunConfig, Trainer
 
 # FFN +64 at each of steps 1..5 (the embedded corpus' largest vocabulary stage keeps the model big enough for the
 # RSS bound of the test to mean something)

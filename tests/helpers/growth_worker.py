@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from megababel import sharded_growth  # noqa: E402
-from megababel.engine.deepspeed_config import load_ds_config  # noqa: E402
-from megababel.engine.growing_engine import GrowingEngine  # noqa: E402
-from megababel.parallel import TensorParallel  # noqa: E402
-from megababel.engine import init_distributed  # noqa: E402
-from megababel.plan.schedule import parse_schedule  # noqa: E402
+from megababel.engine import sharded_growth
+from megababel.engine.deepspeed_config import load_ds_config
+from megababel.engine.growing_engine import GrowingEngine
+from megababel.parallel import TensorParallel
+from megababel.engine import init_distributed
+from megababel.plan.schedule import parse_schedule
 
 SCHEDULE = dict(
     model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, intermediate_size=192, vocab_size=1000,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megababel.train.trainer import Callback, RunConfig, Trainer  # noqa: E402
+from megababel.train.trainer import Callback, RunConfig, Trainer
 
 SCHEDULE = dict(
     model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000,

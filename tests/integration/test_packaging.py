@@ -1,9 +1,11 @@
 """Packaging: setup.cfg's package list and pins, the DeepSpeed compatibility check, and (slow) a non-editable install
-that trains from outside the checkout, with the DeepSpeed config templates as package data."""
+whose entry points train, export and evaluate from outside the checkout, with the DeepSpeed config templates as
+package data."""
 from __future__ import annotations
 
 import configparser
 import json
+import math
 import os
 import shutil
 import site
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from megababel.engine import deepspeed_compat, deepspeed_config
+from megababel.parallel import free_port
 
 from helpers import ROOT
 
@@ -92,21 +95,24 @@ def test_ds_config_found_in_the_checkout_or_a_clear_error(monkeypatch, tmp_path)
     assert deepspeed_config.load_ds_config(1, 2, 1, 1, bf16=False, path=str(explicit))["train_batch_size"] == 2
 
 
-# one step without growth, so that the test depends on the installed package, not on the growth schedule presets
-ONE_STEP_SCHEDULE = dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
-                         training=dict(steps=1, warmup_steps=0))
+# two steps without growth, so that the test depends on the installed package, not on the growth schedule presets
+TINY_SCHEDULE = dict(model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
+                     training=dict(steps=2, warmup_steps=0))
+TRAIN_FLAGS = ["--schedule", "schedule.json", "--micro-batch-size", 2, "--seq-len", 32, "--eval-every", 1]
 
-# runs launch/train.py as __main__, then reports which megababel it imported and where the ZeRO-0 template came from
-RUN_AND_REPORT = """
+# `python -m megababel.train`, then which megababel it imported and where the ZeRO-0 template came from
+RUN_MODULE_AND_REPORT = """
 import json, runpy, sys
-sys.argv = ["train.py"] + sys.argv[1:]
+sys.argv = ["megababel.train"] + sys.argv[1:]
 try:
-    runpy.run_path("train.py", run_name="__main__")
+    runpy.run_module("megababel.train", run_name="__main__", alter_sys=True)
 finally:
     from megababel.engine.deepspeed_config import ds_config_path
     report = dict(megababel=sys.modules["megababel"].__file__, ds_config=str(ds_config_path(0)))
     print("INSTALLED " + json.dumps(report))
 """
+# the `deepspeed` launcher's own entry (the fresh venv reaches deepspeed through a .pth, without its scripts)
+DEEPSPEED_LAUNCHER = "import sys; from deepspeed.launcher.runner import main; sys.exit(main())"
 
 
 def run_checked(command: list, **kwargs) -> subprocess.CompletedProcess:
@@ -116,11 +122,20 @@ def run_checked(command: list, **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def console_scripts() -> list[str]:
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    return [line.split("=")[0].strip()
+            for line in listed(parser["options.entry_points"]["console_scripts"])]
+
+
 @pytest.mark.slow
-def test_non_editable_install_trains_outside_the_checkout(tmp_path):
+def test_non_editable_install_runs_every_entry_point_outside_the_checkout(tmp_path):
     """Install a copy of the project (pip, non-editable) into a fresh virtualenv that sees this environment's
-    site-packages for the dependencies only (no torch/deepspeed download), then train one step with a copy of
-    launch/train.py from a directory outside the checkout."""
+    site-packages for the dependencies only (no torch/deepspeed download). From a directory outside the checkout:
+    every console script answers --help; `megababel-train`, `python -m megababel.train` and `deepspeed --module
+    megababel.train` each train; `megababel-export` exports the checkpoint and `megababel-eval` evaluates the export
+    and the checkpoint alike."""
     # no PYTHONPATH (the checkout must not leak in), no rank variables of an earlier in-process test (its port is
     # still held by that process group)
     env = {k: v for k, v in os.environ.items()
@@ -134,7 +149,7 @@ def test_non_editable_install_trains_outside_the_checkout(tmp_path):
 
     venv = tmp_path / "venv"
     run_checked([sys.executable, "-m", "venv", "--without-pip", venv])
-    python = venv / "bin" / "python"
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
     site_packages = Path(run_checked([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                      env=env).stdout.strip())
     # a .pth line adds a directory to sys.path without running the .pth files in it, so this environment's
@@ -148,17 +163,41 @@ def test_non_editable_install_trains_outside_the_checkout(tmp_path):
     run_checked([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
                  "--ignore-installed", source], env=env, cwd=tmp_path, timeout=300)
 
-    launch = tmp_path / "launch"    # train.py puts its parent's parent (tmp_path, no megababel there) on sys.path
-    launch.mkdir()
-    shutil.copy(ROOT / "launch" / "train.py", launch / "train.py")
-    (launch / "schedule.json").write_text(json.dumps(ONE_STEP_SCHEDULE))
-    out = tmp_path / "out"
-    done = run_checked([python, "-c", RUN_AND_REPORT, "--schedule", "schedule.json", "--steps", 1,
-                        "--micro-batch-size", 2, "--seq-len", 32, "--eval-every", 1, "--out", out],
-                       env=env, cwd=launch, timeout=600)
-    assert (out / "log.csv").is_file()
+    work = tmp_path / "work"              # outside the checkout: nothing here but the schedule and a text
+    work.mkdir()
+    for name in console_scripts():
+        done = run_checked([bin_dir / name, "--help"], env=env, cwd=work, timeout=120)
+        assert done.stdout.startswith(f"usage: {name}"), done.stdout[:300]
+
+    (work / "schedule.json").write_text(json.dumps(TINY_SCHEDULE))
+    run_checked([bin_dir / "megababel-train", *TRAIN_FLAGS, "--save-every", 2, "--out", work / "a"],
+                env=env, cwd=work, timeout=600)
+    assert len((work / "a" / "log.csv").read_text().splitlines()) == 3        # header + 2 steps
+    done = run_checked([python, "-c", RUN_MODULE_AND_REPORT, *TRAIN_FLAGS, "--out", work / "b"],
+                       env=env, cwd=work, timeout=600)
     reports = [line for line in done.stdout.splitlines() if line.startswith("INSTALLED ")]
     assert reports, f"the run did not report which megababel it imported:\n{done.stdout[-3000:]}"
     installed = json.loads(reports[-1][len("INSTALLED "):])
     assert Path(installed["megababel"]).is_relative_to(site_packages), installed
     assert Path(installed["ds_config"]) == site_packages / "megababel" / "ds_configs" / "zero0.json", installed
+    # the same run, so the same losses, whichever way it was started
+    assert (work / "b" / "log.csv").read_text().split("\n")[1].split(",")[3] == \
+        (work / "a" / "log.csv").read_text().split("\n")[1].split(",")[3]
+    run_checked([python, "-c", DEEPSPEED_LAUNCHER, "--num_gpus", 1, "--master_port", free_port(), "--module",
+                 "megababel.train", *TRAIN_FLAGS, "--zero-stage", 3, "--out", work / "c"],
+                env=env, cwd=work, timeout=600)
+    assert len((work / "c" / "log.csv").read_text().splitlines()) == 3
+
+    run_checked([bin_dir / "megababel-export", work / "a" / "checkpoints", work / "hf"], env=env, cwd=work,
+                timeout=300)
+    assert (work / "hf" / "config.json").is_file() and list((work / "hf").glob("*.safetensors"))
+    text = work / "text.txt"
+    text.write_text("\n\n".join(f"Paragraph {i}: the model reads a few words and predicts the next one." for i in
+                                 range(20)) + "\n")
+    results = {}
+    for model in (work / "hf", work / "a" / "checkpoints"):
+        run_checked([bin_dir / "megababel-eval", model, text, "--seq-len", 32, "--json", work / "r.json"],
+                    env=env, cwd=work, timeout=300)
+        results[model.name] = json.loads((work / "r.json").read_text())["bits_per_byte"]
+    assert all(math.isfinite(v) and v > 0 for v in results.values()), results
+    assert results["hf"] == pytest.approx(results["checkpoints"], rel=1e-4), results

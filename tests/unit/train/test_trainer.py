@@ -37,7 +37,12 @@ def fit(out, **changes) -> Draws:
     draws = Draws()
     run = RunConfig(**dict(dict(schedule=TWO_GROWTHS, steps=24, seq_len=32, micro_batch_size=2, eval_every=0,
                                 out=out), **changes))
-    Trainer(run, callbacks=[draws]).setup().fit()
+    trainer = Trainer(run, callbacks=[draws])
+    attributes = set(vars(trainer))
+    trainer.setup().fit()
+    # every attribute exists from __init__ (none appears in setup, a resume, a growth or the loop)
+    assert set(vars(trainer)) == attributes, set(vars(trainer)) ^ attributes
+    trainer.close()
     return draws
 
 
