@@ -8,10 +8,10 @@
 
     python tools/model_size.py --hidden-size 512 --num-hidden-layers 8       # the same, from a checkout
 
-Several values per flag describe successive stages (a missing value repeats the last one). Nothing is allocated.
-With --schedule (a preset or a YAML/JSON file), it prints each stage's memory per rank: weights (with ZeRO's fp32
+Several values per flag describe successive generations (a missing value repeats the last one). Nothing is allocated.
+With --schedule (a preset or a YAML/JSON file), it prints each generation's memory per rank: weights (with ZeRO's fp32
 masters), gradients, Adam, their sum with the runtime (state: between steps), activations with and without
-activation checkpointing, a step's workspace, the training peak, and the peak while growing into the stage
+activation checkpointing, a step's workspace, the training peak, and the peak while growing into the generation
 (megababel/plan/memory.py says what each counts).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from megababel.cli.arguments import check_divisible, entry_point, positive_int
 from megababel.config import ConfigError, LlamaConfig
 from megababel.model.counters import config_parameters, flops_per_token
 
-STAGE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_key_value_heads")
+GENERATION_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "num_key_value_heads")
 
 
 def memory_table(args) -> list:
@@ -37,11 +37,11 @@ def memory_table(args) -> list:
     print(f"{args.schedule}: {args.world} ranks = TP {args.tp} x DP {args.world // args.tp}, ZeRO-{args.zero_stage}, "
           f"{'bf16' if args.bf16 else 'fp32'}, micro batch {args.micro_batch_size} x seq {args.seq_len}; GiB per rank "
           f"(runtime {rows[0].runtime / GIB:.2f} included in the totals)")
-    print(f"{'stage':>5} {'params':>8} {'params/rank':>11} {'weights':>8} {'grads':>7} {'Adam':>7} {'state':>7} "
+    print(f"{'gen':>5} {'params':>8} {'params/rank':>11} {'weights':>8} {'grads':>7} {'Adam':>7} {'state':>7} "
           f"{'activ.':>7} {'ckpt':>7} {'workspace':>9} {'training':>9} {'w/ ckpt':>8} {'growth peak':>11}")
-    for stage, r in enumerate(rows):
+    for generation, r in enumerate(rows):
         growth = "-" if r.growth_peak is None else f"{r.growth_peak / GIB:.2f}"
-        print(f"{stage:>5} {config_parameters(r.config) / 1e6:>7.0f}M {r.parameters / 1e6:>10.0f}M "
+        print(f"{generation:>5} {config_parameters(r.config) / 1e6:>7.0f}M {r.parameters / 1e6:>10.0f}M "
               f"{r.weights / GIB:>8.2f} {r.gradients / GIB:>7.2f} {r.adam / GIB:>7.2f} {r.state / GIB:>7.2f} "
               f"{r.activations / GIB:>7.2f} {r.activations_checkpointed / GIB:>7.2f} {r.workspace / GIB:>9.2f} "
               f"{r.training / GIB:>9.2f} "
@@ -77,21 +77,21 @@ def main(argv=None) -> list:
             return memory_table(args)
         except ConfigError as e:
             p.error(str(e))
-    n_stages = max(len(getattr(args, f)) for f in STAGE_FIELDS)
+    n_generations = max(len(getattr(args, f)) for f in GENERATION_FIELDS)
     rows, previous = [], None
-    print(f"{'stage':>5} {'hidden':>7} {'layers':>6} {'ffn':>6} {'heads':>5} {'vocab':>6} {'params':>14} "
+    print(f"{'gen':>5} {'hidden':>7} {'layers':>6} {'ffn':>6} {'heads':>5} {'vocab':>6} {'params':>14} "
           f"{'non-emb':>14} {'x prev':>6} {'train GFLOP/token':>18}")
-    for stage in range(n_stages):
-        values = {f: getattr(args, f)[min(stage, len(getattr(args, f)) - 1)] for f in STAGE_FIELDS}
+    for generation in range(n_generations):
+        values = {f: getattr(args, f)[min(generation, len(getattr(args, f)) - 1)] for f in GENERATION_FIELDS}
         try:
             config = LlamaConfig(head_dim=args.head_dim, multiple_of=args.multiple_of, **values)
         except ConfigError as e:
-            p.error(f"stage {stage}: {e}")
+            p.error(f"generation {generation}: {e}")
         total = config_parameters(config)
         non_embedding = total - 2 * config.vocab_size * config.hidden_size
         flops = flops_per_token(config, args.seq_len)
         ratio = f"{total / previous:.2f}" if previous else "-"
-        print(f"{stage:>5} {config.hidden_size:>7} {config.num_hidden_layers:>6} {config.intermediate_size:>6} "
+        print(f"{generation:>5} {config.hidden_size:>7} {config.num_hidden_layers:>6} {config.intermediate_size:>6} "
               f"{config.num_attention_heads:>5} {config.vocab_size:>6} {total:>14,} {non_embedding:>14,} {ratio:>6} "
               f"{flops / 1e9:>18.3f}")
         rows.append(dict(config=config, parameters=total, flops_per_token=flops))

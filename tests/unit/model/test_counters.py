@@ -65,4 +65,4 @@ def test_model_size_tool_reports_each_stage(capsys):
     assert rows[1]["flops_per_token"] == flops_per_token(rows[1]["config"], 256)
     with pytest.raises(SystemExit):
         tool.main(["--hidden-size", "512", "700"])
-    assert "stage 1: hidden_size 700 is not a multiple of head_dim" in capsys.readouterr().err
+    assert "generation 1: hidden_size 700 is not a multiple of head_dim" in capsys.readouterr().err
