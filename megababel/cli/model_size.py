@@ -27,7 +27,7 @@ GENERATION_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "v
 
 def memory_table(args) -> list:
     from megababel.plan.memory import GIB, plan_memory
-    from megababel.parallel.tensor_parallel import check_tensor_parallel
+    from megababel.parallel import check_tensor_parallel
     from megababel.plan.presets import load_schedule
     schedule = load_schedule(args.schedule, args.micro_batch_size * args.seq_len)
     configs = [schedule.model] + [g.config for g in schedule.growths]

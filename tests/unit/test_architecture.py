@@ -176,3 +176,16 @@ def test_scripts_do_not_edit_sys_path_or_import_test_helpers(folder):
             if target.split(".")[0] in ("conftest", "tests", "helpers"):
                 problems.append(f"{path.relative_to(ROOT)}:{line} imports the test helper {target}")
     assert not problems, "\n".join(problems)
+
+
+def test_tensor_parallel_internals_stay_behind_the_parallel_package_interface():
+    """megababel/parallel/__init__.py is the interface; its modules (but the local-rank launcher, a tool for tests
+    and benchmarks) are imported only inside it."""
+    problems = []
+    for path in python_files(PACKAGE, *SCRIPTS):
+        if path.is_relative_to(PACKAGE / "parallel"):
+            continue
+        for line, target in imports(path):
+            if target.startswith("megababel.parallel.") and target != "megababel.parallel.local_ranks":
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not problems, "\n".join(problems)
