@@ -55,3 +55,25 @@ def test_a_growth_re_derives_the_zero3_sizes(distributed_env):
     assert engine._ds.zero_prefetch_bucket_size() == int(0.9 * 128 * 128)
     assert engine._ds.zero_param_persistence_threshold() == 1280
     engine.close()
+
+
+def test_a_module_engine_trains_any_module_and_closes(distributed_env):
+    """ModuleEngine (bench/gpu_speed.py's transformers reference) steps a plain module in a DeepSpeed engine of our
+    config, without the caller importing DeepSpeed, and close() releases it."""
+    import torch
+    from megababel.engine import init_distributed
+    from megababel.engine.module_engine import ModuleEngine
+    init_distributed()
+    torch.manual_seed(0)
+    module = torch.nn.Linear(8, 1)
+    engine = ModuleEngine(module, load_ds_config(0, 4, 1, 1, bf16=False))
+    x = torch.randn(4, 8)
+    losses = []
+    for _ in range(3):
+        loss = engine(x.to(engine.device)).pow(2).mean()
+        engine.backward_step(loss)
+        losses.append(loss.item())
+    assert losses[2] < losses[0]                       # the optimizer stepped
+    engine.close()
+    assert engine._ds is None
+    engine.close()                                     # idempotent
