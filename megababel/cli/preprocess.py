@@ -1,6 +1,6 @@
 """Tokenize a corpus into memory-mappable shards, one set per vocabulary stage, plus the frequency ranking.
 
-    # TinyStories (local txt, stories separated by blank lines), Llama 2 tokenizer, three vocabulary stages + the full vocabulary
+    # TinyStories (local txt, stories separated by blank lines), Llama 2 tokenizer, three vocabulary stages + the full
     megababel-preprocess ../shared/data/tinystories/train.txt --valid-input ../shared/data/tinystories/valid.txt \\
         --tokenizer ../shared/data/tokenizers/llama2/tokenizer.model --stages 500 2000 8000 32000 --out data/tinystories
 

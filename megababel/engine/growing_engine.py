@@ -405,14 +405,16 @@ class GrowingEngine:
         else:
             event, lr, warmup = growth.event, growth.lr, growth.warmup_steps
             reset_optimizer = growth.optimizer_state == "reset"
-        transform = GrowthTransform(self.model.config, self.model.block_layout(), self.model.generation, event, seed=self.seed)
+        transform = GrowthTransform(self.model.config, self.model.block_layout(), self.model.generation, event,
+                                    seed=self.seed)
         old = LocalPieces(self, moments=not reset_optimizer, spill_dir=self.growth_spill_dir)
         steps = {} if reset_optimizer else self.group_steps()
         counters = self.counters()
         if ds_config is not None:
             self.ds_config = ds_config
         self.close()
-        self.groups += [GroupInfo(transform.generation, decay, born=step, lr=lr, warmup=warmup) for decay in (True, False)]
+        self.groups += [GroupInfo(transform.generation, decay, born=step, lr=lr, warmup=warmup)
+                        for decay in (True, False)]
         grown = GrownState(old, transform)
         self._build(transform.new, transform.layout, grown, transform.generation, grown.moments, steps, counters)
         del grown, old

@@ -1,5 +1,6 @@
 """Function-preserving growth of a Llama model: wider residual stream (more heads), wider FFN, more layers, larger
-vocabulary, alone or together in one event. Each event adds one generation of parameters (see megababel/model/layers.py).
+vocabulary, alone or together in one event. Each event adds one generation of parameters (see
+megababel/model/layers.py).
 
 How it works: every weight names its axes ("hidden", "q_heads", "kv_heads", "ffn", "vocab"). An event makes a plan
 per growing axis, and each plan knows how to extend a tensor along its axis, depending on the role of that dim:

@@ -11,8 +11,8 @@ fp32):
   ZeRO-1/2  weights w*P + fp32 master 4*P/dp, gradients w*P (ZeRO-1) or 4*P/dp (ZeRO-2), Adam 8*P/dp
   ZeRO-0    weights 4*P (fp32) or w*P + 4*P (bf16: separate fp32 masters), gradients w*P, Adam 8*P
   (DeepSpeed keeps an fp32 master next to fp32 weights under ZeRO-1/2/3: measured, data_ptr-checked on CPU.)
-Activations saved for backward, per token (measured with saved-tensor hooks, tests/unit/plan/test_memory_plan.py): per decoder
-layer w*(2h + (3h + 2kv)/tp + 4f/tp) plus the fp32 inputs of its two norms, plus the head: fp32 log-softmax over
+Activations saved for backward, per token (measured with saved-tensor hooks, tests/unit/plan/test_memory_plan.py): per
+decoder layer w*(2h + (3h + 2kv)/tp + 4f/tp) plus the fp32 inputs of its two norms, plus the head: fp32 log-softmax over
 the vocabulary shard (4V/tp) and a few hidden-sized tensors. Activation checkpointing keeps each layer's input
 (w*h per token and layer) and recomputes one layer at a time in backward.
 A growth (sharded_growth.py) peaks while the grown engine is built: its weights, masters and Adam state (no

@@ -28,10 +28,10 @@ there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/w
 assumption, not measured here). The best plan (bench/budget_report.py) is, among the grid plans and lever
 combinations run at every seed, the one whose worst seed saved most FLOPs to reach scratch's final bits/byte.
 MEASURED, bench/README.md's saving-versus-budget table, is data: measured_savings.json beside this module, which
-bench/budget_report.py writes from the saved runs (tests/unit/plan/test_planner.py checks that the two agree). A budget far
-from every measured one is planned from the nearest and the explanation says so. Where that plan did not save FLOPs
-in every seed (one that never reached scratch's loss counts as no saving), the plan is "scratch": do not grow;
-family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
+bench/budget_report.py writes from the saved runs (tests/unit/plan/test_planner.py checks that the two agree). A
+budget far from every measured one is planned from the nearest and the explanation says so. Where that plan did not
+save FLOPs in every seed (one that never reached scratch's loss counts as no saving), the plan is "scratch": do not
+grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
 A final model named by a preset or a schedule file, and the plan of a run (`--schedule auto`): presets.py's
 `final_model` and `plan_for_run` (this module imports no preset: the presets are made by it).
 """

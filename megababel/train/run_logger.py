@@ -1,4 +1,5 @@
-"""RunLogger: rank 0's view of a run (progress bar, OUT/log.csv, TensorBoard, growth messages, OUT/loss.png, OUT/summary.txt)."""
+"""RunLogger: rank 0's view of a run: progress bar, OUT/log.csv, TensorBoard, growth messages, OUT/loss.png and
+OUT/summary.txt."""
 from __future__ import annotations
 
 import csv
