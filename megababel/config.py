@@ -1,7 +1,8 @@
 """Model configuration with Hugging Face `LlamaConfig` field names.
 
-Llama ties the number of heads to the residual width: hidden_size = num_attention_heads * head_dim, and head_dim stays
-fixed for the life of a run (growth adds heads, never changes head_dim, so RoPE frequencies keep their meaning).
+Llama ties the number of heads to the residual width: hidden_size = num_attention_heads * head_dim unless
+num_attention_heads is given (Hugging Face allows an attention width other than hidden_size, and a head_dim growth
+makes one). A growth multiplies head_dim by a whole number at most, which keeps every RoPE frequency (growth/).
 """
 from __future__ import annotations
 
@@ -77,21 +78,20 @@ class LlamaConfig:
                                       "max_position_embeddings")
         if self.head_dim % 2:
             raise ConfigError.about("head_dim", f"must be even for rotary embeddings, got {self.head_dim}")
-        if self.hidden_size % self.head_dim:
+        if self.num_attention_heads is None and self.hidden_size % self.head_dim:
             raise ConfigError.about(
                 "hidden_size", f"{self.hidden_size} is not a multiple of head_dim {self.head_dim}: heads are "
-                f"hidden_size / head_dim; use a hidden_size such as {self._nearest_multiple(self.hidden_size)}")
+                f"hidden_size / head_dim unless num_attention_heads is given; use a hidden_size such as "
+                f"{self._nearest_multiple(self.hidden_size)}")
         if self.intermediate_size is None:
             self.intermediate_size = llama_intermediate_size(self.hidden_size, self.multiple_of)
+        # the attention width (heads x head_dim) is hidden_size unless num_attention_heads says otherwise, as in
+        # Hugging Face's config (a head_dim growth widens every head and leaves hidden_size as it is)
         if self.num_attention_heads is None:
             self.num_attention_heads = self.hidden_size // self.head_dim
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         self._check_positive_integers("intermediate_size", "num_attention_heads", "num_key_value_heads")
-        if self.num_attention_heads * self.head_dim != self.hidden_size:
-            raise ConfigError.about(
-                "num_attention_heads", f"{self.num_attention_heads} * head_dim {self.head_dim} != hidden_size "
-                f"{self.hidden_size}; set num_attention_heads to {self.hidden_size // self.head_dim} (or leave it unset)")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError.about(
                 "num_key_value_heads", f"{self.num_key_value_heads} does not divide num_attention_heads "
@@ -114,6 +114,12 @@ class LlamaConfig:
 
     def _nearest_multiple(self, n: int) -> int:
         return max(self.head_dim, round(n / self.head_dim) * self.head_dim)
+
+    @property
+    def attention_width(self) -> int:
+        """num_attention_heads x head_dim: q_proj's rows, o_proj's columns (hidden_size unless a head_dim growth or
+        the config made it otherwise)."""
+        return self.num_attention_heads * self.head_dim
 
     @property
     def kv_group_size(self) -> int:

@@ -36,7 +36,7 @@ def to_hf_config(config: LlamaConfig):
 
 def check_hf_config_is_representable(hf_config) -> None:
     """Raise UnsupportedHFConfigError for the first field megababel's Llama (no biases, untied lm_head, plain RoPE,
-    SiLU SwiGLU, no dropout, hidden_size = heads * head_dim) cannot reproduce exactly."""
+    SiLU SwiGLU, no dropout) cannot reproduce exactly."""
     def refuse(field, value, why_and_fix):
         raise UnsupportedHFConfigError(f"{field} = {value!r}: {why_and_fix}")
 
@@ -71,11 +71,6 @@ def check_hf_config_is_representable(hf_config) -> None:
     if attention_dropout != 0:
         refuse("attention_dropout", attention_dropout, "megababel's attention has no dropout; "
                "set attention_dropout to 0.0 in config.json")
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-    if head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
-        refuse("head_dim", head_dim, f"num_attention_heads * head_dim = {hf_config.num_attention_heads * head_dim} "
-               f"!= hidden_size {hf_config.hidden_size}; megababel's heads tile hidden_size exactly, so this model "
-               "cannot be imported")
 
 
 def from_hf_config(hf_config) -> LlamaConfig:

@@ -18,7 +18,7 @@ def test_defaults_follow_llama():
 
 @pytest.mark.parametrize("fields,message", [
     (dict(hidden_size=500), "hidden_size 500 is not a multiple of head_dim 128"),
-    (dict(hidden_size=512, num_attention_heads=8), "num_attention_heads"),
+    (dict(hidden_size=512, num_attention_heads=0), "num_attention_heads must be a positive integer"),
     (dict(hidden_size=512, num_key_value_heads=3), "num_key_value_heads 3"),
     (dict(head_dim=63, hidden_size=126), "head_dim must be even"),
     (dict(vocab_size=0), "vocab_size must be a positive integer"),
@@ -35,6 +35,13 @@ def test_defaults_follow_llama():
 def test_invalid_configs_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
         LlamaConfig(**fields)
+
+
+def test_the_attention_width_may_differ_from_hidden_size():
+    """As Hugging Face's head_dim allows (and a head_dim growth makes): heads x head_dim is its own width."""
+    wide = LlamaConfig(hidden_size=512, head_dim=128, num_attention_heads=8, num_key_value_heads=2)
+    assert (wide.attention_width, wide.kv_group_size) == (1024, 4)
+    assert LlamaConfig(hidden_size=512, head_dim=128).attention_width == 512     # derived: heads tile hidden_size
 
 
 def test_unknown_field_in_dict():

@@ -118,13 +118,21 @@ def test_other_unrepresentable_fields_are_named(field, value):
     assert "\n" not in str(refused.value)
 
 
-def test_heads_times_head_dim_must_be_the_hidden_size():
-    """HF lets attention project to heads * head_dim != hidden_size; megababel's heads tile hidden_size."""
-    from transformers import LlamaConfig
+def test_an_attention_wider_than_hidden_size_imports_exactly():
+    """HF lets attention project to heads * head_dim != hidden_size (what a head_dim growth makes): it imports with
+    the same logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**{**TINY, "head_dim": 32}, vocab_size=256)
-    with pytest.raises(UnsupportedHFConfigError, match=r"^head_dim = 32: .*!= hidden_size 64"):
-        from_hf_config(config)
+    from megababel.hf.adapter import from_hf_state_dict
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(**{**TINY, "head_dim": 32}, vocab_size=256, tie_word_embeddings=False)).eval()
+    config = from_hf_config(hf.config)
+    assert (config.head_dim, config.num_attention_heads, config.attention_width) == (32, 4, 128)
+    ours = from_hf_state_dict(hf.state_dict(), config)
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(ours(ids)[0], hf(ids).logits, atol=1e-5)
 
 
 def test_a_plain_config_converts_with_swish_as_silu():
