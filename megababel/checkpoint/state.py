@@ -34,7 +34,7 @@ class MomentSource(Protocol):
 class EngineState:
     config: LlamaConfig
     generation: int
-    layout: dict                                   # {path: [(offset, shape, generation), ...]} of every weight
+    layout: dict           # {path: [(offset, shape, generation[, stride]), ...]} of every weight (model/layers.py)
     values: Mapping[str, torch.Tensor]             # {path: full fp32 tensor}
     moments: MomentSource | dict = field(default_factory=dict)   # (path, block) -> (exp_avg, exp_avg_sq)
     group_steps: dict = field(default_factory=dict)               # (generation, decayed) -> Adam step
@@ -44,13 +44,15 @@ class EngineState:
     def meta(self) -> dict:
         """The JSON-serialisable part (everything but tensors)."""
         return dict(config=self.config.to_dict(), generation=self.generation,
-                    layout={p: [[list(o), list(s), g] for o, s, g in blocks] for p, blocks in self.layout.items()},
+                    layout={p: [[list(part) if isinstance(part, tuple) else part for part in block]
+                                for block in blocks] for p, blocks in self.layout.items()},
                     groups=[vars(g) for g in self.groups],
                     group_steps=[[g, d, s] for (g, d), s in self.group_steps.items()], counters=dict(self.counters))
 
     @classmethod
     def from_meta(cls, meta: dict, values, moments) -> "EngineState":
         return cls(config=LlamaConfig.from_dict(meta["config"]), generation=meta["generation"],
-                   layout={p: [(tuple(o), tuple(s), g) for o, s, g in blocks] for p, blocks in meta["layout"].items()},
+                   layout={p: [tuple(tuple(part) if isinstance(part, list) else part for part in block)
+                               for block in blocks] for p, blocks in meta["layout"].items()},
                    values=values, moments=moments, group_steps={(g, bool(d)): s for g, d, s in meta["group_steps"]},
                    groups=[GroupInfo(**g) for g in meta["groups"]], counters=dict(meta["counters"]))

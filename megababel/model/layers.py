@@ -8,9 +8,12 @@ an L-shape: rows [o:o'] x cols [0:i'] and rows [0:o] x cols [i:i'].
 The forward pass assembles the blocks into one tensor (a single copy, its backward a set of slices) and then does
 ONE matmul; a layer with a single block uses its parameter directly. `consolidate()` folds blocks into one.
 
-Each block parameter carries `block_meta` (BlockMeta): its generation, where it sits in the full tensor, the full
-shape, and the named axes of the full tensor ("hidden", "q_heads", "kv_heads", "ffn", "vocab"). Growth, tensor
-parallelism, ZeRO re-partitioning and export read this metadata instead of guessing from parameter names.
+Each block parameter carries `block_meta` (BlockMeta): its generation, where it sits in the full tensor (offset and,
+per dim, a stride: a head_dim growth by k moves every old row of a head axis from r to k*r, so old blocks become
+every k-th row and the new rows k strided blocks between them), the full shape, and the named axes of the full
+tensor ("hidden", "q_heads", "kv_heads", "ffn", "vocab"). Growth, tensor parallelism, ZeRO re-partitioning and export
+read this metadata instead of guessing from parameter names. A layout entry is (offset, shape, generation), with a
+fourth element, the strides, only where one is not 1.
 
 Blocks are registered directly on the layer (`weight_0`, `weight_1`, ...), not in a child ParameterList, so that
 ZeRO-3, which gathers a module's own parameters before its forward, sees them.
@@ -33,10 +36,39 @@ class BlockMeta:
     shape: tuple[int, ...]        # this block's shape
     full_shape: tuple[int, ...]   # shape of the whole (assembled) tensor
     axes: tuple[str, ...]         # name of each dim of the full tensor
+    stride: tuple[int, ...] = ()  # step between this block's elements in the full tensor, per dim (() = all 1)
+
+    def __post_init__(self):
+        if not self.stride:
+            object.__setattr__(self, "stride", (1,) * len(self.shape))
 
     @property
     def slices(self) -> tuple[slice, ...]:
-        return tuple(slice(o, o + s) for o, s in zip(self.offset, self.shape))
+        return region(self.offset, self.shape, self.stride)
+
+    @property
+    def entry(self) -> tuple:
+        """This block's layout entry: (offset, shape, generation), plus the strides where one is not 1."""
+        return layout_entry(self.offset, self.shape, self.generation, self.stride)
+
+
+def region(offset, shape, stride=None) -> tuple[slice, ...]:
+    """The slices of a block in the full tensor."""
+    stride = stride or (1,) * len(shape)
+    return tuple(slice(o, o + (n - 1) * st + 1, st) for o, n, st in zip(offset, shape, stride))
+
+
+def layout_entry(offset, shape, generation: int, stride=None) -> tuple:
+    offset, shape = tuple(offset), tuple(shape)
+    if stride is not None and any(st != 1 for st in stride):
+        return offset, shape, generation, tuple(stride)
+    return offset, shape, generation
+
+
+def unpack_block(entry) -> tuple[tuple, tuple, int, tuple]:
+    """(offset, shape, generation, stride) of a layout entry, with or without its strides."""
+    offset, shape, generation, *rest = entry
+    return tuple(offset), tuple(shape), generation, tuple(rest[0]) if rest else (1,) * len(shape)
 
 
 class _AssembleBlocks(torch.autograd.Function):
@@ -64,7 +96,8 @@ class GrowableLayer(nn.Module):
     def __init__(self, full_shape: tuple[int, ...], axes: tuple[str, ...], generation: int = 0,
                  init: torch.Tensor | Callable | None = None, blocks: list[tuple] | None = None, tp_split=None):
         """`init`: the full tensor, or a function shape -> tensor called per block, or None (uninitialised).
-        `blocks`: [(offset, shape, generation), ...] tiling the full shape (default: one block of `generation`);
+        `blocks`: [(offset, shape, generation[, stride]), ...] tiling the full shape (default: one block of
+        `generation`);
         used to rebuild a grown layer, e.g. under ZeRO-3 where parameters must exist when __init__ returns.
         `tp_split` (tensor_parallel.TPSplit): this layer holds one tensor-parallel shard; shapes and blocks given
         here are the shard's, the split knows the unsharded ones."""
@@ -80,22 +113,24 @@ class GrowableLayer(nn.Module):
             raise ValueError(f"initial tensor has shape {tuple(init.shape)}, expected {self.full_shape}")
         if blocks is None:
             blocks = [((0,) * len(self.full_shape), self.full_shape, generation)]
-        if sum(math.prod(shape) for _, shape, _ in blocks) != math.prod(self.full_shape):
+        blocks = [unpack_block(entry) for entry in blocks]
+        if sum(math.prod(shape) for _, shape, _, _ in blocks) != math.prod(self.full_shape):
             raise ValueError(f"blocks {blocks} do not tile shape {self.full_shape}")
-        for offset, shape, block_generation in blocks:
+        for offset, shape, block_generation, stride in blocks:
             if init is None:
                 data = torch.empty(shape)
             elif callable(init):
                 data = init(tuple(shape))
             else:
-                data = init[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
-            self._add_block(data, tuple(offset), block_generation)
+                data = init[region(offset, shape, stride)]
+            self._add_block(data, offset, block_generation, stride)
 
     # --- blocks -------------------------------------------------------------------------------------------------
     def blocks(self) -> list[nn.Parameter]:
         return [getattr(self, name) for name in self._block_names]
 
-    def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int) -> nn.Parameter:
+    def _add_block(self, data: torch.Tensor, offset: tuple[int, ...], generation: int,
+                   stride: tuple[int, ...] | None = None) -> nn.Parameter:
         data = data.detach()
         # initial values are made on the CPU (seeded draws); a parameter belongs where a new tensor goes: under
         # ZeRO-3's zero.Init its device (which broadcasts it from there), else the default device
@@ -106,7 +141,8 @@ class GrowableLayer(nn.Module):
         # value, which training would then change in place (clone() alone would keep a transposed layout)
         data = data.clone(memory_format=torch.contiguous_format)
         param = nn.Parameter(data)
-        param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes)
+        param.block_meta = BlockMeta(generation, tuple(offset), tuple(data.shape), self.full_shape, self.axes,
+                                     tuple(stride or ()))
         if self.tp_split is not None:    # the flags DeepSpeed reads (gradient norm, checkpoints), plus our split
             param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, self.tp_split.dim, 1
             param.tp_split = self.tp_split
@@ -122,8 +158,8 @@ class GrowableLayer(nn.Module):
             param.block_meta = replace(param.block_meta, full_shape=self.full_shape)
 
     def layout(self) -> list[tuple]:
-        """[(offset, shape, generation)] of every block: what `blocks=` needs to rebuild this layer."""
-        return [(p.block_meta.offset, p.block_meta.shape, p.block_meta.generation) for p in self.blocks()]
+        """[(offset, shape, generation[, stride])] of every block: what `blocks=` needs to rebuild this layer."""
+        return [p.block_meta.entry for p in self.blocks()]
 
     def global_layout(self) -> list[tuple]:
         """layout() of the unsharded tensor (the same as layout() without tensor parallelism)."""
@@ -155,22 +191,29 @@ class GrowableLayer(nn.Module):
 
     # --- growth and consolidation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def grow_to(self, new_full: torch.Tensor, generation: int):
+    def grow_to(self, new_full: torch.Tensor, generation: int, layout: list[tuple] | None = None):
         """Replace the weight by `new_full` (at least as large in every dim).
 
         Old blocks keep their Parameter identity and take their region of `new_full` in place (growth may rescale
-        old values to stay function-preserving); the new region becomes new blocks tagged `generation`.
+        old values to stay function-preserving); the new region becomes new blocks tagged `generation`. `layout`:
+        the grown layout (grown_layout: the old blocks, moved where a head_dim growth spreads them, then the new
+        ones); default: the old blocks stay where they are and the new region is added.
         """
         if self.tp_split is not None:
             raise ValueError("a tensor-parallel shard does not grow in place: grow the unsharded model and re-shard")
         old_shape, new_shape = self.full_shape, tuple(new_full.shape)
         if len(new_shape) != len(old_shape) or any(n < o for n, o in zip(new_shape, old_shape)):
             raise ValueError(f"cannot grow a {self.axes} tensor from {old_shape} to {new_shape}: it may only grow")
-        for param in self.blocks():
-            param.copy_(new_full[param.block_meta.slices])
+        if layout is None:
+            layout = grown_layout(self.layout(), old_shape, new_shape, generation)
         self._set_full_shape(new_shape)
-        for region in new_regions(old_shape, new_shape):
-            self._add_block(new_full[region], tuple(r.start for r in region), generation)
+        old = self.blocks()
+        for param, entry in zip(old, layout):
+            offset, shape, _, stride = unpack_block(entry)
+            param.block_meta = replace(param.block_meta, offset=offset, stride=stride)
+            param.copy_(new_full[param.block_meta.slices])
+        for offset, shape, block_generation, stride in map(unpack_block, layout[len(old):]):
+            self._add_block(new_full[region(offset, shape, stride)], offset, block_generation, stride)
 
     @torch.no_grad()
     def consolidate(self, generations: list[int] | None = None):
@@ -186,7 +229,8 @@ class GrowableLayer(nn.Module):
         if len(chosen) <= 1:
             return
         metas = [getattr(self, n).block_meta for n in chosen]
-        extent = tuple(max(m.offset[d] + m.shape[d] for m in metas) for d in range(len(self.full_shape)))
+        extent = tuple(max(m.offset[d] + (m.shape[d] - 1) * m.stride[d] + 1 for m in metas)
+                       for d in range(len(self.full_shape)))
         if any(min(m.offset[d] for m in metas) for d in range(len(extent))) or \
                 sum(math.prod(m.shape) for m in metas) != math.prod(extent):
             raise ValueError(f"blocks of generations {generations} do not tile a rectangle at the origin")
@@ -212,25 +256,37 @@ class GrowableLayer(nn.Module):
         return f"shape={self.full_shape}, axes={self.axes}, blocks={len(self._block_names)}"
 
 
-def new_regions(old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """The regions a tensor growing from `old_shape` to `new_shape` adds, one block each: along each growing dim the
-    new range, before it the old extent, after it the new extent (an L-shape for a 2-D tensor)."""
-    regions = []
-    for dim, (old, new) in enumerate(zip(old_shape, new_shape)):
-        region = tuple(slice(0, old_shape[d]) if d < dim else slice(old, new) if d == dim else slice(0, new_shape[d])
-                       for d in range(len(new_shape)))
-        if new > old and all(r.stop > r.start for r in region):
-            regions.append(region)
-    return regions
+def new_regions(old_shape: tuple[int, ...], new_shape: tuple[int, ...],
+                spread: tuple[int, ...] | None = None) -> list[tuple[tuple, tuple, tuple]]:
+    """The (offset, shape, stride) of each block a tensor growing from `old_shape` to `new_shape` adds: along each
+    growing dim its new positions, over the old positions of the dims before it and every position of the dims
+    after it (an L-shape for a 2-D tensor). `spread[d]` = k: dim d's old positions move from r to k*r (a head_dim
+    growth by k), so its new positions are the k - 1 strided sets between them, then the range past k * old."""
+    spread = spread or (1,) * len(old_shape)
+    blocks = []
+    for dim, (old, new, k) in enumerate(zip(old_shape, new_shape, spread)):
+        ranges = [(j, old, k) for j in range(1, k)] + ([(k * old, new - k * old, 1)] if new > k * old else [])
+        for start, count, step in ranges:
+            before = [(0, old_shape[d], spread[d]) for d in range(dim)]
+            after = [(0, new_shape[d], 1) for d in range(dim + 1, len(new_shape))]
+            offset, shape, stride = zip(*before, (start, count, step), *after)
+            if all(shape):
+                blocks.append((offset, shape, stride))
+    return blocks
 
 
 def grown_layout(layout: list[tuple], old_shape: tuple[int, ...], new_shape: tuple[int, ...],
-                 generation: int) -> list[tuple]:
-    """The block layout (see GrowableLayer.layout) of a tensor after grow_to(new_shape): old blocks, then one new
-    block of `generation` per new region."""
-    added = [(tuple(r.start for r in region), tuple(r.stop - r.start for r in region), generation)
-             for region in new_regions(old_shape, new_shape)]
-    return [tuple(block) for block in layout] + added
+                 generation: int, spread: tuple[int, ...] | None = None) -> list[tuple]:
+    """The block layout (see GrowableLayer.layout) of a tensor after growing to `new_shape`: the old blocks (moved
+    from r to k*r along a dim spread by k), then one new block of `generation` per new region."""
+    spread = spread or (1,) * len(old_shape)
+    moved = []
+    for entry in layout:
+        offset, shape, block_generation, stride = unpack_block(entry)
+        moved.append(layout_entry([o * k for o, k in zip(offset, spread)], shape, block_generation,
+                                  [st * k for st, k in zip(stride, spread)]))
+    return moved + [layout_entry(offset, shape, generation, stride)
+                    for offset, shape, stride in new_regions(old_shape, new_shape, spread)]
 
 
 def growable_layers(module: nn.Module):

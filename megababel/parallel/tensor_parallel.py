@@ -242,6 +242,9 @@ def check_tensor_parallel(configs: list[LlamaConfig], tp: int, world: int):
             if value % tp:
                 raise ConfigError(f"{name}={value} of {where} is not divisible by --tp {tp}: choose a --tp that "
                                   f"divides it, or a schedule whose {name} is a multiple of {tp} after every growth")
+        if previous is not None and config.head_dim != previous.head_dim:
+            raise ConfigError(f"{where} grows head_dim ({previous.head_dim} -> {config.head_dim}): a head_dim growth "
+                              f"under tensor parallelism is not supported yet; train with --tp 1, or keep head_dim")
         if previous is not None and config.kv_group_size != previous.kv_group_size:
             raise ConfigError(f"{where} changes the query heads per key/value head ({previous.kv_group_size} -> "
                               f"{config.kv_group_size}); tensor parallelism needs it fixed")
@@ -307,6 +310,9 @@ class TensorParallel:
         if dim is None:
             return cls(*_ctor_args(cls, full_shape), axes=axes, init=init, blocks=blocks, **kw)
         blocks = blocks or [((0,) * len(full_shape), tuple(full_shape), 0)]
+        if any(len(block) > 3 for block in blocks):
+            raise ValueError(f"a tensor-parallel shard of strided blocks (a head_dim growth) is not supported: "
+                             f"{blocks}")
         split = TPSplit(dim, self.tp_rank, self.tp_size, tuple(full_shape), tuple(blocks), axes[dim], unit)
         if callable(init) and not isinstance(init, torch.Tensor):
             draw, init = init, torch.empty(full_shape)
