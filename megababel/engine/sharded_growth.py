@@ -205,4 +205,8 @@ class _GrownMoments:
             return default
         if source[0] != self.path:
             self.path, self.blocks = source[0], self.old.moments(source[0])
-        return self.blocks.pop(source[1], default)
+        pair = self.blocks.pop(source[1], default)
+        scale = self.transform.moment_scale(path)
+        if pair is None or scale == 1:
+            return pair
+        return pair[0] * scale, pair[1] * (scale * scale)     # rows the growth rescaled (growth/operators.py)

@@ -31,6 +31,18 @@ the defaults cancel paths instead of zeroing them:
   (G_stack-style stacking; not function-preserving).
 - vocab_init="mean": new embedding and lm_head rows are the mean of the old rows (logits of old tokens unchanged;
   the softmax cannot be kept exactly since new logits join the normaliser). "random": normal(0, init_std).
+- head_dim d -> k*d (a whole k, every head wider; RoPE exact). RoPE's frequency of pair i is theta^(-2i/d), so the
+  pair k*i of a head k*d wide has the same frequency, and in the rotate_half layout (dim i pairs with i + d/2) old dim
+  j simply moves to k*j: every old row of a q/k/v head axis (every old column of o_proj) goes from r to k*r, the new
+  ones fill the k - 1 positions between (model/layers.py's strided blocks keep the old blocks whole). Old q rows are
+  multiplied by sqrt(k), since the attention scale goes from 1/sqrt(d) to 1/sqrt(k*d). The new q/k dims form new
+  rotary pairs of frequencies no old pair has, so a score stays exact only if, per pair, the q side or the k side is
+  zero, and that side's gradient is what the other side's is proportional to: new q rows start at zero (they get
+  gradient at once, from the random new k rows) and new k rows are random (they get gradient from the second step,
+  once q has moved). v/o use the pairs rule instead: each new v dim copies the old dim it sits after, and o_proj's
+  columns of each such group (old and copies) get noise that sums to zero, so both sides get gradient at once.
+  The Adam moments of the rescaled q rows are rescaled as the gradients will be (exp_avg / sqrt(k), exp_avg_sq / k):
+  they describe the new parametrisation, and the next update m / sqrt(v) is the same either way.
 
 New random weights use normal(0, init_std), init_std defaulting to config.initializer_range.
 """
@@ -54,6 +66,7 @@ DEPTH_INITS = ("identity", "zero", "copy")
 VOCAB_INITS = ("mean", "random")
 LAYER_POSITIONS = ("append", "interleave")
 AXIS_ORDER = ("hidden", "q_heads", "kv_heads", "ffn", "vocab")  # order in which a tensor's dims are grown
+HEAD_AXES = ("q_heads", "kv_heads")
 
 
 @dataclass
@@ -63,6 +76,7 @@ class GrowthEvent:
     intermediate_size: int | None = None
     num_hidden_layers: int | None = None
     vocab_size: int | None = None
+    head_dim: int | None = None                    # a whole multiple of the current head_dim
     layer_positions: str | list[int] = "append"   # "append", "interleave", or indices of the new layers after growth
     copy_from: list[int] | None = None             # depth_init="copy": old layer copied by each new layer
     width_init: str = "split"
@@ -192,6 +206,44 @@ class UnitPlan:
         return out.reshape((self.new * self.unit,) + rest).movedim(0, dim)
 
 
+class HeadDimPlan:
+    """head_dim d -> k*d along a head axis (see the module docstring): old index r moves to k*r; new q rows zero,
+    old q rows times sqrt(k); new k rows random; new v rows copy the old row before them, and o_proj's columns of
+    each such group get noise that sums to zero."""
+
+    def __init__(self, old: int, new: int, std: float):
+        self.k, self.std = new // old, std
+
+    def spread(self, length: int) -> int:
+        return self.k * length
+
+    def grow(self, t: torch.Tensor, dim: int, name: str, rng: torch.Generator) -> torch.Tensor:
+        t = t.movedim(dim, 0)
+        k, rest = self.k, t.shape[1:]
+        if name == "q_proj":
+            out = torch.zeros((len(t), k) + rest, dtype=t.dtype)
+            out[:, 0] = t * math.sqrt(k)
+        elif name == "k_proj":
+            out = _normal((len(t), k) + rest, self.std, rng, t)
+            out[:, 0] = t
+        elif name == "v_proj":
+            out = t.unsqueeze(1).expand((len(t), k) + rest).clone()
+        elif name == "o_proj":
+            out = torch.zeros((len(t), k) + rest, dtype=t.dtype)
+            out[:, 0] = t
+            group_of = torch.arange(len(t)).repeat_interleave(k)       # each old column and its k - 1 new ones
+            out = out.reshape((len(t) * k,) + rest)
+            out += _zero_sum_noise(out.shape, group_of, self.std, rng, out)
+        else:
+            raise ValueError(f"no head_dim growth for a {name!r} tensor")
+        return out.reshape((len(t) * k,) + rest).movedim(0, dim)
+
+    def moment_scale(self, name: str) -> float:
+        """The factor on an old block's gradients after the growth (its Adam moments: exp_avg x f, exp_avg_sq x
+        f^2): the q rows were multiplied by sqrt(k), so their gradients shrink by it."""
+        return 1 / math.sqrt(self.k) if name == "q_proj" else 1.0
+
+
 class VocabPlan:
     def __init__(self, old: int, new: int, mode: str, std: float):
         self.old, self.new, self.mode, self.std = old, new, mode, std
@@ -227,6 +279,7 @@ EVENT_FIELD_RULES = {
     "intermediate_size": (_size_or_none, "a positive integer (the size after growth)"),
     "num_hidden_layers": (_size_or_none, "a positive integer (the number of layers after growth)"),
     "vocab_size": (_size_or_none, "a positive integer (the size after growth)"),
+    "head_dim": (_size_or_none, "a positive integer (the size after growth, a whole multiple of the current)"),
     "layer_positions": (lambda v: v in LAYER_POSITIONS if isinstance(v, str) else _layer_indices(v),
                         "'append', 'interleave' or a list of the new layers' indices after growth"),
     "copy_from": (lambda v: v is None or _layer_indices(v),
@@ -271,7 +324,7 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
     """Validate `event` against `config` and return the grown config; raises ConfigError naming the field."""
     check_event_fields(event)
     changes = {}
-    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"):
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "head_dim"):
         target, current = getattr(event, name), getattr(config, name)
         if target is None:
             continue
@@ -281,16 +334,26 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
             changes[name] = target
     if not changes:
         raise ConfigError("growth event changes nothing: give a larger hidden_size, intermediate_size, "
-                          "num_hidden_layers or vocab_size")
+                          "num_hidden_layers, vocab_size or head_dim")
+    head_dim = changes.get("head_dim", config.head_dim)
+    if head_dim % config.head_dim:
+        raise ConfigError.about("head_dim", f"{config.head_dim} -> {head_dim} is not a whole multiple: a head_dim "
+                                            f"growth keeps RoPE exact only as k x head_dim; use "
+                                            f"{2 * config.head_dim}, {3 * config.head_dim}, ...")
     if "hidden_size" in changes:
-        d = changes["hidden_size"]
-        if d % config.head_dim:
-            raise ConfigError.about("hidden_size", f"{d} is not a multiple of head_dim {config.head_dim} (head_dim is "
-                                                   f"fixed; growth adds heads)")
-        heads, group = d // config.head_dim, config.kv_group_size
+        # the attention width grows with hidden_size (heads tile it if they did), in heads of the new head_dim
+        d, group = changes["hidden_size"], config.kv_group_size
+        width = config.attention_width * d
+        if width % (config.hidden_size * head_dim):
+            raise ConfigError.about("hidden_size", f"{d} gives an attention width of {width / config.hidden_size:g}, "
+                                                   f"not a multiple of head_dim {head_dim}")
+        heads = width // (config.hidden_size * head_dim)
+        if heads < config.num_attention_heads:
+            raise ConfigError.about("hidden_size", f"{d} gives {heads} heads of head_dim {head_dim}, fewer than the "
+                                                   f"{config.num_attention_heads} there are: growth only adds")
         if heads % group:
             raise ConfigError.about("hidden_size", f"{d} gives {heads} heads, not a multiple of the key/value group "
-                                                   f"size {group}; use a multiple of {group * config.head_dim}")
+                                                   f"size {group}; use a hidden_size that gives a multiple of {group}")
         changes.update(num_attention_heads=heads, num_key_value_heads=heads // group)
     new = config.replace(**changes)
     if "num_hidden_layers" in changes:
@@ -320,15 +383,18 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
 
 def _axis_plans(old: LlamaConfig, new: LlamaConfig, event: GrowthEvent, std: float) -> dict:
     plans = {}
+    if new.head_dim > old.head_dim:
+        plans["head_dim"] = HeadDimPlan(old.head_dim, new.head_dim, std)
     if new.hidden_size > old.hidden_size:
         plans["hidden"] = ResidualPlan(old.hidden_size, new.hidden_size, event.width_init, std)
+    if new.num_attention_heads > old.num_attention_heads:
         q_groups, kv_groups = [], []
         if event.heads_init == "pairs":
             q_groups, kv_groups = head_groups(old.num_attention_heads, new.num_attention_heads,
                                               old.num_key_value_heads, new.num_key_value_heads)
-        plans["q_heads"] = UnitPlan(old.num_attention_heads, new.num_attention_heads, old.head_dim,
+        plans["q_heads"] = UnitPlan(old.num_attention_heads, new.num_attention_heads, new.head_dim,
                                     event.heads_init, std, q_groups)
-        plans["kv_heads"] = UnitPlan(old.num_key_value_heads, new.num_key_value_heads, old.head_dim,
+        plans["kv_heads"] = UnitPlan(old.num_key_value_heads, new.num_key_value_heads, new.head_dim,
                                      event.heads_init, std, kv_groups)
     if new.intermediate_size > old.intermediate_size:
         groups = _ffn_groups(old.intermediate_size, new.intermediate_size) if event.ffn_init == "pairs" else []
@@ -338,11 +404,17 @@ def _axis_plans(old: LlamaConfig, new: LlamaConfig, event: GrowthEvent, std: flo
     return plans
 
 
-def _apply_plans(tensor: GrowableLayer, full: torch.Tensor, plans: dict, rng: torch.Generator) -> torch.Tensor:
-    """Grow `full` (the tensor's values) along each of its axes that has a plan, in AXIS_ORDER."""
+def _apply_plans(tensor: GrowableLayer, full: torch.Tensor, plans: dict, rng: torch.Generator,
+                 path: str = "") -> torch.Tensor:
+    """Grow `full` (the tensor's values) along each of its axes that has a plan, in AXIS_ORDER; a head axis is first
+    widened head by head (head_dim), then given its new heads."""
     for axis in AXIS_ORDER:
-        if axis in plans and axis in tensor.axes:
-            dim = tensor.axes.index(axis)
+        if axis not in tensor.axes:
+            continue
+        dim = tensor.axes.index(axis)
+        if axis in HEAD_AXES and "head_dim" in plans:
+            full = plans["head_dim"].grow(full, dim, path.rpartition(".")[2], rng)
+        if axis in plans:
             full = plans[axis].grow(full, dim, _dim_role(tensor, dim), rng)
     return full
 
@@ -412,7 +484,19 @@ class GrowthTransform:
                 self.layout[path] = [((0,) * len(tensor.full_shape), tensor.full_shape, self.generation)]
             else:
                 old = self.old_tensors[origin]
-                self.layout[path] = grown_layout(old.layout(), old.full_shape, tensor.full_shape, self.generation)
+                self.layout[path] = grown_layout(old.layout(), old.full_shape, tensor.full_shape, self.generation,
+                                                 self._spread(old))
+
+    def _spread(self, tensor: GrowableLayer) -> tuple[int, ...]:
+        """Per dim, the factor a head_dim growth moves its old positions by (1 elsewhere)."""
+        k = self.plans["head_dim"].k if "head_dim" in self.plans else 1
+        return tuple(k if axis in HEAD_AXES else 1 for axis in tensor.axes)
+
+    def moment_scale(self, path: str) -> float:
+        """The factor on the gradients (and so exp_avg; exp_avg_sq by its square) of `path`'s old blocks."""
+        if "head_dim" not in self.plans or self.origin[path] is None:
+            return 1.0
+        return self.plans["head_dim"].moment_scale(path.rpartition(".")[2])
 
     def old_block(self, path: str, index: int) -> tuple[str, int] | None:
         origin = self.origin[path]
@@ -426,7 +510,7 @@ class GrowthTransform:
         rng = _tensor_rng(self.seed, self.generation, path)
         origin, tensor = self.origin[path], self.tensors[path]
         if origin is not None:
-            return _apply_plans(self.old_tensors[origin], fetch(origin), self.plans, rng).contiguous()
+            return _apply_plans(self.old_tensors[origin], fetch(origin), self.plans, rng, path).contiguous()
         if path in self.copy_of:          # G_stack-style: a copy of an existing layer, as grown
             return self.grown(self.copy_of[path], fetch)
         if isinstance(tensor, GrowableRMSNorm):
@@ -460,8 +544,9 @@ def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
     grown = {path: step.grown(path, lambda origin: old[origin].full_tensor().float()) for path in step.paths}
     for path in step.paths:
         origin = step.origin[path]
-        if origin is not None and tuple(grown[path].shape) != old[origin].full_shape:
-            old[origin].grow_to(grown[path].to(like.dtype), step.generation)
+        if origin is not None and (tuple(grown[path].shape) != old[origin].full_shape
+                                   or step.layout[path] != old[origin].layout()):
+            old[origin].grow_to(grown[path].to(like.dtype), step.generation, step.layout[path])
     if step.new.num_hidden_layers > step.old.num_hidden_layers:
         build = Builder(step.new, layout=step.layout, values=grown)
         old_layers = list(model.layers)
@@ -473,6 +558,8 @@ def grow(model: Llama, event: GrowthEvent, seed: int = 0) -> int:
             else:
                 layers.append(old_layers[int(_LAYER_PATH.fullmatch(origin).group(1))])
         model.layers = nn.ModuleList(layers)
+    for layer in model.layers:
+        layer.self_attn.head_dim = step.new.head_dim
     model.config = step.new
     model.generation = step.generation
     return step.generation
