@@ -12,7 +12,8 @@ fp32):
   ZeRO-0    weights 4*P (fp32) or w*P + 4*P (bf16: separate fp32 masters), gradients w*P, Adam 8*P
   (DeepSpeed keeps an fp32 master next to fp32 weights under ZeRO-1/2/3: measured, data_ptr-checked on CPU.)
 Activations saved for backward, per token (measured with saved-tensor hooks, tests/unit/plan/test_memory_plan.py): per
-decoder layer w*(2h + (3h + 2kv)/tp + 4f/tp) plus the fp32 inputs of its two norms, plus the head: fp32 log-softmax over
+decoder layer w*(2h + (3a + 2kv)/tp + 4f/tp) (a: the attention width, heads x head_dim, h unless a head_dim growth
+widened the heads) plus the fp32 inputs of its two norms, plus the head: fp32 log-softmax over
 the vocabulary shard (4V/tp) and a few hidden-sized tensors. Activation checkpointing keeps each layer's input
 (w*h per token and layer) and recomputes one layer at a time in backward.
 A growth (sharded_growth.py) peaks while the grown engine is built: its weights, masters and Adam state (no
@@ -39,15 +40,15 @@ GIB = 2**30
 def rank_parameters(config: LlamaConfig, tp: int = 1) -> int:
     """Parameters one tensor-parallel rank holds: split tensors / tp, norm gains whole."""
     h, L, f, V = config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.vocab_size
-    kv = config.num_key_value_heads * config.head_dim
-    split = 2 * V * h + L * (2 * h * h + 2 * kv * h + 3 * f * h)
+    a, kv = config.attention_width, config.num_key_value_heads * config.head_dim
+    split = 2 * V * h + L * (2 * a * h + 2 * kv * h + 3 * f * h)
     return split // tp + (2 * L + 1) * h
 
 
 def largest_tensor(config: LlamaConfig) -> int:
     """Elements of the largest single weight (unsharded)."""
     h, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    return max(V * h, f * h, h * h)
+    return max(V * h, f * h, config.attention_width * h)
 
 
 def activation_parts(config: LlamaConfig, bf16: bool, tp: int = 1) -> dict:
@@ -55,8 +56,8 @@ def activation_parts(config: LlamaConfig, bf16: bool, tp: int = 1) -> dict:
     (what activation checkpointing keeps of a layer) and `head` (final norm, lm_head, loss)."""
     w = 2 if bf16 else 4
     h, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    kv = config.num_key_value_heads * config.head_dim
-    return dict(layer=w * (2 * h + (3 * h + 2 * kv) // tp + 4 * f // tp) + (8 * h if bf16 else 4 * h),
+    a, kv = config.attention_width, config.num_key_value_heads * config.head_dim
+    return dict(layer=w * (2 * h + (3 * a + 2 * kv) // tp + 4 * f // tp) + (8 * h if bf16 else 4 * h),
                 layer_input=w * h, head=4 * V // tp + (3 * w + 4) * h)
 
 

@@ -1,6 +1,6 @@
 """One rank of a sharded growth, for tests: the engine's state just before and just after each growth.
 
-    python tests/helpers/growth_worker.py ZERO_STAGE TP OUT.pt [--bf16] [--spill-dir DIR]
+    python tests/helpers/growth_worker.py ZERO_STAGE TP OUT.pt [--bf16] [--spill-dir DIR] [--head-dim]
 
 A small GQA model trains 2 steps (so Adam has moments), grows everything at once (width, FFN, vocabulary, depth
 interleaved), trains a step, then grows by copied layers and FFN. Rank 0 saves the unsharded state (weights,
@@ -29,6 +29,15 @@ SCHEDULE = dict(
     growths=[dict(at_step=2, hidden_size=128, intermediate_size=256, vocab_size=2000, num_hidden_layers=4,
                   layer_positions="interleave"),
              dict(at_step=3, num_hidden_layers=6, depth_init="copy", intermediate_size=320)])
+# head_dim 16 -> 32 with everything else (4 heads stay 4, each twice as wide), then head_dim 64 alone (the attention
+# width, 256, then exceeds hidden_size, 128)
+HEAD_DIM_SCHEDULE = dict(
+    model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, intermediate_size=192, vocab_size=1000,
+               num_key_value_heads=2),
+    training=dict(steps=8, lr=3e-3, warmup_steps=1, weight_decay=0.1),
+    growths=[dict(at_step=2, head_dim=32, hidden_size=128, intermediate_size=256, vocab_size=2000,
+                  num_hidden_layers=4, layer_positions="interleave"),
+             dict(at_step=3, head_dim=64)])
 SEED = 7
 
 
@@ -45,11 +54,12 @@ def main():
     p.add_argument("out", type=Path)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--spill-dir", default=None)
+    p.add_argument("--head-dim", action="store_true", help="the head_dim growth schedule")
     args = p.parse_args()
     torch.set_num_threads(1)
     rank, world = init_distributed()
     tp = TensorParallel(args.tp) if args.tp > 1 else None
-    schedule = parse_schedule(SCHEDULE, 16)
+    schedule = parse_schedule(HEAD_DIM_SCHEDULE if args.head_dim else SCHEDULE, 16)
     engine = GrowingEngine(schedule.model, load_ds_config(args.stage, 2, 1, world // args.tp, bf16=args.bf16),
                            schedule, seed=SEED, tp=tp, growth_spill_dir=args.spill_dir)
     spills = []          # count the growths whose pieces went to a mapped file

@@ -22,12 +22,12 @@ EXTRA = [(1, 2, 1, False, False), (2, 2, 2, False, False), (3, 2, 1, True, False
          (0, 2, 1, True, True)]
 
 
-def run(tmp_path, stage, world, tp, bf16=False, spill=False) -> list:
+def run(tmp_path, stage, world, tp, bf16=False, spill=False, head_dim=False) -> list:
     out = tmp_path / f"z{stage}_w{world}_tp{tp}{'_bf16' if bf16 else ''}.pt"
     spill_dir = tmp_path / "spill"
     spill_dir.mkdir()
     run_local_ranks(world, [WORKER, stage, tp, out, *(["--bf16"] if bf16 else []),
-                            *(["--spill-dir", spill_dir] if spill else [])])
+                            *(["--spill-dir", spill_dir] if spill else []), *(["--head-dim"] if head_dim else [])])
     assert not list(spill_dir.iterdir())        # the spill files are unlinked as soon as they are mapped
     records = torch.load(out, weights_only=False)
     assert [r["spilled"] for r in records] == ([1, 2] if spill else [0, 0])
@@ -56,8 +56,10 @@ def check_bit_identical(records):
                 moments = after["moments"].get((path, index))
                 if source is None:          # a new block starts from zero moments
                     assert moments is None or all(not m.any() for m in moments), (number, path, index)
-                else:
-                    old = record["before"]["moments"][source]
+                else:       # moved with their block; rescaled where the growth rescaled the rows (head_dim: q)
+                    old, scale = record["before"]["moments"][source], step.moment_scale(path)
+                    if scale != 1:
+                        old = (old[0] * scale, old[1] * (scale * scale))
                     assert all(torch.equal(a, b) for a, b in zip(moments, old)), (number, path, index)
         # the growth changed something, and the moments that moved are not all zero
         assert any(v.shape != after["values"][p].shape for p, v in record["before"]["values"].items()
@@ -75,6 +77,16 @@ def test_sharded_growth_is_bit_identical_to_the_unsharded_growth(tmp_path, stage
 @pytest.mark.parametrize("stage,world,tp,bf16,spill", EXTRA)
 def test_sharded_growth_under_zero_1_2_bf16_and_spilled_to_disk(tmp_path, stage, world, tp, bf16, spill):
     check_bit_identical(run(tmp_path, stage, world, tp, bf16, spill))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,world,bf16", [(0, 1, False), (3, 2, False), (3, 2, True)])
+def test_sharded_head_dim_growth_is_bit_identical_to_the_unsharded_growth(tmp_path, stage, world, bf16):
+    """head_dim 16 -> 32 with width, FFN, depth and vocabulary, then 32 -> 64 alone: strided blocks and rescaled q
+    moments, under ZeRO-0 and ZeRO-3 on 2 ranks."""
+    records = run(tmp_path, stage, world, 1, bf16=bf16, head_dim=True)
+    assert [r["after"]["config"].head_dim for r in records] == [32, 64]
+    check_bit_identical(records)
 
 
 def test_a_tensor_grows_alike_whatever_else_is_grown():

@@ -12,7 +12,10 @@ from megababel.model.counters import config_parameters
 
 CONFIGS = [dict(hidden_size=256, head_dim=64, num_hidden_layers=4, vocab_size=8000),
            dict(hidden_size=512, head_dim=128, num_hidden_layers=2, vocab_size=2000, intermediate_size=2048,
-                num_key_value_heads=2)]
+                num_key_value_heads=2),
+           # after a head_dim growth: 4 heads of 128 on a 256-wide residual stream (attention width 512)
+           dict(hidden_size=256, head_dim=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                vocab_size=2000)]
 
 
 def saved_for_backward(config: LlamaConfig, batch: int, seq: int, dtype, checkpointing: bool) -> int:
@@ -44,6 +47,13 @@ def test_activation_estimate_is_within_20_percent_of_what_autograd_saves(spec, b
     assert 256 * (config.num_hidden_layers * parts["layer_input"] + parts["head"]) == pytest.approx(kept, rel=0.2)
     assert activation_bytes(config, 256, bf16, checkpointing=True) == \
         256 * (config.num_hidden_layers * parts["layer_input"] + parts["layer"] + parts["head"])
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+def test_a_ranks_parameters_without_tensor_parallelism_are_the_models(spec):
+    """The planner's and the counters' parameters are the model's, also where the attention is wider than hidden."""
+    config = LlamaConfig(**spec)
+    assert rank_parameters(config) == config_parameters(config) == sum(p.numel() for p in Llama(config).parameters())
 
 
 def test_zero3_spreads_the_state_and_tensor_parallelism_splits_it():
