@@ -215,13 +215,22 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
             raise CheckpointError(f"{path}: {file} is unreadable ({type(e).__name__}): the checkpoint is damaged; "
                                   f"use an earlier one") from None
         blocks = layout[tensor_path]
-        expected = tuple(max(o[d] + s[d] for o, s, _ in blocks) for d in range(len(blocks[0][0])))
+        expected = _extent(blocks)
         if tuple(data["weight"].shape) != expected:
             raise CheckpointError(f"{path}: {tensor_path} has shape {tuple(data['weight'].shape)}, its layout says "
                                   f"{expected}: damaged checkpoint")
         values[tensor_path] = data["weight"]
     state = EngineState.from_meta(meta["engine"], values, _MomentStore(path, meta["tensor_files"]))
     return Checkpoint(path=path, state=state, run=meta["run"], meta=meta)
+
+
+def _extent(blocks: list) -> tuple[int, ...]:
+    """The full shape a layout's blocks tile: [offset, shape, generation] entries, with the strides as a fourth
+    element where a head_dim growth spread the block (model/layers.py)."""
+    def last(block, d):
+        stride = block[3][d] if len(block) > 3 else 1
+        return block[0][d] + (block[1][d] - 1) * stride + 1
+    return tuple(max(last(block, d) for block in blocks) for d in range(len(blocks[0][0])))
 
 
 def write_state(out: Path, state: EngineState, run: dict, files: dict | None = None) -> Path:
