@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megababel.config import ConfigError, LlamaConfig
-from megababel.model.layers import GrowableEmbedding, GrowableLinear, GrowableLayer
+from megababel.model.layers import (GrowableEmbedding, GrowableLinear, GrowableLayer, layout_entry, region,
+                                    unpack_block)
 from megababel.parallel.distributed import all_gather
 
 SPLIT_AXES = ("q_heads", "kv_heads", "ffn", "vocab")   # a weight is split along its (only) axis among these
@@ -41,8 +42,12 @@ def split_dim(axes: tuple[str, ...]) -> int | None:
 class TPSplit:
     """How one growable tensor is split over `size` tensor-parallel ranks (see the module docstring).
 
-    `global_layout`: [(offset, shape, generation)] of the blocks of the unsharded tensor; local block i is this
-    rank's piece of global block i. `unit`: rows that must stay together (head_dim for heads)."""
+    `global_layout`: [(offset, shape, generation[, stride])] of the blocks of the unsharded tensor; local block i is
+    this rank's piece of global block i. `unit`: rows that must stay together (head_dim for heads).
+
+    A head_dim growth leaves strided blocks along a head axis (every k-th row of every head); a head stays whole on
+    one rank, and a stride divides the head, so each rank's piece of a strided block is again strided, alike on
+    every rank."""
     dim: int
     rank: int
     size: int
@@ -61,8 +66,13 @@ class TPSplit:
 
     @property
     def segments(self) -> tuple[int, ...]:
-        """Boundaries along the split dim: where some block starts, and the end."""
-        return tuple(sorted({o[self.dim] for o, _, _ in self.global_layout} | {self.global_shape[self.dim]}))
+        """Boundaries along the split dim: where some block's run of rows starts (a strided block's first row
+        rounded down to its stride: the blocks a head_dim growth interleaves share one run), and the end."""
+        starts = set()
+        for entry in self.global_layout:
+            offset, _, _, stride = unpack_block(entry)
+            starts.add(offset[self.dim] - offset[self.dim] % stride[self.dim])
+        return tuple(sorted(starts | {self.global_shape[self.dim]}))
 
     @property
     def local_shape(self) -> tuple[int, ...]:
@@ -79,16 +89,25 @@ class TPSplit:
             pieces.append(torch.arange(a + rank * share, a + (rank + 1) * share))
         return torch.cat(pieces)
 
-    def _local_start(self, global_start: int) -> int:
-        return sum((b - a) // self.size for a, b in zip(self.segments[:-1], self.segments[1:]) if b <= global_start)
+    def _block_rows(self, entry) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's local indices, the block's own indices) of a global block's rows along the split dim."""
+        offset, shape, _, stride = unpack_block(entry)
+        rows = self.positions()
+        within = rows - offset[self.dim]
+        mine = (within >= 0) & (within % stride[self.dim] == 0) & (within // stride[self.dim] < shape[self.dim])
+        return mine.nonzero().flatten(), within[mine] // stride[self.dim]
 
     def local_layout(self) -> list[tuple]:
         layout = []
-        for offset, shape, generation in self.global_layout:
+        for entry in self.global_layout:
+            offset, shape, generation, stride = unpack_block(entry)
+            local, _ = self._block_rows(entry)
+            step = stride[self.dim]
+            if len(local) != shape[self.dim] // self.size or (len(local) > 1 and bool((local.diff() != step).any())):
+                raise ValueError(f"block {entry} does not split evenly over {self.size} tensor-parallel ranks")
             offset, shape = list(offset), list(shape)
-            offset[self.dim] = self._local_start(offset[self.dim])
-            shape[self.dim] //= self.size
-            layout.append((tuple(offset), tuple(shape), generation))
+            offset[self.dim], shape[self.dim] = int(local[0]), len(local)
+            layout.append(layout_entry(offset, shape, generation, stride))
         return layout
 
     def take(self, full: torch.Tensor) -> torch.Tensor:
@@ -97,10 +116,7 @@ class TPSplit:
 
     def take_block(self, block: torch.Tensor, index: int) -> torch.Tensor:
         """This rank's piece of global block `index` (e.g. its Adam moment)."""
-        start = self.global_layout[index][0][self.dim]
-        rows = self.positions()
-        rows = rows[(rows >= start) & (rows < start + block.shape[self.dim])] - start
-        return block.index_select(self.dim, rows)
+        return block.index_select(self.dim, self._block_rows(self.global_layout[index])[1])
 
     def merge(self, shards: list[torch.Tensor], dim_offset: int = 0) -> torch.Tensor:
         """The unsharded tensor from every rank's shard (shards may carry `dim_offset` leading dims)."""
@@ -242,9 +258,6 @@ def check_tensor_parallel(configs: list[LlamaConfig], tp: int, world: int):
             if value % tp:
                 raise ConfigError(f"{name}={value} of {where} is not divisible by --tp {tp}: choose a --tp that "
                                   f"divides it, or a schedule whose {name} is a multiple of {tp} after every growth")
-        if previous is not None and config.head_dim != previous.head_dim:
-            raise ConfigError(f"{where} grows head_dim ({previous.head_dim} -> {config.head_dim}): a head_dim growth "
-                              f"under tensor parallelism is not supported yet; train with --tp 1, or keep head_dim")
         if previous is not None and config.kv_group_size != previous.kv_group_size:
             raise ConfigError(f"{where} changes the query heads per key/value head ({previous.kv_group_size} -> "
                               f"{config.kv_group_size}); tensor parallelism needs it fixed")
@@ -310,14 +323,12 @@ class TensorParallel:
         if dim is None:
             return cls(*_ctor_args(cls, full_shape), axes=axes, init=init, blocks=blocks, **kw)
         blocks = blocks or [((0,) * len(full_shape), tuple(full_shape), 0)]
-        if any(len(block) > 3 for block in blocks):
-            raise ValueError(f"a tensor-parallel shard of strided blocks (a head_dim growth) is not supported: "
-                             f"{blocks}")
         split = TPSplit(dim, self.tp_rank, self.tp_size, tuple(full_shape), tuple(blocks), axes[dim], unit)
         if callable(init) and not isinstance(init, torch.Tensor):
             draw, init = init, torch.empty(full_shape)
-            for offset, shape, _ in blocks:
-                init[tuple(slice(o, o + n) for o, n in zip(offset, shape))] = draw(tuple(shape))
+            for entry in blocks:
+                offset, shape, _, stride = unpack_block(entry)
+                init[region(offset, shape, stride)] = draw(tuple(shape))
         local = None if init is None else split.take(init)
         parallel = {GrowableLinear: GrowableColumnParallelLinear if dim == 0 else GrowableRowParallelLinear,
                     GrowableEmbedding: GrowableVocabParallelEmbedding}[cls]
@@ -375,8 +386,8 @@ def unflagged_shards(model) -> list[str]:
 
 
 def _slices(block) -> tuple[slice, ...]:
-    offset, shape, _ = block
-    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
+    offset, shape, _, stride = unpack_block(block)
+    return region(offset, shape, stride)
 
 
 def _ctor_args(cls, shape):
