@@ -7,7 +7,7 @@ A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, 
     growths:                               # (`stages:`, the name before 0.2, is deprecated)
       - at_step: 150                       # or at_tokens: 2_000_000, or at_fraction: 0.33 (of training.steps)
         hidden_size: 128                   # any GrowthEvent target: hidden_size, intermediate_size,
-        intermediate_size: 352             #   num_hidden_layers, vocab_size
+        intermediate_size: 352             #   num_hidden_layers, vocab_size, head_dim (a whole multiple)
         vocab_size: 2000
       - at_tokens: 600000
         num_hidden_layers: 4
