@@ -77,6 +77,8 @@ class GrowthEvent:
     num_hidden_layers: int | None = None
     vocab_size: int | None = None
     head_dim: int | None = None                    # a whole multiple of the current head_dim
+    num_attention_heads: int | None = None         # heads after growth (default: the attention width grows with
+                                                   # hidden_size); key/value heads keep the group size
     layer_positions: str | list[int] = "append"   # "append", "interleave", or indices of the new layers after growth
     copy_from: list[int] | None = None             # depth_init="copy": old layer copied by each new layer
     width_init: str = "split"
@@ -280,6 +282,7 @@ EVENT_FIELD_RULES = {
     "num_hidden_layers": (_size_or_none, "a positive integer (the number of layers after growth)"),
     "vocab_size": (_size_or_none, "a positive integer (the size after growth)"),
     "head_dim": (_size_or_none, "a positive integer (the size after growth, a whole multiple of the current)"),
+    "num_attention_heads": (_size_or_none, "a positive integer (the number of heads after growth)"),
     "layer_positions": (lambda v: v in LAYER_POSITIONS if isinstance(v, str) else _layer_indices(v),
                         "'append', 'interleave' or a list of the new layers' indices after growth"),
     "copy_from": (lambda v: v is None or _layer_indices(v),
@@ -324,7 +327,8 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
     """Validate `event` against `config` and return the grown config; raises ConfigError naming the field."""
     check_event_fields(event)
     changes = {}
-    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "head_dim"):
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "head_dim",
+                 "num_attention_heads"):
         target, current = getattr(event, name), getattr(config, name)
         if target is None:
             continue
@@ -334,15 +338,22 @@ def check_growth(config: LlamaConfig, event: GrowthEvent) -> LlamaConfig:
             changes[name] = target
     if not changes:
         raise ConfigError("growth event changes nothing: give a larger hidden_size, intermediate_size, "
-                          "num_hidden_layers, vocab_size or head_dim")
+                          "num_hidden_layers, vocab_size, head_dim or num_attention_heads")
     head_dim = changes.get("head_dim", config.head_dim)
     if head_dim % config.head_dim:
         raise ConfigError.about("head_dim", f"{config.head_dim} -> {head_dim} is not a whole multiple: a head_dim "
                                             f"growth keeps RoPE exact only as k x head_dim; use "
                                             f"{2 * config.head_dim}, {3 * config.head_dim}, ...")
-    if "hidden_size" in changes:
+    group = config.kv_group_size
+    if event.num_attention_heads is not None:       # given, even unchanged: the attention width is the event's
+        heads = event.num_attention_heads
+        if heads % group:
+            raise ConfigError.about("num_attention_heads", f"{heads} is not a multiple of the key/value group size "
+                                                           f"{group}; use a multiple of {group}")
+        changes.update(num_attention_heads=heads, num_key_value_heads=heads // group)
+    elif "hidden_size" in changes:
         # the attention width grows with hidden_size (heads tile it if they did), in heads of the new head_dim
-        d, group = changes["hidden_size"], config.kv_group_size
+        d = changes["hidden_size"]
         width = config.attention_width * d
         if width % (config.hidden_size * head_dim):
             raise ConfigError.about("hidden_size", f"{d} gives an attention width of {width / config.hidden_size:g}, "

@@ -22,6 +22,10 @@ KINDS = {
                                      layer_positions="interleave", vocab_size="x2")),
     "gqa_combined": (dict(num_key_value_heads=2), GrowthEvent(head_dim=32, hidden_size=192, intermediate_size=320,
                                                               num_hidden_layers=3, vocab_size="x2")),
+    # the narrow start of a 3-generation plan: 4 heads of 16 on 64 -> 4 heads of 32 on 96 (attention 128 wide)
+    "gqa_explicit_heads": (dict(num_key_value_heads=2), GrowthEvent(head_dim=32, hidden_size=96,
+                                                                    num_attention_heads=4)),
+    "explicit_heads_only": ({}, GrowthEvent(num_attention_heads=6)),
 }
 
 
@@ -45,7 +49,7 @@ def test_head_dim_growth_is_exact_in_fp32(kind, text_batch):
     model, event, ids = _setup(kind, text_batch)
     before = _logits(model, ids)
     grow(model, event)
-    assert model.config.head_dim == event.head_dim
+    assert model.config.head_dim == (event.head_dim or 16)
     after = _logits(model, ids)[..., : before.shape[-1]]
     assert (after - before).abs().max().item() <= 1e-5
 
@@ -113,6 +117,18 @@ def test_old_rows_become_strided_blocks_and_blocks_tile(text_batch):
         assert bool((covered == 1).all()), f"{path}: blocks overlap or leave holes"
 
 
+def test_a_narrow_start_reaches_the_final_heads_through_a_generation_whose_attention_is_wider(text_batch):
+    """64 = 4 heads of 16 -> 96 with 4 heads of 32 (attention 128 wide) -> 128 with the same 4 heads: the final model
+    is the one a 2-head-of-32 start reaches, and every step is exact."""
+    model, _, ids = _setup("gqa_alone", text_batch)
+    reference = _logits(model, ids)
+    grow(model, GrowthEvent(head_dim=32, hidden_size=96, num_attention_heads=4), seed=1)
+    assert (model.config.hidden_size, model.config.attention_width) == (96, 128)
+    grow(model, GrowthEvent(hidden_size=128, num_attention_heads=4), seed=2)
+    assert (model.config.hidden_size, model.config.num_attention_heads, model.config.head_dim) == (128, 4, 32)
+    assert (_logits(model, ids) - reference).abs().max().item() <= 1e-5
+
+
 def test_grown_twice_and_rebuilt_from_its_layout(text_batch):
     """A second head_dim growth multiplies the strides again; a head-count growth after one appends heads; the
     layout rebuilds the same model (what checkpoints and ZeRO-3 growth rely on)."""
@@ -158,9 +174,11 @@ def test_the_hugging_face_model_of_a_grown_model_has_its_logits(text_batch):
     ({}, GrowthEvent(head_dim=32, hidden_size=80), "not a multiple of head_dim 32"),
     ({}, GrowthEvent(head_dim=32, hidden_size=96), "gives 3 heads of head_dim 32, fewer than the 4"),
     (dict(num_key_value_heads=1), GrowthEvent(head_dim=32, hidden_size=160), "key/value group size 4"),
+    (dict(num_key_value_heads=2), GrowthEvent(num_attention_heads=5), "num_attention_heads 5 is not a multiple"),
+    ({}, GrowthEvent(num_attention_heads=2), "would shrink"),
 ])
 def test_invalid_head_dim_growth_is_refused(config_overrides, event, message):
     model = Llama(tiny_config(**config_overrides), seed=0)
     with pytest.raises(ConfigError, match=message):
         grow(model, event)
-    assert model.generation == 0 and model.config.head_dim == 16
+    assert model.generation == 0 and model.config.head_dim == 16 and model.config.num_attention_heads == 4

@@ -94,6 +94,7 @@ BAD_GROWTHS = [
     (dict(at_step=10, vocab_size=-5), "vocab_size", "positive integer"),
     (dict(DEPTH, head_dim=24.5), "head_dim", "positive integer"),
     (dict(DEPTH, head_dim=3), "head_dim", "would shrink"),
+    (dict(DEPTH, num_attention_heads=0), "num_attention_heads", "positive integer"),
     (dict(DEPTH, layer_positions="middle"), "layer_positions", "'append', 'interleave' or a list"),
     (dict(DEPTH, layer_positions=[True, 3]), "layer_positions", "'append', 'interleave' or a list"),
     (dict(DEPTH, depth_init="copy", copy_from="0"), "copy_from", "a list of old layer indices"),
