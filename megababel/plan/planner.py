@@ -23,6 +23,8 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +x4         start at a quarter of the depth and grow it 4x in its one growth
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
+  +narrow     every generation has the final's heads: the first at half the final's head_dim, grown to it (head_dim
+              growth, exact) at the first growth; until the width catches up the attention is wider than hidden
 The rule: the best plan at the measured budget nearest in log(tokens per parameter), and scratch's tuned peak LR
 there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/width scaling is the usual muP-style
 assumption, not measured here). The best plan (bench/budget_report.py) is, among the grid plans and lever
@@ -125,10 +127,12 @@ def _round_to(value: float, multiple: int) -> int:
 
 
 def generation_configs(final: LlamaConfig, plan: str, vocab_stage: int | None,
-                       depth_factor: int = 2) -> list[LlamaConfig]:
+                       depth_factor: int = 2, narrow: bool = False) -> list[LlamaConfig]:
     """The generations of `plan` ("g1", "g2", "g3"), first to final; `vocab_stage`: the first generation's
     vocabulary (a vocabulary stage; None: the final's); `depth_factor`: the depth grows by this factor in its one
-    growth (the +x4 lever: 4)."""
+    growth (the +x4 lever: 4); `narrow` (the +narrow lever): every generation has the final's heads, the first at
+    half the final's head_dim (the same width, twice the heads of the plain plan), the others at the final's
+    head_dim (an attention wider than hidden_size until the width catches up)."""
     if plan not in GENERATION_WIDTHS:
         raise ConfigError.about("plan", f"unknown plan {plan!r}; plans: {sorted(GENERATION_WIDTHS)} or scratch")
     if final.num_hidden_layers % depth_factor:
@@ -153,6 +157,14 @@ def generation_configs(final: LlamaConfig, plan: str, vocab_stage: int | None,
             num_key_value_heads=heads // group, intermediate_size=_round_to(final.intermediate_size * width, 8),
             num_hidden_layers=final.num_hidden_layers // depth_factor, vocab_size=final.vocab_size)))
     configs[0] = LlamaConfig(**dict(configs[0].to_dict(), vocab_size=vocab_stage or final.vocab_size))
+    if narrow:
+        heads = dict(num_attention_heads=final.num_attention_heads, num_key_value_heads=final.num_key_value_heads)
+        if final.head_dim % 4 or configs[0].hidden_size * 2 != final.attention_width:
+            raise ConfigError.about("plan", f"+narrow starts at half the final's head_dim and its heads: it needs a "
+                                    f"first generation half as wide as the final's attention and a head_dim "
+                                    f"divisible by 4 (final {final.hidden_size}, head_dim {final.head_dim})")
+        configs = [LlamaConfig(**dict(c.to_dict(), **heads, head_dim=final.head_dim // (2 if i == 0 else 1)))
+                   for i, c in enumerate(configs)]
     configs.append(final)
     return configs
 
@@ -165,8 +177,12 @@ def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict
     events = []
     for before, after in zip(configs, configs[1:]):
         event = {}
+        if after.head_dim != before.head_dim:
+            event.update(head_dim=after.head_dim)
         if after.hidden_size != before.hidden_size:
             event.update(hidden_size=after.hidden_size, intermediate_size=after.intermediate_size)
+            if after.attention_width != after.hidden_size or before.attention_width != before.hidden_size:
+                event.update(num_attention_heads=after.num_attention_heads)     # the width does not tile hidden
             if levers["zero_width"]:
                 event.update(width_init="zero", heads_init="zero", ffn_init="zero")
         if after.num_hidden_layers != before.num_hidden_layers:
@@ -182,7 +198,7 @@ def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict
 
 
 LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
-                      generation_lr=False)
+                      generation_lr=False, narrow=False)
 
 
 def parse_levers(levers: list[str]) -> dict:
@@ -191,13 +207,13 @@ def parse_levers(levers: list[str]) -> dict:
     for lever in levers:
         if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
             options["rewarm"] = float(lever[6:])
-        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr"):
+        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow"):
             options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
                                 x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
-                                genlr=dict(generation_lr=True))[lever])
+                                genlr=dict(generation_lr=True), narrow=dict(narrow=True))[lever])
         else:
             raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
-                                    f"+copy, +x4, +zerowidth and +genlr")
+                                    f"+copy, +x4, +zerowidth, +genlr and +narrow")
     return options
 
 
@@ -207,8 +223,7 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     `scratch_steps` steps of the final model. `vocab_stage`: the first generation's vocabulary (a vocabulary stage)
     of a -vocab plan (default half the final's)."""
     training = dict(lr=lr, warmup_steps=max(10, scratch_steps // 20), min_lr_ratio=0.1, weight_decay=0.1)
-    model_fields = dict(head_dim=final.head_dim, multiple_of=final.multiple_of,
-                        max_position_embeddings=final.max_position_embeddings)
+    model_fields = dict(multiple_of=final.multiple_of, max_position_embeddings=final.max_position_embeddings)
     if name == "scratch":
         return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
     name, *lever_names = name.split("+")
@@ -218,7 +233,7 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     vocab = rest.endswith("-vocab")
     first = int(rest.removesuffix("-vocab")) / 100
     configs = generation_configs(final, plan, (vocab_stage or final.vocab_size // 2) if vocab else None,
-                                 levers["depth_factor"])
+                                 levers["depth_factor"], levers["narrow"])
     events = _events(configs, levers)
     configs = [configs[0]] + [c for c, n in zip(configs[1:], configs) if _events([n, c])]
     total = scratch_steps * flops_per_token(final, seq_len) * tokens_per_step

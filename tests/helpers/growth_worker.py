@@ -1,6 +1,6 @@
 """One rank of a sharded growth, for tests: the engine's state just before and just after each growth.
 
-    python tests/helpers/growth_worker.py ZERO_STAGE TP OUT.pt [--bf16] [--spill-dir DIR] [--head-dim]
+    python tests/helpers/growth_worker.py ZERO_STAGE TP OUT.pt [--bf16] [--spill-dir DIR] [--head-dim] [--kv-heads N]
 
 A small GQA model trains 2 steps (so Adam has moments), grows everything at once (width, FFN, vocabulary, depth
 interleaved), trains a step, then grows by copied layers and FFN. Rank 0 saves the unsharded state (weights,
@@ -55,11 +55,15 @@ def main():
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--spill-dir", default=None)
     p.add_argument("--head-dim", action="store_true", help="the head_dim growth schedule")
+    p.add_argument("--kv-heads", type=int, default=None, help="override the schedule's num_key_value_heads")
     args = p.parse_args()
     torch.set_num_threads(1)
     rank, world = init_distributed()
     tp = TensorParallel(args.tp) if args.tp > 1 else None
-    schedule = parse_schedule(HEAD_DIM_SCHEDULE if args.head_dim else SCHEDULE, 16)
+    spec = HEAD_DIM_SCHEDULE if args.head_dim else SCHEDULE
+    if args.kv_heads:
+        spec = dict(spec, model=dict(spec["model"], num_key_value_heads=args.kv_heads))
+    schedule = parse_schedule(spec, 16)
     engine = GrowingEngine(schedule.model, load_ds_config(args.stage, 2, 1, world // args.tp, bf16=args.bf16),
                            schedule, seed=SEED, tp=tp, growth_spill_dir=args.spill_dir)
     spills = []          # count the growths whose pieces went to a mapped file

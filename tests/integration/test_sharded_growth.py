@@ -22,12 +22,13 @@ EXTRA = [(1, 2, 1, False, False), (2, 2, 2, False, False), (3, 2, 1, True, False
          (0, 2, 1, True, True)]
 
 
-def run(tmp_path, stage, world, tp, bf16=False, spill=False, head_dim=False) -> list:
+def run(tmp_path, stage, world, tp, bf16=False, spill=False, head_dim=False, kv_heads=None) -> list:
     out = tmp_path / f"z{stage}_w{world}_tp{tp}{'_bf16' if bf16 else ''}.pt"
     spill_dir = tmp_path / "spill"
     spill_dir.mkdir()
     run_local_ranks(world, [WORKER, stage, tp, out, *(["--bf16"] if bf16 else []),
-                            *(["--spill-dir", spill_dir] if spill else []), *(["--head-dim"] if head_dim else [])])
+                            *(["--spill-dir", spill_dir] if spill else []), *(["--head-dim"] if head_dim else []),
+                            *(["--kv-heads", kv_heads] if kv_heads else [])])
     assert not list(spill_dir.iterdir())        # the spill files are unlinked as soon as they are mapped
     records = torch.load(out, weights_only=False)
     assert [r["spilled"] for r in records] == ([1, 2] if spill else [0, 0])
@@ -87,6 +88,14 @@ def test_sharded_head_dim_growth_is_bit_identical_to_the_unsharded_growth(tmp_pa
     moments, under ZeRO-0, ZeRO-2 and ZeRO-3 on 2 ranks, and TP 2 (each head whole on one rank) under ZeRO-0 and
     ZeRO-3."""
     records = run(tmp_path, stage, world, tp, bf16=bf16, head_dim=True)
+    assert [r["after"]["config"].head_dim for r in records] == [32, 64]
+    check_bit_identical(records)
+
+
+@pytest.mark.slow
+def test_head_dim_growth_under_tp4_is_bit_identical(tmp_path):
+    """TP 4 (plain multi-head attention, so that 4 divides the key/value heads), ZeRO-0, 4 ranks."""
+    records = run(tmp_path, 0, 4, 4, head_dim=True, kv_heads=4)
     assert [r["after"]["config"].head_dim for r in records] == [32, 64]
     check_bit_identical(records)
 

@@ -232,3 +232,22 @@ def test_at_20_tokens_per_parameter_the_planner_grows_with_stacked_depth_and_say
     assert plan.name == MEASURED[-1].plan == "g3@2-vocab+copy" and MEASURED[-1].pays
     assert plan.schedule["growths"][-1]["depth_init"] == "copy" and "does not keep the function" in plan.explain()
     assert "does not keep the function" not in bench_plan(5.0).explain()
+
+
+@pytest.mark.parametrize("name", ["g3@2-vocab+copy+narrow", "g1@50+narrow", "g2@10-vocab+narrow"])
+def test_the_narrow_lever_starts_with_twice_the_heads_and_grows_head_dim_at_the_first_growth(name):
+    """+narrow: the first generation is as wide as the plain plan's with the final's heads at half its head_dim;
+    the first growth doubles head_dim, and the plan still ends at the final model, at scratch's FLOPs."""
+    plain = parse_schedule(plan_schedule(BENCH_FINAL, name.removesuffix("+narrow"), 1000, 256, 2048, 1.5e-3), 2048)
+    narrow = parse_schedule(plan_schedule(BENCH_FINAL, name, 1000, 256, 2048, 1.5e-3), 2048)
+    assert narrow.model.hidden_size == plain.model.hidden_size
+    assert (narrow.model.num_attention_heads, narrow.model.head_dim) == (BENCH_FINAL.num_attention_heads,
+                                                                        BENCH_FINAL.head_dim // 2)
+    assert narrow.growths[0].event.head_dim == BENCH_FINAL.head_dim
+    assert all(g.config.num_attention_heads == BENCH_FINAL.num_attention_heads for g in narrow.growths)
+    assert narrow.final_config == BENCH_FINAL == plain.final_config
+    flops = [sum(flops_per_token(c, 256) * 2048 * n for c, n in zip(
+        [s.model] + [g.config for g in s.growths],
+        [b - a for a, b in zip([0] + [g.at_step for g in s.growths], [g.at_step for g in s.growths] + [s.steps])]))
+        for s in (plain, narrow)]
+    assert flops[1] == pytest.approx(flops[0], rel=0.01)
