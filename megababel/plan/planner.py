@@ -112,6 +112,9 @@ class Plan:
             lines.append("do not grow: growing did not pay at this budget; train the final model from scratch. For "
                          "the smaller models too (a model family from one run), plan in family mode: "
                          "tools/plan_growth.py --family, or launch/train.py --schedule auto --keep-generations")
+        if "narrow" in self.name.split("+")[1:]:
+            lines.append("the first generation has the final's heads at half its head_dim; the first growth doubles "
+                         "head_dim (exact: every head twice as wide, RoPE kept)")
         if "copy" in self.name.split("+")[1:]:
             lines.append("the depth growth stacks copies of the trained layers (G_stack): it does not keep the "
                          "function (the loss jumps at that growth and recovers); every other growth does")

@@ -251,3 +251,10 @@ def test_the_narrow_lever_starts_with_twice_the_heads_and_grows_head_dim_at_the_
         [b - a for a, b in zip([0] + [g.at_step for g in s.growths], [g.at_step for g in s.growths] + [s.steps])]))
         for s in (plain, narrow)]
     assert flops[1] == pytest.approx(flops[0], rel=0.01)
+
+
+def test_the_explanation_says_when_a_plan_grows_head_dim():
+    from megababel.plan.planner import Plan
+    plan = Plan("g3@2-vocab+copy+narrow", {}, MEASURED[-1], 20.0, 1000, [])
+    assert "the first growth doubles head_dim" in plan.explain()
+    assert "head_dim" not in Plan("g3@2-vocab+copy", {}, MEASURED[-1], 20.0, 1000, []).explain()
