@@ -216,9 +216,6 @@ class HeadDimPlan:
     def __init__(self, old: int, new: int, std: float):
         self.k, self.std = new // old, std
 
-    def spread(self, length: int) -> int:
-        return self.k * length
-
     def grow(self, t: torch.Tensor, dim: int, name: str, rng: torch.Generator) -> torch.Tensor:
         t = t.movedim(dim, 0)
         k, rest = self.k, t.shape[1:]

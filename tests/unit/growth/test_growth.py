@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_config, train_grown
 from megababel import ConfigError, GrowthEvent, Llama, grow
 
 # name -> (config overrides, event); vocab sizes are filled in from the text batch
@@ -73,23 +73,9 @@ def test_every_new_tensor_gets_gradient_and_training_lowers_loss(kind, text_batc
     ids, _ = text_batch
     model, event = _setup(kind, text_batch)
     grow(model, event)
-    new = _new_params(model)
-    assert new, "growth added no parameters"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    losses = []
-    for step in range(21):
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        losses.append(loss.item())
-        if step <= 1:
-            dead = [n for n, p in new.items() if p.grad is None or p.grad.abs().max() == 0]
-            if step == 0:
-                assert all(_new_layer_norm(n, model) for n in dead), f"no gradient in first backward: {dead}"
-            else:
-                assert not dead, f"no gradient in second backward: {dead}"
-        if step < 20:
-            optimizer.step()
+    losses, (first, second) = train_grown(model, ids)
+    assert all(_new_layer_norm(n, model) for n in first), f"no gradient in first backward: {first}"
+    assert not second, f"no gradient in second backward: {second}"
     assert losses[-1] < losses[0] - 0.1, losses
 
 

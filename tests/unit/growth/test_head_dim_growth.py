@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_config, train_grown
 from megababel import ConfigError, GrowthEvent, Llama, grow
 from megababel.growth import GrowthTransform
 
@@ -74,10 +74,6 @@ def test_rope_frequencies_of_the_old_dims_are_kept():
     assert torch.allclose(new[::k], old, rtol=0, atol=1e-15)
 
 
-def _new_params(model):
-    return {n: p for n, p in model.named_parameters() if p.block_meta.generation == model.generation}
-
-
 @pytest.mark.parametrize("kind", ["mha_alone", "gqa_with_width_and_heads"])
 def test_new_parameters_train(kind, text_batch):
     """Every new block gets gradient in the first backward, but the new k rows: a new rotary pair stays exact only
@@ -85,21 +81,9 @@ def test_new_parameters_train(kind, text_batch):
     gradient in the second, once the q rows have moved."""
     model, event, ids = _setup(kind, text_batch)
     grow(model, event)
-    new = _new_params(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    losses = []
-    for step in range(21):
-        optimizer.zero_grad(set_to_none=True)
-        _, loss = model(ids[:, :-1], ids[:, 1:])
-        loss.backward()
-        losses.append(loss.item())
-        if step <= 1:
-            dead = sorted(n for n, p in new.items() if p.grad is None or p.grad.abs().max() == 0)
-            if step == 0:
-                assert dead and all(".k_proj." in n for n in dead), dead
-            else:
-                assert not dead, dead
-        optimizer.step()
+    losses, (first, second) = train_grown(model, ids)
+    assert first and all(".k_proj." in n for n in first), first
+    assert not second, second
     assert losses[-1] < losses[0] - 0.1, losses
 
 
