@@ -2,6 +2,7 @@
 
     megababel-plan --final tinystories --tokens-per-parameter 1 --seq-len 256 --global-batch-tokens 2048
     megababel-plan --final seed --tokens 2e10 --seq-len 2048 --global-batch-tokens 1048576 --out seed.yaml
+    megababel-plan --final seed --tokens-per-parameter 20 --global-batch-tokens 524288 --levers narrow   # TP 2
     megababel-plan --hidden-size 2048 --head-dim 128 --num-hidden-layers 24 --vocab-size 32000 \\
         --flops 1e21 --data data/sp --out plan.yaml
     deepspeed launch/train.py --schedule plan.yaml ...        # or plan at launch: --schedule auto --final ...
@@ -48,6 +49,9 @@ def main(argv=None):
     p.add_argument("--lr", type=positive_float, default=None, help="peak LR (default: the rule's)")
     p.add_argument("--family", action="store_true", help="plan the growth even where it does not pay: the smaller "
                    "models are wanted too (train with --keep-generations, export with megababel-export-family)")
+    p.add_argument("--levers", nargs="+", default=[], metavar="LEVER",
+                   help="levers added to the measured plan (megababel/plan/planner.py), e.g. narrow: every generation "
+                        "has the final's heads, the first at half head_dim, so that tensor parallelism divides them")
     p.add_argument("--data", type=Path, default=None, help="dataset directory: plan only its vocabulary stages")
     p.add_argument("--out", type=Path, default=None, help="write the schedule here (.yaml or .json)")
     args = p.parse_args(argv)
@@ -67,7 +71,7 @@ def main(argv=None):
         plan = plan_growth(final, tokens=tokens, flops=args.flops, seq_len=args.seq_len,
                            tokens_per_step=args.global_batch_tokens or 8 * args.seq_len, lr=args.lr,
                            vocab_stages=None if args.data is None else data_vocab_stages(args.data),
-                           family=args.family)
+                           family=args.family, levers=tuple(args.levers))
     except ConfigError as e:
         p.error(str(e))
     print(plan.explain())

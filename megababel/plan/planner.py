@@ -265,10 +265,12 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
 
 def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | None = None, seq_len: int = 2048,
                 tokens_per_step: int = 2048 * 8, lr: float | None = None, vocab_stages=None, family: bool = False,
-                table=MEASURED) -> Plan:
+                levers: tuple = (), table=MEASURED) -> Plan:
     """The measured-best plan for training `final` on `tokens` (scratch's training tokens) or `flops` (training
     FLOPs); "scratch" (do not grow) where growing did not pay, unless `family` (the smaller models are wanted too).
-    `vocab_stages`: the vocabulary stages the data has (None: any); `lr`: a peak LR instead of the rule's."""
+    `vocab_stages`: the vocabulary stages the data has (None: any); `lr`: a peak LR instead of the rule's; `levers`:
+    levers added to the measured plan (e.g. ("narrow",): more, narrower heads at the start, which tensor parallelism
+    may need)."""
     if (tokens is None) == (flops is None):
         raise ConfigError.about("budget", "give exactly one of tokens or flops")
     if tokens_per_step <= 0 or seq_len <= 0:
@@ -293,14 +295,17 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
         notes.append(f"no measurement within 2x of {per_parameter:.3g} tokens/parameter: planned from the nearest "
                      f"({measured.tokens_per_parameter:g}); the saving there need not hold here")
     name, vocab_stage = (measured.plan if measured.pays or family else "scratch"), None
-    plan, plus, levers = name.partition("+")          # "g3@2-vocab+copy": the plan, then its levers
+    parse_levers(list(levers))          # an unknown lever is refused even where the plan is scratch
+    if name != "scratch":
+        name += "".join(f"+{lever}" for lever in levers if lever not in name.split("+")[1:])
+    plan, plus, lever_names = name.partition("+")     # "g3@2-vocab+copy": the plan, then its levers
     if plan.endswith("-vocab"):
         vocab_stage = final.vocab_size // 2
         if vocab_stages is not None:
             smaller = [s for s in vocab_stages if s < final.vocab_size]
             vocab_stage = max([s for s in smaller if s <= final.vocab_size // 2] or smaller or [0]) or None
             if vocab_stage is None:
-                name = plan.removesuffix("-vocab") + plus + levers
+                name = plan.removesuffix("-vocab") + plus + lever_names
                 notes.append(f"the data has no vocabulary stage below {final.vocab_size}: planned without the "
                              f"vocabulary stage")
     if lr is None:

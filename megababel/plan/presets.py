@@ -29,17 +29,17 @@ if TYPE_CHECKING:
 
 
 def planned_preset(final: dict, tokens: float, seq_len: int, tokens_per_step: int, vocab_stages: list,
-                   batch_in_schedule: bool = False, family: bool = False) -> dict:
+                   batch_in_schedule: bool = False, family: bool = False, levers: tuple = ()) -> dict:
     """A preset made by the growth planner for the `final` model at a budget of `tokens` (scratch's; a float below
     1000 means tokens per parameter), with the growths at fractions of the run, so that --steps scales the whole
     plan. `vocab_stages`: the vocabulary stages of the data; `batch_in_schedule`: the preset fixes its tokens per
     step (global batch); `family`: planned in family mode (grows even where growing saved nothing, for the smaller
-    models)."""
+    models); `levers`: levers added to the measured plan."""
     from megababel.plan.planner import plan_growth
     if tokens < 1000:
         tokens *= config_parameters(LlamaConfig(**final))
     spec = plan_growth(LlamaConfig(**final), tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step,
-                       vocab_stages=vocab_stages, family=family).schedule
+                       vocab_stages=vocab_stages, family=family, levers=levers).schedule
     steps = spec["training"]["steps"]
     spec["growths"] = [dict({k: v for k, v in g.items() if k != "at_step"}, at_fraction=g["at_step"] / steps)
                        for g in spec["growths"]]
@@ -68,11 +68,14 @@ PLANNED = {
     # accumulation fills the batch on fewer ranks). --data: a dataset with vocabulary stages 8000 16000 32000. At 20
     # tokens/parameter the measured best is g3@2-vocab+copy (first growth at 2% of the FLOPs, depth by stacking the
     # trained layers, which does not keep the function): 9% fewer FLOPs (2..16, 3 seeds, 1.32M final model;
-    # bench/README.md). Planned in family mode, so it stays a growth plan should a re-measurement stop paying.
+    # bench/README.md). Planned in family mode, so it stays a growth plan should a re-measurement stop paying. With
+    # the +narrow lever every generation has the final's 14 heads, the first at head_dim 64 (hidden 896), so tensor
+    # parallelism 2 divides every generation (7 heads of 128 would divide by nothing); the first growth doubles
+    # head_dim, exactly. Measured at 5 and 20 tokens/parameter against the same plan without it: bench/README.md.
     "seed": dict(final=dict(hidden_size=1792, head_dim=128, num_hidden_layers=24, intermediate_size=4864,
                             vocab_size=32000, max_position_embeddings=2048),
                  tokens=20.0, seq_len=2048, tokens_per_step=256 * 2048, vocab_stages=[8000, 16000, 32000],
-                 batch_in_schedule=True, family=True),
+                 batch_in_schedule=True, family=True, levers=("narrow",)),
 }
 
 # the presets written out by hand
@@ -91,21 +94,24 @@ FIXED = {
                       layer_positions="interleave"),
                  dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
                       layer_positions="interleave")]),
-    # seed_2x for tensor parallelism 2, 4 and 8: every head count and every growth's added heads (and FFN units,
-    # vocabulary rows) divisible by 8. With head_dim 128 that needs hidden steps of 1024, so this variant uses
-    # head_dim 32; same vocabulary stages, about 2x per growth, the same 488M and 1.05B models
-    # (49M -> 103M -> 223M -> 488M -> 1.05B)
+    # seed_2x for tensor parallelism 2, 4 and 8: every generation has 16 heads, so every head count (and every
+    # growth's added FFN units and vocabulary rows) divides by 8, and the width grows by widening the heads
+    # instead: head_dim 32 -> 64 -> 128, exact (RoPE kept). The attention (16 x head_dim) need not equal hidden_size,
+    # as in Hugging Face's `head_dim`; the final model is the seed's hidden 1792, 24 layers, FFN 4864, head_dim 128,
+    # with 16 heads instead of 14 (attention 2048 wide): 1.09B instead of 1.05B. Same vocabulary stages, about 2x
+    # per growth: 49M -> 112M -> 223M -> 501M -> 1.09B.
     "seed_2x_tp": dict(
-        model=dict(hidden_size=512, head_dim=32, num_hidden_layers=12, vocab_size=8000,
+        model=dict(hidden_size=512, head_dim=32, num_attention_heads=16, num_hidden_layers=12, vocab_size=8000,
                    max_position_embeddings=2048),
         training=dict(steps=100_000, lr=6e-4, warmup_steps=2000, min_lr_ratio=0.1, weight_decay=0.1),
-        growths=[dict(at_step=10_000, hidden_size=768, intermediate_size=1792, vocab_size=16000),
-                 dict(at_step=25_000, hidden_size=1024, num_hidden_layers=14, intermediate_size=2304,
-                      vocab_size=32000, layer_positions="interleave"),
-                 dict(at_step=45_000, hidden_size=1280, num_hidden_layers=20, intermediate_size=3584,
-                      layer_positions="interleave"),
-                 dict(at_step=70_000, hidden_size=1792, num_hidden_layers=24, intermediate_size=4864,
-                      layer_positions="interleave")]),
+        growths=[dict(at_step=10_000, hidden_size=768, head_dim=64, num_attention_heads=16, intermediate_size=1792,
+                      vocab_size=16000),
+                 dict(at_step=25_000, hidden_size=1024, num_attention_heads=16, num_hidden_layers=14,
+                      intermediate_size=2304, vocab_size=32000, layer_positions="interleave"),
+                 dict(at_step=45_000, hidden_size=1280, head_dim=128, num_attention_heads=16, num_hidden_layers=18,
+                      intermediate_size=3328, layer_positions="interleave"),
+                 dict(at_step=70_000, hidden_size=1792, num_attention_heads=16, num_hidden_layers=24,
+                      intermediate_size=4864, layer_positions="interleave")]),
 }
 
 PRESET_NAMES = (*PLANNED, *FIXED)

@@ -177,6 +177,11 @@ def test_the_command_line_writes_a_schedule_the_launcher_accepts(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "megababel.cli.plan_growth", "--final", "tinystories",
                           "--tokens", "1000"], capture_output=True, text=True)
     assert bad.returncode == 2 and "raise the budget" in bad.stderr and "Traceback" not in bad.stderr
+    from megababel.cli.plan_growth import main
+    narrow = main(["--final", "tinystories", "--tokens-per-parameter", "0.1", "--seq-len", "256", "--levers", "narrow",
+                   "--out", str(tmp_path / "narrow.json")])
+    assert narrow.name == "g3@10-vocab+narrow"
+    assert load_schedule(tmp_path / "narrow.json", 2048).model.head_dim == schedule.model.head_dim // 2
 
 
 def test_an_unknown_lever_is_refused():
@@ -195,10 +200,11 @@ def test_presets_follow_the_planner(name, tokens, seq_len, tokens_per_step, stag
     from megababel.plan.presets import final_model, load_schedule
     final = final_model(name)
     plan = plan_growth(final, tokens=tokens, seq_len=seq_len, tokens_per_step=tokens_per_step, vocab_stages=stages,
-                       family=name == "seed")   # the seed preset grows for its family (megababel/plan/presets.py)
+                       family=name == "seed",   # the seed preset grows for its family (megababel/plan/presets.py)
+                       levers=("narrow",) if name == "seed" else ())     # and starts with narrower heads
     loaded, planned = load_schedule(name, tokens_per_step), parse_schedule(plan.schedule, tokens_per_step)
     nearest = min(MEASURED, key=lambda m: abs(math.log(m.tokens_per_parameter * config_parameters(final) / tokens)))
-    assert plan.name.removesuffix("-vocab") == nearest.plan.removesuffix("-vocab")
+    assert plan.name.replace("-vocab", "").removesuffix("+narrow") == nearest.plan.replace("-vocab", "")
     def growths(schedule):       # the batch in effect is checked below (the seed preset fixes it)
         return [{k: v for k, v in g.items() if k != "global_batch_tokens"} for g in schedule.resolved()["growths"]]
     assert loaded.resolved()["model"] == planned.resolved()["model"] and growths(loaded) == growths(planned)
@@ -258,3 +264,27 @@ def test_the_explanation_says_when_a_plan_grows_head_dim():
     plan = Plan("g3@2-vocab+copy+narrow", {}, MEASURED[-1], 20.0, 1000, [])
     assert "the first growth doubles head_dim" in plan.explain()
     assert "head_dim" not in Plan("g3@2-vocab+copy", {}, MEASURED[-1], 20.0, 1000, []).explain()
+
+
+def test_levers_can_be_added_to_the_measured_plan_and_an_unknown_one_is_refused():
+    """plan_growth(levers=("narrow",)) is the measured plan with +narrow (what the seed preset asks for); a lever the
+    plan already has is not added twice; a misspelt lever is refused even where the plan is scratch."""
+    tokens = 20 * config_parameters(BENCH_FINAL)
+    plan = plan_growth(BENCH_FINAL, tokens=tokens, seq_len=256, tokens_per_step=2048, levers=("narrow", "copy"))
+    assert plan.name == MEASURED[-1].plan + "+narrow" and "doubles head_dim" in plan.explain()
+    assert parse_schedule(plan.schedule, 2048).growths[0].event.head_dim == BENCH_FINAL.head_dim
+    with pytest.raises(ConfigError, match="levers are"):
+        plan_growth(BENCH_FINAL, tokens=tokens, seq_len=256, tokens_per_step=2048, levers=("narow",))
+
+
+def test_the_seed_preset_starts_with_the_final_heads_at_half_head_dim_so_tensor_parallelism_2_divides_it():
+    """14 heads of 64 on hidden 896 (not 7 of 128), then 14 of 128: --tp 2 splits every generation; 4 cannot split
+    14 heads (the seed's final model; seed_2x_tp is the preset for 4 and 8)."""
+    from megababel.parallel import check_tensor_parallel
+    from megababel.plan.presets import load_schedule
+    seed = load_schedule("seed", 256 * 2048)
+    configs = [seed.model] + [g.config for g in seed.growths]
+    assert [(c.num_attention_heads, c.head_dim) for c in configs] == [(14, 64)] + [(14, 128)] * len(seed.growths)
+    check_tensor_parallel(configs, 2, 2)
+    with pytest.raises(ConfigError, match="num_attention_heads=14 .*--tp 4"):
+        check_tensor_parallel(configs, 4, 4)

@@ -338,7 +338,9 @@ def test_at_tokens_counts_each_generation_at_its_own_batch():
 
 
 @pytest.mark.parametrize("tp", [2, 4, 8])
-def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_2x_plan(tp):
+def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_ends_at_head_dim_128(tp):
+    """16 heads in every generation, widened by head_dim growth 32 -> 64 -> 128: the seed's final shape (hidden
+    1792, 24 layers, FFN 4864) at Llama 2's head_dim, with 16 heads instead of 14 so that 8 ranks divide them."""
     from megababel.model.counters import config_parameters
     from megababel.parallel import check_tensor_parallel
     seed, seed_tp = (load_schedule(name, 2048) for name in ("seed_2x", "seed_2x_tp"))
@@ -347,6 +349,10 @@ def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_keeps_the_seed_2x_pla
     sizes = [config_parameters(c) for c in configs]
     assert all(1.9 < b / a < 2.3 for a, b in zip(sizes, sizes[1:])), sizes          # about 2x per growth
     assert [c.vocab_size for c in configs] == [8000, 16000, 32000, 32000, 32000]
-    assert [config_parameters(g.config) for g in seed.growths[-2:]] == sizes[-2:]   # the seed's 488M and 1.05B
+    assert [c.head_dim for c in configs] == [32, 64, 64, 128, 128]
+    assert {c.num_attention_heads for c in configs} == {16}
+    final, seed_final = seed_tp.final_config, seed.final_config
+    assert [getattr(final, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "head_dim")] == \
+        [getattr(seed_final, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "head_dim")]
     with pytest.raises(ConfigError, match="num_attention_heads=5 .* --tp 2"):
         check_tensor_parallel([seed.model] + [g.config for g in seed.growths], 2, 2)
