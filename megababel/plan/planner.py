@@ -23,6 +23,8 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +x4         start at a quarter of the depth and grow it 4x in its one growth
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
+  +wsd        warmup-stable-decay LR (schedule.py's lr_decay: wsd, the last 20% decaying) instead of cosine; also
+              for scratch ("scratch+wsd")
   +narrow     every generation has the final's heads: the first at half the final's head_dim, grown to it (head_dim
               growth, exact) at the first growth; until the width catches up the attention is wider than hidden
 The rule: the best plan at the measured budget nearest in log(tokens per parameter), and scratch's tuned peak LR
@@ -201,7 +203,7 @@ def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict
 
 
 LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
-                      generation_lr=False, narrow=False)
+                      generation_lr=False, narrow=False, wsd=False)
 
 
 def parse_levers(levers: list[str]) -> dict:
@@ -210,13 +212,13 @@ def parse_levers(levers: list[str]) -> dict:
     for lever in levers:
         if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
             options["rewarm"] = float(lever[6:])
-        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow"):
+        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd"):
             options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
                                 x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
-                                genlr=dict(generation_lr=True), narrow=dict(narrow=True))[lever])
+                                genlr=dict(generation_lr=True), narrow=dict(narrow=True), wsd=dict(wsd=True))[lever])
         else:
             raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
-                                    f"+copy, +x4, +zerowidth, +genlr and +narrow")
+                                    f"+copy, +x4, +zerowidth, +genlr, +narrow and +wsd")
     return options
 
 
@@ -227,10 +229,14 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     of a -vocab plan (default half the final's)."""
     training = dict(lr=lr, warmup_steps=max(10, scratch_steps // 20), min_lr_ratio=0.1, weight_decay=0.1)
     model_fields = dict(multiple_of=final.multiple_of, max_position_embeddings=final.max_position_embeddings)
-    if name == "scratch":
-        return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
     name, *lever_names = name.split("+")
     levers = parse_levers(lever_names)
+    if levers["wsd"]:
+        training.update(lr_decay="wsd", decay_fraction=0.2)
+    if name == "scratch":
+        if dict(levers, wsd=False) != LEVER_DEFAULTS:
+            raise ConfigError.about("plan", f"scratch takes only the +wsd lever, got {lever_names}")
+        return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
     rewarm, half = levers["rewarm"], levers["halfbatch"]
     plan, _, rest = name.partition("@")
     vocab = rest.endswith("-vocab")

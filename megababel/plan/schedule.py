@@ -22,6 +22,11 @@ A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, 
 training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
 (new parameters join at the current learning rate), the baseline that bench/growth_vs_scratch.py compares against.
+training.lr_decay, the curve's shape, under either: cosine (default) from the end of the warm-up to min_lr_ratio x
+peak at the end of training; wsd (warmup-stable-decay, MiniCPM): the peak held until the last `decay_fraction` of
+training.steps (default 0.2), then a linear decay to min_lr_ratio x peak at the last step. Under wsd every generation
+decays in the same final window, so a growth never lands in a half-decayed curve, and a run can be extended or
+branched off the stable phase.
 
 `parse_schedule` (and `load_schedule_file`, `presets.load_schedule`) validates the whole schedule before anything is
 built: every growth is checked against the model it
@@ -43,8 +48,10 @@ from megababel.config import ConfigError, LlamaConfig, describe, is_integer, is_
 from megababel.growth.operators import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
-                         lr_schedule="per_generation", global_batch_tokens=None)
+                         lr_schedule="per_generation", global_batch_tokens=None, lr_decay="cosine",
+                         decay_fraction=0.2)
 LR_SCHEDULES = ("per_generation", "global")
+LR_DECAYS = ("cosine", "wsd")
 OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
@@ -75,6 +82,8 @@ class Schedule:
     weight_decay: float
     lr_schedule: str = "per_generation"
     global_batch_tokens: int | None = None    # tokens per optimizer step; None: micro batch x data-parallel ranks
+    lr_decay: str = "cosine"
+    decay_fraction: float = 0.2      # wsd: the final fraction of training.steps over which the LR decays
     growths: list[Growth] = field(default_factory=list)
     source: str = ""
 
@@ -94,19 +103,32 @@ class Schedule:
         records it so that a resume can prove it follows the same plan (see `schedule_differences`)."""
         def event_fields(event: GrowthEvent) -> dict:
             return {f.name: getattr(event, f.name) for f in fields(GrowthEvent)}
+        # wsd fields only when used, as rewarmup below: older checkpoints' records, which lack them, still match
+        decay = {} if self.lr_decay == "cosine" else dict(lr_decay=self.lr_decay, decay_fraction=self.decay_fraction)
         return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens),
+            weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
+            **decay),
             growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
                           global_batch_tokens=g.global_batch_tokens, **event_fields(g.event),
                           **({"rewarmup_steps": g.rewarmup_steps} if g.rewarmup_steps else {}))
                      for g in self.growths])))   # tuples -> lists, as saved (rewarmup only when used: older
                                                  # checkpoints, which lack it, still resume)
 
+    @property
+    def decay_start(self) -> int:
+        """wsd: the first step of the final decay."""
+        return self.steps - max(1, round(self.decay_fraction * self.steps))
+
     def lr_at(self, step: int, born: int, peak: float, warmup: int) -> float:
-        """A generation born at `born`: linear warm-up, then cosine decay to min_lr_ratio at the end of training.
-        Older generations keep following their own curve when new ones are born."""
+        """A generation born at `born`: linear warm-up, then (cosine) decay to min_lr_ratio at the end of training,
+        or (wsd) the peak until decay_start and a linear decay to min_lr_ratio at the last step. Older generations
+        keep following their own curve when new ones are born."""
         age = step - born
+        if self.lr_decay == "wsd":
+            warm = (age + 1) / warmup if age < warmup else 1.0
+            progress = min(1.0, max(0, step - self.decay_start + 1) / (self.steps - self.decay_start))
+            return peak * warm * (1 - (1 - self.min_lr_ratio) * progress)
         if age < warmup:
             return peak * (age + 1) / warmup
         progress = min(1.0, (age - warmup) / max(1, self.steps - born - warmup))
@@ -177,6 +199,12 @@ def _training(section) -> dict:
     _number("training.weight_decay", training["weight_decay"], lambda decay: decay >= 0, ">= 0")
     _number("training.min_lr_ratio", training["min_lr_ratio"], lambda ratio: 0 <= ratio <= 1, "in [0, 1]")
     _choice("training.lr_schedule", training["lr_schedule"], LR_SCHEDULES)
+    _choice("training.lr_decay", training["lr_decay"], LR_DECAYS)
+    _number("training.decay_fraction", training["decay_fraction"], lambda f: 0 < f <= 1,
+            "in (0, 1] (the final fraction of training.steps over which wsd decays)")
+    if "decay_fraction" in section and training["lr_decay"] != "wsd":
+        raise _error("training.decay_fraction", "applies to training.lr_decay: wsd only; set lr_decay: wsd or "
+                                                "remove decay_fraction")
     if training["global_batch_tokens"] is not None:
         _integer("training.global_batch_tokens", training["global_batch_tokens"], 1)
     return training

@@ -288,3 +288,13 @@ def test_the_seed_preset_starts_with_the_final_heads_at_half_head_dim_so_tensor_
     check_tensor_parallel(configs, 2, 2)
     with pytest.raises(ConfigError, match="num_attention_heads=14 .*--tp 4"):
         check_tensor_parallel(configs, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["scratch+wsd", "g3@2-vocab+copy+wsd"])
+def test_the_wsd_lever_gives_a_warmup_stable_decay_schedule_for_scratch_and_plans(name):
+    schedule = parse_schedule(plan_schedule(BENCH_FINAL, name, 1000, 256, 2048, 1.5e-3), 2048)
+    plain = parse_schedule(plan_schedule(BENCH_FINAL, name.removesuffix("+wsd"), 1000, 256, 2048, 1.5e-3), 2048)
+    assert (schedule.lr_decay, schedule.decay_fraction, plain.lr_decay) == ("wsd", 0.2, "cosine")
+    assert schedule.steps == plain.steps and schedule.decay_start == schedule.steps - round(0.2 * schedule.steps)
+    with pytest.raises(ConfigError, match="scratch takes only"):
+        plan_schedule(BENCH_FINAL, "scratch+copy", 1000, 256, 2048, 1.5e-3)

@@ -32,6 +32,10 @@ def refusal(call, *args) -> str:
 
 @pytest.mark.parametrize("training, growths, message", [
     (dict(lr_schedule="cosine"), [], "training.lr_schedule"),
+    (dict(lr_decay="linear"), [], "training.lr_decay"),
+    (dict(lr_decay="wsd", decay_fraction=0.0), [], "training.decay_fraction"),
+    (dict(lr_decay="wsd", decay_fraction=1.5), [], "training.decay_fraction"),
+    (dict(decay_fraction=0.1), [], "training.decay_fraction: applies to training.lr_decay: wsd"),
     ({}, [dict(at_step=5, hidden_size=96, optimizer_state="fresh")], "growth 0.optimizer_state"),
     (dict(lr_schedule="global"), [dict(at_step=5, hidden_size=96, lr=1e-2)], "lr_schedule: per_generation"),
     ({}, [dict(at_step=5, hidden_size=96), dict(at_step=5, num_hidden_layers=4)], "growth 1.at_step"),
@@ -274,6 +278,32 @@ def test_per_generation_curves_restart_at_birth_and_global_ignores_it():
     assert one.group_lr(20, 0, 1e-3, 4) == pytest.approx(per_gen.lr_at(20, 0, 1e-3, 4))
     # both decay to min_lr_ratio at the end
     assert per_gen.group_lr(39, 20, 1e-3, 4) == pytest.approx(1e-4, rel=0.1)
+
+
+@pytest.mark.parametrize("lr_schedule", ["per_generation", "global"])
+def test_wsd_holds_every_generation_at_its_peak_until_the_final_decay(lr_schedule):
+    """40 steps, decay_fraction 0.25: the decay takes steps 30..39, linear to min_lr_ratio x peak at step 39. Each
+    generation warms up from its birth (per_generation) and then holds its own peak; under global every parameter
+    follows generation 0's curve."""
+    growths = [dict(at_step=12, hidden_size=96)] + ([dict(at_step=33, hidden_size=128, lr=2e-3, warmup_steps=2)]
+                                                    if lr_schedule == "per_generation" else [])
+    wsd = schedule(dict(lr_decay="wsd", decay_fraction=0.25, min_lr_ratio=0.1, lr_schedule=lr_schedule), growths)
+    assert wsd.decay_start == 30
+    decay = [1 - 0.9 * min(1, max(0, step - 29) / 10) for step in range(40)]
+    for step in range(40):
+        assert wsd.group_lr(step, 0, 1e-3, 4) == pytest.approx(1e-3 * min(1, (step + 1) / 4) * decay[step]), step
+    assert wsd.group_lr(39, 0, 1e-3, 4) == pytest.approx(1e-4) and wsd.group_lr(29, 0, 1e-3, 4) == 1e-3
+    if lr_schedule == "per_generation":
+        # generation 1 (born at 12): its own warm-up, its peak held to step 29, the same final decay
+        assert [wsd.group_lr(s, 12, 1e-3, 4) for s in (12, 13, 15, 16, 29)] == pytest.approx(
+            [2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+        # generation 2, born inside the decay window: warm-up and decay together
+        assert wsd.group_lr(33, 33, 2e-3, 2) == pytest.approx(2e-3 * 0.5 * decay[33])
+        assert wsd.group_lr(39, 33, 2e-3, 2) == pytest.approx(2e-4)
+    else:
+        assert wsd.group_lr(20, 12, 5e-3, 1) == wsd.group_lr(20, 0, 1e-3, 4) == 1e-3
+    assert wsd.resolved()["training"]["lr_decay"] == "wsd" and wsd.resolved()["training"]["decay_fraction"] == 0.25
+    assert "lr_decay" not in schedule().resolved()["training"]         # older checkpoints' records still match
 
 
 def test_rewarmup_ramps_the_older_generations_again_after_a_growth():

@@ -186,3 +186,30 @@ def test_keep_generations_keeps_one_checkpoint_per_generation_and_survives_resum
     for name in names:     # the resumed run's family is the uninterrupted run's
         a, b = (load_checkpoint(tmp_path / d / "generations" / name) for d in ("whole", "stopped"))
         assert all(torch.equal(v, b.state.values[k]) for k, v in a.state.values.items()), name
+
+
+class GroupLRs(Callback):
+    def __init__(self):
+        self.lrs = {}
+
+    def on_step_end(self, trainer, row):
+        self.lrs[row["step"]] = [(info.born, lr) for info, lr in trainer.engine.param_group_lrs()]
+
+
+def test_wsd_sets_every_generations_learning_rate_in_the_engine(distributed_env, tmp_path):
+    """The engine's param groups under training.lr_decay: wsd, through two growths: each generation warms up from
+    its birth to its own peak, holds it, and all decay together over the last quarter (steps 12..15)."""
+    spec = dict(BATCH_SCHEDULE, training=dict(BATCH_SCHEDULE["training"], lr_decay="wsd", decay_fraction=0.25,
+                                              min_lr_ratio=0.0))
+    spec["growths"] = [dict(spec["growths"][0], lr=1e-3, warmup_steps=3), spec["growths"][1]]
+    seen = GroupLRs()
+    Trainer(RunConfig(schedule=spec, seq_len=32, micro_batch_size=2, eval_every=0, out=tmp_path),
+            callbacks=[seen]).setup().fit()
+    decay = {step: 1 - max(0, step - 11) / 4 for step in range(16)}        # 1 until step 11; 0.75, 0.5, .. 0
+    peaks = {0: (3e-3, 2), 6: (1e-3, 3), 11: (3e-3, 2)}                   # born: (peak, warm-up)
+    for step, groups in seen.lrs.items():
+        assert sorted({born for born, _ in groups}) == [born for born in peaks if born <= step]
+        for born, lr in groups:
+            peak, warmup = peaks[born]
+            assert lr == pytest.approx(peak * min(1, (step - born + 1) / warmup) * decay[step]), (step, born)
+    assert [lr for _, lr in seen.lrs[15]] == [0.0] * len(seen.lrs[15])
