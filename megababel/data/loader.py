@@ -1,14 +1,15 @@
 """Packing loader: documents -> fixed-length training sequences, sharded over data-parallel ranks, resumable.
 
 Epoch e shuffles the documents with a generator seeded by (seed, e) and lays them end to end as one token stream,
-each document as BOS + tokens + EOS. Global sequence k of the epoch is stream[k*L : k*L + L + 1] (inputs are its
-first L tokens, targets its last L), so every token is a target exactly once. A global batch is `global_batch`
-consecutive sequences; data-parallel rank r takes its contiguous slice of them. Ranks therefore see disjoint data
-that covers the epoch (the last incomplete global batch of an epoch is dropped).
+each document as BOS + tokens + EOS. From position p (tokens of the epoch's stream consumed), the next global batch
+is `global_batch` consecutive sequences stream[p + j*L : p + j*L + L + 1] (inputs are the first L tokens, targets
+the last L), so every token is a target exactly once; data-parallel rank r takes its contiguous slice of them.
+Ranks therefore see disjoint data that covers the epoch (the last incomplete global batch of an epoch is dropped).
 
-The position is two integers, (epoch, sequences consumed in the epoch), the same on every rank: a run resumes
-exactly from `state_dict()`, on the same or on a different number of ranks (the global order does not depend on
-the number of ranks).
+The position is two integers, (epoch, tokens consumed in the epoch), the same on every rank: a run resumes exactly
+from `state_dict()`, on the same or on a different number of ranks (the global order does not depend on the number
+of ranks). A new sequence length (`set_seq_len`, a growth's seq_len) repacks the same stream from the same position:
+no token is skipped or read twice.
 """
 from __future__ import annotations
 
@@ -28,34 +29,50 @@ class PackedLoader:
             raise DataError(f"dp_rank {dp_rank} is outside a data-parallel world of {dp_world}")
         if dataset.n_docs == 0:
             raise DataError(f"{dataset.directory}: the split has no documents")
-        self.dataset, self.seq_len, self.batch_size = dataset, seq_len, batch_size
+        self.dataset, self.batch_size = dataset, batch_size
         self.dp_rank, self.dp_world, self.seed, self.shuffle = dp_rank, dp_world, seed, shuffle
         self.global_batch = batch_size * dp_world
-        self.sequences_per_epoch = (int((dataset.doc_length + 2).sum()) - 1) // seq_len
-        if self.sequences_per_epoch < self.global_batch:
-            raise DataError(f"{dataset.directory}: one epoch holds {self.sequences_per_epoch} sequences of "
-                            f"{seq_len} tokens, fewer than one global batch of {self.global_batch}")
-        self.epoch, self.consumed = 0, 0
+        self.stream_tokens = int((dataset.doc_length + 2).sum())      # one epoch's stream
+        self.epoch, self.position = 0, 0
         self._layout_epoch = None
+        self.seq_len = seq_len
+        self._check_fits(seq_len, self.global_batch)
+
+    def _check_fits(self, seq_len: int, global_batch: int):
+        if (self.stream_tokens - 1) // seq_len < global_batch:
+            raise DataError(f"{self.dataset.directory}: one epoch holds {(self.stream_tokens - 1) // seq_len} "
+                            f"sequences of {seq_len} tokens, fewer than one global batch of {global_batch}")
+
+    @property
+    def sequences_per_epoch(self) -> int:
+        return (self.stream_tokens - 1) // self.seq_len
 
     # --- position ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return dict(epoch=self.epoch, consumed=self.consumed, seed=self.seed, seq_len=self.seq_len,
-                    shuffle=self.shuffle, n_docs=self.dataset.n_docs, n_tokens=self.dataset.n_tokens)
+        # consumed: the position in sequences, as saved before positions were counted in tokens
+        return dict(epoch=self.epoch, position=self.position, consumed=self.position // self.seq_len,
+                    seed=self.seed, seq_len=self.seq_len, shuffle=self.shuffle, n_docs=self.dataset.n_docs,
+                    n_tokens=self.dataset.n_tokens)
 
     def set_batch_size(self, batch_size: int):
         """A new per-rank batch from the next batch on (a schedule's batch change); the position stays, so the
         sequence order continues exactly."""
-        if batch_size * self.dp_world > self.sequences_per_epoch:
-            raise DataError(f"{self.dataset.directory}: one epoch holds {self.sequences_per_epoch} sequences, fewer "
-                            f"than one global batch of {batch_size * self.dp_world}")
+        self._check_fits(self.seq_len, batch_size * self.dp_world)
+        self.batch_size, self.global_batch = batch_size, batch_size * self.dp_world
+
+    def set_seq_len(self, seq_len: int, batch_size: int):
+        """Repack from the next batch on: sequences of `seq_len` tokens, `batch_size` per rank, from the same
+        position in the same stream (a growth's seq_len)."""
+        self._check_fits(seq_len, batch_size * self.dp_world)
+        self.seq_len = seq_len
         self.batch_size, self.global_batch = batch_size, batch_size * self.dp_world
 
     def continue_from(self, previous: "PackedLoader"):
         """Take over from the loader of another vocabulary stage of the same documents (same seed, so the same
-        order): same epoch, same fraction of it."""
+        order): same epoch, same fraction of it, counted in whole sequences of each."""
         self.epoch = previous.epoch
-        self.consumed = previous.consumed * self.sequences_per_epoch // previous.sequences_per_epoch
+        consumed = previous.position // previous.seq_len
+        self.position = consumed * self.sequences_per_epoch // previous.sequences_per_epoch * self.seq_len
 
     def load_state_dict(self, state: dict):
         for key in ("seed", "seq_len", "shuffle", "n_docs", "n_tokens"):
@@ -63,9 +80,10 @@ class PackedLoader:
             if state.get(key) != mine:
                 raise DataError(f"loader state does not match this loader: {key} {state.get(key)!r} vs {mine!r} "
                                 f"(resume with the same data, seed and sequence length)")
-        if state["consumed"] % 1 or state["consumed"] < 0:
-            raise DataError(f"loader state: bad position {state['consumed']}")
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        position = state.get("position", state["consumed"] * self.seq_len)
+        if position % 1 or position < 0:
+            raise DataError(f"loader state: bad position {position}")
+        self.epoch, self.position = int(state["epoch"]), int(position)
 
     # --- packing -----------------------------------------------------------------------------------------------
     def _layout(self):
@@ -106,16 +124,17 @@ class PackedLoader:
         return out
 
     def sequence(self, k: int) -> np.ndarray:
-        """Global sequence k of the current epoch: L + 1 tokens."""
-        return self._stream(k * self.seq_len, (k + 1) * self.seq_len + 1)
+        """Sequence k (of L + 1 tokens) counted from the current position."""
+        begin = self.position + k * self.seq_len
+        return self._stream(begin, begin + self.seq_len + 1)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of shape [batch_size, seq_len] for this rank; advances the global position."""
-        if self.consumed + self.global_batch > self.sequences_per_epoch:
-            self.epoch, self.consumed = self.epoch + 1, 0
-        first = self.consumed + self.dp_rank * self.batch_size
+        if self.position + self.global_batch * self.seq_len + 1 > self.stream_tokens:
+            self.epoch, self.position = self.epoch + 1, 0
+        first = self.dp_rank * self.batch_size
         rows = np.stack([self.sequence(k) for k in range(first, first + self.batch_size)])
-        self.consumed += self.global_batch
+        self.position += self.global_batch * self.seq_len
         rows = torch.from_numpy(rows)
         return rows[:, :-1], rows[:, 1:]
 

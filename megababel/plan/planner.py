@@ -23,6 +23,8 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +x4         start at a quarter of the depth and grow it 4x in its one growth
   +zerowidth  new width (hidden dims, heads, FFN units) starts at zero instead of noisy split copies
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
+  +seqwarm    sequence-length warm-up by generation: each generation at half the next one's length, the last at the
+              run's (g3 at 2048: 256, 512, 1024, 2048); each generation's FLOPs counted at its own length
   +wsd        warmup-stable-decay LR (schedule.py's lr_decay: wsd, the last 20% decaying) instead of cosine; also
               for scratch ("scratch+wsd")
   +narrow     every generation has the final's heads: the first at half the final's head_dim, grown to it (head_dim
@@ -117,6 +119,9 @@ class Plan:
         if "narrow" in self.name.split("+")[1:]:
             lines.append("the first generation has the final's heads at half its head_dim; the first growth doubles "
                          "head_dim (exact: every head twice as wide, RoPE kept)")
+        if "seqwarm" in self.name.split("+")[1:]:
+            lines.append("sequence-length warm-up: each generation trains at half the next one's sequence length, "
+                         "the last at the run's (validation always at the run's)")
         if "copy" in self.name.split("+")[1:]:
             lines.append("the depth growth stacks copies of the trained layers (G_stack): it does not keep the "
                          "function (the loss jumps at that growth and recovers); every other growth does")
@@ -203,7 +208,7 @@ def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict
 
 
 LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
-                      generation_lr=False, narrow=False, wsd=False)
+                      generation_lr=False, narrow=False, wsd=False, seqwarm=False)
 
 
 def parse_levers(levers: list[str]) -> dict:
@@ -212,13 +217,14 @@ def parse_levers(levers: list[str]) -> dict:
     for lever in levers:
         if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
             options["rewarm"] = float(lever[6:])
-        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd"):
+        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd", "seqwarm"):
             options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
                                 x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
-                                genlr=dict(generation_lr=True), narrow=dict(narrow=True), wsd=dict(wsd=True))[lever])
+                                genlr=dict(generation_lr=True), narrow=dict(narrow=True), wsd=dict(wsd=True),
+                                seqwarm=dict(seqwarm=True))[lever])
         else:
             raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
-                                    f"+copy, +x4, +zerowidth, +genlr, +narrow and +wsd")
+                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd and +seqwarm")
     return options
 
 
@@ -248,13 +254,21 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     total = scratch_steps * flops_per_token(final, seq_len) * tokens_per_step
     fractions = [first + i * (1 - first) / len(events) for i in range(len(events))] + [1.0]
     batches = [tokens_per_step // 2 if half else tokens_per_step] * len(events) + [tokens_per_step]
+    seq_lens = [seq_len >> (len(events) - i) if levers["seqwarm"] else seq_len for i in range(len(events) + 1)]
+    if levers["seqwarm"] and seq_lens[0] << len(events) != seq_len:
+        raise ConfigError.about("seq_len", f"+seqwarm halves the sequence length {len(events)} times: {seq_len} is "
+                                f"not divisible by {2 ** len(events)}; use a power of two such as 2048")
     at_steps, done, previous = [], 0.0, 0.0
-    for config, fraction, batch in zip(configs, fractions, batches):    # each generation's steps at its FLOPs/token
-        done += (fraction - previous) * total / (flops_per_token(config, seq_len) * batch)
+    for config, fraction, batch, length in zip(configs, fractions, batches, seq_lens):
+        done += (fraction - previous) * total / (flops_per_token(config, length) * batch)   # at its FLOPs/token
         at_steps.append(round(done))
         previous = fraction
     growths = [dict(event, at_step=step, **({"vocab_size": final.vocab_size} if vocab and i == 0 else {}))
                for i, (event, step) in enumerate(zip(events, at_steps))]
+    if levers["seqwarm"]:
+        training["seq_len"] = seq_lens[0]
+        for growth, length in zip(growths, seq_lens[1:]):
+            growth["seq_len"] = length
     for growth in growths:
         if rewarm:
             growth["rewarmup_steps"] = max(1, round(rewarm / 100 * scratch_steps))

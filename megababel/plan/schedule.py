@@ -18,6 +18,8 @@ A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, 
                                            #   reset: every parameter starts from a fresh Adam state
         rewarmup_steps: 200                # older generations' LR ramps up again from ~0 over 200 steps
                                            #   (default 0: they keep their curve through the growth)
+        seq_len: 256                       # the training sequence length from this growth on (default: as
+                                           #   before; training.seq_len, else the run's --seq-len, at the start)
 
 training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
@@ -49,13 +51,13 @@ from megababel.growth.operators import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
                          lr_schedule="per_generation", global_batch_tokens=None, lr_decay="cosine",
-                         decay_fraction=0.2)
+                         decay_fraction=0.2, seq_len=None)
 LR_SCHEDULES = ("per_generation", "global")
 LR_DECAYS = ("cosine", "wsd")
 OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
-                 "global_batch_tokens", "rewarmup_steps"}   # beside the event's
+                 "global_batch_tokens", "rewarmup_steps", "seq_len"}   # beside the event's
 STAGES_DEPRECATED = "schedule key `stages` is deprecated: rename it to `growths`"
 
 
@@ -70,6 +72,7 @@ class Growth:
     optimizer_state: str = "keep"
     global_batch_tokens: int | None = None    # tokens per optimizer step from this growth on (None: as before)
     rewarmup_steps: int = 0      # older generations' LR ramps up again over this many steps after the growth
+    seq_len: int | None = None   # training sequence length from this growth on (None: the run's --seq-len)
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Schedule:
     global_batch_tokens: int | None = None    # tokens per optimizer step; None: micro batch x data-parallel ranks
     lr_decay: str = "cosine"
     decay_fraction: float = 0.2      # wsd: the final fraction of training.steps over which the LR decays
+    seq_len: int | None = None       # the first generation's training sequence length (None: the run's --seq-len)
     growths: list[Growth] = field(default_factory=list)
     source: str = ""
 
@@ -95,6 +99,10 @@ class Schedule:
         """Tokens per optimizer step while `generation` trains (None: one micro batch per data-parallel rank)."""
         return self.growths[generation - 1].global_batch_tokens if generation else self.global_batch_tokens
 
+    def generation_seq_len(self, generation: int) -> int | None:
+        """The training sequence length of `generation` (None: the run's --seq-len)."""
+        return self.growths[generation - 1].seq_len if generation else self.seq_len
+
     def vocab_sizes(self) -> list[int]:
         return sorted({self.model.vocab_size, *(g.config.vocab_size for g in self.growths)})
 
@@ -105,13 +113,15 @@ class Schedule:
             return {f.name: getattr(event, f.name) for f in fields(GrowthEvent)}
         # wsd fields only when used, as rewarmup below: older checkpoints' records, which lack them, still match
         decay = {} if self.lr_decay == "cosine" else dict(lr_decay=self.lr_decay, decay_fraction=self.decay_fraction)
+        decay.update({} if self.seq_len is None else dict(seq_len=self.seq_len))     # likewise
         return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
             **decay),
             growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
                           global_batch_tokens=g.global_batch_tokens, **event_fields(g.event),
-                          **({"rewarmup_steps": g.rewarmup_steps} if g.rewarmup_steps else {}))
+                          **({"rewarmup_steps": g.rewarmup_steps} if g.rewarmup_steps else {}),
+                          **({"seq_len": g.seq_len} if g.seq_len is not None else {}))
                      for g in self.growths])))   # tuples -> lists, as saved (rewarmup only when used: older
                                                  # checkpoints, which lack it, still resume)
 
@@ -207,6 +217,8 @@ def _training(section) -> dict:
                                                 "remove decay_fraction")
     if training["global_batch_tokens"] is not None:
         _integer("training.global_batch_tokens", training["global_batch_tokens"], 1)
+    if training["seq_len"] is not None:
+        _integer("training.seq_len", training["seq_len"], 1)
     return training
 
 
@@ -250,7 +262,9 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     except ConfigError as e:
         raise _placed("model", e) from None
     schedule = Schedule(model=model, source=source, **_training(spec.get("training", {})))
+    _check_seq_len("training.seq_len", schedule.seq_len, model)
     config, last_step, last_tokens, batch = model, 0, 0, schedule.global_batch_tokens
+    seq_len = schedule.seq_len
     for i, growth in enumerate(_growths(spec.get("growths"))):
         where = f"growth {i}"
         growth = dict(_mapping(where, growth, "growth fields (at_step, hidden_size, ...)"))
@@ -276,15 +290,25 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         new_batch = growth.pop("global_batch_tokens", batch)
         if new_batch is not None:
             _integer(f"{where}.global_batch_tokens", new_batch, 1)
+        if "seq_len" in growth:
+            seq_len = _integer(f"{where}.seq_len", growth.pop("seq_len"), 1)
         event = GrowthEvent(**growth)
         try:
             new_config = check_growth(config, event)     # every event field first, then against the model
         except ConfigError as e:
             raise _placed(where, e) from None
-        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state, new_batch, rewarmup))
+        _check_seq_len(f"{where}.seq_len", seq_len, new_config)
+        schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state, new_batch, rewarmup,
+                                       seq_len))
         last_tokens += (step - last_step) * (batch or tokens_per_step)
         config, last_step, batch = new_config, step, new_batch
     return schedule
+
+
+def _check_seq_len(where: str, seq_len: int | None, config: LlamaConfig):
+    if seq_len is not None and seq_len > config.max_position_embeddings:
+        raise _error(where, f"{seq_len} exceeds the model's max_position_embeddings {config.max_position_embeddings}: "
+                            f"lower it or raise max_position_embeddings in `model`")
 
 
 def schedule_differences(saved: dict, current: dict) -> list[str]:

@@ -27,9 +27,11 @@ class RunLogger(Callback):
                  f"{trainer.schedule.steps} steps; ZeRO-{run.zero_stage}, {trainer.world} rank(s) = TP {run.tp} x "
                  f"DP {trainer.dp_world}, {'bf16' if run.bf16 else 'fp32'}"
                  f"{', activation checkpointing' if run.activation_checkpointing else ''}")
-        plans = [f"{sequences * run.seq_len:,} tokens ({run.micro_batch_size} x {accumulation} x {trainer.dp_world})"
-                 for sequences, accumulation in trainer.batches]
-        self.say("global batch per generation (micro batch x accumulation x DP): " + ", ".join(plans))
+        plans = [f"{sequences * seq_len:,} tokens ({sequences // accumulation // trainer.dp_world} x {accumulation} x "
+                 f"{trainer.dp_world} x {seq_len})" for (sequences, accumulation), seq_len in
+                 zip(trainer.batches, trainer.seq_lens)]
+        self.say("global batch per generation (micro batch x accumulation x DP x sequence length): " +
+                 ", ".join(plans))
         if trainer.plan is not None:
             self.say(trainer.plan.explain())
         schedule = trainer.schedule

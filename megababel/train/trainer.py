@@ -62,6 +62,7 @@ class Trainer:
         self.data_dir: Path | None = None
         self.plan = None                     # --schedule auto: the planner's Plan
         self.schedule = None                 # plan.schedule.Schedule
+        self.seq_lens: list[int] = []        # per generation: its training sequence length
         self.batches: list[tuple[int, int]] = []    # per generation: (global batch in sequences, accumulation)
         self.global_batch = 0
         self.ds_config: dict | None = None
@@ -100,14 +101,12 @@ class Trainer:
             raise ConfigError(f"--seq-len {run.seq_len} exceeds the schedule's max_position_embeddings "
                               f"{self.schedule.model.max_position_embeddings}: lower --seq-len or raise it in `model`")
         generations = range(len(self.schedule.growths) + 1)
+        self.seq_lens = [self.schedule.generation_seq_len(g) or run.seq_len for g in generations]
         self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
         self.global_batch = self.batches[0][0]
         self.ds_config = self._ds_config(0)
-        rank_batches = {}
-        for g in generations:
-            size = self.schedule.growths[g - 1].config.vocab_size if g else self.schedule.model.vocab_size
-            rank_batches[size] = max(rank_batches.get(size, 0), self._rank_batch(g))
-        check_data(self.data_dir, self.schedule, run, self.dp_world, rank_batches)
+        reads = {(self._vocab_size(g), self.seq_lens[g], self._rank_batch(g)) for g in generations}
+        check_data(self.data_dir, self.schedule, run, self.dp_world, sorted(reads))
         self.identity = RunIdentity(schedule=self.schedule.resolved(), seq_len=run.seq_len,
                                     global_batch=self.global_batch, seed=run.seed,
                                     precision="bf16" if run.bf16 else "fp32",
@@ -121,23 +120,41 @@ class Trainer:
                                         activation_checkpointing=run.activation_checkpointing,
                                         growth_spill_dir=run.growth_spill_dir)
             self.data = VocabData(self.data_dir, self.schedule.model.vocab_size, run, self.dp_rank, self.dp_world,
-                                  self._rank_batch(0))
+                                  self._rank_batch(0), self.seq_lens[0])
         else:
             self._restore(checkpoint, tp)
         self.parameters = count_parameters(self.engine.model).total   # changes only at growth
-        self.tokens_per_step = self.batches[self.engine.model.generation][0] * run.seq_len
+        self.tokens_per_step = self.batches[self.engine.model.generation][0] * self.seq_lens[
+            self.engine.model.generation]
         if not self.history:           # a fresh run, or one from an imported model
             self.history = [self._history_entry(None, None)]
         self.pending = list(self.schedule.growths[self.engine.model.generation:])
         return self
 
+    def _vocab_size(self, generation: int) -> int:
+        return (self.schedule.growths[generation - 1].config if generation else self.schedule.model).vocab_size
+
+    def _micro_batch(self, generation: int) -> int:
+        """Sequences per micro-batch while `generation` trains: --micro-batch-size sequences of --seq-len tokens,
+        as that many tokens of the generation's own sequence length (short sequences, more of them: the same
+        work per micro-step, so tokens per step and gradient accumulation do not depend on it)."""
+        run, seq_len = self.run, self.seq_lens[generation]
+        tokens = run.micro_batch_size * run.seq_len
+        if tokens % seq_len:
+            where = "training.seq_len" if generation == 0 else f"growth {generation - 1}.seq_len"
+            raise ConfigError(f"schedule {where}: {seq_len} does not divide a micro-batch of --micro-batch-size "
+                              f"{run.micro_batch_size} x --seq-len {run.seq_len} = {tokens} tokens; use a divisor "
+                              f"of {tokens} (e.g. {run.seq_len // 2 or 1}) or change --micro-batch-size / --seq-len")
+        return tokens // seq_len
+
     def _batch_plan(self, generation: int) -> tuple[int, int]:
         """(global batch in sequences, gradient accumulation steps) while `generation` trains; ConfigError when its
         global_batch_tokens cannot be made of whole micro-batches on every data-parallel rank."""
-        run, tokens = self.run, self.schedule.batch_tokens(generation)
+        run, tokens, seq_len = self.run, self.schedule.batch_tokens(generation), self.seq_lens[generation]
+        micro = self._micro_batch(generation)
         if tokens is None:
-            return run.micro_batch_size * self.dp_world, 1
-        unit = run.micro_batch_size * self.dp_world * run.seq_len
+            return micro * self.dp_world, 1
+        unit = micro * self.dp_world * seq_len            # = --micro-batch-size x DP x --seq-len
         if tokens % unit:
             where = ("--global-batch-tokens" if run.global_batch_tokens else "training.global_batch_tokens") \
                 if generation == 0 else f"growth {generation - 1}.global_batch_tokens"
@@ -146,16 +163,16 @@ class Trainer:
                               f"{run.micro_batch_size} x {self.dp_world} data-parallel rank(s) x --seq-len "
                               f"{run.seq_len} = {unit} tokens per micro-step; use a multiple of {unit} (e.g. "
                               f"{nearest}) or change --micro-batch-size / --seq-len")
-        return tokens // run.seq_len, tokens // unit
+        return tokens // seq_len, tokens // unit
 
     def _rank_batch(self, generation: int) -> int:
         """Sequences each data-parallel rank takes per optimizer step (all its micro-batches)."""
-        return self.run.micro_batch_size * self.batches[generation][1]
+        return self._micro_batch(generation) * self.batches[generation][1]
 
     def _ds_config(self, generation: int) -> dict:
         run = self.run
-        return load_ds_config(run.zero_stage, run.micro_batch_size, self.batches[generation][1], self.dp_world,
-                              run.bf16, run.offload_optimizer, run.gradient_clipping, run.ds_config)
+        return load_ds_config(run.zero_stage, self._micro_batch(generation), self.batches[generation][1],
+                              self.dp_world, run.bf16, run.offload_optimizer, run.gradient_clipping, run.ds_config)
 
     def _data_dir(self) -> Path:
         if self.run.data is not None:
@@ -175,7 +192,7 @@ class Trainer:
                                                activation_checkpointing=run.activation_checkpointing,
                                                growth_spill_dir=run.growth_spill_dir)
         self.data = VocabData(self.data_dir, self.engine.model.config.vocab_size, run, self.dp_rank, self.dp_world,
-                              self._rank_batch(generation))
+                              self._rank_batch(generation), self.seq_lens[generation])
         if not saved.imported_from:
             self.data.loader.load_state_dict(saved.loader)
             self.step, self.tokens, self.flops = saved.step, saved.tokens, saved.flops
@@ -239,7 +256,7 @@ class Trainer:
                 f"with a lower learning rate or gradient clipping (--gradient-clipping)")
         self.step = step + 1                       # steps done; what a checkpoint saved now resumes from
         self.tokens += self.tokens_per_step
-        self.flops += flops_per_token(self.engine.model.config, self.run.seq_len) * self.tokens_per_step
+        self.flops += flops_per_token(self.engine.model.config, self.data.loader.seq_len) * self.tokens_per_step
         row = dict(step=step, tokens=self.tokens, flops=self.flops, loss=loss,
                    train_bpb=self.data.train_bits_per_byte(loss), generation=self.engine.model.generation,
                    vocab=self.data.size, parameters=self.parameters, tokens_per_s=self.tokens_per_step / seconds,
@@ -259,10 +276,10 @@ class Trainer:
         config = self.engine.model.config
         if config.vocab_size != self.data.size:
             self.data = VocabData(self.data_dir, config.vocab_size, self.run, self.dp_rank, self.dp_world,
-                                  self._rank_batch(generation), previous=self.data)
-        else:
-            self.data.loader.set_batch_size(self._rank_batch(generation))     # same position, new batch
-        self.tokens_per_step = self.batches[generation][0] * self.run.seq_len
+                                  self._rank_batch(generation), self.seq_lens[generation], previous=self.data)
+        else:       # the same stream from the same position, in the new batch and sequence length
+            self.data.loader.set_seq_len(self.seq_lens[generation], self._rank_batch(generation))
+        self.tokens_per_step = self.batches[generation][0] * self.seq_lens[generation]
         self.train_seconds += time.perf_counter() - grow_started
         after = self.validate(notify=False) if self.run.eval_every else None
         self.parameters = count_parameters(self.engine.model).total

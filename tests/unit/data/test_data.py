@@ -251,3 +251,36 @@ def test_processes_building_the_embedded_dataset_at_once_all_get_it(tmp_path):
     assert all(rc == 0 for _, _, rc in results), [err[-2000:] for _, err, _ in results]
     assert len({out for out, _, _ in results}) == 1
     assert [p.name for p in tmp_path.iterdir()] == [results[0][0].split()[0].rsplit("/", 1)[1]]   # no work folders
+
+
+def test_a_new_sequence_length_repacks_the_same_stream_from_the_same_position(dataset):
+    """16-token sequences, then 48-token ones (a growth's seq_len), on 2 data-parallel ranks: the ranks' rows, in
+    order, tile one contiguous stream (nothing skipped or read twice); a resume after the change continues it."""
+    world = 2
+    ranks = [PackedLoader(dataset, 16, 3, dp_rank=r, dp_world=world, seed=7) for r in range(world)]
+    rows = []
+    for steps, change in ((2, None), (3, (48, 1))):
+        if change:
+            for loader in ranks:
+                loader.set_seq_len(*change)
+        for _ in range(steps):
+            rows += [row for loader in ranks for row in loader.next_batch()[0].numpy()]
+    assert [len(r) for r in rows] == [16] * 12 + [48] * 6
+    stream = PackedLoader(dataset, 12 * 16 + 6 * 48, 1, seed=7).next_batch()[0][0].numpy()
+    assert np.array_equal(np.concatenate(rows), stream)
+    state = json.loads(json.dumps(ranks[0].state_dict()))
+    assert state["position"] == 12 * 16 + 6 * 48 and state["seq_len"] == 48
+    resumed = PackedLoader(dataset, 48, 2, seed=7)
+    resumed.load_state_dict(state)
+    after = PackedLoader(dataset, 12 * 16 + 8 * 48, 1, seed=7).next_batch()[0][0].numpy()[len(stream):]
+    assert np.array_equal(resumed.next_batch()[0].numpy().ravel(), after)
+
+
+def test_an_old_loader_state_counted_in_sequences_resumes_at_the_same_place(dataset):
+    loader = PackedLoader(dataset, 64, 4, seed=2)
+    _batches(loader, 3)
+    old = {k: v for k, v in loader.state_dict().items() if k != "position"}     # saved before positions in tokens
+    assert old["consumed"] == 12
+    resumed = PackedLoader(dataset, 64, 4, seed=2)
+    resumed.load_state_dict(old)
+    assert np.array_equal(resumed.next_batch()[0], loader.next_batch()[0])

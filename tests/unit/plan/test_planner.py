@@ -298,3 +298,17 @@ def test_the_wsd_lever_gives_a_warmup_stable_decay_schedule_for_scratch_and_plan
     assert schedule.steps == plain.steps and schedule.decay_start == schedule.steps - round(0.2 * schedule.steps)
     with pytest.raises(ConfigError, match="scratch takes only"):
         plan_schedule(BENCH_FINAL, "scratch+copy", 1000, 256, 2048, 1.5e-3)
+
+
+def test_the_seqwarm_lever_halves_the_sequence_length_per_earlier_generation_at_the_same_flops():
+    plain = parse_schedule(plan_schedule(BENCH_FINAL, "g3@2-vocab+copy", 1000, 256, 2048, 1.5e-3), 2048)
+    warm = parse_schedule(plan_schedule(BENCH_FINAL, "g3@2-vocab+copy+seqwarm", 1000, 256, 2048, 1.5e-3), 2048)
+    assert [warm.generation_seq_len(g) for g in range(4)] == [32, 64, 128, 256]
+    def flops(s, lengths):
+        ends = [g.at_step for g in s.growths] + [s.steps]
+        return sum(flops_per_token(c, n) * 2048 * (b - a) for c, n, a, b in zip(
+            [s.model] + [g.config for g in s.growths], lengths, [0] + ends[:-1], ends))
+    assert flops(warm, [32, 64, 128, 256]) == pytest.approx(flops(plain, [256] * 4), rel=0.01)
+    assert warm.growths[0].at_step > plain.growths[0].at_step      # shorter contexts: cheaper tokens, more steps
+    with pytest.raises(ConfigError, match="not divisible by 8"):
+        plan_schedule(BENCH_FINAL, "g3@2-vocab+seqwarm", 1000, 100, 2048, 1.5e-3)

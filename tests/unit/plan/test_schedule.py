@@ -49,6 +49,8 @@ def test_bad_schedules_name_the_field(training, growths, message):
 @pytest.mark.parametrize("training, field, expected", [
     (dict(steps=True), "training.steps", "got True (a boolean"),      # isinstance(True, int) holds in Python
     (dict(global_batch_tokens=65536.0), "training.global_batch_tokens", "positive integer"),
+    (dict(seq_len=True), "training.seq_len", "a boolean"),
+    (dict(seq_len=10**6), "training.seq_len", "exceeds the model's max_position_embeddings"),
     (dict(steps=40.0), "training.steps", "positive integer"),
     (dict(steps=0), "training.steps", "positive integer"),
     (dict(warmup_steps=False), "training.warmup_steps", "integer >= 0"),
@@ -89,6 +91,9 @@ BAD_GROWTHS = [
     (dict(DEPTH, warmup_steps=True), "warmup_steps", "a boolean"),
     (dict(DEPTH, warmup_steps=1.5), "warmup_steps", "integer >= 0"),
     (dict(DEPTH, global_batch_tokens=0), "global_batch_tokens", "positive integer"),
+    (dict(DEPTH, seq_len=0), "seq_len", "positive integer"),
+    (dict(DEPTH, seq_len=64.0), "seq_len", "positive integer"),
+    (dict(DEPTH, seq_len=10**6), "seq_len", "exceeds the model's max_position_embeddings"),
     (dict(DEPTH, global_batch_tokens=True), "global_batch_tokens", "a boolean"),
     (dict(DEPTH, optimizer_state=True), "optimizer_state", "['keep', 'reset']"),
     (dict(DEPTH, rewarmup_steps=2.5), "rewarmup_steps", "an integer >= 0"),

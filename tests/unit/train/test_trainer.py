@@ -213,3 +213,56 @@ def test_wsd_sets_every_generations_learning_rate_in_the_engine(distributed_env,
             peak, warmup = peaks[born]
             assert lr == pytest.approx(peak * min(1, (step - born + 1) / warmup) * decay[step]), (step, born)
     assert [lr for _, lr in seen.lrs[15]] == [0.0] * len(seen.lrs[15])
+
+
+SEQ_SCHEDULE = dict(         # --seq-len 64, micro batch 2 (128 tokens): 8 x 16, then 4 x 32, then 2 x 64 per micro
+    model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
+    training=dict(steps=16, lr=3e-3, warmup_steps=2, global_batch_tokens=256, seq_len=16),
+    growths=[dict(at_step=6, hidden_size=96, intermediate_size=256, seq_len=32),          # same stream, repacked
+             dict(at_step=11, num_hidden_layers=4, layer_positions="interleave", vocab_size=2000, seq_len=64)])
+
+
+class Rows(Callback):
+    def __init__(self):
+        self.rows = {}
+
+    def on_step_end(self, trainer, row):
+        self.rows[row["step"]] = dict(row, seq_len=trainer.data.loader.seq_len)
+
+
+def test_a_sequence_length_per_generation_counts_flops_at_its_length_and_resumes_exactly(distributed_env, tmp_path):
+    from megababel.model.counters import flops_per_token
+    from megababel.plan.schedule import parse_schedule
+
+    def fit_rows(out, **changes):
+        rows = Rows()
+        trainer = Trainer(RunConfig(**dict(dict(schedule=SEQ_SCHEDULE, seq_len=64, micro_batch_size=2, eval_every=0,
+                                                out=out), **changes)), callbacks=[rows])
+        trainer.setup().fit()
+        assert trainer.seq_lens == [16, 32, 64] and trainer.batches == [(16, 2), (8, 2), (4, 2)]
+        return rows.rows
+
+    whole = fit_rows(tmp_path / "whole", save_every=4, save_after_growth=True)
+    assert [whole[s]["seq_len"] for s in (0, 5, 6, 10, 11, 15)] == [16, 16, 32, 32, 64, 64]
+    assert whole[15]["tokens"] == 16 * 256
+    configs = [c for c in (lambda s: [s.model] + [g.config for g in s.growths])(parse_schedule(SEQ_SCHEDULE, 256))]
+    expected = sum(flops_per_token(configs[g], seq) * 256 * n for g, seq, n in ((0, 16, 6), (1, 32, 5), (2, 64, 5)))
+    assert whole[15]["flops"] == expected
+    checkpoints = tmp_path / "whole/checkpoints"
+    # before the first change, right after it (saved after the growth), between them, after both
+    for name in ("step_00000004_*", "step_00000006_gen1*", "step_00000008_*", "step_00000011_gen2*",
+                 "step_00000012_*"):
+        start = next(checkpoints.glob(name))
+        resumed = fit_rows(tmp_path / f"from_{start.name}", resume=start)
+        first = min(resumed)
+        assert sorted(resumed) == list(range(first, 16))
+        assert all(resumed[s]["loss"] == whole[s]["loss"] for s in range(first, 16)), (start.name, first)
+        assert resumed[15]["flops"] == whole[15]["flops"]
+
+
+def test_a_sequence_length_that_does_not_divide_the_micro_batch_is_refused_before_compute(distributed_env, tmp_path):
+    spec = dict(SEQ_SCHEDULE, training=dict(SEQ_SCHEDULE["training"], seq_len=48))
+    with pytest.raises(ConfigError, match="training.seq_len: 48 does not divide a micro-batch of --micro-batch-size "
+                                          "2 x --seq-len 64 = 128 tokens"):
+        Trainer(RunConfig(schedule=spec, seq_len=64, micro_batch_size=2, eval_every=0, out=tmp_path)).setup()
+    assert not (tmp_path / "checkpoints").exists()
