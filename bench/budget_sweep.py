@@ -112,10 +112,10 @@ def _claim(path: Path) -> bool:
 
 
 def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict,
-        spec: dict | None = None, wait: bool = True) -> dict | None:
-    """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members).
-    Several sweep processes may share the work: a run another one is training is waited for (`wait`) or skipped
-    (None)."""
+        spec: dict | None = None, wait: bool = True, clock=None) -> dict | None:
+    """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members);
+    `clock`: bench/clock.py's final evaluations. Several sweep processes may share the work: a run another one is
+    training is waited for (`wait`) or skipped (None)."""
     path = run_path(out, budget, name, lr, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     while not path.is_file() and _claimed(path):
@@ -131,11 +131,12 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
                                   else "shared the machine (no wall time)") + "; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
     if not _claim(path):              # another process took it meanwhile
-        return run(out, budget, name, lr, seed, data, validation, spec, wait)
+        return run(out, budget, name, lr, seed, data, validation, spec, wait, clock)
     spec = spec or schedule_spec(name, budget, lr)
     try:
         result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
-                       micro_batch_size=4 if "+halfbatch" in name else 8)     # half of 8 x 256: micro batches of 4
+                       micro_batch_size=4 if "+halfbatch" in name else 8,     # half of 8 x 256: micro batches of 4
+                       clock=clock)
         result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
         path.write_text(json.dumps(result))
     finally:
@@ -145,11 +146,11 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     return result
 
 
-def all_of(jobs: dict) -> dict:
+def all_of(jobs: dict, clock=None) -> dict:
     """Run every job (`run`'s arguments): first those no other sweep process is training, then wait for the rest,
-    so that processes sharing the sweep each train a different run."""
-    done = {key: run(*job, wait=False) for key, job in jobs.items()}
-    return {key: done[key] or run(*jobs[key]) for key in jobs}
+    so that processes sharing the sweep each train a different run. `clock`: bench/clock.py's, for every job."""
+    done = {key: run(*job, wait=False, clock=clock) for key, job in jobs.items()}
+    return {key: done[key] or run(*jobs[key], clock=clock) for key in jobs}
 
 
 def one_epoch(budget: float, name: str, data: Path) -> bool:

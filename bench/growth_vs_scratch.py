@@ -138,10 +138,11 @@ class BenchRecorder(Callback):
     """Validation bits per byte (all tokens of the valid subset) at fixed steps and right after each growth, with
     the trainer's cumulative FLOPs and training wall time (train steps and growths only, not these evaluations)."""
 
-    def __init__(self, name: str, seed: int, validation: dict, log_every: int = 25, eval_every: int = EVAL_EVERY):
+    def __init__(self, name: str, seed: int, validation: dict, log_every: int = 25, eval_every: int = EVAL_EVERY,
+                 clock=None):
         self.name, self.seed, self.validation, self.log_every = name, seed, validation, log_every
-        self.eval_every = eval_every
-        self.evals, self.growths = [], []
+        self.eval_every, self.clock = eval_every, clock     # clock: bench/clock.py's final evaluations, or None
+        self.evals, self.growths, self.final_evals = [], [], []
 
     def evaluate(self, trainer) -> float:
         config = trainer.engine.model.config
@@ -156,6 +157,9 @@ class BenchRecorder(Callback):
         steps, growth_steps = trainer.schedule.steps, [g.at_step for g in trainer.schedule.growths]
         self.eval_steps = set(range(0, steps, self.eval_every)) | {steps} | set(growth_steps)   # right before each
         self.eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < steps}
+        if self.clock is not None:
+            self.eval_steps |= self.clock.curve_steps(steps)
+            self.final_steps = self.clock.final_steps(steps)
         self.started = time.perf_counter()
         self.evaluate(trainer)
 
@@ -168,6 +172,8 @@ class BenchRecorder(Callback):
         step, steps = trainer.step, trainer.schedule.steps      # steps done
         if step in self.eval_steps:
             self.evaluate(trainer)
+        if self.clock is not None and step in self.final_steps:
+            self.final_evals.append(dict(step=step, flops=trainer.flops, **self.clock.evaluate(trainer)))
         if step % self.log_every == 0 or step == steps:
             elapsed = time.perf_counter() - self.started
             print(f"  {self.name} seed {self.seed}: step {step}/{steps} loss {row['loss']:.3f} val "
@@ -177,10 +183,12 @@ class BenchRecorder(Callback):
 
 
 def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY,
-          micro_batch_size: int = BATCH) -> dict:
+          micro_batch_size: int = BATCH, clock=None) -> dict:
     """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
-    bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints."""
-    recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every)
+    bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints. `clock`: bench/clock.py's Clock,
+    whose final evaluations the result then holds ("final_evals")."""
+    recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every,
+                             clock=clock)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ, bf16=True,
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),
@@ -192,7 +200,8 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
                          f"{trainer.schedule.steps}; not saved, a re-run trains it again")
     return dict(name=name, seed=seed, spec=spec, evals=recorder.evals, growths=recorder.growths,
                 final_bpb=recorder.evals[-1]["bpb"], flops=trainer.flops, wall=trainer.train_seconds,
-                steps=trainer.schedule.steps, precision="deepspeed-bf16")
+                steps=trainer.schedule.steps, precision="deepspeed-bf16",
+                **({} if clock is None else dict(final_evals=recorder.final_evals, clock=clock.describe())))
 
 
 # --- command line ---------------------------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""The report of bench/clock.py, from its saved runs: the scratch curve, the noise study, the savings table.
+
+    python bench/clock_report.py                    # = python bench/clock.py --report
+    python bench/clock_report.py --out /tmp/clock
+
+Definitions (bench/clock.py): the final figure is the mean of a run's last evaluations on every held-out article;
+the scratch curve is, per budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0);
+compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing
+saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against
+scratch of the same seed); d bits/byte = the run's final figure minus scratch's (same seed, same FLOPs). Each with
+the mean over seeds and its 95% confidence interval (Student's t).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from budget_report import busy, saving
+from clock import DEFAULT_OUT, compute_equivalent_saving, final_figure, interval, load_runs, lower_curve
+
+
+def curve_points(runs: dict) -> dict:
+    """{budget: {schedule name: (lr, final figure, FLOPs, tried LRs)}} for scratch and scratch+wsd, seed 0, at
+    each one's best LR."""
+    tried = defaultdict(dict)
+    for (budget, name, lr, seed), r in runs.items():
+        if name in ("scratch", "scratch+wsd") and seed == 0:
+            tried[budget, name][lr] = r
+    points = defaultdict(dict)
+    for (budget, name), by_lr in tried.items():
+        lr = min(by_lr, key=lambda x: final_figure(by_lr[x]))
+        points[budget][name] = (lr, final_figure(by_lr[lr]), by_lr[lr]["flops"], sorted(by_lr))
+    return points
+
+
+def scratch_curve(points: dict) -> list:
+    """Per budget, (scratch's FLOPs, the lower final figure of its schedules), as lower_curve's points."""
+    return lower_curve([(next(iter(by_name.values()))[2], min(v[1] for v in by_name.values()))
+                        for by_name in points.values()])
+
+
+def _ci(values, pct=True) -> str:
+    if not values:
+        return "-"
+    mean, low, high = interval(values)
+    scale, unit = (100, "%") if pct else (1, "")
+    text = f"{scale * mean:+.1f}{unit}" if pct else f"{mean:+.4f}"
+    if not math.isnan(low):
+        text += f" [{scale * low:+.1f}, {scale * high:+.1f}]" if pct else f" [{low:+.4f}, {high:+.4f}]"
+    return text
+
+
+def plan_budgets(runs: dict) -> list[float]:
+    """The budgets at which plans were run (anything but scratch and scratch+wsd)."""
+    return sorted({b for (b, n, _, _) in runs if n not in ("scratch", "scratch+wsd")})
+
+
+def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
+    """Per run name at `budget` (scratch's tuned LR there): its savings per seed, against scratch of that seed."""
+    at = {k: r for k, r in runs.items() if k[0] == budget}
+    scratch0 = {lr: r for (_, n, lr, s), r in at.items() if n == "scratch" and s == 0}
+    if not scratch0:
+        return []
+    lr = min(scratch0, key=lambda x: final_figure(scratch0[x]))
+    scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
+    rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], crossing=[], d_bpb=[], wall=[]))
+    for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
+        if l != lr or seed not in scratch or name == "scratch+wsd":
+            continue
+        row, base = rows[name], scratch[seed]
+        figure = final_figure(r)
+        equivalent, bound = compute_equivalent_saving(r["flops"], figure, curve)
+        row["seeds"].append(seed)
+        row["figure"].append(figure)
+        if equivalent is None:
+            row["bounds"].append(bound)
+        else:
+            row["equivalent"].append(equivalent)
+        crossing = saving(r, base, "flops")
+        row["crossing"].append(-1.0 if crossing is None else crossing)   # never reached: counted as -100%
+        row["d_bpb"].append(figure - final_figure(base))
+        same_setup = (r.get("threads"), r.get("processes")) == (base.get("threads"), base.get("processes"))
+        if same_setup and not busy(r) and not busy(base):
+            row["wall"].append(1 - r["wall"] / base["wall"])
+    return [dict(name=n, lr=lr, **v) for n, v in rows.items()]
+
+
+def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
+    """How stable is a final figure? From scratch's runs at `budget` (tuned LR) with per-article losses:
+    - wiggle: the spread (std) of the FINAL_POINTS final evaluations of one run, on the first n articles;
+    - figure: the final figure on n articles against the same on all of them (how far a small set's absolute value
+      is; across disjoint subsets of n);
+    - pair: the difference between two seeds' final figures, across disjoint subsets of n (what a comparison of two
+      runs on n articles would see)."""
+    scratch0 = {lr: r for (b, n, lr, s), r in runs.items() if b == budget and n == "scratch" and s == 0}
+    if not scratch0:
+        return []
+    tuned = min(scratch0, key=lambda x: final_figure(scratch0[x]))
+    scratch = sorted(((s, r) for (b, n, lr, s), r in runs.items() if b == budget and n == "scratch" and lr == tuned),
+                     key=lambda kv: kv[0])
+    lines = ["| articles | wiggle between final evaluations (std) | final figure across disjoint subsets (std) | "
+             "seed-pair difference across disjoint subsets (std) |", "|---|---|---|---|"]
+    n_articles = len(scratch[0][1]["final_evals"][0]["nats"])
+    for n in sorted(set(sizes) | {n_articles}):
+        if n > n_articles:
+            continue
+        subsets = [list(range(i, i + n)) for i in range(0, n_articles - n + 1, n)]
+        wiggles = [np.std([final_figure(dict(final_evals=[e]), subsets[0]) for e in r["final_evals"]], ddof=1)
+                   for _, r in scratch]
+        figures = [np.std([final_figure(r, a) for a in subsets], ddof=1) if len(subsets) > 1 else math.nan
+                   for _, r in scratch]
+        pairs = [np.std([final_figure(a, s) - final_figure(b, s) for s in subsets], ddof=1)
+                 if len(subsets) > 1 else math.nan
+                 for (_, a), (_, b) in zip(scratch, scratch[1:])]
+        def mean(values):
+            values = [v for v in values if not math.isnan(v)]
+            return f"{np.mean(values):.4f}" if values else "-"
+        lines.append(f"| {n} | {mean(wiggles)} | {mean(figures)} | {mean(pairs)} |")
+    return lines
+
+
+def write_report(out: Path = DEFAULT_OUT) -> str:
+    runs = load_runs(out)
+    if not runs:
+        print(f"no finished runs in {out / 'runs'}: run bench/clock.py first")
+        return ""
+    points = curve_points(runs)
+    curve = scratch_curve(points)
+    lines = ["Scratch curve (seed 0, each schedule at its tuned LR; the curve takes the lower):", "",
+             "| tokens/parameter | FLOPs | scratch (cosine): LR (tried), final bits/byte | scratch+wsd: LR (tried), "
+             "final bits/byte |", "|---|---|---|---|"]
+    for budget in sorted(points):
+        cells = []
+        for name in ("scratch", "scratch+wsd"):
+            v = points[budget].get(name)
+            cells.append("-" if v is None else f"{v[0]:g} ({', '.join(f'{x:g}' for x in v[3])}), {v[1]:.4f}")
+        flops = next(iter(points[budget].values()))[2]
+        lines.append(f"| {budget:g} | {flops:.3g} | " + " | ".join(cells) + " |")
+    rows = []
+    for budget in plan_budgets(runs):
+        budget_rows = plan_rows(runs, curve, budget)
+        rows += [dict(r, budget=budget) for r in budget_rows]
+        lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
+                  "| run | seeds | final bits/byte | compute-equivalent saving | crossing saving | d bits/byte at "
+                  "equal FLOPs | wall saving |", "|---|---|---|---|---|---|---|"]
+        for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
+            equivalent = _ci(row["equivalent"]) + (f" (+ {', '.join(row['bounds'])})" if row["bounds"] else "")
+            lines.append(f"| {row['name']} | {','.join(map(str, row['seeds']))} | {np.mean(row['figure']):.4f} | "
+                         f"{equivalent} | {_ci(row['crossing'])} | {_ci(row['d_bpb'], pct=False)} | "
+                         f"{_ci(row['wall'])} |")
+    seeds_at = defaultdict(set)
+    for (b, n, _, s) in runs:
+        if n == "scratch":
+            seeds_at[b].add(s)
+    noisiest = max(seeds_at, key=lambda b: (len(seeds_at[b]), b), default=None)
+    noise = [] if noisiest is None else noise_study(runs, noisiest)
+    if noise:
+        lines += ["", f"Noise of the final figure (scratch at {noisiest:g} tokens/parameter; bits/byte):", ""] + noise
+    table = "\n".join(lines)
+    (out / "clock.md").write_text(table + "\n")
+    print(table)
+    _plot(points, curve, rows, out)
+    return table
+
+
+def _plot(points, curve, rows, out: Path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, marker in (("scratch", "o"), ("scratch+wsd", "s")):
+        xs = [points[b][name][2] for b in sorted(points) if name in points[b]]
+        ys = [points[b][name][1] for b in sorted(points) if name in points[b]]
+        ax.plot(xs, ys, marker=marker, label=name, linestyle=":" if name != "scratch" else "-")
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], color="0.6", linewidth=3, alpha=0.4, label="curve")
+    for row in rows:
+        if row["name"] != "scratch" and row["budget"] in points:
+            flops = next(iter(points[row["budget"]].values()))[2]
+            ax.scatter([flops] * len(row["figure"]), row["figure"], s=14, label=row["name"])
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("final bits/byte (held-out Wikipedia)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "clock_curve.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    write_report(p.parse_args(argv).out)
+
+
+if __name__ == "__main__":
+    main()

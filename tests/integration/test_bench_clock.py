@@ -1,0 +1,124 @@
+"""bench/clock.py: the compute-equivalent saving on a synthetic scratch curve, the confidence interval, per-article
+validation losses that add up to the packed loss, and clock_report.py on synthetic saved runs."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import clock  # noqa: E402
+import clock_report  # noqa: E402
+
+
+def synthetic_curve(flops):
+    """A loss curve of the usual form, bits/byte = 1.5 + 40 * FLOPs^-0.1 (falls forever, ever more slowly)."""
+    return 1.5 + 40 * flops ** -0.1
+
+
+def test_the_compute_equivalent_saving_reads_the_flops_scratch_needs_off_its_curve():
+    budgets = [1e14, 2e14, 4e14, 8e14]
+    curve = clock.lower_curve([(f, synthetic_curve(f)) for f in budgets])
+    # a run at 2e14 FLOPs that reaches what scratch reaches at 4e14 saved exactly half
+    saving, bound = clock.compute_equivalent_saving(2e14, synthetic_curve(4e14), curve)
+    assert saving == pytest.approx(0.5) and bound == ""
+    # between budgets: log-linear interpolation, close to the true curve's answer
+    target = synthetic_curve(3e14)
+    needed, _ = clock.flops_to_reach(curve, target)
+    assert needed == pytest.approx(3e14, rel=0.01)
+    assert clock.compute_equivalent_saving(2e14, target, curve)[0] == pytest.approx(1 - 2 / 3, abs=0.01)
+    # worse than scratch at its own FLOPs: a negative saving
+    assert clock.compute_equivalent_saving(2e14, synthetic_curve(1.5e14), curve)[0] == pytest.approx(-1 / 3, abs=0.01)
+    # beyond the largest budget only a bound: at least what reaching the largest would have saved
+    assert clock.compute_equivalent_saving(2e14, synthetic_curve(1e15), curve) == (None, "> 75%")
+    assert clock.compute_equivalent_saving(2e14, synthetic_curve(5e13), curve) == (None, "< -100%")
+
+
+def test_a_noisy_larger_budget_does_not_make_the_curve_rise():
+    curve = clock.lower_curve([(1e14, 2.0), (2e14, 1.90), (4e14, 1.91), (8e14, 1.80)])
+    assert [b for _, b in curve] == [2.0, 1.90, 1.90, 1.80]
+    assert clock.flops_to_reach(curve, 1.90)[0] == 2e14          # the first budget that reached it
+
+
+def test_the_interval_is_students_t_over_seeds():
+    mean, low, high = clock.interval([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2) and high - mean == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-4)
+    assert math.isnan(clock.interval([0.2])[1])
+
+
+class PackedOnly:
+    """An engine stand-in for ArticleValidation: next-token logits that favour token 5 (a fixed function, so the
+    per-article split can be checked against one loss over all targets)."""
+
+    def forward(self, x, y):
+        import torch
+        logits = torch.zeros(*x.shape, 1000)
+        logits[..., 5] = 2.0
+        logits += (x.unsqueeze(-1) % 7).float() * 0.01
+        return logits, None
+
+
+def test_per_article_losses_add_up_to_the_loss_of_every_target(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from megababel.data.embedded import build_embedded_dataset
+    shared = ROOT / ".." / "shared" / "data" / "wikipedia" / "valid.txt"
+    if not shared.is_file():
+        pytest.skip("../shared/data/wikipedia is absent")
+    text = tmp_path / "valid.txt"
+    text.write_text("\n\n".join(shared.read_text().split("\n\n")[:6]))
+    data = build_embedded_dataset()          # a tokenizer.model and ranking.json with vocabulary stage 1000
+    validation = clock.ArticleValidation(data, 1000, text=text)
+    assert validation.n_articles == 6 and validation.n_bytes.sum() == sum(
+        len(d.encode()) for d in text.read_text().split("\n\n") if d.strip())
+    nats = validation.nats(PackedOnly(), batch=3)
+    logits = PackedOnly().forward(validation.inputs, None)[0]
+    total = F.cross_entropy(logits.reshape(-1, 1000), validation.targets.reshape(-1), reduction="sum",
+                            ignore_index=-100)
+    assert nats.sum() == pytest.approx(total.item(), rel=1e-6) and (nats > 0).all()
+    assert int((validation.targets != -100).sum()) == validation.n_tokens - 1     # every token but the first
+
+
+def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10):
+    """A saved run whose final evaluations all give `figure` (plus a +-wiggle alternating between them)."""
+    n_bytes = [100] * articles
+    final = [dict(step=10, flops=flops, vocab=2000, bpb=figure + wiggle * (-1) ** j,
+                  nats=[(figure + wiggle * (-1) ** j) * math.log(2) * 100] * articles, n_bytes=n_bytes)
+             for j in range(clock.FINAL_POINTS)]
+    evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - (3.0 - figure) * k / 10, load=2.0)
+             for k in range(11)]
+    run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=[], final_bpb=evals[-1]["bpb"],
+               flops=flops, wall=flops / 2, steps=10, final_evals=final, threads=1, processes=2)
+    (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
+
+
+def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    flops = {5: 1e14, 20: 4e14, 40: 8e14}
+    for budget, f in flops.items():
+        _saved(runs, budget, "scratch", 1e-3, 0, synthetic_curve(f), f)
+        _saved(runs, budget, "scratch", 2e-3, 0, synthetic_curve(f) + 0.01, f)       # a worse LR
+    _saved(runs, 20, "scratch+wsd", 1e-3, 0, synthetic_curve(f := 4e14) - 0.001, f)  # wsd wins at 20 by a hair
+    for seed in (1, 2):
+        _saved(runs, 20, "scratch", 1e-3, seed, synthetic_curve(4e14), 4e14)
+    for seed, reach in ((0, 6e14), (1, 5e14), (2, 7e14)):        # the plan reaches what scratch reaches at 5-7e14
+        _saved(runs, 20, "g3@2-vocab+copy", 1e-3, seed, synthetic_curve(reach), 4e14)
+    table = clock_report.write_report(tmp_path)
+    points = clock_report.curve_points(clock.load_runs(tmp_path))
+    assert points[20]["scratch"][0] == 1e-3 and points[20]["scratch"][3] == [1e-3, 2e-3]
+    curve = clock_report.scratch_curve(points)
+    assert curve[1] == pytest.approx((4e14, synthetic_curve(4e14) - 0.001))       # the lower schedule at 20
+    rows = {r["name"]: r for r in clock_report.plan_rows(clock.load_runs(tmp_path), curve, 20)}
+    assert rows["g3@2-vocab+copy"]["seeds"] == [0, 1, 2]
+    expected = [1 - 4e14 / clock.flops_to_reach(curve, synthetic_curve(r))[0] for r in (6e14, 5e14, 7e14)]
+    assert rows["g3@2-vocab+copy"]["equivalent"] == pytest.approx(expected)
+    assert all(0.15 < e < 0.45 for e in expected)
+    assert "| g3@2-vocab+copy | 0,1,2 |" in table and "[" in table.split("g3@2-vocab+copy")[1]
+    assert (tmp_path / "clock.md").read_text().startswith("Scratch curve")
+    assert np.isclose(rows["scratch"]["d_bpb"], 0).all()
