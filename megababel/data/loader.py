@@ -22,23 +22,27 @@ from megababel.data.shards import TokenDataset
 
 class PackedLoader:
     def __init__(self, dataset: TokenDataset, seq_len: int, batch_size: int, dp_rank: int = 0, dp_world: int = 1,
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, documents: np.ndarray | None = None):
+        """`documents`: read only these documents of the dataset (a difficulty slice, data/difficulty.py)."""
         if seq_len <= 0 or batch_size <= 0:
             raise DataError(f"seq_len and batch_size must be positive (got {seq_len}, {batch_size})")
         if not 0 <= dp_rank < dp_world:
             raise DataError(f"dp_rank {dp_rank} is outside a data-parallel world of {dp_world}")
-        if dataset.n_docs == 0:
-            raise DataError(f"{dataset.directory}: the split has no documents")
+        self.documents = np.arange(dataset.n_docs) if documents is None else np.asarray(documents, dtype=np.int64)
+        if len(self.documents) == 0:
+            raise DataError(f"{dataset.directory}: the split has no documents" + ("" if documents is None else
+                            " in this selection"))
         self.dataset, self.batch_size = dataset, batch_size
         self.dp_rank, self.dp_world, self.seed, self.shuffle = dp_rank, dp_world, seed, shuffle
         self.global_batch = batch_size * dp_world
-        self.stream_tokens = int((dataset.doc_length + 2).sum())      # one epoch's stream
+        self.stream_tokens = int((dataset.doc_length[self.documents] + 2).sum())      # one epoch's stream
         self.epoch, self.position = 0, 0
         self._layout_epoch = None
         self.seq_len = seq_len
-        self._check_fits(seq_len, self.global_batch)
+        self.check_fits(seq_len, self.global_batch)
 
-    def _check_fits(self, seq_len: int, global_batch: int):
+    def check_fits(self, seq_len: int, global_batch: int):
+        """DataError unless one epoch holds `global_batch` sequences of `seq_len` tokens."""
         if (self.stream_tokens - 1) // seq_len < global_batch:
             raise DataError(f"{self.dataset.directory}: one epoch holds {(self.stream_tokens - 1) // seq_len} "
                             f"sequences of {seq_len} tokens, fewer than one global batch of {global_batch}")
@@ -51,19 +55,19 @@ class PackedLoader:
     def state_dict(self) -> dict:
         # consumed: the position in sequences, as saved before positions were counted in tokens
         return dict(epoch=self.epoch, position=self.position, consumed=self.position // self.seq_len,
-                    seed=self.seed, seq_len=self.seq_len, shuffle=self.shuffle, n_docs=self.dataset.n_docs,
-                    n_tokens=self.dataset.n_tokens)
+                    seed=self.seed, seq_len=self.seq_len, shuffle=self.shuffle, n_docs=len(self.documents),
+                    n_tokens=self.stream_tokens - 2 * len(self.documents))
 
     def set_batch_size(self, batch_size: int):
         """A new per-rank batch from the next batch on (a schedule's batch change); the position stays, so the
         sequence order continues exactly."""
-        self._check_fits(self.seq_len, batch_size * self.dp_world)
+        self.check_fits(self.seq_len, batch_size * self.dp_world)
         self.batch_size, self.global_batch = batch_size, batch_size * self.dp_world
 
     def set_seq_len(self, seq_len: int, batch_size: int):
         """Repack from the next batch on: sequences of `seq_len` tokens, `batch_size` per rank, from the same
         position in the same stream (a growth's seq_len)."""
-        self._check_fits(seq_len, batch_size * self.dp_world)
+        self.check_fits(seq_len, batch_size * self.dp_world)
         self.seq_len = seq_len
         self.batch_size, self.global_batch = batch_size, batch_size * self.dp_world
 
@@ -89,12 +93,12 @@ class PackedLoader:
     def _layout(self):
         """Document order and stream start of each placed document, for the current epoch."""
         if self._layout_epoch != self.epoch:
-            n = self.dataset.n_docs
+            n = len(self.documents)
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, self.epoch])
-                self._order = rng.permutation(n)
+                self._order = self.documents[rng.permutation(n)]
             else:
-                self._order = np.arange(n)
+                self._order = self.documents
             self._starts = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(self.dataset.doc_length[self._order] + 2, out=self._starts[1:])
             self._layout_epoch = self.epoch
@@ -128,14 +132,20 @@ class PackedLoader:
         begin = self.position + k * self.seq_len
         return self._stream(begin, begin + self.seq_len + 1)
 
+    def take(self, count: int, wanted) -> np.ndarray:
+        """The next `count` sequences (all ranks'); returns rows [len(wanted), L + 1] of those at the indices
+        `wanted` (0 .. count-1) and advances past all of them. An epoch's tail too short for `count` is dropped."""
+        if self.position + count * self.seq_len + 1 > self.stream_tokens:
+            self.epoch, self.position = self.epoch + 1, 0
+        rows = np.stack([self.sequence(k) for k in wanted]) if len(wanted) else \
+            np.zeros((0, self.seq_len + 1), dtype=np.int64)
+        self.position += count * self.seq_len
+        return rows
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of shape [batch_size, seq_len] for this rank; advances the global position."""
-        if self.position + self.global_batch * self.seq_len + 1 > self.stream_tokens:
-            self.epoch, self.position = self.epoch + 1, 0
         first = self.dp_rank * self.batch_size
-        rows = np.stack([self.sequence(k) for k in range(first, first + self.batch_size)])
-        self.position += self.global_batch * self.seq_len
-        rows = torch.from_numpy(rows)
+        rows = torch.from_numpy(self.take(self.global_batch, range(first, first + self.batch_size)))
         return rows[:, :-1], rows[:, 1:]
 
     def __iter__(self):

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from megababel.data.tokenizer import Tokenizer, TokenizerError, VocabRanking, VocabStage, require_stage_support
+from megababel.data.difficulty import write_difficulty
 from megababel.data.readers import DataError, check_source, read_documents
 from megababel.data.shards import INDEX, ShardWriter, TokenDataset, write_index
 
@@ -91,9 +92,12 @@ def _finish(directory: Path, writers: dict, meta: dict) -> dict:
 def preprocess(sources: list[str], out_dir: str | os.PathLike, tokenizer: Tokenizer, stages: list[int],
                valid_sources: list[str] = (), valid_every: int = 100, workers: int = 2, text_key: str = "text",
                txt_mode: str = "paragraph", encoding_errors: str = "strict", shard_tokens: int = 1 << 26,
-               overwrite: bool = False, progress: bool = True) -> dict:
-    """Build a dataset directory (see the module docstring). Returns statistics per pass."""
+               overwrite: bool = False, progress: bool = True, ranking: str | os.PathLike | None = None) -> dict:
+    """Build a dataset directory (see the module docstring). Returns statistics per pass. `ranking`: another
+    dataset's ranking.json to use instead of this corpus's frequencies, so that both datasets share model rows and
+    one run can mix them (data/mixture.py)."""
     out_dir = Path(out_dir)
+    given_ranking = None if ranking is None else VocabRanking.load(ranking, tokenizer)
     # --- everything that can be checked is checked before any compute -------------------------------------------
     if not sources:
         raise DataError("no input given")
@@ -131,7 +135,7 @@ def preprocess(sources: list[str], out_dir: str | os.PathLike, tokenizer: Tokeni
                                   "pass 1: full vocabulary", progress, count)}
     _finish(pass1, writers, dict(vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
                                  ids="tokenizer"))
-    ranking = VocabRanking.from_counts(tokenizer, counts)
+    ranking = VocabRanking.from_counts(tokenizer, counts) if given_ranking is None else given_ranking
     ranking.save(out_dir / RANKING)
 
     # --- one directory per stage ---------------------------------------------------------------------------------
@@ -154,4 +158,5 @@ def preprocess(sources: list[str], out_dir: str | os.PathLike, tokenizer: Tokeni
         stats[f"vocab_{size}"] = dict(tokens=tokens, seconds=time.perf_counter() - t0)
         _finish(directory, writers, meta)
     shutil.rmtree(pass1)
+    write_difficulty(out_dir)             # per-document scores for difficulty curricula (data/difficulty.py)
     return stats

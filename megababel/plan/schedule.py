@@ -20,6 +20,10 @@ A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, 
                                            #   (default 0: they keep their curve through the growth)
         seq_len: 256                       # the training sequence length from this growth on (default: as
                                            #   before; training.seq_len, else the run's --seq-len, at the start)
+        data: {wiki: 0.8, stories: 0.2}    # the data mixture from this growth on (default: as before;
+                                           #   training.data at the start): weights over the run's --data
+                                           #   NAME=DIR sources, or difficulty slices of them, wiki[rarity:0-0.5]
+                                           #   (megababel/data/mixture.py); without any, the run's one --data
 
 training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
@@ -47,17 +51,18 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from megababel.config import ConfigError, LlamaConfig, describe, is_integer, is_number
+from megababel.data.mixture import check_weights
 from megababel.growth.operators import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
                          lr_schedule="per_generation", global_batch_tokens=None, lr_decay="cosine",
-                         decay_fraction=0.2, seq_len=None)
+                         decay_fraction=0.2, seq_len=None, data=None)
 LR_SCHEDULES = ("per_generation", "global")
 LR_DECAYS = ("cosine", "wsd")
 OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
-                 "global_batch_tokens", "rewarmup_steps", "seq_len"}   # beside the event's
+                 "global_batch_tokens", "rewarmup_steps", "seq_len", "data"}   # beside the event's
 STAGES_DEPRECATED = "schedule key `stages` is deprecated: rename it to `growths`"
 
 
@@ -73,6 +78,7 @@ class Growth:
     global_batch_tokens: int | None = None    # tokens per optimizer step from this growth on (None: as before)
     rewarmup_steps: int = 0      # older generations' LR ramps up again over this many steps after the growth
     seq_len: int | None = None   # training sequence length from this growth on (None: the run's --seq-len)
+    data: dict | None = None     # the data mixture from this growth on (None: the run's one dataset)
 
 
 @dataclass
@@ -88,6 +94,7 @@ class Schedule:
     lr_decay: str = "cosine"
     decay_fraction: float = 0.2      # wsd: the final fraction of training.steps over which the LR decays
     seq_len: int | None = None       # the first generation's training sequence length (None: the run's --seq-len)
+    data: dict | None = None         # the first generation's data mixture {source: weight} (None: one dataset)
     growths: list[Growth] = field(default_factory=list)
     source: str = ""
 
@@ -103,6 +110,14 @@ class Schedule:
         """The training sequence length of `generation` (None: the run's --seq-len)."""
         return self.growths[generation - 1].seq_len if generation else self.seq_len
 
+    def generation_data(self, generation: int) -> dict | None:
+        """The data mixture {source: weight} `generation` reads (None: the run's one dataset)."""
+        return self.growths[generation - 1].data if generation else self.data
+
+    def data_sources(self) -> list[str]:
+        """Every source any generation reads, in order of first use."""
+        return list(dict.fromkeys(k for g in range(len(self.growths) + 1) for k in (self.generation_data(g) or {})))
+
     def vocab_sizes(self) -> list[int]:
         return sorted({self.model.vocab_size, *(g.config.vocab_size for g in self.growths)})
 
@@ -114,6 +129,7 @@ class Schedule:
         # wsd fields only when used, as rewarmup below: older checkpoints' records, which lack them, still match
         decay = {} if self.lr_decay == "cosine" else dict(lr_decay=self.lr_decay, decay_fraction=self.decay_fraction)
         decay.update({} if self.seq_len is None else dict(seq_len=self.seq_len))     # likewise
+        decay.update({} if self.data is None else dict(data=self.data))
         return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
@@ -121,7 +137,8 @@ class Schedule:
             growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
                           global_batch_tokens=g.global_batch_tokens, **event_fields(g.event),
                           **({"rewarmup_steps": g.rewarmup_steps} if g.rewarmup_steps else {}),
-                          **({"seq_len": g.seq_len} if g.seq_len is not None else {}))
+                          **({"seq_len": g.seq_len} if g.seq_len is not None else {}),
+                          **({"data": g.data} if g.data is not None else {}))
                      for g in self.growths])))   # tuples -> lists, as saved (rewarmup only when used: older
                                                  # checkpoints, which lack it, still resume)
 
@@ -219,7 +236,16 @@ def _training(section) -> dict:
         _integer("training.global_batch_tokens", training["global_batch_tokens"], 1)
     if training["seq_len"] is not None:
         _integer("training.seq_len", training["seq_len"], 1)
+    if training["data"] is not None:
+        training["data"] = _mixture("training.data", training["data"])
     return training
+
+
+def _mixture(where: str, weights) -> dict:
+    try:
+        return check_weights(weights, where)
+    except ConfigError as e:
+        raise ConfigError(f"schedule {e}") from None
 
 
 def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int, last_step: int, last_tokens: int) -> int:
@@ -264,7 +290,7 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     schedule = Schedule(model=model, source=source, **_training(spec.get("training", {})))
     _check_seq_len("training.seq_len", schedule.seq_len, model)
     config, last_step, last_tokens, batch = model, 0, 0, schedule.global_batch_tokens
-    seq_len = schedule.seq_len
+    seq_len, data = schedule.seq_len, schedule.data
     for i, growth in enumerate(_growths(spec.get("growths"))):
         where = f"growth {i}"
         growth = dict(_mapping(where, growth, "growth fields (at_step, hidden_size, ...)"))
@@ -292,6 +318,11 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
             _integer(f"{where}.global_batch_tokens", new_batch, 1)
         if "seq_len" in growth:
             seq_len = _integer(f"{where}.seq_len", growth.pop("seq_len"), 1)
+        if "data" in growth:
+            data = _mixture(f"{where}.data", growth.pop("data"))
+            if schedule.data is None:
+                raise _error(f"{where}.data", "a growth changes the mixture that training.data sets: give "
+                                              "training.data too (the first generation's mixture)")
         event = GrowthEvent(**growth)
         try:
             new_config = check_growth(config, event)     # every event field first, then against the model
@@ -299,7 +330,7 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
             raise _placed(where, e) from None
         _check_seq_len(f"{where}.seq_len", seq_len, new_config)
         schedule.growths.append(Growth(step, event, lr, warmup, new_config, optimizer_state, new_batch, rewarmup,
-                                       seq_len))
+                                       seq_len, data))
         last_tokens += (step - last_step) * (batch or tokens_per_step)
         config, last_step, batch = new_config, step, new_batch
     return schedule

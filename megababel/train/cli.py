@@ -70,7 +70,9 @@ def parse_args(argv=None):
     budget.add_argument("--tokens", type=float, default=None, help="budget: scratch's training tokens")
     budget.add_argument("--tokens-per-parameter", type=float, default=None, help="budget: tokens per parameter")
     budget.add_argument("--flops", type=float, default=None, help="budget: training FLOPs")
-    p.add_argument("--data", type=Path, default=None, help="dataset directory (default: the embedded corpus)")
+    p.add_argument("--data", nargs="+", default=None, metavar="[NAME=]DIR",
+                   help="dataset directory (default: the embedded corpus), or several as NAME=DIR, which the "
+                        "schedule's `data` mixture weights (validation: the first)")
     p.add_argument("--steps", type=int, default=None, help="override training.steps of the schedule")
     p.add_argument("--micro-batch-size", type=int, default=8,
                    help="sequences per rank per forward/backward (default 8)")
@@ -116,8 +118,25 @@ def fail(p: argparse.ArgumentParser, message: str, status: int = 2):
     sys.exit(status)
 
 
+def data_argument(p: argparse.ArgumentParser, values: list[str] | None) -> Path | dict | None:
+    """--data DIR, or NAME=DIR ...: a Path, or {name: Path} in the order given."""
+    if values is None:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return Path(values[0])
+    named = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory or name in named:
+            fail(p, f"--data {value}: give one DIR, or several NAME=DIR with distinct names (e.g. --data "
+                    f"wiki=data/wiki stories=data/stories)")
+        named[name] = Path(directory)
+    return named
+
+
 def main(argv=None):
     p, args = parse_args(argv)
+    args.data = data_argument(p, args.data)
     if args.threads:
         torch.set_num_threads(args.threads)
     run = RunConfig(**{k: v for k, v in vars(args).items()

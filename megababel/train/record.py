@@ -49,7 +49,8 @@ class RunRecord:
     loader: dict | None = None            # PackedLoader.state_dict()
     record: RunIdentity = field(default_factory=RunIdentity)
     history: list = field(default_factory=list)    # one entry per generation: when it began, its config, losses
-    data: str | None = None               # the dataset directory
+    data: str | None = None               # the (first) dataset directory
+    datasets: dict | None = None          # every dataset by name (--data NAME=DIR ...), the mixture's sources
     schedule_source: str | None = None
     rng: dict | None = None               # rng_states()
     validation_loss: float | None = None
@@ -59,8 +60,9 @@ class RunRecord:
     def to_dict(self) -> dict:
         saved = {f.name: getattr(self, f.name) for f in fields(self)}
         saved["record"] = self.record.to_dict()
-        if self.imported_from is None:
-            del saved["imported_from"]
+        for optional in ("imported_from", "datasets"):     # absent from older checkpoints: saved only when set
+            if saved[optional] is None:
+                del saved[optional]
         return saved
 
     @classmethod

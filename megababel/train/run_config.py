@@ -17,7 +17,8 @@ class RunConfig:
     tokens: float | None = None               # --schedule auto: the budget, as scratch's training tokens,
     tokens_per_parameter: float | None = None  # or tokens per parameter of the final model,
     flops: float | None = None                # or training FLOPs
-    data: Path | None = None                  # tools/preprocess_data.py output; None: the embedded corpus
+    data: Path | dict | None = None           # tools/preprocess_data.py output, or {name: directory} of several
+                                              # (a schedule's `data` mixes them); None: the embedded corpus
     steps: int | None = None                  # overrides the schedule's training.steps
     micro_batch_size: int = 8                 # sequences per data-parallel rank per forward/backward
     global_batch_tokens: int | None = None    # overrides training.global_batch_tokens (tokens per optimizer step)
@@ -80,8 +81,10 @@ class RunConfig:
         elif self.final is not None or budgets:
             raise ConfigError(f"--final / --{(budgets or ['tokens'])[0].replace('_', '-')} are for --schedule auto "
                               f"(got --schedule {self.schedule})")
-        if self.data is not None and not Path(self.data).is_dir():
-            raise ConfigError(f"--data {self.data}: no such directory (make one with tools/preprocess_data.py)")
+        for name, directory in (self.data.items() if isinstance(self.data, dict) else [(None, self.data)]):
+            if directory is not None and not Path(directory).is_dir():
+                raise ConfigError(f"--data {'' if name is None else name + '='}{directory}: no such directory (make "
+                                  f"one with tools/preprocess_data.py)")
 
 
 def _require_int(name: str, value, minimum: int):

@@ -37,7 +37,7 @@ from megababel.train.record import RunIdentity, RunRecord, restore_rng_states, r
 from megababel.train.resume import checkpoint_order, resume_checkpoint
 from megababel.train.run_config import RunConfig
 from megababel.train.signals import StopRequest
-from megababel.train.vocab_data import VocabData, check_data
+from megababel.train.vocab_data import VocabData, check_data, dataset_names
 
 __all__ = ["Callback", "RunConfig", "Trainer", "TrainingDiverged"]
 
@@ -59,7 +59,8 @@ class Trainer:
         self.growths_done: list[dict] = []
         # set by setup()
         self.rank, self.world, self.dp_rank, self.dp_world = 0, 1, 0, 1
-        self.data_dir: Path | None = None
+        self.datasets: dict[str, Path] = {}   # --data: name -> dataset directory (mixture sources)
+        self.data_dir: Path | None = None     # the first dataset: validation, tokenizer and ranking
         self.plan = None                     # --schedule auto: the planner's Plan
         self.schedule = None                 # plan.schedule.Schedule
         self.seq_lens: list[int] = []        # per generation: its training sequence length
@@ -85,7 +86,8 @@ class Trainer:
         self.dp_rank, self.dp_world = self.rank // run.tp, self.world // run.tp
         default_batch_tokens = run.micro_batch_size * self.dp_world * run.seq_len   # no accumulation
         overrides = {key: getattr(run, key) for key in ("steps", "global_batch_tokens") if getattr(run, key)} or None
-        self.data_dir = self._data_dir()
+        self.datasets = self._datasets()
+        self.data_dir = next(iter(self.datasets.values()))
         if run.schedule == "auto":             # the planner's schedule for this batch and the data's vocabulary stages
             from megababel.plan.presets import plan_for_run     # the planner only when asked for
             self.plan = plan_for_run(run, run.global_batch_tokens or default_batch_tokens, self.data_dir)
@@ -105,8 +107,8 @@ class Trainer:
         self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
         self.global_batch = self.batches[0][0]
         self.ds_config = self._ds_config(0)
-        reads = {(self._vocab_size(g), self.seq_lens[g], self._rank_batch(g)) for g in generations}
-        check_data(self.data_dir, self.schedule, run, self.dp_world, sorted(reads))
+        reads = [(g, self._vocab_size(g), self.seq_lens[g], self._rank_batch(g)) for g in generations]
+        check_data(self.datasets, self.schedule, run, self.dp_world, reads)
         self.identity = RunIdentity(schedule=self.schedule.resolved(), seq_len=run.seq_len,
                                     global_batch=self.global_batch, seed=run.seed,
                                     precision="bf16" if run.bf16 else "fp32",
@@ -119,8 +121,7 @@ class Trainer:
             self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp,
                                         activation_checkpointing=run.activation_checkpointing,
                                         growth_spill_dir=run.growth_spill_dir)
-            self.data = VocabData(self.data_dir, self.schedule.model.vocab_size, run, self.dp_rank, self.dp_world,
-                                  self._rank_batch(0), self.seq_lens[0])
+            self.data = self._vocab_data(0)
         else:
             self._restore(checkpoint, tp)
         self.parameters = count_parameters(self.engine.model).total   # changes only at growth
@@ -174,15 +175,21 @@ class Trainer:
         return load_ds_config(run.zero_stage, self._micro_batch(generation), self.batches[generation][1],
                               self.dp_world, run.bf16, run.offload_optimizer, run.gradient_clipping, run.ds_config)
 
-    def _data_dir(self) -> Path:
+    def _datasets(self) -> dict[str, Path]:
         if self.run.data is not None:
-            return Path(self.run.data)
+            return dataset_names(self.run.data)
         from megababel.data.embedded import build_embedded_dataset
         if self.rank == 0:
             build_embedded_dataset(progress=True)
         if dist.is_initialized():
             dist.barrier()
-        return build_embedded_dataset()
+        return {"embedded": build_embedded_dataset()}
+
+    def _vocab_data(self, generation: int, previous: VocabData | None = None) -> VocabData:
+        """The data `generation` reads: its vocabulary stage, sequence length, batch and mixture."""
+        return VocabData(self.datasets, self._vocab_size(generation), self.run, self.dp_rank, self.dp_world,
+                         self._rank_batch(generation), self.seq_lens[generation],
+                         self.schedule.generation_data(generation), self.schedule.data_sources(), previous)
 
     def _restore(self, checkpoint, tp):
         run, saved = self.run, RunRecord.from_dict(checkpoint.run)
@@ -191,8 +198,7 @@ class Trainer:
                                                seed=run.seed, tp=tp,
                                                activation_checkpointing=run.activation_checkpointing,
                                                growth_spill_dir=run.growth_spill_dir)
-        self.data = VocabData(self.data_dir, self.engine.model.config.vocab_size, run, self.dp_rank, self.dp_world,
-                              self._rank_batch(generation), self.seq_lens[generation])
+        self.data = self._vocab_data(generation)
         if not saved.imported_from:
             self.data.loader.load_state_dict(saved.loader)
             self.step, self.tokens, self.flops = saved.step, saved.tokens, saved.flops
@@ -275,10 +281,11 @@ class Trainer:
         generation = self.engine.grow(growth, step, ds_config=self._ds_config(self.engine.model.generation + 1))
         config = self.engine.model.config
         if config.vocab_size != self.data.size:
-            self.data = VocabData(self.data_dir, config.vocab_size, self.run, self.dp_rank, self.dp_world,
-                                  self._rank_batch(generation), self.seq_lens[generation], previous=self.data)
+            self.data = self._vocab_data(generation, previous=self.data)
         else:       # the same stream from the same position, in the new batch and sequence length
             self.data.loader.set_seq_len(self.seq_lens[generation], self._rank_batch(generation))
+        if growth.data is not None:         # a new mixture: each source keeps its position
+            self.data.set_mixture(growth.data)
         self.tokens_per_step = self.batches[generation][0] * self.seq_lens[generation]
         self.train_seconds += time.perf_counter() - grow_started
         after = self.validate(notify=False) if self.run.eval_every else None
@@ -314,6 +321,7 @@ class Trainer:
         record = RunRecord(step=self.step, tokens=self.tokens, flops=self.flops, train_seconds=self.train_seconds,
                            vocab=self.data.size, loader=self.data.loader.state_dict(), record=self.identity,
                            history=self.history, data=str(self.data_dir),
+                           datasets={k: str(v) for k, v in self.datasets.items()},
                            schedule_source=str(self.run.schedule) if not isinstance(self.run.schedule, dict)
                            else "<dict>", rng=rng_states(), validation_loss=loss,
                            validation_bpb=None if loss is None else self.data.valid_bits_per_byte(loss))

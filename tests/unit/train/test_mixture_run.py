@@ -1,0 +1,103 @@
+"""A data curriculum through the Trainer: two datasets (one sliced by difficulty) mixed by weights that change at
+growths, resumed exactly before, at and after each change; bad mixtures refused before any compute."""
+from __future__ import annotations
+
+import pytest
+
+from megababel.config import ConfigError
+from megababel.train.trainer import Callback, RunConfig, Trainer
+
+
+@pytest.fixture
+def distributed_env(monkeypatch):
+    from megababel.parallel import free_port
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """main: the embedded dataset; docs: its last 600 documents again, preprocessed with main's ranking (so they
+    share model rows), with difficulty scores."""
+    from megababel.data.embedded import build_embedded_dataset, embedded_corpus
+    from megababel.data.preprocess import preprocess
+    from megababel.data.tokenizer import Tokenizer
+    main = build_embedded_dataset()
+    root = tmp_path_factory.mktemp("mixture")
+    text = root / "docs.txt"
+    text.write_text("\n\n".join("\n".join(l for l in d.split("\n") if l.strip()) for d in embedded_corpus()[-600:]))
+    preprocess([str(text)], root / "docs", Tokenizer.load(main / "tokenizer.model"), [1000, 2000], valid_every=20,
+               ranking=main / "ranking.json", progress=False)
+    return dict(main=main, docs=root / "docs")
+
+
+SCHEDULE = dict(             # micro batch 2 x 32 tokens, 4 micro-batches per step
+    model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
+    training=dict(steps=16, lr=3e-3, warmup_steps=2, global_batch_tokens=256,
+                  data={"main": 0.5, "docs[rarity:0-0.5]": 0.5}),                       # easy documents first
+    growths=[dict(at_step=6, hidden_size=96, intermediate_size=256,
+                  data={"main": 0.5, "docs[rarity:0-0.5]": 0.25, "docs[rarity:0.5-1]": 0.25}),
+             dict(at_step=11, num_hidden_layers=4, layer_positions="interleave", vocab_size=2000,
+                  data={"main": 0.75, "docs[rarity:0.5-1]": 0.25})])
+
+
+class Losses(Callback):
+    def __init__(self):
+        self.losses = {}
+
+    def on_step_end(self, trainer, row):
+        self.losses[row["step"]] = row["loss"]
+
+
+def fit(datasets, out, schedule=SCHEDULE, **changes):
+    losses = Losses()
+    trainer = Trainer(RunConfig(**dict(dict(schedule=schedule, data=datasets, seq_len=32, micro_batch_size=2,
+                                            eval_every=0, out=out), **changes)), callbacks=[losses])
+    trainer.setup().fit()
+    trainer.close()
+    return losses.losses, trainer
+
+
+def test_a_changing_mixture_resumes_exactly_before_at_and_after_each_change(distributed_env, datasets, tmp_path):
+    whole, trainer = fit(datasets, tmp_path / "whole", save_every=4, save_after_growth=True)
+    assert trainer.data.loader.weights == {"main": 0.75, "docs[rarity:0-0.5]": 0.0, "docs[rarity:0.5-1]": 0.25}
+    checkpoints = tmp_path / "whole" / "checkpoints"
+    for name in ("step_00000004_*", "step_00000006_gen1*", "step_00000008_*", "step_00000011_gen2*",
+                 "step_00000012_*"):
+        start = next(checkpoints.glob(name))
+        resumed, _ = fit(datasets, tmp_path / f"from_{start.name}", resume=start)
+        first = min(resumed)
+        assert all(resumed[s] == whole[s] for s in range(first, 16)), start.name
+    from megababel.checkpoint.io import load_checkpoint
+    run = load_checkpoint(next(checkpoints.glob("step_00000016_*"))).run
+    assert run["datasets"] == {k: str(v) for k, v in datasets.items()}
+    assert run["record"]["schedule"]["growths"][1]["data"] == SCHEDULE["growths"][1]["data"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(schedule=dict(model=SCHEDULE["model"], training=dict(steps=16))), "no mixture: set training.data"),
+    (dict(schedule=dict(SCHEDULE, training=dict(SCHEDULE["training"], data={"main": 0.5, "other": 0.5}))),
+     "data source 'other' names no dataset: give --data other=DIR"),
+    (dict(schedule=dict(SCHEDULE, training=dict(SCHEDULE["training"], data={"main": 0.5, "docs[refloss:0-1]": 0.5}))),
+     "no 'refloss' difficulty scores"),
+    (dict(schedule=dict(SCHEDULE, growths=SCHEDULE["growths"][:1] + [dict(SCHEDULE["growths"][1], vocab_size=4000,
+                                                                             data={"docs": 1.0})])),
+     r"vocabulary stages \[4000\] that .*docs does not have"),
+])
+def test_bad_mixtures_are_refused_before_any_compute(distributed_env, datasets, tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(RunConfig(**dict(dict(schedule=SCHEDULE, data=datasets, seq_len=32, micro_batch_size=2, eval_every=0,
+                                      out=tmp_path), **change))).setup()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_datasets_with_another_vocabulary_ranking_cannot_be_mixed(distributed_env, datasets, tmp_path):
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(datasets["docs"], other)
+    ranking = (other / "ranking.json").read_text()
+    (other / "ranking.json").write_text(ranking.replace('"order": [0, 1, 2', '"order": [0, 2, 1', 1))
+    with pytest.raises(ConfigError, match="another tokenizer or vocabulary ranking .* --ranking"):
+        Trainer(RunConfig(schedule=SCHEDULE, data=dict(main=datasets["main"], docs=other), seq_len=32,
+                          micro_batch_size=2, eval_every=0, out=tmp_path / "run")).setup()
