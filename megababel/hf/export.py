@@ -238,6 +238,27 @@ def export_stage_warning(folder: str | os.PathLike) -> str | None:
                 f"AutoTokenizer does not encode text the way it was trained; evaluate it with tools/eval.py")
 
 
+def training_data_lines(meta: dict) -> list[str]:
+    """The card's "Training data" section: the datasets, and per generation what it read (mixture, sequence length),
+    from the checkpoint's run record; nothing for a run that read one dataset at one length."""
+    schedule = (meta.get("record") or {}).get("schedule") or {}
+    training, growths = schedule.get("training", {}), schedule.get("growths", [])
+    per_generation = [(training.get("data"), training.get("seq_len"))] + [(g.get("data"), g.get("seq_len"))
+                                                                          for g in growths]
+    if all(data is None and seq is None for data, seq in per_generation):
+        return []
+    seq_len = (meta.get("record") or {}).get("seq_len")
+    lines = ["## Training data", ""]
+    for name, path in (meta.get("datasets") or {}).items():
+        lines.append(f"- `{name}`: {path}")
+    lines += ["", "| generation | from step | data mixture | sequence length |", "|---|---|---|---|"]
+    steps = [0] + [g.get("at_step") for g in growths]
+    for generation, ((data, seq), step) in enumerate(zip(per_generation, steps)):
+        mixture = "one dataset" if data is None else ", ".join(f"{k} {w:g}" for k, w in data.items() if w > 0)
+        lines.append(f"| {generation} | {step} | {mixture} | {seq or seq_len} |")
+    return lines + [""]
+
+
 def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int, agreement: dict) -> str:
     lines = ["---", "library_name: transformers", "tags: [llama, megababel, progressive-training]", "---", "",
              f"# megababel Llama: {config_parameters(config) / 1e6:.1f}M parameters, generation "
@@ -273,6 +294,7 @@ def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int
     else:
         born = sorted({(g["generation"], g["born"]) for g in meta.get("groups", [])})
         lines += ["## Generations", "", "Born at steps: " + ", ".join(f"generation {g}: {s}" for g, s in born), ""]
+    lines += training_data_lines(meta)
     lines += ["## Tokenizer", "", f"`tokenizer.json` (for `AutoTokenizer`) encodes {agreement['identical']} of "
               f"{agreement['probes']} probe texts exactly like the SentencePiece model `tokenizer.model` it was "
               f"converted from; where they differ (runs of spaces), `tokenizer.model` is the reference.", ""]

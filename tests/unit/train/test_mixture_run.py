@@ -101,3 +101,15 @@ def test_datasets_with_another_vocabulary_ranking_cannot_be_mixed(distributed_en
     with pytest.raises(ConfigError, match="another tokenizer or vocabulary ranking .* --ranking"):
         Trainer(RunConfig(schedule=SCHEDULE, data=dict(main=datasets["main"], docs=other), seq_len=32,
                           micro_batch_size=2, eval_every=0, out=tmp_path / "run")).setup()
+
+
+def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distributed_env, datasets, tmp_path):
+    from megababel.hf.export import export_checkpoint
+    schedule = dict(SCHEDULE, growths=[dict(SCHEDULE["growths"][0], seq_len=64)])
+    _, trainer = fit(datasets, tmp_path / "run", schedule=dict(schedule, training=dict(schedule["training"],
+                                                                                       steps=8)), save_every=8)
+    out = export_checkpoint(next((tmp_path / "run" / "checkpoints").glob("step_00000008_*")), tmp_path / "hf")
+    card = (out / "README.md").read_text()
+    assert "## Training data" in card and f"`docs`: {datasets['docs']}" in card
+    assert "| 0 | 0 | main 0.5, docs[rarity:0-0.5] 0.5 | 32 |" in card
+    assert "| 1 | 6 | main 0.5, docs[rarity:0-0.5] 0.25, docs[rarity:0.5-1] 0.25 | 64 |" in card
