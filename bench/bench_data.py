@@ -3,6 +3,7 @@
     from bench_data import tinystories, wikipedia
     data = tinystories([8000, 32000])      # a dataset directory for RunConfig(data=...), cached
     data = wikipedia([1000, 2000])         # ../shared/data/wikipedia (47M Llama 2 tokens), its own validation file
+    simple = simple_stories(data)          # TinyStories with that dataset's model rows: to mix the two in one run
 
 Benchmarks train through megababel's Trainer, so they need a real dataset directory (tokenizer, ranking, one
 folder per vocabulary stage), made by the same preprocessing as tools/preprocess_data.py.
@@ -29,6 +30,36 @@ def wikipedia(stages, cache: Path | None = None, valid_articles: int | None = No
     `cache` (default: the megababel cache) unless already there. Enough text for ~20 tokens per parameter at a few
     million parameters without repeating any of it."""
     return _corpus("wikipedia", stages, cache, valid_articles)
+
+
+def simple_stories(main: Path, cache: Path | None = None) -> Path:
+    """TinyStories (train.txt, ~0.5M tokens) through `main`'s tokenizer and vocabulary ranking, at `main`'s
+    vocabulary stages: the `simple` source of a data mixture (the planner's +simplefirst). Validation: its
+    valid.txt."""
+    from megababel.data.difficulty import stages
+    from megababel.data.preprocess import preprocess
+    from megababel.data.tokenizer import Tokenizer
+    from megababel.data.shards import INDEX
+    wanted = stages(main)
+    cache = cache or main.parent / f"{main.name}-simple-stories"
+    if all((cache / f"vocab_{s}" / INDEX).is_file() for s in wanted):
+        return cache
+    train, valid = SHARED / "tinystories" / "train.txt", SHARED / "tinystories" / "valid.txt"
+    for path in (train, valid):
+        if not path.is_file():
+            sys.exit(f"{path} not found: the benchmarks need ../shared/data (see its README)")
+    preprocess([str(train)], cache, Tokenizer.load(main / "tokenizer.model"), wanted, valid_sources=[str(valid)],
+               overwrite=True, ranking=main / "ranking.json")
+    return cache
+
+
+def with_difficulty(data: Path) -> Path:
+    """`data` with its per-document difficulty scores (written once, for datasets made before preprocessing wrote
+    them)."""
+    from megababel.data.difficulty import score_path, write_difficulty
+    if not score_path(data, "train", "rarity").is_file():
+        write_difficulty(data)
+    return data
 
 
 def _corpus(name: str, stages, cache: Path | None, valid_documents: int | None) -> Path:

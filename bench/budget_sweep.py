@@ -134,7 +134,7 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
         return run(out, budget, name, lr, seed, data, validation, spec, wait, clock)
     spec = spec or schedule_spec(name, budget, lr)
     try:
-        result = train(name, spec, seed, data, validation, eval_every=max(10, spec["training"]["steps"] // 40),
+        result = train(name, spec, seed, run_data(data, spec), validation, eval_every=max(10, spec["training"]["steps"] // 40),
                        micro_batch_size=4 if "+halfbatch" in name else 8,     # half of 8 x 256: micro batches of 4
                        clock=clock)
         result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
@@ -144,6 +144,17 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     print(f"  -> final {result['final_bpb']:.4f} bits/byte, {result['flops']:.3g} FLOPs, {result['wall']:.0f} s",
           flush=True)
     return result
+
+
+def run_data(data: Path, spec: dict) -> Path | dict:
+    """What a run reads: the corpus, or for a data mixture (the planner's +easyfirst, +simplefirst) the sources it
+    names: main (the corpus, with its difficulty scores) and simple (TinyStories with the corpus's model rows)."""
+    schedule = parse_schedule(spec, TOKENS_PER_STEP)
+    names = {key.partition("[")[0] for key in schedule.data_sources()}
+    if not names:
+        return data
+    from bench_data import simple_stories, with_difficulty
+    return {"main": with_difficulty(data), **({"simple": simple_stories(data)} if "simple" in names else {})}
 
 
 def all_of(jobs: dict, clock=None) -> dict:

@@ -168,8 +168,8 @@ def compute_equivalent_saving(flops: float, bpb: float, curve) -> tuple[float | 
     if needed is not None:
         return 1 - flops / needed, ""
     if where == "below":
-        return None, f"> {100 * (1 - flops / curve[-1][0]):.0f}%"
-    return None, f"< {100 * (1 - flops / curve[0][0]):.0f}%"
+        return None, f"> {100 * (1 - flops / curve[-1][0]) + 0:.0f}%"       # + 0: no "-0"
+    return None, f"< {100 * (1 - flops / curve[0][0]) + 0:.0f}%"
 
 
 def interval(values) -> tuple[float, float, float]:
@@ -244,6 +244,9 @@ def main(argv=None):
         data = wikipedia([1000, 2000], valid_articles=budget_sweep.VALID_ARTICLES)
         validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
         clock = Clock(data, args.articles)
+        if any("first" in n for n in args.plans):     # the data curricula's sources, made once before any run
+            from bench_data import simple_stories, with_difficulty
+            with_difficulty(data), simple_stories(data)
         lrs, extensions = ((3e-3,), 0) if args.quick else (CURVE_LRS, 2)
         if args.curve or args.quick:
             for budget in args.budgets:

@@ -25,6 +25,10 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
   +seqwarm    sequence-length warm-up by generation: each generation at half the next one's length, the last at the
               run's (g3 at 2048: 256, 512, 1024, 2048); each generation's FLOPs counted at its own length
+  +easyfirst  data curriculum by difficulty: the first generation reads the easier half of the run's dataset
+              ("main[rarity:0-0.5]", data/difficulty.py), later ones both halves equally (no text read twice)
+  +simplefirst  the first generation reads half its sequences from a simpler dataset named "simple" (e.g.
+              TinyStories, --data main=DIR simple=DIR), later ones only "main"
   +wsd        warmup-stable-decay LR (schedule.py's lr_decay: wsd, the last 20% decaying) instead of cosine; also
               for scratch ("scratch+wsd")
   +narrow     every generation has the final's heads: the first at half the final's head_dim, grown to it (head_dim
@@ -119,6 +123,12 @@ class Plan:
         if "narrow" in self.name.split("+")[1:]:
             lines.append("the first generation has the final's heads at half its head_dim; the first growth doubles "
                          "head_dim (exact: every head twice as wide, RoPE kept)")
+        if "easyfirst" in self.name.split("+")[1:]:
+            lines.append("data curriculum: the first generation reads the easier half of the data by vocabulary "
+                         "rarity, the later ones both halves equally (the run's --data is named main)")
+        if "simplefirst" in self.name.split("+")[1:]:
+            lines.append("data curriculum: the first generation reads half its sequences from a simpler dataset "
+                         "(--data main=DIR simple=DIR), the later ones only main")
         if "seqwarm" in self.name.split("+")[1:]:
             lines.append("sequence-length warm-up: each generation trains at half the next one's sequence length, "
                          "the last at the run's (validation always at the run's)")
@@ -207,8 +217,13 @@ def _events(configs: list[LlamaConfig], levers: dict | None = None) -> list[dict
     return events
 
 
+# the data curricula levers: (the first generation's mixture, every later generation's); "main" is the run's dataset
+DATA_CURRICULA = {
+    "easyfirst": ({"main[rarity:0-0.5]": 1.0}, {"main[rarity:0-0.5]": 0.5, "main[rarity:0.5-1]": 0.5}),
+    "simplefirst": ({"main": 0.5, "simple": 0.5}, {"main": 1.0, "simple": 0.0}),
+}
 LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
-                      generation_lr=False, narrow=False, wsd=False, seqwarm=False)
+                      generation_lr=False, narrow=False, wsd=False, seqwarm=False, data=None)
 
 
 def parse_levers(levers: list[str]) -> dict:
@@ -217,6 +232,10 @@ def parse_levers(levers: list[str]) -> dict:
     for lever in levers:
         if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
             options["rewarm"] = float(lever[6:])
+        elif lever in ("easyfirst", "simplefirst"):
+            if options["data"] not in (None, lever):
+                raise ConfigError.about("plan", f"+{options['data']} and +{lever} are two data curricula: pick one")
+            options["data"] = lever
         elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd", "seqwarm"):
             options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
                                 x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
@@ -224,7 +243,8 @@ def parse_levers(levers: list[str]) -> dict:
                                 seqwarm=dict(seqwarm=True))[lever])
         else:
             raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
-                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd and +seqwarm")
+                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd, +seqwarm, +easyfirst and "
+                                    f"+simplefirst")
     return options
 
 
@@ -265,6 +285,10 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
         previous = fraction
     growths = [dict(event, at_step=step, **({"vocab_size": final.vocab_size} if vocab and i == 0 else {}))
                for i, (event, step) in enumerate(zip(events, at_steps))]
+    if levers["data"] is not None:      # the first generation's curriculum, then the main data as it is
+        first_data, later = DATA_CURRICULA[levers["data"]]
+        training["data"] = first_data
+        growths[0]["data"] = later
     if levers["seqwarm"]:
         training["seq_len"] = seq_lens[0]
         for growth, length in zip(growths, seq_lens[1:]):

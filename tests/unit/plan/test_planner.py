@@ -312,3 +312,22 @@ def test_the_seqwarm_lever_halves_the_sequence_length_per_earlier_generation_at_
     assert warm.growths[0].at_step > plain.growths[0].at_step      # shorter contexts: cheaper tokens, more steps
     with pytest.raises(ConfigError, match="not divisible by 8"):
         plan_schedule(BENCH_FINAL, "g3@2-vocab+seqwarm", 1000, 100, 2048, 1.5e-3)
+
+
+@pytest.mark.parametrize("lever, first, later", [
+    ("easyfirst", {"main[rarity:0-0.5]": 1.0}, {"main[rarity:0-0.5]": 0.5, "main[rarity:0.5-1]": 0.5}),
+    ("simplefirst", {"main": 0.5, "simple": 0.5}, {"main": 1.0, "simple": 0.0})])
+def test_the_data_curriculum_levers_set_the_first_generations_mixture_and_then_the_main_data(lever, first, later):
+    schedule = parse_schedule(plan_schedule(BENCH_FINAL, f"g3@2-vocab+copy+{lever}", 1000, 256, 2048, 1.5e-3), 2048)
+    assert schedule.generation_data(0) == first
+    assert all(schedule.generation_data(g) == later for g in (1, 2, 3))
+    assert curriculum_explained(f"g3@2-vocab+copy+{lever}") == lever
+    with pytest.raises(ConfigError, match="two data curricula"):
+        plan_schedule(BENCH_FINAL, "g3@2-vocab+easyfirst+simplefirst", 1000, 256, 2048, 1.5e-3)
+
+
+def curriculum_explained(name: str) -> str:
+    """Which data curriculum a plan's explanation describes."""
+    from megababel.plan.planner import Plan
+    text = Plan(name, {}, MEASURED[-1], 20.0, 1000, []).explain()
+    return "easyfirst" if "easier half" in text else "simplefirst" if "simpler dataset" in text else text
