@@ -63,8 +63,7 @@ def test_a_changing_mixture_resumes_exactly_before_at_and_after_each_change(dist
     whole, trainer = fit(datasets, tmp_path / "whole", save_every=4, save_after_growth=True)
     assert trainer.data.loader.weights == {"main": 0.75, "docs[rarity:0-0.5]": 0.0, "docs[rarity:0.5-1]": 0.25}
     checkpoints = tmp_path / "whole" / "checkpoints"
-    for name in ("step_00000004_*", "step_00000006_gen1*", "step_00000008_*", "step_00000011_gen2*",
-                 "step_00000012_*"):
+    for name in ("step_00000004_*", "step_00000006_gen1*", "step_00000011_gen2*"):
         start = next(checkpoints.glob(name))
         resumed, _ = fit(datasets, tmp_path / f"from_{start.name}", resume=start)
         first = min(resumed)

@@ -249,9 +249,8 @@ def test_a_sequence_length_per_generation_counts_flops_at_its_length_and_resumes
     expected = sum(flops_per_token(configs[g], seq) * 256 * n for g, seq, n in ((0, 16, 6), (1, 32, 5), (2, 64, 5)))
     assert whole[15]["flops"] == expected
     checkpoints = tmp_path / "whole/checkpoints"
-    # before the first change, right after it (saved after the growth), between them, after both
-    for name in ("step_00000004_*", "step_00000006_gen1*", "step_00000008_*", "step_00000011_gen2*",
-                 "step_00000012_*"):
+    # before the first change, right after it (saved after the growth), after both
+    for name in ("step_00000004_*", "step_00000006_gen1*", "step_00000012_*"):
         start = next(checkpoints.glob(name))
         resumed = fit_rows(tmp_path / f"from_{start.name}", resume=start)
         first = min(resumed)
