@@ -112,3 +112,18 @@ def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distr
     assert "## Training data" in card and f"`docs`: {datasets['docs']}" in card
     assert "| 0 | 0 | main 0.5, docs[rarity:0-0.5] 0.5 | 32 |" in card
     assert "| 1 | 6 | main 0.5, docs[rarity:0-0.5] 0.25, docs[rarity:0.5-1] 0.25 | 64 |" in card
+
+
+def test_the_launcher_reads_one_dataset_or_several_named_ones(capsys):
+    import argparse
+    from pathlib import Path
+    from megababel.train.cli import data_argument
+    p = argparse.ArgumentParser(prog="megababel-train")
+    assert data_argument(p, ["data/wiki"]) == Path("data/wiki")
+    assert data_argument(p, ["wiki=data/wiki", "simple=data/ts"]) == {"wiki": Path("data/wiki"),
+                                                                       "simple": Path("data/ts")}
+    assert data_argument(p, None) is None
+    for bad in (["data/wiki", "data/ts"], ["wiki=a", "wiki=b"], ["=a"]):
+        with pytest.raises(SystemExit):
+            data_argument(p, bad)
+        assert "give one DIR, or several NAME=DIR with distinct names" in capsys.readouterr().err
