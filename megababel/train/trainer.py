@@ -284,8 +284,8 @@ class Trainer:
             self.data = self._vocab_data(generation, previous=self.data)
         else:       # the same stream from the same position, in the new batch and sequence length
             self.data.loader.set_seq_len(self.seq_lens[generation], self._rank_batch(generation))
-        if growth.data is not None:         # a new mixture: each source keeps its position
-            self.data.set_mixture(growth.data)
+        if growth.data != self.schedule.generation_data(generation - 1):    # a new mixture: each source keeps
+            self.data.set_mixture(growth.data)                               # its position
         self.tokens_per_step = self.batches[generation][0] * self.seq_lens[generation]
         self.train_seconds += time.perf_counter() - grow_started
         after = self.validate(notify=False) if self.run.eval_every else None
