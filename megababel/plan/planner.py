@@ -357,7 +357,16 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
         if final.hidden_size != BENCH_HIDDEN:
             notes.append(f"peak LR {lr:.3g} = measured {measured.lr:g} x {BENCH_HIDDEN} / hidden_size (an assumed "
                          f"1/width scaling; pass an LR to override)")
-    schedule = plan_schedule(final, name, steps, seq_len, tokens_per_step, lr, vocab_stage)
+    try:
+        schedule = plan_schedule(final, name, steps, seq_len, tokens_per_step, lr, vocab_stage)
+    except ConfigError as e:
+        # the measured plan's +narrow needs a first generation half as wide as the final's attention; where this
+        # final has none, plan without it (a lever the caller asked for is refused instead)
+        if "+narrow" not in name or "narrow" in levers or "+narrow" not in str(e):
+            raise
+        name = name.replace("+narrow", "")
+        notes.append(f"planned without +narrow (the measured plan's narrower heads at the start): {e.problem}")
+        schedule = plan_schedule(final, name, steps, seq_len, tokens_per_step, lr, vocab_stage)
     return Plan(name, schedule, measured, per_parameter, steps, notes)
 
 
