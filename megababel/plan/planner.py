@@ -102,6 +102,21 @@ GENERATION_WIDTHS = {"g1": (0.5,), "g2": (0.5, 1.0), "g3": (0.5, 0.75, 1.0)}   #
 MIN_STEPS = 20
 
 
+# what a plan's explanation says of each lever it has, in this order
+LEVER_EXPLANATIONS = {
+    "narrow": "the first generation has the final's heads at half its head_dim; the first growth doubles head_dim "
+              "(exact: every head twice as wide, RoPE kept)",
+    "easyfirst": "data curriculum: the first generation reads the easier half of the data by vocabulary rarity, the "
+                 "later ones both halves equally (the run's --data is named main)",
+    "simplefirst": "data curriculum: the first generation reads half its sequences from a simpler dataset (--data "
+                   "main=DIR simple=DIR), the later ones only main",
+    "seqwarm": "sequence-length warm-up: each generation trains at half the next one's sequence length, the last at "
+               "the run's (validation always at the run's)",
+    "copy": "the depth growth stacks copies of the trained layers (G_stack): it does not keep the function (the loss "
+            "jumps at that growth and recovers); every other growth does",
+}
+
+
 @dataclass
 class Plan:
     name: str
@@ -120,21 +135,8 @@ class Plan:
             lines.append("do not grow: growing did not pay at this budget; train the final model from scratch. For "
                          "the smaller models too (a model family from one run), plan in family mode: "
                          "tools/plan_growth.py --family, or launch/train.py --schedule auto --keep-generations")
-        if "narrow" in self.name.split("+")[1:]:
-            lines.append("the first generation has the final's heads at half its head_dim; the first growth doubles "
-                         "head_dim (exact: every head twice as wide, RoPE kept)")
-        if "easyfirst" in self.name.split("+")[1:]:
-            lines.append("data curriculum: the first generation reads the easier half of the data by vocabulary "
-                         "rarity, the later ones both halves equally (the run's --data is named main)")
-        if "simplefirst" in self.name.split("+")[1:]:
-            lines.append("data curriculum: the first generation reads half its sequences from a simpler dataset "
-                         "(--data main=DIR simple=DIR), the later ones only main")
-        if "seqwarm" in self.name.split("+")[1:]:
-            lines.append("sequence-length warm-up: each generation trains at half the next one's sequence length, "
-                         "the last at the run's (validation always at the run's)")
-        if "copy" in self.name.split("+")[1:]:
-            lines.append("the depth growth stacks copies of the trained layers (G_stack): it does not keep the "
-                         "function (the loss jumps at that growth and recovers); every other growth does")
+        levers = self.name.split("+")[1:]
+        lines += [text for lever, text in LEVER_EXPLANATIONS.items() if lever in levers]
         if self.name != "scratch" and not m.pays:
             lines.append(f"family mode: {self.name} is planned for its family of smaller models; at this budget "
                          f"growing did not save FLOPs in every seed: expect the final model to cost about as much as "
