@@ -126,14 +126,16 @@ class Schedule:
         records it so that a resume can prove it follows the same plan (see `schedule_differences`)."""
         def event_fields(event: GrowthEvent) -> dict:
             return {f.name: getattr(event, f.name) for f in fields(GrowthEvent)}
-        # wsd fields only when used, as rewarmup below: older checkpoints' records, which lack them, still match
-        decay = {} if self.lr_decay == "cosine" else dict(lr_decay=self.lr_decay, decay_fraction=self.decay_fraction)
-        decay.update({} if self.seq_len is None else dict(seq_len=self.seq_len))     # likewise
-        decay.update({} if self.data is None else dict(data=self.data))
+        # the fields added since the first checkpoints only when used, as rewarmup below: older checkpoints'
+        # records, which lack them, still match
+        optional = {} if self.lr_decay == "cosine" else dict(lr_decay=self.lr_decay,
+                                                              decay_fraction=self.decay_fraction)
+        optional.update({} if self.seq_len is None else dict(seq_len=self.seq_len))
+        optional.update({} if self.data is None else dict(data=self.data))
         return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
-            **decay),
+            **optional),
             growths=[dict(at_step=g.at_step, lr=g.lr, warmup_steps=g.warmup_steps, optimizer_state=g.optimizer_state,
                           global_batch_tokens=g.global_batch_tokens, **event_fields(g.event),
                           **({"rewarmup_steps": g.rewarmup_steps} if g.rewarmup_steps else {}),
