@@ -84,7 +84,7 @@ class ArticleValidation:
         total = torch.zeros(self.n_articles, dtype=torch.float64)
         for first in range(0, len(self.inputs), batch):
             x, y = self.inputs[first:first + batch], self.targets[first:first + batch]
-            logits = engine.forward(x, y)[0].float().cpu()
+            logits = engine.forward(x)[0].float().cpu()
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none",
                                    ignore_index=-100).double()
             total.index_add_(0, self.article[first:first + batch].reshape(-1), loss)

@@ -280,10 +280,11 @@ class GrowingEngine:
             gc.collect()
             _return_freed_memory()
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor):
-        """(logits, mean loss over targets != -100) of the engine's model, on its device."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None):
+        """The engine's model on its device: (logits, None), or with targets (None, mean loss over targets !=
+        -100)."""
         device = self._ds.device
-        return self._ds(inputs.to(device), targets.to(device))
+        return self._ds(inputs.to(device), None if targets is None else targets.to(device))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         """One optimizer step on this rank's share of the global batch: its rows are cut into the DeepSpeed config's

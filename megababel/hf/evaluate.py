@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from megababel.checkpoint.io import load_checkpoint
 from megababel.data.readers import DataError
+from megababel.model.loss import linear_cross_entropy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -68,8 +69,7 @@ class MegababelModel(Evaluated):
         return self.stage.encode(text)
 
     def nll(self, ids: torch.Tensor) -> float:
-        logits, _ = self.model(ids[:, :-1])
-        return summed_nll(logits, ids[:, 1:])
+        return self.model(ids[:, :-1], ids[:, 1:], reduction="sum")[1].item()
 
 
 class HFModel(Evaluated):
@@ -101,6 +101,11 @@ class HFModel(Evaluated):
         self.name = f"Hugging Face model {path}"
 
     def nll(self, ids: torch.Tensor) -> float:
+        if self.model.config.model_type == "llama":
+            # a bias-free output layer on the decoder's last hidden states: the fused loss, no full logits
+            hidden = self.model.model(input_ids=ids[:, :-1]).last_hidden_state
+            return linear_cross_entropy(hidden, self.model.lm_head.weight, ids[:, 1:], reduction="sum",
+                                        mask=self.mask).item()
         return summed_nll(self.model(ids[:, :-1]).logits, ids[:, 1:], self.mask)
 
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from megababel.model.loss import linear_cross_entropy
+
 
 @dataclass(frozen=True)
 class BlockMeta:
@@ -308,11 +310,23 @@ class GrowableLinear(GrowableLayer):
     def out_features(self) -> int:
         return self.full_shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x @ W.T; or, given `targets` (the output layer), the cross-entropy of those logits without ever holding
+        them all (megababel.model.loss), so that ZeRO-3 gathers W for it like for any forward of this layer."""
+        weight = self._compute_weight(x)
+        if targets is None:
+            return F.linear(x, weight)
+        return linear_cross_entropy(x, weight, targets, reduction=reduction, mask=mask, shard=self._vocab_shard(x))
+
+    def _compute_weight(self, x: torch.Tensor) -> torch.Tensor:
         if len(self._block_names) > 1 and torch.is_autocast_enabled(x.device.type):
             # assemble directly in the autocast dtype: the copy replaces autocast's own cast of the weight
-            return F.linear(x, self.assembled(torch.get_autocast_dtype(x.device.type)))
-        return F.linear(x, self.weight)
+            return self.assembled(torch.get_autocast_dtype(x.device.type))
+        return self.weight
+
+    def _vocab_shard(self, x: torch.Tensor):
+        return None
 
 
 class GrowableEmbedding(GrowableLayer):

@@ -32,11 +32,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over targets != -100, computed in fp32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-
-
 class Uninitialised:
     """values=UNINITIALISED: allocate every tensor without computing initial values (they are about to be
     overwritten, e.g. by a growth copying the old model in). A type of its own, so no dict can mean it by accident."""
@@ -78,11 +73,6 @@ class Builder:
         if self.tp is not None:
             return self.tp.make(GrowableEmbedding, (num, dim), ("vocab", "hidden"), init, blocks)
         return GrowableEmbedding(num, dim, init=init, blocks=blocks)
-
-    def loss_fn(self, lm_head):
-        """(logits, targets) -> mean cross-entropy over targets != -100; under TP the layout's vocab-parallel one
-        (each rank holds a vocabulary shard of the logits)."""
-        return self.tp.loss_fn(lm_head) if self.tp is not None else cross_entropy
 
     def norm(self, path: str, dim: int) -> GrowableRMSNorm:
         ones = torch.empty if isinstance(self.values, Uninitialised) else torch.ones
@@ -167,7 +157,6 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, build, f"layers.{i}") for i in range(config.num_hidden_layers))
         self.norm = build.norm("norm", config.hidden_size)
         self.lm_head = build.linear("lm_head", config.hidden_size, config.vocab_size, ("vocab", "hidden"))
-        self.loss_fn = build.loss_fn(self.lm_head)
         # recompute each decoder layer's activations in backward instead of keeping them (a runtime choice, not part
         # of the config; the engine sets it). Non-reentrant checkpointing re-enters the layer as a module, so
         # ZeRO-3's hooks gather its weights again for the recomputation and TP's collectives run again in order.
@@ -177,8 +166,10 @@ class Llama(nn.Module):
         """{path: [(offset, shape, generation), ...]} for every growable tensor (unsharded, also under TP)."""
         return {path: tensor.global_layout() for path, tensor in self.growable_layers()}
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """Return (logits, loss); loss is the mean next-token cross-entropy over targets != -100, or None."""
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+        """(logits, None) without `targets`; with them (None, loss): the next-token cross-entropy over targets !=
+        -100 ("mean", or "sum"), computed by lm_head chunk by chunk so that no [tokens, vocabulary] logits exist.
+        Under TP the logits are this rank's vocabulary shard and the loss is the whole vocabulary's."""
         seq = input_ids.shape[1]
         if seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
@@ -188,8 +179,9 @@ class Llama(nn.Module):
         checkpointing = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
             x = checkpoint(layer, x, cos, sin, use_reentrant=False) if checkpointing else layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
-        return logits, None if targets is None else self.loss_fn(logits, targets)
+        if targets is None:
+            return self.lm_head(self.norm(x)), None
+        return None, self.lm_head(self.norm(x), targets, reduction=reduction)
 
     def growable_layers(self):
         """(path, GrowableLayer) for every weight, paths in Hugging Face order without the `model.` prefix."""

@@ -2,7 +2,7 @@
 launcher of local ranks (for tests and benchmarks).
 
 This file is the package's interface; nothing outside it imports megababel.parallel.tensor_parallel. The model asks
-`TensorParallel` for its layers (`make`) and its loss (`loss_fn`), DeepSpeed gets it as `mpu`, and the state paths
+`TensorParallel` for its layers (`make`), DeepSpeed gets it as `mpu`, and the state paths
 (engine, growth, checkpoints) move unsharded tensors in and out of shards with `shard_of`, `block_shard` and
 `merge_layer_state`, and check DeepSpeed's flags with `unflagged_shards`.
 """

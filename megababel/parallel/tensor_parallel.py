@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from megababel.config import ConfigError, LlamaConfig
+from megababel.model.loss import VocabShard
 from megababel.model.layers import (GrowableEmbedding, GrowableLinear, GrowableLayer, layout_entry, region,
                                     unpack_block)
 from megababel.parallel.distributed import all_gather
@@ -158,41 +159,6 @@ class _ReduceFromTP(torch.autograd.Function):
         return grad, None
 
 
-class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy from vocab-sharded logits [N, V/tp]: only per-token max, sum of exponentials and the
-    target logit cross ranks, never the logits."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, local_index, group):
-        dtype, logits = logits.dtype, logits.float()
-        top = logits.max(dim=-1).values
-        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
-        exp = (logits - top[:, None]).exp()
-        total = exp.sum(dim=-1)
-        dist.all_reduce(total, group=group)
-        ignored = targets == -100
-        local = local_index[targets.clamp(min=0)]
-        here = (local >= 0) & ~ignored
-        rows = here.nonzero().squeeze(1)
-        picked = torch.zeros_like(total)
-        picked[rows] = logits[rows, local[rows]] - top[rows]
-        dist.all_reduce(picked, group=group)
-        count = (~ignored).sum().clamp(min=1)
-        loss = ((total.log() - picked) * ~ignored).sum() / count
-        exp /= total[:, None]
-        ctx.save_for_backward(exp, rows, local[rows], ignored, count)
-        ctx.dtype = dtype
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        softmax, rows, columns, ignored, count = ctx.saved_tensors
-        softmax[rows, columns] -= 1.0
-        softmax[ignored] = 0.0
-        softmax *= grad / count
-        return softmax.to(ctx.dtype), None, None, None
-
-
 # --- layers -------------------------------------------------------------------------------------------------------
 
 class _VocabIndex:
@@ -211,14 +177,13 @@ class _VocabIndex:
 class GrowableColumnParallelLinear(GrowableLinear, _VocabIndex):
     """Output dim split: y_local = x @ W_local.T. The input is replicated; its gradient is all-reduced."""
 
-    def forward(self, x):
-        return super().forward(_CopyToTP.apply(x, self.tp_group))
+    def forward(self, x, targets=None, **loss_options):
+        """This rank's shard of the logits; or, given `targets` (lm_head, vocabulary-parallel), the loss, for which
+        only per-token statistics cross ranks (megababel.model.loss)."""
+        return super().forward(_CopyToTP.apply(x, self.tp_group), targets, **loss_options)
 
-    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over targets != -100 from this rank's vocab shard of the logits (lm_head only)."""
-        flat = logits.reshape(-1, logits.shape[-1])
-        return _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), self.vocab_index(flat.device),
-                                                self.tp_group)
+    def _vocab_shard(self, x):
+        return VocabShard(self.vocab_index(x.device), self.tp_group)
 
 
 class GrowableRowParallelLinear(GrowableLinear):
@@ -336,10 +301,6 @@ class TensorParallel:
                          tp_split=split, **kw)
         layer.tp_group = self.tp_group
         return layer
-
-    def loss_fn(self, lm_head: "GrowableColumnParallelLinear"):
-        """The model's loss under this layout: vocab-parallel cross-entropy on lm_head's logit shard."""
-        return lm_head.cross_entropy
 
     def merge_state(self, split: TPSplit, local: torch.Tensor, moments: dict) -> tuple[torch.Tensor, dict]:
         """Collective over the TP group: the unsharded weight and each global block's moments from every rank's

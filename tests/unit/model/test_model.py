@@ -47,7 +47,9 @@ def test_hf_round_trip_is_bit_exact():
 def test_loss_is_next_token_cross_entropy():
     model = Llama(tiny_config(), seed=0)
     ids = torch.randint(0, 128, (2, 17))
-    logits, loss = model(ids[:, :-1], ids[:, 1:])
+    logits, _ = model(ids[:, :-1])
+    no_logits, loss = model(ids[:, :-1], ids[:, 1:])
+    assert no_logits is None         # with targets the [tokens, vocabulary] logits are never made
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 128), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(loss, expected)
 
