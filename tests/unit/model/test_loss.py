@@ -81,3 +81,40 @@ def test_bad_reduction_is_refused():
     hidden, weight, targets = inputs()
     with pytest.raises(ValueError, match="reduction"):
         linear_cross_entropy(hidden, weight, targets, reduction="none")
+
+
+VOCAB_PARALLEL_RANK = '''
+import sys, torch, torch.distributed as dist
+from megababel.model.loss import VocabShard, linear_cross_entropy
+sys.path.insert(0, sys.argv[1])
+from test_loss import inputs, plain
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+hidden, weight, targets = inputs(seed=4, vocab=48)
+rows = torch.arange(rank, 48, world)                   # a strided shard: global row -> local row is not an offset
+index = torch.full((48,), -1)
+index[rows] = torch.arange(len(rows))
+local = weight.detach()[rows].clone().requires_grad_()
+x = hidden.detach().clone().requires_grad_()
+loss = linear_cross_entropy(x, local, targets, shard=VocabShard(index, dist.group.WORLD), chunk_rows=5)
+loss.backward()
+dist.all_reduce(x.grad)                                 # what the column-parallel layer's input all-reduce does
+expected = plain(hidden, weight, targets)
+expected.backward()
+torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+torch.testing.assert_close(x.grad, hidden.grad, rtol=1e-5, atol=1e-6 * hidden.grad.abs().max().item())
+torch.testing.assert_close(local.grad, weight.grad[rows], rtol=1e-5, atol=1e-6 * weight.grad.abs().max().item())
+print("ok", rank)
+'''
+
+
+def test_vocabulary_parallel_loss_equals_the_plain_one_on_two_ranks(tmp_path):
+    """Two gloo ranks each hold every other vocabulary row: the loss, each rank's weight-shard gradient and the
+    all-reduced hidden-state gradient equal the unsharded computation."""
+    from pathlib import Path
+
+    from megababel.parallel.local_ranks import run_local_ranks
+    script = tmp_path / "rank.py"
+    script.write_text(VOCAB_PARALLEL_RANK)
+    logs = run_local_ranks(2, [script, Path(__file__).parent], timeout=120)
+    assert [log.strip().splitlines()[-1] for log in logs] == ["ok 0", "ok 1"]
