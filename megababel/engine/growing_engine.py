@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megababel.config import LlamaConfig
+from megababel.engine.compiling import compile_layers, seconds_compiling
 from megababel.engine.deepspeed_compat import check_deepspeed, clear_params_to_release_cache
 from megababel.engine.deepspeed_config import model_sized
 from megababel.growth.operators import GrowthEvent, GrowthTransform
@@ -94,20 +95,23 @@ class GrowingEngine:
     (state.EngineState). `tp` (parallel.TensorParallel): shard the model over its TP groups, ZeRO over its DP groups.
     States, values and moments given and returned are always those of the unsharded model.
     `activation_checkpointing`: recompute each decoder layer in backward (less memory, ~1/3 more compute).
+    `compile`: torch.compile each decoder layer, anew for every generation (compiling.py).
     `growth_spill_dir`: during a growth, keep this rank's pieces of the old state in a memory-mapped file there
     instead of host memory (sharded_growth.py).
 
     The interface the rest of megababel uses (the DeepSpeed engine itself is private): train_step, evaluate, grow,
     iter_state / state / state_meta, param_group_lrs / set_param_group_lrs / set_lr, device,
-    gradient_accumulation_steps, counters and close; `model` (the Llama, whose blocks carry their metadata) and
+    gradient_accumulation_steps, compile_seconds, counters and close; `model` (the Llama, whose blocks carry their metadata) and
     `groups` (GroupInfo per param group) are read-only views."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, tp=None,
-                 activation_checkpointing: bool = False, growth_spill_dir=None, _state: EngineState | None = None):
+                 activation_checkpointing: bool = False, growth_spill_dir=None, compile: bool = False,
+                 _state: EngineState | None = None):
         self._ds = self.model = None          # the DeepSpeed engine and its module, set by _build
         self._masters: dict = {}
         self.ds_config, self.schedule, self.seed, self.tp = ds_config, schedule, seed, tp
         self.activation_checkpointing, self.growth_spill_dir = activation_checkpointing, growth_spill_dir
+        self.compile = compile
         self.zero_stage = ds_config["zero_optimization"]["stage"]
         if _state is None:
             self.groups = []
@@ -119,10 +123,11 @@ class GrowingEngine:
 
     @classmethod
     def from_state(cls, state: EngineState, ds_config: dict, schedule, seed: int = 0, tp=None,
-                   activation_checkpointing: bool = False, growth_spill_dir=None) -> "GrowingEngine":
+                   activation_checkpointing: bool = False, growth_spill_dir=None,
+                   compile: bool = False) -> "GrowingEngine":
         return cls(state.config, ds_config, schedule, seed=seed, tp=tp,
                    activation_checkpointing=activation_checkpointing, growth_spill_dir=growth_spill_dir,
-                   _state=state)
+                   compile=compile, _state=state)
 
     # --- building -----------------------------------------------------------------------------------------------
     def _build(self, config, layout, values, generation, moments: dict, steps: dict, counters=None):
@@ -135,6 +140,8 @@ class GrowingEngine:
         with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=self.zero_stage == 3, **parallel):
             model = Llama(config, seed=self.seed, layout=layout, generation=generation, values=values, tp=self.tp)
         model.activation_checkpointing = self.activation_checkpointing
+        if self.compile:
+            compile_layers(model)
         known = {(g.generation, g.decay) for g in self.groups}
         for gen in sorted({p.block_meta.generation for p in model.parameters()}):
             for decay in (True, False):
@@ -254,6 +261,11 @@ class GrowingEngine:
     @property
     def gradient_accumulation_steps(self) -> int:
         return self._ds.gradient_accumulation_steps()
+
+    @staticmethod
+    def compile_seconds() -> float | None:
+        """Seconds this process has spent in torch.compile so far (None: torch cannot time it)."""
+        return seconds_compiling()
 
     def param_group_lrs(self) -> list[tuple[GroupInfo, float]]:
         """(group, current learning rate) of every AdamW param group, oldest generation first."""

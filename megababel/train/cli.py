@@ -81,6 +81,9 @@ def parse_args(argv=None):
                         "this / (micro batch x data-parallel ranks x seq len). Default: no accumulation")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute each decoder layer's activations in backward: less memory, ~1/3 more compute")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder layer, anew after every growth and on resume (the first steps "
+                        "of each generation pay the compile time, which the log reports)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master weights (DeepSpeed)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer state in CPU memory")

@@ -16,6 +16,7 @@ class RunLogger(Callback):
     def __init__(self, out: Path, is_main: bool):
         self.out, self.is_main = out, is_main
         self.rows, self.events, self.val_points = [], [], []
+        self.compile_reported: set[int] = set()     # generations whose first step's compile time was shown
 
     def say(self, message: str):
         if self.is_main:
@@ -26,7 +27,8 @@ class RunLogger(Callback):
         self.say(f"data {trainer.data_dir}; schedule {run.schedule}: {len(trainer.schedule.growths)} growths, "
                  f"{trainer.schedule.steps} steps; ZeRO-{run.zero_stage}, {trainer.world} rank(s) = TP {run.tp} x "
                  f"DP {trainer.dp_world}, {'bf16' if run.bf16 else 'fp32'}"
-                 f"{', activation checkpointing' if run.activation_checkpointing else ''}")
+                 f"{', activation checkpointing' if run.activation_checkpointing else ''}"
+                 f"{', torch.compile' if run.compile else ''}")
         plans = [f"{sequences * seq_len:,} tokens ({sequences // accumulation // trainer.dp_world} x {accumulation} x "
                  f"{trainer.dp_world} x {seq_len})" for (sequences, accumulation), seq_len in
                  zip(trainer.batches, trainer.seq_lens)]
@@ -62,6 +64,11 @@ class RunLogger(Callback):
         row = dict(row, loss=round(row["loss"], 6), train_bpb=round(row["train_bpb"], 5),
                    tokens_per_s=round(row["tokens_per_s"]), lr=f"{row['lr']:.4g}")
         self.rows.append(row)
+        seconds = trainer.history[-1].get("compile_seconds")
+        if seconds is not None and row["generation"] not in self.compile_reported:
+            self.compile_reported.add(row["generation"])
+            self.say(f"generation {row['generation']}: {seconds:.1f} s in torch.compile by its first step (each "
+                     f"new shape, and validation, compiles once)")
         if not self.is_main:
             return
         self.log.writerow(row)
@@ -115,6 +122,11 @@ class RunLogger(Callback):
         summary = (f"final validation {final:.3f} bits/byte after {trainer.tokens:,} tokens, {trainer.flops:.3g} "
                    f"training FLOPs; model {trainer.parameters:,} parameters in {trainer.engine.model.generation + 1} "
                    f"generations, vocabulary {trainer.engine.model.config.vocab_size}")
+        compiled = [(entry["generation"], entry["compile_seconds"]) for entry in trainer.history
+                    if "compile_seconds" in entry]
+        if compiled:
+            summary += "\ntorch.compile seconds per generation: " + ", ".join(
+                f"{generation}: {seconds:.1f}" for generation, seconds in compiled)
         if not self.is_main:
             return
         self.bar.close()

@@ -119,7 +119,7 @@ class Trainer:
         tp = TensorParallel(run.tp) if run.tp > 1 else None
         if checkpoint is None:
             self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp,
-                                        activation_checkpointing=run.activation_checkpointing,
+                                        activation_checkpointing=run.activation_checkpointing, compile=run.compile,
                                         growth_spill_dir=run.growth_spill_dir)
             self.data = self._vocab_data(0)
         else:
@@ -196,7 +196,7 @@ class Trainer:
         generation = checkpoint.state.generation
         self.engine = GrowingEngine.from_state(checkpoint.state, self._ds_config(generation), self.schedule,
                                                seed=run.seed, tp=tp,
-                                               activation_checkpointing=run.activation_checkpointing,
+                                               activation_checkpointing=run.activation_checkpointing, compile=run.compile,
                                                growth_spill_dir=run.growth_spill_dir)
         self.data = self._vocab_data(generation)
         if not saved.imported_from:
@@ -251,9 +251,10 @@ class Trainer:
 
     def _train_step(self, step: int):
         x, y = self.data.loader.next_batch()
-        started = time.perf_counter()
+        started, compiling = time.perf_counter(), self.engine.compile_seconds()
         loss = self.engine.train_step(x, y, step)
         seconds = time.perf_counter() - started
+        self._count_compile(compiling)
         self.train_seconds += seconds
         if not math.isfinite(loss):
             raise TrainingDiverged(
@@ -288,9 +289,9 @@ class Trainer:
             self.data.set_mixture(growth.data)                               # its position
         self.tokens_per_step = self.batches[generation][0] * self.seq_lens[generation]
         self.train_seconds += time.perf_counter() - grow_started
-        after = self.validate(notify=False) if self.run.eval_every else None
         self.parameters = count_parameters(self.engine.model).total
-        self.history.append(self._history_entry(before, after))
+        self.history.append(self._history_entry(before, None))
+        after = self.history[-1]["loss_after"] = self.validate(notify=False) if self.run.eval_every else None
         record = dict(step=step, generation=generation, loss_before=before, loss_after=after,
                       seconds=time.perf_counter() - started, vocab_changed=growth.event.vocab_size is not None,
                       config=config, parameters=self.parameters)
@@ -305,9 +306,17 @@ class Trainer:
                     config=self.engine.model.config.to_dict(), parameters=self.parameters,
                     loss_before=before, loss_after=after)
 
+    def _count_compile(self, before: float | None):
+        """Add the torch.compile seconds since `before` to the current generation's history entry."""
+        if self.run.compile and before is not None:
+            entry = self.history[-1]
+            entry["compile_seconds"] = entry.get("compile_seconds", 0.0) + self.engine.compile_seconds() - before
+
     @torch.no_grad()
     def validate(self, notify: bool = True) -> float:
+        compiling = self.engine.compile_seconds()
         loss = self.engine.evaluate(self.data.val_batches)
+        self._count_compile(compiling)
         if notify:
             self.last_val_loss = loss
             for callback in self.callbacks:

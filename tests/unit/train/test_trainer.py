@@ -23,6 +23,9 @@ class Draws(Callback):
         self.losses[row["step"]] = row["loss"]
         self.draws[row["step"]] = (torch.randint(0, 10**9, (3,)).tolist(), random.random(), float(np.random.rand()))
 
+    def on_fit_end(self, trainer, result):
+        self.history = trainer.history
+
 
 @pytest.fixture
 def distributed_env(monkeypatch, tmp_path):
