@@ -11,7 +11,8 @@
 
 The rule (megababel/plan/planner.py) follows bench/README.md's saving-versus-budget table: the best measured plan at the
 budget nearest in log(tokens per parameter), its LR scaled to the model's width; "do not grow" (a scratch schedule)
-where growing did not pay there, unless --family. It prints what it chose and why.
+where growing did not pay there, unless --family. It prints what it chose and why, and what the FLOP saving is worth
+in wall-clock on a measured device (--device).
 The budget is scratch's: the tokens (or FLOPs) of training the final model from scratch; the planned run spends the
 same FLOPs and sees more tokens. --global-batch-tokens must be what the run will use (steps are counted in it).
 """
@@ -53,6 +54,8 @@ def main(argv=None):
                    help="levers added to the measured plan (megababel/plan/planner.py), e.g. narrow: every generation "
                         "has the final's heads, the first at half head_dim, so that tensor parallelism divides them")
     p.add_argument("--data", type=Path, default=None, help="dataset directory: plan only its vocabulary stages")
+    p.add_argument("--device", default="h200", help="price the plan's wall-clock on this device's measured "
+                   "throughput (megababel/plan/throughput.json: h200, cpu; default h200, the one GPU measured)")
     p.add_argument("--out", type=Path, default=None, help="write the schedule here (.yaml or .json)")
     args = p.parse_args(argv)
     fields = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}
@@ -71,7 +74,7 @@ def main(argv=None):
         plan = plan_growth(final, tokens=tokens, flops=args.flops, seq_len=args.seq_len,
                            tokens_per_step=args.global_batch_tokens or 8 * args.seq_len, lr=args.lr,
                            vocab_stages=None if args.data is None else data_vocab_stages(args.data),
-                           family=args.family, levers=tuple(args.levers))
+                           family=args.family, levers=tuple(args.levers), device=args.device)
     except ConfigError as e:
         p.error(str(e))
     print(plan.explain())

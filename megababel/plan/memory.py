@@ -13,14 +13,16 @@ fp32):
   (DeepSpeed keeps an fp32 master next to fp32 weights under ZeRO-1/2/3: measured, data_ptr-checked on CPU.)
 Activations saved for backward, per token (measured with saved-tensor hooks, tests/unit/plan/test_memory_plan.py): per
 decoder layer w*(2h + (3a + 2kv)/tp + 4f/tp) (a: the attention width, heads x head_dim, h unless a head_dim growth
-widened the heads) plus the fp32 inputs of its two norms, plus the head: fp32 log-softmax over
-the vocabulary shard (4V/tp) and a few hidden-sized tensors. Activation checkpointing keeps each layer's input
-(w*h per token and layer) and recomputes one layer at a time in backward.
+widened the heads) plus the fp32 inputs of its two norms, plus the head: a few hidden-sized tensors, among them
+the gradient of the final hidden states, and once per micro-batch the fp32 gradient of lm_head's shard (4*V*h/tp):
+the fused loss (megababel/model/loss.py) computes both in the forward pass instead of keeping logits. Activation
+checkpointing keeps each layer's input (w*h per token and layer) and recomputes one layer at a time in backward.
 A growth (sharded_growth.py) peaks while the grown engine is built: its weights, masters and Adam state (no
 gradients yet) plus the defragmentation copy of ZeRO-3's weights, plus this rank's pieces of the old state (not
 counted with --growth-spill-dir: they are evictable file pages), plus one full tensor in flight (measured: about 8
 fp32 copies of the largest tensor: the gathered old tensor, the grown one and its noise, moments).
-A training step's transient workspace: the fp32 logits, log-softmax and its gradient, under ZeRO-3 the gathered
+A training step's transient workspace: one loss chunk's fp32 logits, log-probabilities and gradient (the fused
+loss's chunks hold CHUNK_ELEMENTS logits at most), under ZeRO-3 the gathered
 embedding / lm_head and their whole gradients, and ZeRO-2/3 reduce buckets; the optimizer step's: DeepSpeed takes
 the gradient norm through an fp64 copy of one optimizer sub-group's gradients (8 bytes per element), and in bf16
 steps with fp32 copies of the gradients.
@@ -32,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megababel.config import LlamaConfig
+from megababel.model.loss import CHUNK_ELEMENTS
 
 RUNTIME_BYTES = int(0.3 * 2**30)
 GIB = 2**30
@@ -53,12 +56,13 @@ def largest_tensor(config: LlamaConfig) -> int:
 
 def activation_parts(config: LlamaConfig, bf16: bool, tp: int = 1) -> dict:
     """Bytes per token that one rank keeps for backward: `layer` (one decoder layer's activations), `layer_input`
-    (what activation checkpointing keeps of a layer) and `head` (final norm, lm_head, loss)."""
+    (what activation checkpointing keeps of a layer) and `head` (final norm, lm_head, loss); and `head_fixed`,
+    bytes per micro-batch whatever its tokens (the fused loss's fp32 gradient of lm_head)."""
     w = 2 if bf16 else 4
     h, f, V = config.hidden_size, config.intermediate_size, config.vocab_size
     a, kv = config.attention_width, config.num_key_value_heads * config.head_dim
     return dict(layer=w * (2 * h + (3 * a + 2 * kv) // tp + 4 * f // tp) + (8 * h if bf16 else 4 * h),
-                layer_input=w * h, head=4 * V // tp + (3 * w + 4) * h)
+                layer_input=w * h, head=(4 * w + 4) * h, head_fixed=4 * V * h // tp)
 
 
 def activation_bytes(config: LlamaConfig, tokens: int, bf16: bool, tp: int = 1, checkpointing: bool = False) -> int:
@@ -66,8 +70,8 @@ def activation_bytes(config: LlamaConfig, tokens: int, bf16: bool, tp: int = 1, 
     checkpointing, at the peak of backward (every layer's input, one recomputed layer and the head)."""
     parts, L = activation_parts(config, bf16, tp), config.num_hidden_layers
     if checkpointing:
-        return tokens * (L * parts["layer_input"] + parts["layer"] + parts["head"])
-    return tokens * (L * parts["layer"] + parts["head"])
+        return tokens * (L * parts["layer_input"] + parts["layer"] + parts["head"]) + parts["head_fixed"]
+    return tokens * (L * parts["layer"] + parts["head"]) + parts["head_fixed"]
 
 
 @dataclass
@@ -129,9 +133,10 @@ def plan_memory(configs: list[LlamaConfig], world: int, tp: int, zero_stage: int
     for generation, config in enumerate(configs):
         weights, gradients, adam = _state(config, dp, tp, zero_stage, bf16)
         largest = largest_tensor(config)
-        # a step's transient: fp32 logits, log-softmax and its gradient; under ZeRO-3 the gathered embedding and
-        # lm_head and their whole gradients; ZeRO-2/3 reduce buckets (megababel's "auto": max(h^2, 1e7) elements)
-        workspace = 3 * 4 * tokens * config.vocab_size // tp
+        # a step's transient: one loss chunk's fp32 logits, log-probabilities and gradient; under ZeRO-3 the gathered
+        # embedding and lm_head and their whole gradients; ZeRO-2/3 reduce buckets (megababel's "auto": max(h^2,
+        # 1e7) elements)
+        workspace = 3 * 4 * min(tokens * config.vocab_size // tp, CHUNK_ELEMENTS)
         if zero_stage == 3:
             workspace += 4 * w * largest // tp
         if zero_stage >= 2:

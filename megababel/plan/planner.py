@@ -54,6 +54,7 @@ from importlib import resources
 
 from megababel.config import ConfigError, LlamaConfig
 from megababel.model.counters import config_parameters, flops_per_token
+from megababel.plan.wall_clock import ThroughputTable, WallClock, wall_clock
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,25 @@ class Plan:
     tokens_per_parameter: float
     scratch_steps: int
     notes: list
+    wall: "WallClock | None" = None       # the plan priced on a device (wall_clock.py), None: not priced
+
+    def wall_text(self) -> str | None:
+        """The measured FLOP saving per seed read as wall-clock on the priced device."""
+        if self.wall is None or self.name == "scratch":
+            return None
+        savings = [self.wall.saving(v) for v in self.measured.flop_savings]
+        speeds = ", ".join(f"{100 * v:.0f}%" for v in self.wall.relative_speeds())
+        per_seed = ", ".join("never" if v is None else f"{100 * v:.0f}%" for v in savings)
+        text = (f"wall-clock on {self.wall.table.device} ({self.wall.table.label}): the generations train at "
+                f"{speeds} of the final model's FLOP/s, so the FLOP saving per seed is a wall-clock saving of "
+                f"{per_seed} (each generation's FLOPs at its size's measured throughput: megababel/plan/"
+                f"throughput.json)")
+        outside = self.wall.outside()
+        if outside:
+            sizes = self.wall.table.rows
+            text += (f"; sizes outside the measured {_size(sizes[0][0])}-{_size(sizes[-1][0])} "
+                     f"({', '.join(_size(p) for p in outside)}) are priced at the nearest measured size")
+        return text
 
     def explain(self) -> str:
         m = self.measured
@@ -137,11 +157,17 @@ class Plan:
                          "tools/plan_growth.py --family, or launch/train.py --schedule auto --keep-generations")
         levers = self.name.split("+")[1:]
         lines += [text for lever, text in LEVER_EXPLANATIONS.items() if lever in levers]
+        if self.wall_text():
+            lines.append(self.wall_text())
         if self.name != "scratch" and not m.pays:
             lines.append(f"family mode: {self.name} is planned for its family of smaller models; at this budget "
                          f"growing did not save FLOPs in every seed: expect the final model to cost about as much as "
                          f"training it alone, or more")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _size(parameters: float) -> str:
+    return f"{parameters / 1e9:.3g}B" if parameters >= 1e9 else f"{parameters / 1e6:.3g}M"
 
 
 def _round_to(value: float, multiple: int) -> int:
@@ -311,12 +337,13 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
 
 def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | None = None, seq_len: int = 2048,
                 tokens_per_step: int = 2048 * 8, lr: float | None = None, vocab_stages=None, family: bool = False,
-                levers: tuple = (), table=MEASURED) -> Plan:
+                levers: tuple = (), table=MEASURED, device: str | None = "h200") -> Plan:
     """The measured-best plan for training `final` on `tokens` (scratch's training tokens) or `flops` (training
     FLOPs); "scratch" (do not grow) where growing did not pay, unless `family` (the smaller models are wanted too).
     `vocab_stages`: the vocabulary stages the data has (None: any); `lr`: a peak LR instead of the rule's; `levers`:
     levers added to the measured plan (e.g. ("narrow",): more, narrower heads at the start, which tensor parallelism
-    may need)."""
+    may need); `device`: price the plan's wall-clock on that device's throughput table (wall_clock.py; None: do
+    not)."""
     if (tokens is None) == (flops is None):
         raise ConfigError.about("budget", "give exactly one of tokens or flops")
     if tokens_per_step <= 0 or seq_len <= 0:
@@ -369,7 +396,10 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
         name = name.replace("+narrow", "")
         notes.append(f"planned without +narrow (the measured plan's narrower heads at the start): {e.problem}")
         schedule = plan_schedule(final, name, steps, seq_len, tokens_per_step, lr, vocab_stage)
-    return Plan(name, schedule, measured, per_parameter, steps, notes)
+    wall = None
+    if device is not None and name != "scratch":
+        wall = wall_clock(schedule, final, seq_len, tokens_per_step, steps, ThroughputTable.load(device))
+    return Plan(name, schedule, measured, per_parameter, steps, notes, wall)
 
 
 def data_vocab_stages(data) -> list[int]:

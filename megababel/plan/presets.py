@@ -182,4 +182,11 @@ def plan_for_run(run, tokens_per_step: int, data) -> Plan:
     tokens = run.tokens if run.tokens is not None else (
         None if run.tokens_per_parameter is None else run.tokens_per_parameter * config_parameters(final))
     return plan_growth(final, tokens=tokens, flops=run.flops, seq_len=run.seq_len, tokens_per_step=tokens_per_step,
-                       vocab_stages=data_vocab_stages(data), family=run.keep_generations)
+                       vocab_stages=data_vocab_stages(data), family=run.keep_generations, device=throughput_device())
+
+
+def throughput_device() -> str:
+    """The throughput table (megababel/plan/throughput.json) that prices this machine: the H200's on any GPU (the
+    one GPU measured so far; others differ), else the CPU's."""
+    import torch
+    return "h200" if torch.cuda.is_available() else "cpu"

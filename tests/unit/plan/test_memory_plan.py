@@ -44,9 +44,10 @@ def test_activation_estimate_is_within_20_percent_of_what_autograd_saves(spec, b
     # with checkpointing the forward keeps each layer's input and the head (backward recomputes one layer on top)
     kept = saved_for_backward(config, 2, 128, torch.bfloat16 if bf16 else torch.float32, checkpointing=True)
     parts = activation_parts(config, bf16)
-    assert 256 * (config.num_hidden_layers * parts["layer_input"] + parts["head"]) == pytest.approx(kept, rel=0.2)
+    assert 256 * (config.num_hidden_layers * parts["layer_input"] + parts["head"]) + parts["head_fixed"] == \
+        pytest.approx(kept, rel=0.2)
     assert activation_bytes(config, 256, bf16, checkpointing=True) == \
-        256 * (config.num_hidden_layers * parts["layer_input"] + parts["layer"] + parts["head"])
+        256 * (config.num_hidden_layers * parts["layer_input"] + parts["layer"] + parts["head"]) + parts["head_fixed"]
 
 
 @pytest.mark.parametrize("spec", CONFIGS)
