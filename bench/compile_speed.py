@@ -4,6 +4,7 @@ the graph breaks that remain.
     python bench/compile_speed.py                        # ZeRO-0 and ZeRO-3, bf16, 2 rounds (~15 minutes here)
     python bench/compile_speed.py --zero-stages 0 --rounds 1 --dtypes fp32
     python bench/compile_speed.py --quick                # smoke test
+    python bench/compile_speed.py --report               # the table again from bench/results/compile_speed.json
 
 Each run trains a three-generation schedule (hidden 256 -> 384 with FFN and vocabulary 8000 -> 16000, then 4 -> 6
 layers; 8 x 256 tokens per step, TinyStories) exactly as launch/train.py does, in its own process with an empty
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,6 +83,7 @@ def main(argv=None):
     p.add_argument("--steps-per-generation", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--report", action="store_true", help="only the table, from the saved runs")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -88,6 +91,8 @@ def main(argv=None):
         return
     if args.quick:
         args.zero_stages, args.dtypes, args.rounds, args.steps_per_generation = [0], ["fp32"], 1, 3
+    if args.report:
+        return report(json.loads((OUT / "compile_speed.json").read_text()), args)
     runs = []
     for round_ in range(args.rounds):
         for zero_stage in args.zero_stages:
@@ -109,29 +114,42 @@ def main(argv=None):
                           ", ".join(f"gen {g['generation']} {g['tokens_per_s']:.0f} tok/s"
                                     + (f" (compile {g['compile_seconds']:.0f} s)" if compile else "")
                                     for g in run["generations"]), flush=True)
+    if not args.quick:
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "compile_speed.json").write_text(json.dumps(runs, indent=1))
+    report(runs, args)
+
+
+def report(runs: list, args):
     lines = [f"--compile through the Trainer: {BATCH} x {SEQ} tokens per step, {args.steps_per_generation} steps per "
              f"generation, {args.threads} threads, {args.rounds} round(s); tokens/s the median over each "
              f"generation's steps after its first two; compile seconds cold (an empty inductor cache).", "",
-             "| ZeRO | dtype | generation | parameters | eager tokens/s | compiled tokens/s | compiled / eager | "
-             "compile s |", "|---|---|---|---|---|---|---|---|"]
+             "| ZeRO | dtype | generation | parameters | eager tokens/s (rounds) | compiled tokens/s (rounds) | "
+             "compiled / eager | compile s |", "|---|---|---|---|---|---|---|---|"]
     for zero_stage in args.zero_stages:
         for dtype in args.dtypes:
             pick = [r for r in runs if r["zero_stage"] == zero_stage and r["dtype"] == dtype]
             for g, entry in enumerate(pick[0]["generations"]):
-                eager = statistics.median(r["generations"][g]["tokens_per_s"] for r in pick if not r["compile"])
+                eagers = [r["generations"][g]["tokens_per_s"] for r in pick if not r["compile"]]
                 compiled = [r["generations"][g] for r in pick if r["compile"]]
-                rate = statistics.median(c["tokens_per_s"] for c in compiled)
+                eager, rate = statistics.median(eagers), statistics.median(c["tokens_per_s"] for c in compiled)
                 seconds = statistics.median(c["compile_seconds"] for c in compiled)
-                lines.append(f"| {zero_stage} | {dtype} | {g} | {entry['parameters'] / 1e6:.1f}M | {eager:.0f} | "
-                             f"{rate:.0f} | {rate / eager:.2f}x | {seconds:.0f} |")
-    lines += ["", "Graph breaks in compiled runs (torch._dynamo's reasons, summed over one run's generations):", ""]
+                rounds = lambda values: " (" + ", ".join(f"{v:.0f}" for v in values) + ")" if len(values) > 1 else ""
+                lines.append(f"| {zero_stage} | {dtype} | {g} | {entry['parameters'] / 1e6:.1f}M | {eager:.0f}"
+                             f"{rounds(eagers)} | {rate:.0f}{rounds([c['tokens_per_s'] for c in compiled])} | "
+                             f"{rate / eager:.2f}x | {seconds:.0f} |")
+    lines += ["", "Graph breaks in one compiled run (torch._dynamo's reasons, first line, summed over its "
+              "generations):", ""]
     for zero_stage in args.zero_stages:
-        breaks = next(r["graph_breaks"] for r in runs if r["compile"] and r["zero_stage"] == zero_stage)
+        breaks = {}
+        for reason, count in next(r["graph_breaks"] for r in runs
+                                  if r["compile"] and r["zero_stage"] == zero_stage).items():
+            text = re.sub(r" at 0x[0-9a-f]+", "", reason.split("Explanation:")[-1].split("Hint:")[0])
+            first = " ".join(text.split()[:22])
+            breaks[first] = breaks.get(first, 0) + count
         lines.append(f"- ZeRO-{zero_stage}: " + ("none" if not breaks else "; ".join(
-            f"{count} x {reason[:160]}" for reason, count in sorted(breaks.items(), key=lambda kv: -kv[1]))))
+            f"{count} x {reason}" for reason, count in sorted(breaks.items(), key=lambda kv: -kv[1]))))
     if not args.quick:
-        OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "compile_speed.json").write_text(json.dumps(runs, indent=1))
         (OUT / "compile_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

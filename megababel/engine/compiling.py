@@ -3,9 +3,10 @@
 Granularity: torchtitan's, one graph per decoder layer. RMSNorm, RoPE, SwiGLU and the residual adds fuse, every
 layer of one shape shares the graph, and nothing outside the layers is traced. The embedding, the final norm and
 the loss stay eager; the loss is chunked by hand already (megababel.model.loss). The layers compile without graph
-breaks, also for a grown model's multi-block weights and under bf16 autocast. Under ZeRO-3 DeepSpeed's
-parameter-gathering hooks, which run at every submodule, are excluded from compilation by DeepSpeed itself, so each
-layer's graph breaks at them. Under tensor parallelism the layers' collectives break it too.
+breaks under ZeRO-0, also for a grown model's multi-block weights and under bf16 autocast. Under ZeRO-3
+DeepSpeed's parameter-gathering hooks, which run at every submodule, are excluded from compilation by DeepSpeed
+itself, so each layer's graph breaks at them (bench/compile_speed.py lists the breaks; there compiling gains
+nothing). Under tensor parallelism the layers compile and train like eager ones; their breaks are not counted yet.
 
 A growth builds a new model, whose layers have new shapes and new weight blocks. Before compiling them the
 compiler's caches are reset: the old generation's graphs can never run again, and each would count against the
