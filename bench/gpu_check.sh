@@ -10,7 +10,9 @@
 #
 # 1. tests/integration/test_gpu.py: a two-growth run on the GPU (ZeRO-0/3 x fp32/bf16) against the CPU, and its
 #    resume.
-# 2. bench/gpu_speed.py: tokens/s and MFU at 125M / 350M / 1B next to transformers' LlamaForCausalLM.
+# 2. bench/gpu_speed.py (issue 33): tokens/s, MFU and peak memory (the fused loss) at 125M / 350M / 1B, eager and
+#    --compile, next to transformers' LlamaForCausalLM, each in its own process; then 125M compiled at micro batches
+#    16-64 (the largest that fits); then the seed plan's generations, compiled.
 # 3. bench/seed_growth.py: the seed plan's last growth, 488M -> 1.05B, trained, grown, checkpointed, resumed and
 #    exported on one GPU (ZeRO-3, bf16, micro batch 4 x 2048).
 # Each part has its own time limit, so one that hangs leaves the others their time. PARTS="1 3" runs some of them.
@@ -28,12 +30,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$
 python3 -c "import torch, deepspeed, transformers; print(torch.__version__, deepspeed.__version__, transformers.__version__)" \
     2>&1 | tail -1 | tee -a "$OUT/log.txt"
 
-part() { [[ " ${PARTS:-1 2 3} " == *" $1 "* ]]; }
+part() { [[ " ${PARTS:-2 1} " == *" $1 "* ]]; }     # part 3 (issue 15's growth on a GPU) ran during issue 16
 part 1 && log "1. tests/integration/test_gpu.py" && timeout "${TEST_SECONDS:-150}" python3 -m pytest tests/integration/test_gpu.py -v -rA -p no:cacheprovider ${TEST_ARGS--n 4} \
     2>&1 | tee "$OUT/test_gpu.log" | tail -25 | tee -a "$OUT/log.txt"
 
-part 2 && log "2. bench/gpu_speed.py" && timeout "${SPEED_SECONDS:-150}" python3 bench/gpu_speed.py --sizes 1B 125M 350M --rounds 1 --steps 6 --out "$OUT" \
-    ${SPEED_ARGS:-} 2>&1 | tee "$OUT/gpu_speed.log" | grep -E '^[{|]' | tee -a "$OUT/log.txt"
+speed() {   # speed NAME ARGS...: one bench/gpu_speed.py run into $OUT/NAME
+    mkdir -p "$OUT/$1" && timeout "${SPEED_SECONDS:-240}" python3 bench/gpu_speed.py --steps 6 --out "$OUT/$1" "${@:2}" \
+        ${SPEED_ARGS:-} 2>&1 | tee "$OUT/$1.log" | grep -E '^[{|]' | tee -a "$OUT/log.txt"
+}
+part 2 && log "2a. bench/gpu_speed.py: sizes x eager/compile/transformers" && speed speed_sizes --sizes 125M 1B 350M
+part 2 && log "2b. 125M compiled, larger micro batches" && speed speed_micro --sizes 125M \
+    --variants megababel+compile --micro-batch-sizes 16 32 64
+part 2 && log "2c. the seed plan's generations, compiled" && speed speed_seed --sizes seed-g0 seed-g1 seed-g2 seed-g3 \
+    --variants megababel+compile
 
 part 3 && log "3. bench/seed_growth.py, 488M -> 1.05B on one GPU" && timeout "${GROWTH_SECONDS:-200}" python3 bench/seed_growth.py --ranks 1 --micro 4 --seq 2048 --label _gpu \
     --out /tmp/seed_growth ${GROWTH_ARGS:-} 2>&1 | tee "$OUT/seed_growth.log" | grep -E "step|\.\.\.|loss|Error" \
