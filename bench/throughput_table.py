@@ -2,6 +2,7 @@
 
     python bench/throughput_table.py                 # every size, writes megababel/plan/throughput.json's "cpu" rows
     python bench/throughput_table.py --quick         # smoke test: two small sizes, nothing written
+    python bench/throughput_table.py --sizes 0.2M 1.3M --micro-batch-size 32     # a larger micro batch, printed only
 
 Each size trains a fresh model (no growth) exactly as `launch/train.py --bf16` does (ZeRO-0, bf16 weights with fp32
 masters, one process, --threads threads), 8 x 256 tokens per step, in its own process. Its tokens/s is the median
@@ -41,7 +42,7 @@ SIZES = {   # name: (model fields, the dataset whose vocabulary stage it reads)
 }
 
 
-def one_size(name: str, steps: int, threads: int) -> dict:
+def one_size(name: str, steps: int, threads: int, micro: int = BATCH) -> dict:
     import torch
 
     from bench_data import SPEED_STAGES, tinystories, wikipedia
@@ -63,12 +64,12 @@ def one_size(name: str, steps: int, threads: int) -> dict:
     model = dict(fields, max_position_embeddings=SEQ)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(RunConfig(schedule=dict(model=model, training=dict(steps=steps + 2, warmup_steps=1)),
-                                    data=data, micro_batch_size=BATCH, seq_len=SEQ, bf16=True, eval_every=0,
+                                    data=data, micro_batch_size=micro, seq_len=SEQ, bf16=True, eval_every=0,
                                     out=Path(out)), callbacks=[timer])
         trainer.setup().fit()
         trainer.close()
     config = LlamaConfig(**model)
-    tokens_per_s = BATCH * SEQ / statistics.median(timer.seconds[2:])
+    tokens_per_s = micro * SEQ / statistics.median(timer.seconds[2:])
     return dict(name=name, config=model, parameters=config_parameters(config),
                 flops_per_token=flops_per_token(config, SEQ), tokens_per_s=round(tokens_per_s, 1),
                 flops_per_s=round(tokens_per_s * flops_per_token(config, SEQ)),
@@ -80,11 +81,13 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--micro-batch-size", type=int, default=BATCH, help=f"sequences of {SEQ} per step (the table is "
+                   f"written only at {BATCH})")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(one_size(args.one, args.steps, args.threads)))
+        print("RESULT " + json.dumps(one_size(args.one, args.steps, args.threads, args.micro_batch_size)))
         return
     if args.quick:
         args.sizes, args.steps = ["0.2M", "0.5M"], 2
@@ -93,14 +96,15 @@ def main(argv=None):
         env = dict(os.environ, DS_ACCELERATOR="cpu", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29000 + os.getpid() % 1000))
         done = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--threads",
-                               str(args.threads)], env=env, capture_output=True, text=True, cwd=ROOT / "bench")
+                               str(args.threads), "--micro-batch-size", str(args.micro_batch_size)], env=env,
+                              capture_output=True, text=True, cwd=ROOT / "bench")
         if done.returncode:
             raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
         rows.append(json.loads(done.stdout.split("RESULT ", 1)[1]))
         r = rows[-1]
         print(f"{name}: {r['parameters'] / 1e6:.2f}M parameters, {r['tokens_per_s']:,.0f} tokens/s, "
               f"{r['flops_per_s'] / 1e9:.2f} GFLOP/s", flush=True)
-    if args.quick:
+    if args.quick or args.micro_batch_size != BATCH:
         return rows
     table = json.loads(TABLE.read_text())
     table["devices"]["cpu"] = dict(

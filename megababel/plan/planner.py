@@ -139,6 +139,9 @@ class Plan:
                 f"{speeds} of the final model's FLOP/s, so the FLOP saving per seed is a wall-clock saving of "
                 f"{per_seed} (each generation's FLOPs at its size's measured throughput: megababel/plan/"
                 f"throughput.json)")
+        if any(speed < 0.9 for speed in self.wall.relative_speeds()[:-1]):
+            text += ("; train with --fill-micro-batch (and gradient accumulation) so that the small generations run "
+                     "larger micro batches (its effect on a GPU is not measured yet)")
         outside = self.wall.outside()
         if outside:
             sizes = self.wall.table.rows

@@ -84,6 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each decoder layer, anew after every growth and on resume (the first steps "
                         "of each generation pay the compile time, which the log reports)")
+    p.add_argument("--fill-micro-batch", action="store_true",
+                   help="each generation smaller than the final takes a larger micro batch (a power-of-two multiple "
+                        "of --micro-batch-size whose activations fit in the final model's), with less gradient "
+                        "accumulation: the same tokens per step in fewer, larger micro-steps")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master weights (DeepSpeed)")
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO optimizer state in CPU memory")

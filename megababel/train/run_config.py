@@ -29,6 +29,7 @@ class RunConfig:
     offload_optimizer: bool = False
     activation_checkpointing: bool = False    # recompute each decoder layer's activations in backward
     compile: bool = False                     # torch.compile each decoder layer, anew for every generation
+    fill_micro_batch: bool = False            # smaller generations: larger micro batches, less accumulation
     growth_spill_dir: Path | None = None      # at a growth, this rank's old state pieces in a mapped file there
     gradient_clipping: float | None = None    # None: the DeepSpeed config's
     ds_config: str | None = None
@@ -48,8 +49,10 @@ class RunConfig:
             _require_int(name, getattr(self, name), minimum=1)
         for name in ("eval_every", "save_every", "keep_last", "seed"):
             _require_int(name, getattr(self, name), minimum=0)
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"--compile (compile) must be true or false, got {self.compile!r}")
+        for name in ("compile", "fill_micro_batch"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"--{name.replace('_', '-')} ({name}) must be true or false, got "
+                                  f"{getattr(self, name)!r}")
         if not isinstance(self.keep_generations, bool):
             raise ConfigError(f"--keep-generations (keep_generations) must be true or false, got "
                               f"{self.keep_generations!r}")

@@ -65,6 +65,7 @@ class Trainer:
         self.schedule = None                 # plan.schedule.Schedule
         self.seq_lens: list[int] = []        # per generation: its training sequence length
         self.batches: list[tuple[int, int]] = []    # per generation: (global batch in sequences, accumulation)
+        self.micro_scale: list[int] = []     # per generation: its micro batch / the run's (--fill-micro-batch)
         self.global_batch = 0
         self.ds_config: dict | None = None
         self.identity: RunIdentity | None = None    # what a resume must match
@@ -105,6 +106,9 @@ class Trainer:
         generations = range(len(self.schedule.growths) + 1)
         self.seq_lens = [self.schedule.generation_seq_len(g) or run.seq_len for g in generations]
         self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
+        self.micro_scale = [self._fill_factor(g) if run.fill_micro_batch else 1 for g in generations]
+        self.batches = [(sequences, accumulation // k)
+                        for (sequences, accumulation), k in zip(self.batches, self.micro_scale)]
         self.global_batch = self.batches[0][0]
         self.ds_config = self._ds_config(0)
         reads = [(g, self._vocab_size(g), self.seq_lens[g], self._rank_batch(g)) for g in generations]
@@ -136,9 +140,30 @@ class Trainer:
         return (self.schedule.growths[generation - 1].config if generation else self.schedule.model).vocab_size
 
     def _micro_batch(self, generation: int) -> int:
-        """Sequences per micro-batch while `generation` trains: --micro-batch-size sequences of --seq-len tokens,
-        as that many tokens of the generation's own sequence length (short sequences, more of them: the same
-        work per micro-step, so tokens per step and gradient accumulation do not depend on it)."""
+        """Sequences per micro-batch while `generation` trains: the run's (_base_micro_batch), times its
+        --fill-micro-batch factor."""
+        return self._base_micro_batch(generation) * (self.micro_scale[generation] if self.micro_scale else 1)
+
+    def _fill_factor(self, generation: int) -> int:
+        """--fill-micro-batch: the largest power of two k by which `generation`'s micro batch can grow so that its
+        activations (plan/memory.py's estimate) stay within the final generation's at the run's micro batch and k
+        divides its gradient accumulation (its tokens per step stay the same). Small early models then run fewer,
+        larger micro-steps, which keeps a GPU busier."""
+        from megababel.plan.memory import activation_bytes
+        run = self.run
+        tokens = run.micro_batch_size * run.seq_len
+        configs = [self.schedule.model] + [g.config for g in self.schedule.growths]
+        budget = activation_bytes(configs[-1], tokens, run.bf16, run.tp, run.activation_checkpointing)
+        accumulation, k = self.batches[generation][1], 1
+        while accumulation % (2 * k) == 0 and activation_bytes(configs[generation], 2 * k * tokens, run.bf16, run.tp,
+                                                               run.activation_checkpointing) <= budget:
+            k *= 2
+        return k
+
+    def _base_micro_batch(self, generation: int) -> int:
+        """Sequences per micro-batch of `generation` before --fill-micro-batch: --micro-batch-size sequences of
+        --seq-len tokens, as that many tokens of the generation's own sequence length (short sequences, more of
+        them: the same work per micro-step, so tokens per step and gradient accumulation do not depend on it)."""
         run, seq_len = self.run, self.seq_lens[generation]
         tokens = run.micro_batch_size * run.seq_len
         if tokens % seq_len:
@@ -152,7 +177,7 @@ class Trainer:
         """(global batch in sequences, gradient accumulation steps) while `generation` trains; ConfigError when its
         global_batch_tokens cannot be made of whole micro-batches on every data-parallel rank."""
         run, tokens, seq_len = self.run, self.schedule.batch_tokens(generation), self.seq_lens[generation]
-        micro = self._micro_batch(generation)
+        micro = self._base_micro_batch(generation)
         if tokens is None:
             return micro * self.dp_world, 1
         unit = micro * self.dp_world * seq_len            # = --micro-batch-size x DP x --seq-len

@@ -146,6 +146,35 @@ def test_a_growing_global_batch_accumulates_and_resumes_exactly(distributed_env,
     assert all(abs(smaller.losses[s] - whole.losses[s]) <= 1e-5 * whole.losses[s] for s in range(8, 16))
 
 
+FILL_SCHEDULE = dict(       # seq_len 32, micro batch 2 (64 tokens): 4 micro-batches per step in every generation
+    model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
+    training=dict(steps=12, lr=3e-3, warmup_steps=2, global_batch_tokens=256),
+    growths=[dict(at_step=4, hidden_size=128, intermediate_size=352, vocab_size=2000),
+             dict(at_step=8, num_hidden_layers=8, layer_positions="interleave")])
+
+
+def test_fill_micro_batch_runs_small_generations_in_fewer_larger_micro_steps(distributed_env, tmp_path):
+    """--fill-micro-batch: the same tokens per step, in micro-batches as large as the final model's activations
+    allow (the 2-layer generations take 2-4x the micro batch of the 8-layer final one); the same run up to summation
+    order, and a resume continues it exactly."""
+    def fit_batches(out, **changes):
+        batches = Batches()
+        Trainer(RunConfig(**dict(dict(schedule=FILL_SCHEDULE, seq_len=32, micro_batch_size=2, eval_every=0, out=out),
+                                 **changes)), callbacks=[batches]).setup().fit()
+        return batches
+
+    plain = fit_batches(tmp_path / "plain")
+    filled = fit_batches(tmp_path / "filled", fill_micro_batch=True, save_every=6)
+    assert [plain.accumulation[s] for s in (0, 4, 8)] == [4, 4, 4]
+    fills = [filled.accumulation[s] for s in (0, 4, 8)]
+    assert fills[0] == 1 and fills[1] in (1, 2) and fills[2] == 4, fills    # the final generation: as given
+    assert filled.tokens == plain.tokens
+    assert all(abs(filled.losses[s] - plain.losses[s]) <= 1e-5 * plain.losses[s] for s in range(12))
+    resumed = fit_batches(tmp_path / "resumed", fill_micro_batch=True,
+                          resume=next((tmp_path / "filled/checkpoints").glob("step_00000006_*")))
+    assert all(resumed.losses[s] == filled.losses[s] for s in range(6, 12))
+
+
 def test_a_global_batch_that_is_not_whole_micro_batches_is_refused(distributed_env, tmp_path):
     schedule = dict(BATCH_SCHEDULE, growths=[dict(BATCH_SCHEDULE["growths"][0], global_batch_tokens=96)])
     with pytest.raises(ConfigError, match=r"growth 0.global_batch_tokens 96 .* use a multiple of 64 \(e.g. 128\)"):
