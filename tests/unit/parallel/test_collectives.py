@@ -1,8 +1,8 @@
 """Collectives run on the device their backend moves (NCCL: GPU tensors only; gloo: CPU ones), by construction:
 the state paths (growth, checkpoints, losses, stop flags) call parallel.distributed's all_reduce / broadcast /
-all_gather, which move tensors to comm_device() and back; only the tensor-parallel autograd functions call
-torch.distributed directly, on activations (which live on the compute device, the communication device of either
-backend)."""
+all_gather, which move tensors to comm_device() and back; only the tensor-parallel autograd functions and the
+vocabulary-parallel loss call torch.distributed directly, on activations (which live on the compute device, the
+communication device of either backend)."""
 from __future__ import annotations
 
 import ast
@@ -16,7 +16,8 @@ COLLECTIVES = {"all_reduce", "broadcast", "all_gather", "all_gather_into_tensor"
                "reduce_scatter_tensor", "gather", "scatter", "reduce", "all_to_all", "send", "recv"}
 ALLOWED = {  # file: functions allowed to call torch.distributed collectives directly
     "megababel/parallel/distributed.py": {"all_reduce", "broadcast", "all_gather", "all_gather_flat"},
-    "megababel/parallel/tensor_parallel.py": {"forward", "backward"},     # _CopyToTP, _ReduceFromTP, cross-entropy
+    "megababel/parallel/tensor_parallel.py": {"forward", "backward"},     # _CopyToTP, _ReduceFromTP
+    "megababel/model/loss.py": {"_target_log_probs"},     # the vocabulary-parallel loss's per-token statistics
 }
 
 
