@@ -140,8 +140,9 @@ class Plan:
                 f"{per_seed} (each generation's FLOPs at its size's measured throughput: megababel/plan/"
                 f"throughput.json)")
         if any(speed < 0.9 for speed in self.wall.relative_speeds()[:-1]):
-            text += ("; train with --fill-micro-batch (and gradient accumulation) so that the small generations run "
-                     "larger micro batches (its effect on a GPU is not measured yet)")
+            text += ("; --schedule auto (or --fill-micro-batch) runs the small generations at larger micro batches "
+                     "where the global batch accumulates gradients (not priced here: its effect on a GPU is not "
+                     "measured yet)")
         outside = self.wall.outside()
         if outside:
             sizes = self.wall.table.rows

@@ -106,7 +106,10 @@ class Trainer:
         generations = range(len(self.schedule.growths) + 1)
         self.seq_lens = [self.schedule.generation_seq_len(g) or run.seq_len for g in generations]
         self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
-        self.micro_scale = [self._fill_factor(g) if run.fill_micro_batch else 1 for g in generations]
+        # --schedule auto fills too: the planner keeps each generation's measured global batch (a smaller one early,
+        # its +halfbatch lever, did not pay) and chooses the micro batches that keep the small generations busy
+        fill = run.fill_micro_batch or run.schedule == "auto"
+        self.micro_scale = [self._fill_factor(g) if fill else 1 for g in generations]
         self.batches = [(sequences, accumulation // k)
                         for (sequences, accumulation), k in zip(self.batches, self.micro_scale)]
         self.global_batch = self.batches[0][0]
