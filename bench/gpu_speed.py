@@ -202,7 +202,8 @@ def main(argv=None):
     lines = [f"{device}, bf16 (DeepSpeed ZeRO-0, fp32 masters), seq {args.seq_len}"
              f"{', activation checkpointing' if args.activation_checkpointing else ''}; median of {args.steps} "
              f"steps, each variant in its own process; peak {peak} TFLOP/s", "",
-             "| size | parameters | implementation | micro batch | tokens/s | model TFLOP/s | MFU | peak GPU memory GB |",
+             "| size | parameters | implementation | micro batch | tokens/s | model TFLOP/s | MFU | "
+             "peak GPU memory GB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "tokens_per_s" not in r:

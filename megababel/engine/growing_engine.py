@@ -101,8 +101,8 @@ class GrowingEngine:
 
     The interface the rest of megababel uses (the DeepSpeed engine itself is private): train_step, evaluate, grow,
     iter_state / state / state_meta, param_group_lrs / set_param_group_lrs / set_lr, device,
-    gradient_accumulation_steps, compile_seconds, counters and close; `model` (the Llama, whose blocks carry their metadata) and
-    `groups` (GroupInfo per param group) are read-only views."""
+    gradient_accumulation_steps, compile_seconds, counters and close; `model` (the Llama, whose blocks carry their
+    metadata) and `groups` (GroupInfo per param group) are read-only views."""
 
     def __init__(self, config: LlamaConfig, ds_config: dict, schedule, seed: int = 0, tp=None,
                  activation_checkpointing: bool = False, growth_spill_dir=None, compile: bool = False,

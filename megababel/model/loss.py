@@ -14,6 +14,7 @@ column-parallel layer's input all-reduce completes.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 CHUNK_ELEMENTS = 2**24     # fp32 logits per chunk
@@ -55,7 +56,6 @@ def _target_log_probs(logits: torch.Tensor, targets: torch.Tensor, valid: torch.
         picked = log_probs.gather(1, column[:, None])
         grad = log_probs.exp_() if want_grad else None
     else:
-        import torch.distributed as dist
         top = logits.max(dim=-1).values
         dist.all_reduce(top, op=dist.ReduceOp.MAX, group=shard.group)
         total = (logits - top[:, None]).exp().sum(dim=-1)

@@ -145,7 +145,7 @@ class Trainer:
     def _micro_batch(self, generation: int) -> int:
         """Sequences per micro-batch while `generation` trains: the run's (_base_micro_batch), times its
         --fill-micro-batch factor."""
-        return self._base_micro_batch(generation) * (self.micro_scale[generation] if self.micro_scale else 1)
+        return self._base_micro_batch(generation) * self.micro_scale[generation]
 
     def _fill_factor(self, generation: int) -> int:
         """--fill-micro-batch: the largest power of two k by which `generation`'s micro batch can grow so that its
@@ -224,8 +224,8 @@ class Trainer:
         generation = checkpoint.state.generation
         self.engine = GrowingEngine.from_state(checkpoint.state, self._ds_config(generation), self.schedule,
                                                seed=run.seed, tp=tp,
-                                               activation_checkpointing=run.activation_checkpointing, compile=run.compile,
-                                               growth_spill_dir=run.growth_spill_dir)
+                                               activation_checkpointing=run.activation_checkpointing,
+                                               compile=run.compile, growth_spill_dir=run.growth_spill_dir)
         self.data = self._vocab_data(generation)
         if not saved.imported_from:
             self.data.loader.load_state_dict(saved.loader)
