@@ -166,8 +166,9 @@ def test_fill_micro_batch_runs_small_generations_in_fewer_larger_micro_steps(dis
     plain = fit_batches(tmp_path / "plain")
     filled = fit_batches(tmp_path / "filled", fill_micro_batch=True, save_every=6)
     assert [plain.accumulation[s] for s in (0, 4, 8)] == [4, 4, 4]
-    fills = [filled.accumulation[s] for s in (0, 4, 8)]
-    assert fills[0] == 1 and fills[1] in (1, 2) and fills[2] == 4, fills    # the final generation: as given
+    # 4x and 2x the micro batch for the 2-layer generations (the 128-wide one has twice the activations per token of
+    # the 64-wide one); the 8-layer final one as given
+    assert [filled.accumulation[s] for s in (0, 4, 8)] == [1, 2, 4]
     assert filled.tokens == plain.tokens
     assert all(abs(filled.losses[s] - plain.losses[s]) <= 1e-5 * plain.losses[s] for s in range(12))
     resumed = fit_batches(tmp_path / "resumed", fill_micro_batch=True,
