@@ -170,7 +170,9 @@ def test_fill_micro_batch_runs_small_generations_in_fewer_larger_micro_steps(dis
     # the 64-wide one); the 8-layer final one as given
     assert [filled.accumulation[s] for s in (0, 4, 8)] == [1, 2, 4]
     assert filled.tokens == plain.tokens
-    assert all(abs(filled.losses[s] - plain.losses[s]) <= 1e-5 * plain.losses[s] for s in range(12))
+    # the same sequences summed in another order: rounding, which training carries along (1e-5 held alone, not
+    # always inside the whole suite, whose earlier tests change torch's threads); other data would differ by 1e-2
+    assert all(abs(filled.losses[s] - plain.losses[s]) <= 1e-4 * plain.losses[s] for s in range(12))
     resumed = fit_batches(tmp_path / "resumed", fill_micro_batch=True,
                           resume=next((tmp_path / "filled/checkpoints").glob("step_00000006_*")))
     assert all(resumed.losses[s] == filled.losses[s] for s in range(6, 12))
