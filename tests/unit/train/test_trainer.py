@@ -171,7 +171,7 @@ def test_fill_micro_batch_runs_small_generations_in_fewer_larger_micro_steps(dis
     assert [filled.accumulation[s] for s in (0, 4, 8)] == [1, 2, 4]
     assert filled.tokens == plain.tokens
     # the same sequences summed in another order: rounding, which training carries along (1e-5 held alone, not
-    # always inside the whole suite, whose earlier tests change torch's threads); other data would differ by 1e-2
+    # always inside the whole suite: cause not found yet); other data would differ by 1e-2
     assert all(abs(filled.losses[s] - plain.losses[s]) <= 1e-4 * plain.losses[s] for s in range(12))
     resumed = fit_batches(tmp_path / "resumed", fill_micro_batch=True,
                           resume=next((tmp_path / "filled/checkpoints").glob("step_00000006_*")))
