@@ -3,9 +3,9 @@
     python bench/clock_report.py                    # = python bench/clock.py --report
     python bench/clock_report.py --out /tmp/clock
 
-Definitions (bench/clock.py): the final figure is the mean of a run's last evaluations on every held-out article;
-the scratch curve is, per budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0);
-compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing
+Definitions (bench/clock.py): the final figure is a line fitted through a run's last evaluations on every held-out
+article, read at the last step (their mean where the curve is flat); the scratch curve is, per budget, the lower
+of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing
 saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against
 scratch of the same seed); d bits/byte = the run's final figure minus scratch's (same seed, same FLOPs). Each with
 the mean over seeds and its 95% confidence interval (Student's t).
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from budget_report import busy, saving
-from clock import DEFAULT_OUT, compute_equivalent_saving, final_figure, interval, load_runs, lower_curve
+from clock import (DEFAULT_OUT, compute_equivalent_saving, final_figure, final_mean, interval, load_runs,
+                   lower_curve)
 
 
 def curve_points(runs: dict) -> dict:
-    """{budget: {schedule name: (lr, final figure, FLOPs, tried LRs)}} for scratch and scratch+wsd, seed 0, at
+    """{budget: {schedule name: (lr, final figure, FLOPs, tried LRs, mean of the final evaluations)}} for scratch and scratch+wsd, seed 0, at
     each one's best LR."""
     tried = defaultdict(dict)
     for (budget, name, lr, seed), r in runs.items():
@@ -33,7 +34,8 @@ def curve_points(runs: dict) -> dict:
     points = defaultdict(dict)
     for (budget, name), by_lr in tried.items():
         lr = min(by_lr, key=lambda x: final_figure(by_lr[x]))
-        points[budget][name] = (lr, final_figure(by_lr[lr]), by_lr[lr]["flops"], sorted(by_lr))
+        points[budget][name] = (lr, final_figure(by_lr[lr]), by_lr[lr]["flops"], sorted(by_lr),
+                                final_mean(by_lr[lr]))
     return points
 
 
@@ -131,13 +133,14 @@ def write_report(out: Path = DEFAULT_OUT) -> str:
     points = curve_points(runs)
     curve = scratch_curve(points)
     lines = ["Scratch curve (seed 0, each schedule at its tuned LR; the curve takes the lower):", "",
-             "| tokens/parameter | FLOPs | scratch (cosine): LR (tried), final bits/byte | scratch+wsd: LR (tried), "
-             "final bits/byte |", "|---|---|---|---|"]
+             "| tokens/parameter | FLOPs | scratch (cosine): LR (tried), final bits/byte (mean of the final "
+             "evaluations) | scratch+wsd: the same |", "|---|---|---|---|"]
     for budget in sorted(points):
         cells = []
         for name in ("scratch", "scratch+wsd"):
             v = points[budget].get(name)
-            cells.append("-" if v is None else f"{v[0]:g} ({', '.join(f'{x:g}' for x in v[3])}), {v[1]:.4f}")
+            cells.append("-" if v is None else f"{v[0]:g} ({', '.join(f'{x:g}' for x in v[3])}), {v[1]:.4f} "
+                                                  f"(mean {v[4]:.4f})")
         flops = next(iter(points[budget].values()))[2]
         lines.append(f"| {budget:g} | {flops:.3g} | " + " | ".join(cells) + " |")
     rows = []

@@ -87,7 +87,7 @@ def test_per_article_losses_add_up_to_the_loss_of_every_target(tmp_path):
 def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10):
     """A saved run whose final evaluations all give `figure` (plus a +-wiggle alternating between them)."""
     n_bytes = [100] * articles
-    final = [dict(step=10, flops=flops, vocab=2000, bpb=figure + wiggle * (-1) ** j,
+    final = [dict(step=10 - j, flops=flops, vocab=2000, bpb=figure + wiggle * (-1) ** j,
                   nats=[(figure + wiggle * (-1) ** j) * math.log(2) * 100] * articles, n_bytes=n_bytes)
              for j in range(clock.FINAL_POINTS)]
     evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - (3.0 - figure) * k / 10, load=2.0)
@@ -95,6 +95,18 @@ def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10)
     run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=[], final_bpb=evals[-1]["bpb"],
                flops=flops, wall=flops / 2, steps=10, final_evals=final, threads=1, processes=2)
     (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
+
+
+def test_the_final_figure_reads_a_still_falling_curve_at_its_end_and_a_flat_one_at_its_mean():
+    def run(values):
+        return dict(final_evals=[dict(step=98 + j, bpb=v, nats=[v * math.log(2) * 50] * 2, n_bytes=[50, 50])
+                                 for j, v in enumerate(values)])
+    falling = run([1.920, 1.915, 1.910, 1.905, 1.900])           # a WSD decay: -0.005 per step
+    assert clock.final_figure(falling) == pytest.approx(1.900) and clock.final_mean(falling) == pytest.approx(1.910)
+    wiggling = run([1.890, 1.893, 1.890, 1.893, 1.890])            # flat, wiggling: the fit's end is near the mean
+    assert abs(clock.final_figure(wiggling) - clock.final_mean(wiggling)) < 0.001
+    assert clock.final_figure(run([1.9, 1.8])) == pytest.approx(1.8)
+    assert clock.final_figure(falling, articles=[0]) == pytest.approx(1.900)
 
 
 def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_path):
