@@ -67,8 +67,8 @@ class AutoTokenizerEvaluation:
     def encode(self, text):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def nll(self, ids):
-        return EVAL.summed_nll(self.model(ids[:, :-1]).logits, ids[:, 1:])
+    def nll(self, inputs, targets):
+        return EVAL.summed_nll(self.model(inputs).logits, targets)
 
 
 def bits_per_byte_both_ways(export: Path, corpora: dict) -> list[dict]:

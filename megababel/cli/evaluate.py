@@ -3,6 +3,7 @@
     megababel-eval hf/a ../shared/data/tinystories/valid.txt             # an export (or any HF Llama)
     megababel-eval runs/a/checkpoints ../shared/data/tinystories/valid.txt --seq-len 256
     megababel-eval hf/a data.jsonl --text-key text --max-docs 500 --json result.json
+    megababel-eval hf/a valid.jsonl --per-document --seq-len 2048     # = lm-eval's bits_per_byte on those documents
     megababel-eval hf/a - --tasks hellaswag,arc_easy    # lm-evaluation-harness (pip install 'megababel[eval]')
     megababel-eval hf/a - --tasks my_task --include-path my_tasks/ --json r.json --log-samples   # local tasks
 
@@ -13,9 +14,8 @@ concatenated and cut into windows of --seq-len + 1 tokens (no overlap), and ever
 windows go --batch-size at a time. --dtype bf16 runs the weights in bf16 (the loss in fp32); fp32 is the default.
 Bits per byte = total loss / ln 2 / UTF-8 bytes of the documents, comparable across tokenizers and vocabulary
 stages; perplexity is per token. A Hugging Face directory with a `tokenizer.model` is encoded by that SentencePiece
-model (else by AutoTokenizer); a megababel export made at an intermediate vocabulary stage with its
-`vocab_stage.model` and the out-of-stage logits masked, exactly as megababel evaluates the checkpoint itself. The
-evaluator is megababel/hf/evaluate.py (importable: `from megababel.hf.evaluate import Evaluated, evaluate`).
+model (else by AutoTokenizer); a megababel export of a vocabulary stage carries the stage itself there, so this,
+AutoTokenizer and lm-eval all encode it as it was trained. The evaluator is megababel/hf/evaluate.py (importable: `from megababel.hf.evaluate import Evaluated, evaluate`).
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def main(argv=None) -> dict:
     p.add_argument("data", help="txt / jsonl / parquet file ('-' with --tasks only)")
     p.add_argument("--seq-len", type=positive_int, default=1024)
     p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--per-document", action="store_true", help="each document alone (BOS, no EOS, windows rolling "
+                   "as lm-evaluation-harness' perplexity tasks score them): its bits_per_byte on the same documents")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' precision (loss in fp32)")
     p.add_argument("--text-key", default="text", help="jsonl field / parquet column (default: text)")
     p.add_argument("--txt-mode", default="paragraph", choices=TXT_MODES,
@@ -65,7 +67,8 @@ def main(argv=None) -> dict:
             if model.note:
                 print(f"note: {model.note}", file=sys.stderr)
             documents = read_documents(args.data, text_key=args.text_key, txt_mode=args.txt_mode)
-            result = evaluate(model, itertools.islice(documents, args.max_docs), args.seq_len, args.batch_size)
+            result = evaluate(model, itertools.islice(documents, args.max_docs), args.seq_len, args.batch_size,
+                              per_document=args.per_document)
         except (CheckpointError, DataError, OSError, ValueError) as e:
             p.error(str(e))
         print(f"{result['model']}: {result['documents']} documents, {result['tokens']:,} tokens, "

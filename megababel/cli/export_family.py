@@ -3,6 +3,8 @@
     megababel-export-family runs/a family/a                  # family/a/gen0 .. genN, README.md, family.json
     megababel-export-family runs/a family/a --eval-text ../shared/data/wikipedia/valid.txt --max-docs 200
     megababel-export-family runs/a family/a --dtype bf16 --overwrite
+    megababel-export-family runs/a family/a --push me/babel --dry-run   # family/a/upload.json: what would be sent
+    megababel-export-family runs/a family/a --push me/babel   # me/babel-gen0 .. genN, one collection "me/babel"
 
     python tools/export_family.py runs/a family/a            # the same, from a checkout
 
@@ -10,10 +12,11 @@ Each generation's last state (the model just before each growth, and the final o
 directory, exported like megababel-export (tools/convert_to_hf.py) does. The family card lists every member: shape,
 parameters (all / without embeddings), the vocabulary stage it was trained on, the training tokens and FLOPs the run
 had spent when it was saved (the whole run's, from the start: what the family cost up to that member), and its
-bits/byte on the run's validation split as the trainer measured it; with --eval-text also megababel-eval's
-(tools/eval.py's) bits/byte on that text. A member trained before the last vocabulary stage must be encoded with its
-`vocab_stage.model` (megababel-eval does): the card says which members those are, and each such member's own card
-warns.
+bits/byte on the run's validation split as the trainer measured it. With --eval-text, each member's bits/byte on
+that text three ways, each document scored alone as lm-evaluation-harness' perplexity tasks do: megababel-eval
+(tools/eval.py, --per-document), a plain transformers evaluation encoding with AutoTokenizer, and lm-eval itself
+(when installed). A member trained before the last vocabulary stage exports as its stage, with a tokenizer that
+encodes exactly as it was trained, so the three agree (to fp32 rounding).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import argparse
 import itertools
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -28,8 +32,10 @@ import torch
 from megababel.checkpoint.io import CheckpointError, list_checkpoints, load_checkpoint
 from megababel.cli.arguments import entry_point, positive_int
 from megababel.data.readers import DataError, read_documents
-from megababel.hf.evaluate import Evaluated, evaluate
+from megababel.data.tokenizer import Tokenizer
+from megababel.hf.evaluate import EvaluationError, Evaluated, evaluate, lm_eval_bits_per_byte
 from megababel.hf.export import ExportError, export_checkpoint
+from megababel.hf.hub import HubError, push_family
 from megababel.model.counters import config_parameters
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
@@ -48,31 +54,42 @@ def member_row(checkpoint: Path, export: Path, tokenizer_size: int) -> dict:
                 checkpoint=str(checkpoint), export=export.name)
 
 
+EVALUATORS = (("eval_bpb", "megababel-eval"), ("autotokenizer_bpb", "AutoTokenizer"), ("lm_eval_bpb", "lm-eval"))
+
+
+def _bpb(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def family_card(rows: list[dict], run_dir: Path, eval_text: str | None) -> str:
-    extra = " | megababel-eval bits/byte |" if eval_text else " |"
+    extra = "".join(f" | {name} bits/byte" for _, name in EVALUATORS) + " |" if eval_text else " |"
     lines = [f"# megababel model family: {len(rows)} members from one run", "",
              f"Every generation of the progressive run `{run_dir}`, saved as it ended (just before the next growth; "
              f"the last is the final model), exported as a plain `LlamaForCausalLM`. Tokens and FLOPs are the whole "
              f"run's up to each member: one run paid for the whole family.", "",
              "| member | generation | hidden x layers (FFN, heads) | parameters (non-embedding) | vocabulary stage | "
              "tokens | training FLOPs | validation bits/byte" + extra,
-             "|---|---|---|---|---|---|---|---|" + ("---|" if eval_text else "")]
+             "|---|---|---|---|---|---|---|---|" + ("---|" * len(EVALUATORS) if eval_text else "")]
     for r in rows:
         stage = ("full" if r["vocab_size"] == r["tokenizer_vocab_size"] else
-                 f"**{r['vocab_size']} of {r['tokenizer_vocab_size']}**: encode with its vocab_stage.model")
+                 f"{r['vocab_size']} of {r['tokenizer_vocab_size']} (its own tokenizer)")
         bpb = "" if r["validation_bpb"] is None else f"{r['validation_bpb']:.4f}"
         lines.append(f"| `{r['export']}` | {r['generation']} | {r['hidden_size']} x {r['layers']} "
                      f"({r['intermediate_size']}, {r['heads']}) | {r['parameters'] / 1e6:.2f}M "
                      f"({r['non_embedding_parameters'] / 1e6:.2f}M) | {stage} | {r['tokens']:,} | {r['flops']:.3g} | "
-                     f"{bpb}" + (f" | {r['eval_bpb']:.4f} |" if eval_text else " |"))
+                     f"{bpb}" + ("".join(f" | {_bpb(r.get(key))}" for key, _ in EVALUATORS) + " |"
+                                 if eval_text else " |"))
     lines += ["", "Validation bits/byte: the trainer's, on the run's validation split when the member was saved."]
     if eval_text:
-        lines.append(f"megababel-eval bits/byte: on `{eval_text}`, each export encoded as it was trained.")
+        lines.append(f"On `{eval_text}`, each document scored alone (BOS, then its tokens; windows as lm-eval's "
+                     f"loglikelihood_rolling): megababel-eval --per-document; transformers with AutoTokenizer; "
+                     f"lm-evaluation-harness on a local perplexity task (add_bos_token=False; '-' where lm-eval is "
+                     f"not installed).")
     if any(r["vocab_size"] < r["tokenizer_vocab_size"] for r in rows):
-        lines += ["", "Members marked with a vocabulary stage were trained on the first pieces of a frequency "
-                  "ranking only. Their tokenizer.json is the full tokenizer, which encodes text differently (see "
-                  "each member's card): evaluate them with megababel-eval (megababel's tools/eval.py), or encode with "
-                  "`vocab_stage.model`, to get the numbers above."]
+        lines += ["", "Members with a vocabulary stage were trained on the first pieces of a frequency ranking only. "
+                  "Each ships that stage as its tokenizer (ids = the model's rows), which AutoTokenizer and lm-eval "
+                  "load and encode exactly as the model was trained; to decode exactly too, load it with "
+                  "`trust_remote_code=True` (see each member's card). llama.cpp encodes such members differently."]
     return "\n".join(lines) + "\n"
 
 
@@ -87,7 +104,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--max-docs", type=positive_int, default=None, help="with --eval-text: at most this many documents")
     p.add_argument("--seq-len", type=positive_int, default=1024, help="with --eval-text: megababel-eval's window")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--push", metavar="REPO_PREFIX", default=None,
+                   help="upload member G to REPO_PREFIX-genG and gather them in one Hub collection")
+    p.add_argument("--dry-run", action="store_true", help="with --push: write OUT/upload.json, upload nothing")
     args = p.parse_args(argv)
+    if args.dry_run and not args.push:
+        p.error("--dry-run goes with --push REPO_PREFIX")
+    if args.push and args.push.count("/") != 1:
+        p.error(f"--push {args.push!r}: give a prefix like user/name (members go to user/name-gen0, ...)")
     members = list_checkpoints(args.run / "generations")
     if not members:
         p.error(f"{args.run / 'generations'}: no generation checkpoints; train with launch/train.py "
@@ -104,20 +128,35 @@ def main(argv=None) -> list[dict]:
         for checkpoint in members:
             generation = int(checkpoint.name.rsplit("gen", 1)[1])
             export = export_checkpoint(checkpoint, args.out / f"gen{generation}", dtype=DTYPES[args.dtype])
-            tokenizer_size = json.loads((export / "config.json").read_text())["vocab_size"]
-            rows.append(member_row(checkpoint, export, tokenizer_size))
+            rows.append(member_row(checkpoint, export, Tokenizer.load(export).vocab_size))
             print(f"exported generation {generation} ({rows[-1]['parameters'] / 1e6:.2f}M parameters, vocabulary "
                   f"{rows[-1]['vocab_size']}) -> {export}", flush=True)
         if args.eval_text:
+            documents = list(itertools.islice(read_documents(args.eval_text), args.max_docs))
             for row in rows:
-                documents = itertools.islice(read_documents(args.eval_text), args.max_docs)
-                model = Evaluated.load(args.out / row["export"])
-                row["eval_bpb"] = evaluate(model, documents, args.seq_len, 4, progress=False)["bits_per_byte"]
+                export = args.out / row["export"]
+                for key, auto_tokenizer in (("eval_bpb", False), ("autotokenizer_bpb", True)):
+                    model = Evaluated.load(export, auto_tokenizer=auto_tokenizer)
+                    row[key] = evaluate(model, documents, args.seq_len, 4, progress=False,
+                                        per_document=True)["bits_per_byte"]
+                try:
+                    row["lm_eval_bpb"] = lm_eval_bits_per_byte(export, documents, args.seq_len)
+                except EvaluationError:          # lm-eval not installed: the card shows "-"
+                    row["lm_eval_bpb"] = None
+                print(f"generation {row['generation']}: " + ", ".join(
+                    f"{name} {_bpb(row[key])}" for key, name in EVALUATORS) + " bits/byte", flush=True)
     except (CheckpointError, ExportError, DataError, OSError) as e:
         p.error(str(e))
     (args.out / "family.json").write_text(json.dumps(dict(run=str(args.run), members=rows), indent=1))
     (args.out / "README.md").write_text(family_card(rows, args.run, args.eval_text))
     print(f"family card: {args.out / 'README.md'}")
+    if args.push:
+        members = [(args.out / r["export"], f"{args.push}-{r['export']}") for r in rows]
+        try:
+            print(push_family(members, args.push, args.out / "upload.json", dry_run=args.dry_run))
+        except HubError as e:
+            print(f"error: {e} (the exports in {args.out} are complete and untouched)", file=sys.stderr)
+            raise SystemExit(1)
     return rows
 
 

@@ -9,18 +9,22 @@
     python tools/convert_to_hf.py runs/a/checkpoints hf/a    # the same, from a checkout
 
 Any checkpoint works: any TP degree, ZeRO stage, number of generations or vocabulary stage (checkpoints are stored
-unsharded). Then: `AutoModelForCausalLM.from_pretrained("hf/a")`. Format details: megababel/hf/export.py.
+unsharded). Then: `AutoModelForCausalLM.from_pretrained("hf/a")` and `AutoTokenizer.from_pretrained("hf/a")`; a
+checkpoint from before the last vocabulary stage exports as its stage, with a tokenizer that encodes exactly as it was
+trained. Format details: megababel/hf/export.py.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 
 from megababel.cli.arguments import entry_point
-from megababel.hf.export import ExportError, export_checkpoint, export_stage_warning
+from megababel.data.tokenizer import Tokenizer
+from megababel.hf.export import ExportError, export_checkpoint, stage_note
 from megababel.hf.hub import HubError, push_folder
 
 
@@ -44,8 +48,9 @@ def main(argv=None) -> Path:
     except ExportError as e:
         p.error(str(e))
     print(f"exported {args.checkpoint} -> {out}")
-    if warning := export_stage_warning(out):
-        print(f"warning: {warning}", file=sys.stderr)
+    info = json.loads((out / "megababel.json").read_text())
+    if info["row_order"] != "tokenizer ids":
+        print(f"note: {stage_note(info['active_vocab_size'], Tokenizer.load(out).vocab_size)}", file=sys.stderr)
     if args.push_to_hub:
         try:
             plan = push_folder(out, args.push_to_hub, args.revision, dry_run=args.dry_run)

@@ -205,6 +205,24 @@ class VocabStage:
             raise TokenizerError(f"id {int(ids.max())} is outside vocabulary stage {self.size}")
         return self.sp.decode(self.ranking.order[ids].tolist())
 
+    def model_row_proto(self) -> bytes:
+        """This stage as a SentencePiece model whose ids are the model's rows: the pieces reordered by the ranking
+        (model row i = piece i), the out-of-stage ones after them and UNUSED. BPE picks merges by piece score,
+        never by id, so it segments exactly as `encode` does; Hugging Face loads it as a SentencePiece tokenizer
+        (megababel/hf/export.py), so a model exported at this stage needs no id remapping and no extra rows."""
+        proto = sp_pb2.ModelProto()
+        proto.ParseFromString(self.sp.serialized_model_proto())
+        pieces = [proto.pieces[int(i)] for i in self.ranking.order]
+        reordered = sp_pb2.ModelProto()
+        reordered.CopyFrom(proto)
+        del reordered.pieces[:]
+        reordered.pieces.extend(pieces)
+        spec = reordered.trainer_spec
+        for field in ("unk_id", "bos_id", "eos_id", "pad_id"):
+            if getattr(spec, field) >= 0:
+                setattr(spec, field, int(self.ranking.position[getattr(spec, field)]))
+        return reordered.SerializeToString()
+
     def to_tokenizer_ids(self, ids) -> np.ndarray:
         return self.ranking.order[np.asarray(ids, dtype=np.int64)]
 

@@ -10,14 +10,16 @@ Both kinds of model are evaluated the same way: each document becomes BOS + toke
 concatenated and cut into windows of seq_len + 1 tokens (no overlap), and every next-token loss counts; full windows
 go batch_size at a time. Bits per byte = total loss / ln 2 / UTF-8 bytes of the documents, comparable across
 tokenizers and vocabulary stages; perplexity is per token. A Hugging Face directory with a `tokenizer.model` is
-encoded by that SentencePiece model (else by AutoTokenizer); a megababel export made at an intermediate vocabulary
-stage with its `vocab_stage.model` and the out-of-stage logits masked, exactly as megababel evaluates the checkpoint
-itself (`model.note` then says so, for the command line to print).
+encoded by that SentencePiece model (else by AutoTokenizer); a megababel export of a vocabulary stage carries the
+stage itself there. An intermediate-stage export made by an older megababel (a full tokenizer plus
+`vocab_stage.model`) is encoded with its `vocab_stage.model` and the out-of-stage logits masked, exactly as megababel
+evaluates the checkpoint itself (`model.note` then says so, for the command line to print).
 
 Imports checkpoint, data, model and hf.export; never the engine, the trainer or the command line.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -39,16 +41,20 @@ class EvaluationError(RuntimeError):
 
 
 class Evaluated:
-    """A model behind one interface: `encode(text) -> ids`, `bos`, `eos`, `nll(ids [B, T+1]) -> summed loss`,
-    `name`, and `note` (None, or what a user should know about how it is encoded)."""
+    """A model behind one interface: `encode(text) -> ids`, `bos`, `eos`, `nll(inputs [B, T], targets [B, T]) ->
+    summed loss` (targets -100 do not count), `name`, and `note` (None, or what a user should know about how it is encoded)."""
 
     note: str | None = None
 
     @classmethod
-    def load(cls, path: Path, dtype: torch.dtype = torch.float32) -> "Evaluated":
+    def load(cls, path: Path, dtype: torch.dtype = torch.float32, auto_tokenizer: bool = False) -> "Evaluated":
+        """`auto_tokenizer`: a Hugging Face directory encoded by AutoTokenizer even where it has a tokenizer.model
+        (what a user without megababel gets; the family card reports both)."""
         path = Path(path)
         if (path / "config.json").is_file():
-            return HFModel(path, dtype)
+            return HFModel(path, dtype, auto_tokenizer)
+        if auto_tokenizer:
+            raise EvaluationError(f"{path}: AutoTokenizer needs a Hugging Face directory; export the checkpoint")
         return MegababelModel(path, dtype)
 
 
@@ -68,21 +74,21 @@ class MegababelModel(Evaluated):
     def encode(self, text: str) -> np.ndarray:
         return self.stage.encode(text)
 
-    def nll(self, ids: torch.Tensor) -> float:
-        return self.model(ids[:, :-1], ids[:, 1:], reduction="sum")[1].item()
+    def nll(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        return self.model(inputs, targets, reduction="sum")[1].item()
 
 
 class HFModel(Evaluated):
-    def __init__(self, path: Path, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: Path, dtype: torch.dtype = torch.float32, auto_tokenizer: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from megababel.hf.export import export_stage_warning
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
         self.mask = None
         stage, sentencepiece = path / "vocab_stage.model", path / "tokenizer.model"
-        if stage.is_file() or sentencepiece.is_file():
+        if not auto_tokenizer and (stage.is_file() or sentencepiece.is_file()):
             # the SentencePiece model itself (exact; the converted tokenizer.json may differ on runs of spaces);
-            # an intermediate-stage megababel export: the stage's model, and out-of-stage logits masked
+            # an older megababel's intermediate-stage export: the stage's model, and out-of-stage logits masked
             import sentencepiece as spm
             self.sp = spm.SentencePieceProcessor(model_file=str(stage if stage.is_file() else sentencepiece))
             self.encode = self.sp.encode
@@ -98,19 +104,19 @@ class HFModel(Evaluated):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
             self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-        self.name = f"Hugging Face model {path}"
+        self.name = f"Hugging Face model {path}" + (" (AutoTokenizer)" if auto_tokenizer else "")
 
-    def nll(self, ids: torch.Tensor) -> float:
+    def nll(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         if self.model.config.model_type == "llama":
             # a bias-free output layer on the decoder's last hidden states: the fused loss, no full logits
-            hidden = self.model.model(input_ids=ids[:, :-1]).last_hidden_state
-            return linear_cross_entropy(hidden, self.model.lm_head.weight, ids[:, 1:], reduction="sum",
+            hidden = self.model.model(input_ids=inputs).last_hidden_state
+            return linear_cross_entropy(hidden, self.model.lm_head.weight, targets, reduction="sum",
                                         mask=self.mask).item()
-        return summed_nll(self.model(ids[:, :-1]).logits, ids[:, 1:], self.mask)
+        return summed_nll(self.model(inputs).logits, targets, self.mask)
 
 
 def summed_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Summed next-token loss in fp32 (out-of-stage logits masked), bit for bit what
+    """Summed next-token loss in fp32 (out-of-stage logits masked, targets -100 ignored), bit for bit what
     F.cross_entropy(logits.float(), reduction="sum") gives, about 4x faster at a 32000 vocabulary: log-softmax is
     row-wise, so chunks of rows give the same bits without the whole [tokens, vocabulary] fp32 tensor ever being
     written, and nll_loss's summation order depends only on the row count, so the gathered [rows, 1] column sums
@@ -122,8 +128,9 @@ def summed_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor |
         chunk = chunk.float()
         if mask is not None:
             chunk = chunk.masked_fill(mask, float("-inf"))
-        picked.append(torch.log_softmax(chunk, dim=-1).gather(1, chunk_targets[:, None]))
-    return F.nll_loss(torch.cat(picked), torch.zeros_like(targets), reduction="sum").item()
+        picked.append(torch.log_softmax(chunk, dim=-1).gather(1, chunk_targets.clamp(min=0)[:, None]))
+    return F.nll_loss(torch.cat(picked), torch.where(targets != -100, 0, -100), ignore_index=-100,
+                      reduction="sum").item()
 
 
 def token_stream(model: Evaluated, documents) -> tuple[torch.Tensor, int, int]:
@@ -156,19 +163,57 @@ def windows(stream: torch.Tensor, seq_len: int, batch_size: int) -> list[torch.T
     return batches
 
 
-@torch.inference_mode()
-def evaluate(model: Evaluated, documents, seq_len: int, batch_size: int, progress: bool = True) -> dict:
-    """{model, documents, bytes, tokens, nll_per_token, perplexity, bits_per_byte, seconds} of `model` on the
-    documents (an iterable of strings); `progress`: a tqdm bar on stderr."""
-    stream, n_bytes, n_docs = token_stream(model, documents)
-    if len(stream) < 2:
+def document_windows(ids, bos: int, seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """One document alone, as lm-evaluation-harness' loglikelihood_rolling scores it: BOS then the tokens, no EOS;
+    every token predicted once, seq_len at a time, each window's input the seq_len tokens before its last target
+    (so later windows see full context). (inputs, targets) pairs, targets -100 where already predicted."""
+    sequence, n, out, start = [bos] + list(ids), len(ids), [], 0
+    while start < n:
+        end = min(start + seq_len, n)
+        begin = max(0, end - seq_len)
+        targets = sequence[begin + 1:end + 1]
+        out.append((sequence[begin:end], [-100] * (start - begin) + targets[start - begin:]))
+        start = end
+    return out
+
+
+def per_document_batches(model: Evaluated, documents, seq_len: int, batch_size: int):
+    """document_windows of every document, windows of one length batched together in their order; and the
+    documents' UTF-8 bytes and count."""
+    by_length, n_bytes, n_docs = {}, 0, 0
+    for doc in documents:
+        for inputs, targets in document_windows(np.asarray(model.encode(doc)).tolist(), model.bos, seq_len):
+            by_length.setdefault(len(inputs), []).append((inputs, targets))
+        n_bytes, n_docs = n_bytes + len(doc.encode("utf-8")), n_docs + 1
+    if not n_docs:
         raise DataError("no documents to evaluate")
+    batches = [tuple(torch.tensor([window[part] for window in group[k:k + batch_size]]) for part in (0, 1))
+               for group in by_length.values() for k in range(0, len(group), batch_size)]
+    return batches, n_bytes, n_docs
+
+
+@torch.inference_mode()
+def evaluate(model: Evaluated, documents, seq_len: int, batch_size: int, progress: bool = True,
+             per_document: bool = False) -> dict:
+    """{model, documents, bytes, tokens, nll_per_token, perplexity, bits_per_byte, seconds} of `model` on the
+    documents (an iterable of strings); `progress`: a tqdm bar on stderr. `per_document`: each document alone
+    (document_windows), lm-evaluation-harness' protocol for perplexity tasks, so that its bits_per_byte on the same
+    documents is this figure."""
+    if per_document:
+        batches, n_bytes, n_docs = per_document_batches(model, documents, seq_len, batch_size)
+    else:
+        stream, n_bytes, n_docs = token_stream(model, documents)
+        if len(stream) < 2:
+            raise DataError("no documents to evaluate")
+        batches = [(ids[:, :-1], ids[:, 1:]) for ids in windows(stream, seq_len, batch_size)]
     total, targets, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=len(stream) - 1, unit="tok", desc="evaluating", disable=not progress, dynamic_ncols=True)
-    for ids in windows(stream, seq_len, batch_size):
-        total += model.nll(ids)
-        targets += ids[:, 1:].numel()
-        bar.update(ids[:, 1:].numel())
+    bar = tqdm(total=sum(int((t != -100).sum()) for _, t in batches), unit="tok", desc="evaluating",
+               disable=not progress, dynamic_ncols=True)
+    for inputs, batch_targets in batches:
+        total += model.nll(inputs, batch_targets)
+        counted = int((batch_targets != -100).sum())
+        targets += counted
+        bar.update(counted)
         bar.set_postfix(nll=f"{total / targets:.4f}", tok_s=f"{targets / (time.perf_counter() - start):.0f}")
     bar.close()
     return dict(model=model.name, documents=n_docs, bytes=n_bytes, tokens=targets, nll_per_token=total / targets,
@@ -178,13 +223,13 @@ def evaluate(model: Evaluated, documents, seq_len: int, batch_size: int, progres
 
 def lm_eval_warning(path: Path) -> str | None:
     """What lm-eval's numbers on this Hugging Face directory miss: lm-eval encodes with AutoTokenizer, which does not
-    encode an intermediate-stage export as it was trained (None when nothing)."""
+    encode an older megababel's intermediate-stage export as it was trained (None when nothing)."""
     from megababel.hf.export import export_stage_warning
     return export_stage_warning(path) if (Path(path) / "config.json").is_file() else None
 
 
 def run_lm_eval(path: Path, tasks: str, include_path: Path | None = None, limit: int | None = None,
-                log_samples: bool = False) -> dict:
+                log_samples: bool = False, model_args: str = "") -> dict:
     """lm-evaluation-harness on a Hugging Face directory: {"results": per-task metrics}, {"warning": ...} where
     lm_eval_warning has one and, with `log_samples`, {"samples": per task, each document's log-likelihood of every
     choice}. Raises EvaluationError when lm-eval is not installed or `path` is not a Hugging Face directory."""
@@ -201,7 +246,8 @@ def run_lm_eval(path: Path, tasks: str, include_path: Path | None = None, limit:
                               "(megababel-export, tools/convert_to_hf.py)")
     warning = lm_eval_warning(path)        # lm-eval encodes with AutoTokenizer: not the stage's encoding
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=tasks.split(","), device=device,
+    out = lm_eval.simple_evaluate(model="hf", model_args=",".join(filter(None, [f"pretrained={path}", model_args])),
+                                  tasks=tasks.split(","), device=device,
                                   task_manager=TaskManager(include_path=None if include_path is None
                                                            else str(include_path)),
                                   limit=limit, log_samples=log_samples)
@@ -214,3 +260,37 @@ def run_lm_eval(path: Path, tasks: str, include_path: Path | None = None, limit:
                                                          for r in s["resps"]]) for s in samples]
                              for task, samples in out["samples"].items()}
     return result
+
+
+PERPLEXITY_TASK = """task: megababel_perplexity
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+"""
+
+
+def lm_eval_bits_per_byte(path: Path, documents, seq_len: int) -> float:
+    """lm-evaluation-harness' bits_per_byte of a Hugging Face directory on `documents`, through a local perplexity
+    task (loglikelihood_rolling, as its wikitext task) with max_length `seq_len`: equal to evaluate(...,
+    per_document=True) with the same seq_len when AutoTokenizer encodes as the model was trained. With add_bos_token
+    False: by default lm-eval lets the tokenizer put BOS into each document, after its own BOS prefix, and scores
+    that second BOS too (about one token's loss more per document on any Llama tokenizer)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with open(tmp / "documents.jsonl", "w") as f:
+            for doc in documents:
+                f.write(json.dumps(dict(text=doc)) + "\n")
+        (tmp / "tasks").mkdir()
+        (tmp / "tasks" / "perplexity.yaml").write_text(PERPLEXITY_TASK.format(data=tmp / "documents.jsonl"))
+        out = run_lm_eval(path, "megababel_perplexity", tmp / "tasks", model_args=f"max_length={seq_len},add_bos_token=False")
+    return float(out["results"]["megababel_perplexity"]["bits_per_byte,none"])

@@ -2,15 +2,16 @@
 
 A checkpoint already holds every weight unsharded and merged over generations (megababel/checkpoint/io.py merges ZeRO
 partitions, TP shards and generation blocks from parameter metadata when it saves), so export is a rename
-(adapter.hf_key) plus one permutation: model rows are in the vocabulary ranking's order (a vocabulary stage is a
-prefix of it), Hugging Face rows in the tokenizer's id order. Row `order[i]` of the export = model row i.
+(adapter.hf_key) plus, after the last vocabulary stage, one permutation: model rows are in the vocabulary ranking's
+order (a vocabulary stage is a prefix of it), Hugging Face rows in the tokenizer's id order. Row `order[i]` of the
+export = model row i.
 
-Tokens not in the checkpoint's vocabulary stage (only before the last stage) get zero embedding and lm_head rows and
-are listed in generation_config.json's `suppress_tokens`, which generate() sets to -inf, so generation never emits
-them. The exported tokenizer is the full one: Hugging Face's fast tokenizer cannot honour a stage (SentencePiece
-re-segments out-of-stage pieces after BPE; `tokenizers` has no step for that), so at an intermediate stage it may
-produce ids the model never saw. Such exports also carry `vocab_stage.model` (the SentencePiece model restricted to
-the stage) and tools/eval.py uses it, which makes its figures equal megababel's own; the model card says so.
+A checkpoint from before its last vocabulary stage exports as that stage: vocab_size = the stage's size, rows in the
+model's own order, and a SentencePiece tokenizer.model whose ids are those rows (VocabStage.model_row_proto), loaded
+by AutoTokenizer through transformers' SentencePiece backend. SentencePiece re-segments the out-of-stage pieces after
+BPE, which no tokenizer.json can express (bench/stage_tokenizer.py measured 0-96% agreement), so such an export ships
+no tokenizer.json: AutoTokenizer, lm-eval and anything built on them then encode exactly as the model was trained.
+llama.cpp cannot (its SentencePiece tokenizer ignores UNUSED pieces); the card says by how much.
 
 The output is written into OUT.tmp-<pid>/ and renamed to OUT when complete: a failure never leaves a directory that
 looks like a finished export.
@@ -202,40 +203,56 @@ def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> dict:
     return dict(identical=best[0], probes=len(probes), split_space_runs=best[1] is not None)
 
 
-def _stage_agreement(folder: Path, stage) -> int:
-    """How many probe texts AutoTokenizer (the export's full tokenizer.json) encodes exactly like the vocabulary
-    stage the model was trained on. No tokenizer.json reproduces a stage: SentencePiece merges through the
-    out-of-stage pieces and splits them back at the end, which Hugging Face BPE cannot express (measured in
-    bench/stage_tokenizer.py), so an intermediate-stage export says so loudly instead."""
+def save_stage_tokenizer(stage, folder: Path, max_length: int) -> dict:
+    """A vocabulary stage's tokenizer for AutoTokenizer: tokenizer.model = the stage with model-row ids, loaded by
+    transformers' SentencePiece backend (encoding is SentencePiece's own), BOS before each text like Llama's, and
+    special-token text such as a literal "<s>" encoded as text, as megababel's data pipeline does. That backend's
+    decode is not SentencePiece's (byte pieces print as "<0x0A>"), so the export also carries an opt-in class for
+    trust_remote_code=True that decodes exactly (tokenization_megababel.py). Returns how many probe texts
+    AutoTokenizer encodes exactly like the stage, and how many of them decode back, with and without the class
+    (checked here, so a transformers release that changes this shows in the card and megababel.json)."""
     from transformers import AutoTokenizer
+    (folder / "tokenizer.model").write_bytes(stage.model_row_proto())
+    sp = stage.tokenizer.sp
+    config = dict(tokenizer_class="SentencePieceBackend", bos_token=sp.id_to_piece(stage.tokenizer.bos_id),
+                  eos_token=sp.id_to_piece(stage.tokenizer.eos_id), unk_token=sp.id_to_piece(sp.unk_id()),
+                  special_tokens_pattern="bos", split_special_tokens=True, legacy=True, add_bos_token=True,
+                  add_eos_token=False, model_max_length=max_length, clean_up_tokenization_spaces=False)
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_megababel.MegababelStageTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    shutil.copyfile(Path(__file__).with_name("tokenization_megababel.py"), folder / "tokenization_megababel.py")
     probes = _probe_texts()
-    encoded = AutoTokenizer.from_pretrained(str(folder))(probes, add_special_tokens=False)["input_ids"]
-    return sum(ids == stage.to_tokenizer_ids(stage.encode(text)).tolist() for ids, text in zip(encoded, probes))
-
-
-def stage_warning(active: int, tokenizer_size: int, agreement: dict | None = None) -> str:
-    """The warning an intermediate-stage export carries (card, convert_to_hf, tools/eval.py)."""
-    measured = "" if not agreement or "stage_identical" not in agreement else (
-        f" (here {agreement['stage_identical']} of {agreement['probes']} probe texts encode the same)")
-    return (f"intermediate vocabulary stage: the model knows only {active} of the tokenizer's {tokenizer_size} pieces. "
-            f"AutoTokenizer (tokenizer.json) and anything built on it, lm-evaluation-harness included, encode text "
-            f"with the full tokenizer, not the way this model was trained{measured}, and measure another number than "
-            f"megababel does (lower or higher). Encode with vocab_stage.model (SentencePiece) or evaluate with "
-            f"megababel's tools/eval.py, which does; or export a checkpoint from after the last vocabulary stage.")
+    plain = AutoTokenizer.from_pretrained(str(folder))
+    remote = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
+    encoded = plain(probes)["input_ids"]
+    same = sum(ids == [stage.bos_id] + stage.encode(text).tolist() for ids, text in zip(encoded, probes))
+    return dict(identical=same, probes=len(probes), backend="sentencepiece",
+                decoded=sum(plain.decode(ids, skip_special_tokens=True) == t for ids, t in zip(encoded, probes)),
+                decoded_remote_code=sum(remote.decode(ids, skip_special_tokens=True) == t
+                                        for ids, t in zip(encoded, probes)))
 
 
 def export_stage_warning(folder: str | os.PathLike) -> str | None:
-    """stage_warning() for a Hugging Face directory exported at an intermediate vocabulary stage, else None."""
+    """For an intermediate-stage export made before exports carried the stage's own tokenizer (it has a
+    vocab_stage.model next to the full tokenizer.json), what a user must know; None for any other directory."""
     folder = Path(folder)
     if not (folder / "vocab_stage.model").is_file():
         return None
-    try:
-        info = json.loads((folder / "megababel.json").read_text())
-        size = json.loads((folder / "config.json").read_text())["vocab_size"]
-        return stage_warning(info["active_vocab_size"], size, info.get("tokenizer_agreement"))
-    except (OSError, ValueError, KeyError):
-        return (f"{folder} has a vocab_stage.model: it was exported at an intermediate vocabulary stage, and "
-                f"AutoTokenizer does not encode text the way it was trained; evaluate it with tools/eval.py")
+    return (f"{folder} was exported at an intermediate vocabulary stage by an older megababel: its tokenizer.json is "
+            f"the full tokenizer, which does not encode text as the model was trained, so AutoTokenizer and lm-eval "
+            f"measure another number. Export the checkpoint again (megababel-export): the export then carries the "
+            f"stage's own tokenizer, exact under AutoTokenizer.")
+
+
+def stage_note(active: int, tokenizer_size: int) -> str:
+    """What an intermediate-stage export's card and megababel-export say about its tokenizer."""
+    return (f"vocabulary stage: the model knows {active} of the tokenizer's {tokenizer_size} pieces, and its ids are "
+            f"the model's rows, not the original tokenizer's. tokenizer.model is the stage itself; AutoTokenizer "
+            f"loads it (SentencePiece backend: pip install sentencepiece) and encodes exactly as the model was "
+            f"trained, and so does lm-evaluation-harness; to decode exactly too, load it with trust_remote_code=True "
+            f"(tokenization_megababel.py). llama.cpp does not: its converter keeps only the stage's "
+            f"pieces and its tokenizer never merges through the others, so a GGUF conversion encodes some text "
+            f"differently.")
 
 
 def training_data_lines(meta: dict) -> list[str]:
@@ -265,8 +282,8 @@ def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int
              f"{meta['generation']}", "",
              "Trained with [megababel](https://github.com/) by progressive growth: the model grew while it trained. "
              "Exported with `tools/convert_to_hf.py`; a plain `LlamaForCausalLM`, no custom code.", ""]
-    if active < tokenizer_size:         # first thing a reader sees: evaluating it the usual way gives other numbers
-        lines += [f"> **Warning: {stage_warning(active, tokenizer_size, agreement)}**", ""]
+    if active < tokenizer_size:         # first thing a reader sees: these ids are not the original tokenizer's
+        lines += [f"> **Note: {stage_note(active, tokenizer_size)}**", ""]
     lines += [f"- checkpoint step {meta['step']}, {meta.get('tokens', 0):,} training tokens, "
               f"{meta.get('flops', 0):.3g} training FLOPs",
               f"- hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads "
@@ -295,23 +312,33 @@ def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int
         born = sorted({(g["generation"], g["born"]) for g in meta.get("groups", [])})
         lines += ["## Generations", "", "Born at steps: " + ", ".join(f"generation {g}: {s}" for g, s in born), ""]
     lines += training_data_lines(meta)
-    lines += ["## Tokenizer", "", f"`tokenizer.json` (for `AutoTokenizer`) encodes {agreement['identical']} of "
-              f"{agreement['probes']} probe texts exactly like the SentencePiece model `tokenizer.model` it was "
-              f"converted from; where they differ (runs of spaces), `tokenizer.model` is the reference.", ""]
-    if active < tokenizer_size:
+    if active == tokenizer_size:
+        lines += ["## Tokenizer", "", f"`tokenizer.json` (for `AutoTokenizer`) encodes {agreement['identical']} of "
+                  f"{agreement['probes']} probe texts exactly like the SentencePiece model `tokenizer.model` it was "
+                  f"converted from; where they differ (runs of spaces), `tokenizer.model` is the reference.", ""]
+    else:
         lines += ["## Vocabulary stage", "",
-                  f"Trained on the first {active} pieces of a frequency ranking. The other {tokenizer_size - active} "
-                  f"ids have zero rows and are in generation_config's `suppress_tokens`, so `generate()` never emits "
-                  f"them. The saved tokenizer is the full one and may produce such ids; `vocab_stage.model` is the "
-                  f"SentencePiece model restricted to the stage, which `tools/eval.py` uses. No tokenizer.json can "
-                  f"encode like it (SentencePiece merges through the left-out pieces and splits them back at the "
-                  f"end; Hugging Face BPE cannot): `AutoTokenizer` encodes {agreement.get('stage_identical', '?')} of "
-                  f"{agreement['probes']} probe texts the way the model was trained.", "",
-                  "```python", "import sentencepiece, torch", "from transformers import AutoModelForCausalLM",
-                  "sp = sentencepiece.SentencePieceProcessor(model_file=f\"{path}/vocab_stage.model\")",
+                  f"Trained on the first {active} pieces of a frequency ranking of the tokenizer's {tokenizer_size}. "
+                  f"`tokenizer.model` is that stage as a SentencePiece model whose ids are this model's rows: the "
+                  f"other pieces are marked unused, and SentencePiece splits any they would form back into in-stage "
+                  f"pieces or bytes. `AutoTokenizer` loads it with transformers' SentencePiece backend and encodes "
+                  f"{agreement['identical']} of {agreement['probes']} probe texts exactly as SentencePiece does. "
+                  f"There is no tokenizer.json: no Hugging Face BPE file can express that re-segmentation.", "",
+                  f"Decoding: that backend prints byte pieces as `<0x0A>` and strips outer spaces (here "
+                  f"{agreement.get('decoded', '?')} of {agreement['probes']} probe texts decode back). With "
+                  f"`trust_remote_code=True` AutoTokenizer loads `tokenization_megababel.py` (a dozen lines: "
+                  f"SentencePiece's own decoder), and {agreement.get('decoded_remote_code', '?')} of "
+                  f"{agreement['probes']} decode back. Encoding is the same either way.", "",
+                  "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  "tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)   # needs sentencepiece",
                   "model = AutoModelForCausalLM.from_pretrained(path)",
-                  "ids = torch.tensor([[sp.bos_id()] + sp.encode(text)])     # ids are the model's, no remapping",
-                  "```", ""]
+                  "```", "",
+                  "lm-evaluation-harness: perplexity tasks score each document after lm-eval's own BOS; pass "
+                  "`add_bos_token=False` in `--model_args` or it scores a second BOS from the tokenizer too "
+                  "(as on any Llama tokenizer).", "",
+                  "llama.cpp: `convert_hf_to_gguf.py` converts this directory, but llama.cpp's SentencePiece "
+                  "tokenizer ignores unused pieces, so the GGUF encodes some text differently from the model's "
+                  "training (megababel's bench/README.md, \"Exact stage tokenizers\", measures the difference).", ""]
     return "\n".join(lines)
 
 
@@ -333,31 +360,32 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
     out = Path(out)
     tmp = _prepare_output(out, overwrite)
     try:
+        stage = ranking.stage(tokenizer, active) if active < tokenizer.vocab_size else None
         order = torch.from_numpy(ranking.order[:active].copy())
         tensors = {}
         for module_path, value in state.values.items():
             value = value.to(dtype)
-            if module_path in VOCAB_PATHS:               # model rows -> tokenizer ids; rows out of stage stay zero
+            if module_path in VOCAB_PATHS and stage is None:     # model rows -> tokenizer ids
                 full = value.new_zeros((tokenizer.vocab_size,) + tuple(value.shape[1:]))
                 full[order] = value
                 value = full
             tensors[hf_key(module_path)] = value
         save_safetensors(tensors, tmp, shard_bytes)
-        hf_config = to_hf_config(config.replace(vocab_size=tokenizer.vocab_size))
-        hf_config.bos_token_id, hf_config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+        hf_config = to_hf_config(config if stage else config.replace(vocab_size=tokenizer.vocab_size))
+        bos, eos = (stage.bos_id, stage.eos_id) if stage else (tokenizer.bos_id, tokenizer.eos_id)
+        hf_config.bos_token_id, hf_config.eos_token_id = bos, eos
         hf_config.dtype, hf_config.architectures = dtype, ["LlamaForCausalLM"]
         hf_config.save_pretrained(str(tmp))
         from transformers import GenerationConfig
-        inactive = sorted(ranking.order[active:].tolist())
-        GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                         suppress_tokens=inactive or None).save_pretrained(str(tmp))
-        agreement = save_tokenizer(tokenizer, tmp)
-        if inactive:
-            stage = ranking.stage(tokenizer, active)
-            (tmp / "vocab_stage.model").write_bytes(stage.sp.serialized_model_proto())
-            agreement["stage_identical"] = _stage_agreement(tmp, stage)
+        GenerationConfig(bos_token_id=bos, eos_token_id=eos).save_pretrained(str(tmp))
+        if stage is None:
+            agreement = save_tokenizer(tokenizer, tmp)
+        else:
+            agreement = save_stage_tokenizer(stage, tmp, config.max_position_embeddings)
         info = dict(source=str(path), step=meta["step"], generation=meta["generation"], active_vocab_size=active,
-                    tokenizer_sha256=tokenizer.sha256, tokenizer_agreement=agreement, history=meta.get("history"))
+                    row_order="tokenizer ids" if stage is None else "model rows (vocabulary stage)",
+                    tokenizer_sha256=tokenizer.sha256, ranking_fingerprint=ranking.fingerprint,
+                    tokenizer_agreement=agreement, history=meta.get("history"))
         (tmp / "megababel.json").write_text(json.dumps(info, indent=1))
         (tmp / "README.md").write_text(model_card(meta, config, active, tokenizer.vocab_size, agreement))
         _finish_output(tmp, out)

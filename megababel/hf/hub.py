@@ -1,4 +1,5 @@
-"""Upload an exported directory to the Hugging Face Hub, one branch per growth generation.
+"""Upload an exported directory to the Hugging Face Hub, one branch per growth generation; or a model family, one
+repository per member, gathered in one Hub collection.
 
 A dry run uploads nothing and writes OUT.upload.json next to the export: the repo, the branch, and every file with
 its size and sha256, i.e. exactly what a real run would send. Errors (no token, no network, no permission) are
@@ -57,3 +58,33 @@ def push_folder(folder, repo: str, revision: str | None = None, dry_run: bool = 
     except Exception as e:  # noqa: BLE001 - requests/httpx connection errors have many types
         raise HubError(f"upload to {repo}@{revision} failed ({type(e).__name__}): {e}") from None
     return f"uploaded {len(plan['files'])} files to https://huggingface.co/{repo}/tree/{revision}"
+
+
+def push_family(members: list[tuple[Path, str]], title: str, plan_path: Path, dry_run: bool = False,
+                token: str | None = None) -> str:
+    """Upload each (export folder, repo) to its own repo's main branch, then gather the repos in one collection named
+    `title` in the first repo's namespace. A dry run writes every member's upload plan and the collection to
+    `plan_path` and uploads nothing."""
+    if not members:
+        raise HubError("no members to upload")
+    namespaces = {repo.split("/")[0] for _, repo in members}
+    if any(repo.count("/") != 1 for _, repo in members) or len(namespaces) != 1:
+        raise HubError(f"--push {members[0][1]!r}: give a prefix like user/name; every member goes to user/name-genG")
+    plan = dict(collection=dict(title=title, namespace=namespaces.pop()),
+                members=[upload_plan(Path(folder), repo, "main") for folder, repo in members])
+    if dry_run:
+        plan_path.write_text(json.dumps(plan, indent=1))
+        return (f"dry run: {len(members)} repositories ({', '.join(r for _, r in members)}) and the collection "
+                f"{title!r}, listed in {plan_path}")
+    for folder, repo in members:
+        push_folder(folder, repo, "main", token=token)
+    try:
+        from huggingface_hub import HfApi
+        api = HfApi(token=token)
+        collection = api.create_collection(title=title, namespace=plan["collection"]["namespace"], exists_ok=True)
+        for _, repo in members:
+            api.add_collection_item(collection.slug, item_id=repo, item_type="model", exists_ok=True)
+    except Exception as e:  # noqa: BLE001 - as push_folder: HTTP and connection errors have many types
+        raise HubError(f"the members are uploaded, but the collection {title!r} failed ({type(e).__name__}): {e}") \
+            from None
+    return f"uploaded {len(members)} members to the collection https://huggingface.co/collections/{collection.slug}"

@@ -91,21 +91,31 @@ def test_tp2_zero3_checkpoint_exports_to_a_plain_llama(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_intermediate_vocabulary_stage_never_generates_out_of_stage_tokens(run, tmp_path):
-    from transformers import AutoModelForCausalLM
+def test_an_intermediate_stage_exports_as_the_stage_with_the_checkpoints_logits(run, tmp_path):
+    """Before the last vocabulary stage the export is the stage: vocab_size 2000, the model's own rows, the
+    checkpoint's logits; generation can only emit in-stage ids and decodes to text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     checkpoint = run / "step_00000015_gen1"
     saved, model, stage = _megababel(checkpoint)
     assert saved.state.config.vocab_size == 2000
     out = _export(checkpoint, tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    inactive = set(stage.ranking.order[2000:].tolist())
-    assert set(hf.generation_config.suppress_tokens) == inactive
-    assert (out / "vocab_stage.model").is_file()
+    assert hf.config.vocab_size == 2000 and hf.config.bos_token_id == stage.bos_id
+    assert not (out / "tokenizer.json").exists() and not (out / "vocab_stage.model").exists()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer(_text())["input_ids"][:128]
+    assert ids == [stage.bos_id] + stage.encode(_text()).tolist()[:127]
+    with torch.no_grad():
+        assert (hf(torch.tensor([ids])).logits - model(torch.tensor([ids]))[0]).abs().max().item() <= 1e-4
     torch.manual_seed(0)
-    prompt = torch.from_numpy(stage.to_tokenizer_ids(stage.encode(_text())[:16]))[None]
-    generated = hf.generate(prompt, max_new_tokens=64, do_sample=True, top_k=0, temperature=3.0)
-    assert not set(generated[0, 16:].tolist()) & inactive
+    generated = hf.generate(torch.tensor([ids[:16]]), max_new_tokens=32, do_sample=True, top_k=0, temperature=3.0)
+    assert generated.shape[1] > 16 and int(generated.max()) < 2000
+    exact = AutoTokenizer.from_pretrained(out, trust_remote_code=True)      # SentencePiece's own decoder
+    assert exact(_text())["input_ids"] == tokenizer(_text())["input_ids"]
+    assert exact.decode(generated[0, 16:], skip_special_tokens=True) == stage.decode(
+        [i for i in generated[0, 16:].tolist() if i not in (stage.bos_id, stage.eos_id)])
+    assert exact.decode(exact(_text(), add_special_tokens=False)["input_ids"]) == _text()
 
 
 @pytest.mark.slow
@@ -277,28 +287,29 @@ def test_large_exports_are_sharded_and_load(small_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
-def test_intermediate_stage_export_says_autotokenizer_differs(run, tmp_path, capsys):
-    """No tokenizer.json reproduces a vocabulary stage (bench/stage_tokenizer.py), so such an export warns on export,
-    first thing in its card, and when tools/eval.py loads it; the count of probe texts it reports is the real one."""
+def test_autotokenizer_encodes_an_intermediate_stage_export_exactly(run, tmp_path, capsys):
+    """The stage export's tokenizer (SentencePiece backend, model-row ids) gives the stage's ids on every probe
+    text, which megababel.json and the card report; tools/eval.py needs no special path for it; export says what
+    changed (ids are the model's rows), and the final stage's export is the plain full tokenizer."""
     from transformers import AutoTokenizer
 
     from megababel.hf.export import _probe_texts
     checkpoint = run / "step_00000015_gen1"
     _, _, stage = _megababel(checkpoint)
     out = _export(checkpoint, tmp_path / "hf")
-    assert "warning: intermediate vocabulary stage" in capsys.readouterr().err
-    probes = _probe_texts()
-    encoded = AutoTokenizer.from_pretrained(out)(probes, add_special_tokens=False)["input_ids"]
-    same = sum(ids == stage.to_tokenizer_ids(stage.encode(t)).tolist() for ids, t in zip(encoded, probes))
-    agreement = json.loads((out / "megababel.json").read_text())["tokenizer_agreement"]
-    assert agreement["stage_identical"] == same < len(probes)
-    card = (out / "README.md").read_text().split("\n")
-    warning = next(i for i, line in enumerate(card) if "Warning: intermediate vocabulary stage" in line)
-    assert warning < 12 and f"{same} of {len(probes)} probe texts" in card[warning]
+    assert "note: vocabulary stage: the model knows 2000 of the tokenizer's 4000" in capsys.readouterr().err
+    probes = _probe_texts() + ["<s> a literal </s>", "", "   "]
+    encoded = AutoTokenizer.from_pretrained(out)(probes)["input_ids"]
+    assert encoded == [[stage.bos_id] + stage.encode(t).tolist() for t in probes]
+    info = json.loads((out / "megababel.json").read_text())
+    assert info["tokenizer_agreement"]["identical"] == info["tokenizer_agreement"]["probes"] == len(probes) - 3
+    card = (out / "README.md").read_text()
+    assert card.index("Note: vocabulary stage") < card.index("## ") and "llama.cpp" in card
     data = tmp_path / "text.txt"
     data.write_text(_text())
-    eval_main([str(out), str(data), "--seq-len", "64"])
-    assert "intermediate vocabulary stage" in capsys.readouterr().err
-    final = _export(run, tmp_path / "final")                      # the last stage: nothing to warn about
-    assert "warning" not in capsys.readouterr().err
-    assert "Warning" not in (final / "README.md").read_text() and not (final / "vocab_stage.model").exists()
+    ours = eval_main([str(checkpoint), str(data), "--seq-len", "64"])["bits_per_byte"]
+    theirs = eval_main([str(out), str(data), "--seq-len", "64"])["bits_per_byte"]
+    assert abs(ours - theirs) <= 1e-5 * ours and "note" not in capsys.readouterr().err
+    final = _export(run, tmp_path / "final")                      # the last stage: the full tokenizer, no note
+    assert "note" not in capsys.readouterr().err and (final / "tokenizer.json").exists()
+    assert "Note" not in (final / "README.md").read_text()
