@@ -116,6 +116,25 @@ def test_remapping_full_tokens_equals_encoding_under_the_stage(llama2, corpus):
             assert np.array_equal(stage.remap(ids), exact)
 
 
+@needs_shared
+def test_the_model_row_proto_encodes_the_stage_with_model_row_ids(llama2):
+    """What a stage export ships: SentencePiece on the reordered proto gives the stage's ids (model rows) on real
+    corpora, never an id outside the stage, and decodes back."""
+    import sentencepiece as spm
+
+    from megababel.data.readers import read_documents
+    tokenizer, ranking = llama2
+    texts = [d for path in CORPORA.values() for _, d in zip(range(400), read_documents(str(path)))]
+    for size in (300, 2000, 32000):
+        stage = ranking.stage(tokenizer, size)
+        sp = spm.SentencePieceProcessor(model_proto=stage.model_row_proto())
+        encoded = sp.encode(texts)
+        assert encoded == [ids.tolist() for ids in stage.encode_batch(texts)]
+        assert max(max(ids) for ids in encoded if ids) < size and (sp.bos_id(), sp.eos_id()) == (stage.bos_id,
+                                                                                                 stage.eos_id)
+        assert sp.decode(encoded[:50]) == texts[:50]
+
+
 def test_remapping_equals_encoding_on_the_embedded_corpus(embedded_tokenizer):
     tokenizer, ranking, docs = embedded_tokenizer
     for size in (300, 1000):

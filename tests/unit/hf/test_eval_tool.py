@@ -45,6 +45,36 @@ def test_windows_predict_every_next_token_once(length, seq_len, batch_size):
     assert all(b.shape[1] == seq_len + 1 and len(b) <= batch_size for b in batches[:-1])
 
 
+@pytest.mark.parametrize("length", [0, 1, 5, 16, 17, 40])
+@pytest.mark.parametrize("seq_len", [1, 8, 16])
+def test_document_windows_are_lm_evals_rolling_windows(length, seq_len):
+    """The per-document protocol scores what lm-evaluation-harness' loglikelihood_rolling scores: the same inputs,
+    and the same tokens predicted (each once)."""
+    lm_eval_utils = pytest.importorskip("lm_eval.utils")
+    tokens = [100 + 3 * i for i in range(length)]
+    ours = EVAL.document_windows(tokens, 1, seq_len)
+    theirs = [lm_eval_utils.make_disjoint_window(w) for w in
+              lm_eval_utils.get_rolling_token_windows(tokens, prefix_token=1, max_seq_len=seq_len, context_len=1)]
+    assert len(ours) == len(theirs)
+    for (inputs, targets), (context, continuation) in zip(ours, theirs):
+        assert inputs == (context + continuation)[:-1][-seq_len:]          # what lm-eval feeds the model
+        assert [t for t in targets if t != -100] == continuation and len(targets) == len(inputs)
+        assert targets[len(targets) - len(continuation):] == continuation
+    assert [t for _, targets in ours for t in targets if t != -100] == tokens
+
+
+def test_per_document_scores_each_document_alone(hf_dir):
+    """Per document = the sum of each document evaluated alone; the stream protocol differs (EOS, shared context)."""
+    model = EVAL.Evaluated.load(hf_dir)
+    docs = documents()[:4]
+    together = EVAL.evaluate(model, docs, 16, 3, progress=False, per_document=True)
+    alone = [EVAL.evaluate(model, [d], 16, 1, progress=False, per_document=True) for d in docs]
+    assert together["tokens"] == sum(a["tokens"] for a in alone) == sum(len(model.encode(d)) for d in docs)
+    assert together["nll_per_token"] * together["tokens"] == pytest.approx(
+        sum(a["nll_per_token"] * a["tokens"] for a in alone), rel=1e-6)
+    assert together["bits_per_byte"] != EVAL.evaluate(model, docs, 16, 3, progress=False)["bits_per_byte"]
+
+
 def reference_nll(model, seq_len: int, batch_size: int) -> tuple[float, int]:
     """The evaluator as it was first written: Python lists of windows, full windows batched, the rest one by one."""
     stream = []
