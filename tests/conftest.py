@@ -35,3 +35,13 @@ def text_batch():
     rank = {tok: r for r, (tok, _) in enumerate(Counter(ids).most_common())}
     ranked = torch.tensor([rank[t] for t in ids]).view(4, 65)
     return ranked, len(rank)
+
+
+@pytest.fixture
+def distributed_env(monkeypatch):
+    """A one-process torch.distributed world (gloo) for in-process Trainer and engine tests. Set through
+    monkeypatch, so that it is removed afterwards: subprocesses of later tests must not inherit this port."""
+    from megababel.parallel import free_port
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
+        monkeypatch.setenv(key, value)

@@ -12,7 +12,9 @@ Each generation's last state (the model just before each growth, and the final o
 directory, exported like megababel-export (tools/convert_to_hf.py) does. The family card lists every member: shape,
 parameters (all / without embeddings), the vocabulary stage it was trained on, the training tokens and FLOPs the run
 had spent when it was saved (the whole run's, from the start: what the family cost up to that member), and its
-bits/byte on the run's validation split as the trainer measured it. With --eval-text, each member's bits/byte on
+bits/byte on the run's validation split as the trainer measured it. A member with a finished decay branch in
+RUN/anneal/genG (launch/train.py --resume RUN/generations/step_..._genG --anneal-steps N --out RUN/anneal/genG) is
+exported from the branch's end instead, and the branch's FLOPs count in the family's. With --eval-text, each member's bits/byte on
 that text three ways, each document scored alone as lm-evaluation-harness' perplexity tasks do: megababel-eval
 (tools/eval.py, --per-document), a plain transformers evaluation encoding with AutoTokenizer, and lm-eval itself
 (when installed). A member trained before the last vocabulary stage exports as its stage, with a tokenizer that
@@ -41,6 +43,22 @@ from megababel.model.counters import config_parameters
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
 
 
+ANNEAL = "anneal"        # RUN/anneal/genG: launch/train.py --anneal-steps branches, one per member
+
+
+def member_checkpoint(run_dir: Path, generation_checkpoint: Path) -> tuple[Path, dict | None]:
+    """The checkpoint that is member G: the newest of its decay branch RUN/anneal/genG when one finished, else the
+    generation's own; and the branch ({steps, flops}: its own steps and FLOPs) or None."""
+    generation = int(generation_checkpoint.name.rsplit("gen", 1)[1])
+    for checkpoint in reversed(list_checkpoints(run_dir / ANNEAL / f"gen{generation}" / "checkpoints")):
+        run = load_checkpoint(checkpoint).run
+        anneal = ((run.get("record") or {}).get("schedule") or {}).get("training", {}).get("anneal")
+        origin = load_checkpoint(generation_checkpoint).run
+        if anneal and run["step"] == anneal["from_step"] + anneal["steps"] and anneal["from_step"] == origin["step"]:
+            return checkpoint, dict(steps=anneal["steps"], flops=run["flops"] - origin["flops"])
+    return generation_checkpoint, None
+
+
 def member_row(checkpoint: Path, export: Path, tokenizer_size: int) -> dict:
     saved = load_checkpoint(checkpoint)
     config, run = saved.state.config, saved.run
@@ -66,20 +84,28 @@ def family_card(rows: list[dict], run_dir: Path, eval_text: str | None) -> str:
     lines = [f"# megababel model family: {len(rows)} members from one run", "",
              f"Every generation of the progressive run `{run_dir}`, saved as it ended (just before the next growth; "
              f"the last is the final model), exported as a plain `LlamaForCausalLM`. Tokens and FLOPs are the whole "
-             f"run's up to each member: one run paid for the whole family.", "",
+             f"run's up to each member, plus the member's own decay branch where it has one (`{ANNEAL}/genG`, "
+             f"launch/train.py --anneal-steps): one run paid for the whole family.", "",
              "| member | generation | hidden x layers (FFN, heads) | parameters (non-embedding) | vocabulary stage | "
-             "tokens | training FLOPs | validation bits/byte" + extra,
-             "|---|---|---|---|---|---|---|---|" + ("---|" * len(EVALUATORS) if eval_text else "")]
+             "annealed | tokens | training FLOPs | validation bits/byte" + extra,
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" * len(EVALUATORS) if eval_text else "")]
     for r in rows:
         stage = ("full" if r["vocab_size"] == r["tokenizer_vocab_size"] else
                  f"{r['vocab_size']} of {r['tokenizer_vocab_size']} (its own tokenizer)")
         bpb = "" if r["validation_bpb"] is None else f"{r['validation_bpb']:.4f}"
+        branch = r.get("branch")
+        annealed = "no" if branch is None else f"{branch['steps']} steps ({branch['flops']:.3g} FLOPs)"
         lines.append(f"| `{r['export']}` | {r['generation']} | {r['hidden_size']} x {r['layers']} "
                      f"({r['intermediate_size']}, {r['heads']}) | {r['parameters'] / 1e6:.2f}M "
-                     f"({r['non_embedding_parameters'] / 1e6:.2f}M) | {stage} | {r['tokens']:,} | {r['flops']:.3g} | "
+                     f"({r['non_embedding_parameters'] / 1e6:.2f}M) | {stage} | {annealed} | {r['tokens']:,} | "
+                     f"{r['flops']:.3g} | "
                      f"{bpb}" + ("".join(f" | {_bpb(r.get(key))}" for key, _ in EVALUATORS) + " |"
                                  if eval_text else " |"))
-    lines += ["", "Validation bits/byte: the trainer's, on the run's validation split when the member was saved."]
+    branches = sum(r["branch"]["flops"] for r in rows if r.get("branch"))
+    total = max(r.get("run_flops", r["flops"]) for r in rows) + branches
+    lines += ["", f"The family cost {total:.3g} training FLOPs: the run's {total - branches:.3g}"
+              + (f" and its members' decay branches' {branches:.3g}." if branches else "."),
+              "", "Validation bits/byte: the trainer's, on the run's validation split when the member was saved."]
     if eval_text:
         lines.append(f"On `{eval_text}`, each document scored alone (BOS, then its tokens; windows as lm-eval's "
                      f"loglikelihood_rolling): megababel-eval --per-document; transformers with AutoTokenizer; "
@@ -125,10 +151,12 @@ def main(argv=None) -> list[dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
-        for checkpoint in members:
-            generation = int(checkpoint.name.rsplit("gen", 1)[1])
+        for generation_checkpoint in members:
+            generation = int(generation_checkpoint.name.rsplit("gen", 1)[1])
+            checkpoint, branch = member_checkpoint(args.run, generation_checkpoint)
             export = export_checkpoint(checkpoint, args.out / f"gen{generation}", dtype=DTYPES[args.dtype])
-            rows.append(member_row(checkpoint, export, Tokenizer.load(export).vocab_size))
+            rows.append(dict(member_row(checkpoint, export, Tokenizer.load(export).vocab_size), branch=branch,
+                             run_flops=load_checkpoint(generation_checkpoint).run.get("flops", 0.0)))
             print(f"exported generation {generation} ({rows[-1]['parameters'] / 1e6:.2f}M parameters, vocabulary "
                   f"{rows[-1]['vocab_size']}) -> {export}", flush=True)
         if args.eval_text:

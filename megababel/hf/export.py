@@ -412,6 +412,12 @@ def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
     if not (hf_dir / "tokenizer.model").is_file():
         raise ExportError(f"{hf_dir}: no tokenizer.model (SentencePiece); megababel needs it for its data pipeline")
     tokenizer = Tokenizer.load(hf_dir / "tokenizer.model")
+    info = json.loads((hf_dir / "megababel.json").read_text()) if (hf_dir / "megababel.json").is_file() else {}
+    if info.get("row_order", "tokenizer ids") != "tokenizer ids":
+        raise ExportError(f"{hf_dir} is a megababel export of vocabulary stage {info.get('active_vocab_size')}: its "
+                          f"ids are the stage's, not the tokenizer's. Continue from the checkpoint it was exported "
+                          f"from ({info.get('source')}) with launch/train.py --resume, or export one from after the "
+                          f"last vocabulary stage")
     if tokenizer.vocab_size != config.vocab_size:
         raise ExportError(f"{hf_dir}: vocab_size {config.vocab_size} != the tokenizer's {tokenizer.vocab_size} pieces")
     if ranking_path:

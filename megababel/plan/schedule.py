@@ -47,7 +47,7 @@ import copy
 import json
 import math
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from megababel.config import ConfigError, LlamaConfig, describe, is_integer, is_number
@@ -97,6 +97,21 @@ class Schedule:
     data: dict | None = None         # the first generation's data mixture {source: weight} (None: one dataset)
     growths: list[Growth] = field(default_factory=list)
     source: str = ""
+    anneal: tuple[int, int] | None = None    # a decay branch (branch()): (its first step, its length in steps)
+
+    @property
+    def end_step(self) -> int:
+        """The step a run of this schedule stops at: training.steps, or a decay branch's end."""
+        return self.anneal[0] + self.anneal[1] if self.anneal else self.steps
+
+    def branch(self, generation: int, start: int, steps: int) -> "Schedule":
+        """A decay branch off this schedule (a family member's anneal): from `start`, where `generation` trains, it
+        trains `steps` more steps with no further growth, every param group's LR falling linearly from its value
+        at step start - 1 to min_lr_ratio x its peak (a WSD-style cooldown of whatever curve it was on). The
+        curves up to `start` are this schedule's, so a branch taken from a checkpoint continues it exactly."""
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ConfigError(f"--anneal-steps must be an integer >= 1, got {steps!r}")
+        return replace(self, growths=self.growths[:generation], anneal=(start, steps))
 
     @property
     def final_config(self) -> LlamaConfig:
@@ -132,6 +147,8 @@ class Schedule:
                                                               decay_fraction=self.decay_fraction)
         optional.update({} if self.seq_len is None else dict(seq_len=self.seq_len))
         optional.update({} if self.data is None else dict(data=self.data))
+        optional.update({} if self.anneal is None else dict(anneal=dict(from_step=self.anneal[0],
+                                                                         steps=self.anneal[1])))
         return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
@@ -164,7 +181,15 @@ class Schedule:
         return peak * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def group_lr(self, step: int, born: int, peak: float, warmup: int) -> float:
-        """The learning rate of a param group at `step`, under training.lr_schedule."""
+        """The learning rate of a param group at `step`, under training.lr_schedule (and a branch's decay)."""
+        if self.anneal and step >= self.anneal[0]:
+            start, steps = self.anneal
+            base = self._curve_lr(max(start - 1, 0), born, peak, warmup)
+            target = min(base, self.min_lr_ratio * (self.lr if self.lr_schedule == "global" else peak))
+            return base + (target - base) * min(1.0, (step - start + 1) / steps)
+        return self._curve_lr(step, born, peak, warmup)
+
+    def _curve_lr(self, step: int, born: int, peak: float, warmup: int) -> float:
         if self.lr_schedule == "global":
             return self.lr_at(step, 0, self.lr, self.warmup_steps)
         lr = self.lr_at(step, born, peak, warmup)

@@ -39,6 +39,11 @@ saving: the last good checkpoint stays the newest.
 --tp N: tensor parallelism over groups of N consecutive ranks (megababel/parallel/), data parallelism (and ZeRO
 partitioning) over world / N. Every model of the schedule must split evenly: checked before anything is built.
 Checkpoints hold the unsharded model, so a run resumes under any --tp.
+
+Annealed family members: a --keep-generations run keeps each generation's last state in OUT/generations, taken at
+its peak LR (a mid-run model). `--resume OUT/generations/step_..._genG --anneal-steps N --out OUT/anneal/genG`, with
+the run's other flags, trains a copy N steps more at the generation's shape, its LRs decaying to their minimum
+(Schedule.branch); tools/export_family.py then exports OUT/anneal/genG as member G and counts its FLOPs.
 """
 from __future__ import annotations
 
@@ -105,6 +110,10 @@ def parse_args(argv=None):
                    "(tools/export_family.py)")
     p.add_argument("--resume", default=None,
                    help="checkpoint (step_N dir, or a checkpoints dir: its newest); 'auto': OUT/checkpoints if any")
+    p.add_argument("--anneal-steps", type=int, default=0, metavar="N",
+                   help="a decay branch: from the --resume checkpoint (a family member, e.g. RUN/generations/"
+                        "step_..._genG), N more steps with no growth and every LR falling linearly to min_lr_ratio x "
+                        "its peak, saved in this --out; the run it branches off is untouched")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per rank")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -1,11 +1,13 @@
 """Resume is exact or refused: which checkpoint a run continues from, and every check that it continues this run.
 
 A checkpoint records the run's identity (record.RunIdentity); any difference from this run's is an error that names
-the field and the fix. A fresh run never writes into an OUT/checkpoints that holds another run's checkpoints, and a
+the field and the fix. A decay branch (--anneal-steps, Schedule.branch) starts from a checkpoint of the run it
+branches off, which must match that run's identity; the branch's own checkpoints then record the branch. A fresh run never writes into an OUT/checkpoints that holds another run's checkpoints, and a
 resume never overwrites checkpoints newer than the one it starts from.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from megababel.checkpoint.io import NAME as CHECKPOINT_NAME
@@ -22,17 +24,22 @@ def checkpoint_order(path: Path) -> tuple[int, int]:
 
 
 def resume_checkpoint(resume, checkpoints: Path, identity: RunIdentity, schedule: Schedule, data_dir: Path,
-                      dp_world: int) -> Checkpoint | None:
+                      dp_world: int, anneal_steps: int = 0) -> tuple[Checkpoint | None, Schedule, RunIdentity]:
     """The checkpoint to resume from (`resume`: a checkpoint, a checkpoints directory, "auto" or None), after every
-    check that it continues this run exactly and that saving into `checkpoints` cannot overwrite another run's."""
+    check that it continues this run exactly and that saving into `checkpoints` cannot overwrite another run's; and
+    the schedule and identity the run continues with: `schedule` and `identity`, or with `anneal_steps` a decay
+    branch of them from the checkpoint (or the branch the checkpoint is already part of)."""
     existing = list_checkpoints(checkpoints)
     if str(resume) == "auto":
         resume = checkpoints if existing else None
+    if resume is None and anneal_steps:
+        raise ConfigError(f"--anneal-steps trains a decay branch from a checkpoint: give --resume with the "
+                          f"checkpoint to branch from (e.g. RUN/generations/step_..._genG), and an --out of its own")
     if resume is None:
         if existing:
             raise ConfigError(f"{checkpoints} already holds checkpoints (newest {existing[-1].name}): continue "
                               f"that run with --resume auto, or choose another --out")
-        return None
+        return None, schedule, identity
     try:
         checkpoint = load_checkpoint(resolve_checkpoint(resume))
     except CheckpointError as e:
@@ -43,10 +50,24 @@ def resume_checkpoint(resume, checkpoints: Path, identity: RunIdentity, schedule
         raise ConfigError(f"--resume {checkpoint.path}: {checkpoints} holds newer checkpoints ({newer[-1].name}) "
                           f"that this run would overwrite; resume from the newest (--resume auto), move them "
                           f"away, or choose another --out")
+    branched = RunRecord.from_dict(checkpoint.run).record.schedule or {}
+    anneal = branched.get("training", {}).get("anneal")
+    if anneal and not anneal_steps:
+        raise ConfigError(f"--resume {checkpoint.path} is a checkpoint of a decay branch "
+                          f"({anneal['steps']} steps from step {anneal['from_step']}): continue it with "
+                          f"--anneal-steps {anneal['steps']}, or resume the run it branched off")
+    if anneal_steps:
+        start = anneal["from_step"] if anneal else checkpoint.run.get("step", 0)
+        branch = schedule.branch(checkpoint.state.generation, start, anneal_steps)
+        branch_identity = replace(identity, schedule=branch.resolved())
+        if anneal:                    # a checkpoint of the branch itself: it must be this branch
+            identity = branch_identity
     problems = resume_problems(checkpoint, identity, schedule, data_dir, dp_world)
     if problems:
         raise ConfigError(f"--resume {checkpoint.path} cannot continue exactly: " + "; ".join(problems))
-    return checkpoint
+    if anneal_steps:
+        return checkpoint, branch, branch_identity
+    return checkpoint, schedule, identity
 
 
 def resume_problems(checkpoint: Checkpoint, identity: RunIdentity, schedule: Schedule, data_dir: Path,

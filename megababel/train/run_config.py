@@ -42,12 +42,14 @@ class RunConfig:
     keep_generations: bool = False            # also keep each generation's last state in OUT/generations: the
                                               # model just before each growth, and the final one (a model family)
     resume: Path | str | None = None          # a checkpoint, a checkpoints directory, or "auto"
+    anneal_steps: int = 0                     # > 0: a decay branch of this many steps from the --resume checkpoint
+                                              # (no more growth, LRs decaying to their minimum), into its own --out
     out: Path = Path("runs/demo")
 
     def check(self):
         for name in ("micro_batch_size", "seq_len", "eval_batches", "tp"):
             _require_int(name, getattr(self, name), minimum=1)
-        for name in ("eval_every", "save_every", "keep_last", "seed"):
+        for name in ("eval_every", "save_every", "keep_last", "seed", "anneal_steps"):
             _require_int(name, getattr(self, name), minimum=0)
         for name in ("compile", "fill_micro_batch"):
             if not isinstance(getattr(self, name), bool):
@@ -59,6 +61,12 @@ class RunConfig:
         for name in ("steps", "global_batch_tokens"):
             if getattr(self, name) is not None:
                 _require_int(name, getattr(self, name), minimum=1)
+        if self.anneal_steps and self.resume is None:
+            raise ConfigError("--anneal-steps trains a decay branch from a checkpoint: give --resume with the "
+                              "checkpoint to branch from (e.g. RUN/generations/step_..._genG), and an --out of its own")
+        if self.anneal_steps and self.keep_generations:
+            raise ConfigError("--keep-generations with --anneal-steps: a decay branch has one generation; its last "
+                              "checkpoint is the annealed member")
         if self.zero_stage not in (0, 1, 2, 3) or isinstance(self.zero_stage, bool):
             raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage!r}")
         if self.offload_optimizer and self.zero_stage == 0:

@@ -25,7 +25,7 @@ class RunLogger(Callback):
     def on_fit_start(self, trainer):
         run = trainer.run
         self.say(f"data {trainer.data_dir}; schedule {run.schedule}: {len(trainer.schedule.growths)} growths, "
-                 f"{trainer.schedule.steps} steps; ZeRO-{run.zero_stage}, {trainer.world} rank(s) = TP {run.tp} x "
+                 f"{trainer.schedule.end_step} steps; ZeRO-{run.zero_stage}, {trainer.world} rank(s) = TP {run.tp} x "
                  f"DP {trainer.dp_world}, {'bf16' if run.bf16 else 'fp32'}"
                  f"{', activation checkpointing' if run.activation_checkpointing else ''}"
                  f"{', torch.compile' if run.compile else ''}")
@@ -42,6 +42,10 @@ class RunLogger(Callback):
                      f"never reaches its peak {schedule.lr:g}; lower warmup_steps in the schedule for a real run")
         if trainer.resumed_from is not None:
             self.say(f"resumed from {trainer.resumed_from} at step {trainer.step}")
+        if schedule.anneal:
+            start, steps = schedule.anneal
+            self.say(f"decay branch: {steps} steps from step {start}, no more growth, every LR falling linearly to "
+                     f"min_lr_ratio x its peak")
         if not self.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +61,7 @@ class RunLogger(Callback):
         self.log.writerows(kept)
         from torch.utils.tensorboard import SummaryWriter
         self.board = SummaryWriter(str(self.out / "tensorboard"), purge_step=start)
-        self.bar = tqdm(total=trainer.schedule.steps, initial=start, desc="training", unit="step",
+        self.bar = tqdm(total=trainer.schedule.end_step, initial=start, desc="training", unit="step",
                         dynamic_ncols=True, mininterval=1.0)
 
     def on_step_end(self, trainer, row):

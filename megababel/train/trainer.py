@@ -121,8 +121,9 @@ class Trainer:
                                     precision="bf16" if run.bf16 else "fp32",
                                     gradient_clipping=self.ds_config["gradient_clipping"],
                                     **vocabulary_fingerprints(self.data_dir))
-        checkpoint = resume_checkpoint(run.resume, Path(run.out) / "checkpoints", self.identity, self.schedule,
-                                       self.data_dir, self.dp_world)
+        checkpoint, self.schedule, self.identity = resume_checkpoint(
+            run.resume, Path(run.out) / "checkpoints", self.identity, self.schedule, self.data_dir, self.dp_world,
+            run.anneal_steps)
         tp = TensorParallel(run.tp) if run.tp > 1 else None
         if checkpoint is None:
             self.engine = GrowingEngine(self.schedule.model, self.ds_config, self.schedule, seed=run.seed, tp=tp,
@@ -248,17 +249,18 @@ class Trainer:
             self.validate()
         stop, preempted = StopRequest(), False
         try:
-            for step in range(self.step, schedule.steps):
+            for step in range(self.step, schedule.end_step):
                 self.step = step
                 while self.pending and self.pending[0].at_step <= step:
                     self._grow(self.pending.pop(0), step)
                 self._train_step(step)
-                if run.eval_every and (self.step % run.eval_every == 0 or self.step == schedule.steps):
+                if run.eval_every and (self.step % run.eval_every == 0 or self.step == schedule.end_step):
                     self.validate()
-                saved_now = run.save_every and (self.step % run.save_every == 0 or self.step == schedule.steps)
+                saved_now = (run.save_every and (self.step % run.save_every == 0 or self.step == schedule.end_step)
+                             or schedule.anneal and self.step == schedule.end_step)   # a branch's end: its product
                 if saved_now:
                     self.save()
-                if self.step < schedule.steps and stop.agreed():
+                if self.step < schedule.end_step and stop.agreed():
                     if not saved_now:
                         self.save()
                     self.stop_signal, preempted = stop.signal_name, True

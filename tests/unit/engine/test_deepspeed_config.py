@@ -32,14 +32,6 @@ def test_auto_sizes_follow_the_model_and_explicit_numbers_win(tmp_path):
     assert model_sized(load_ds_config(0, 2, 1, 1, bf16=False), config)["zero_optimization"] == {"stage": 0}
 
 
-@pytest.fixture
-def distributed_env(monkeypatch):
-    from megababel.parallel import free_port
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
-        monkeypatch.setenv(key, value)
-
-
 def test_a_growth_re_derives_the_zero3_sizes(distributed_env):
     from megababel.engine.growing_engine import GrowingEngine
     from megababel.engine import init_distributed

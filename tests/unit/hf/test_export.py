@@ -91,7 +91,7 @@ def test_tp2_zero3_checkpoint_exports_to_a_plain_llama(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_intermediate_stage_exports_as_the_stage_with_the_checkpoints_logits(run, tmp_path):
+def test_an_intermediate_stage_exports_as_the_stage_with_the_checkpoints_logits(run, tmp_path, capsys):
     """Before the last vocabulary stage the export is the stage: vocab_size 2000, the model's own rows, the
     checkpoint's logits; generation can only emit in-stage ids and decodes to text."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,6 +116,10 @@ def test_an_intermediate_stage_exports_as_the_stage_with_the_checkpoints_logits(
     assert exact.decode(generated[0, 16:], skip_special_tokens=True) == stage.decode(
         [i for i in generated[0, 16:].tolist() if i not in (stage.bos_id, stage.eos_id)])
     assert exact.decode(exact(_text(), add_special_tokens=False)["input_ids"]) == _text()
+    with pytest.raises(SystemExit):                # its ids are the stage's: importing it back is refused, named
+        import_hf.main([str(out), str(tmp_path / "back")])
+    assert "megababel export of vocabulary stage 2000" in capsys.readouterr().err
+    assert not (tmp_path / "back").exists()
 
 
 @pytest.mark.slow

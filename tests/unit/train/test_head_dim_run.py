@@ -29,14 +29,6 @@ class Losses(Callback):
         self.losses[row["step"]] = row["loss"]
 
 
-@pytest.fixture
-def distributed_env(monkeypatch):
-    from megababel.parallel import free_port
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
-        monkeypatch.setenv(key, value)
-
-
 def fit(out, zero_stage=0, **changes) -> Losses:
     losses = Losses()
     run = RunConfig(**dict(dict(schedule=SCHEDULE, seq_len=32, micro_batch_size=2, eval_every=0, out=out,

@@ -8,14 +8,6 @@ from megababel.config import ConfigError
 from megababel.train.trainer import Callback, RunConfig, Trainer
 
 
-@pytest.fixture
-def distributed_env(monkeypatch):
-    from megababel.parallel import free_port
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
-        monkeypatch.setenv(key, value)
-
-
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """main: the embedded dataset; docs: its last 600 documents again, preprocessed with main's ranking (so they

@@ -27,15 +27,6 @@ class Draws(Callback):
         self.history = trainer.history
 
 
-@pytest.fixture
-def distributed_env(monkeypatch, tmp_path):
-    from megababel.parallel import free_port
-    # set here, so that they are removed afterwards: subprocesses of later tests must not inherit this port
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(free_port()), DS_ACCELERATOR="cpu").items():
-        monkeypatch.setenv(key, value)
-
-
 def fit(out, **changes) -> Draws:
     draws = Draws()
     run = RunConfig(**dict(dict(schedule=TWO_GROWTHS, steps=24, seq_len=32, micro_batch_size=2, eval_every=0,
