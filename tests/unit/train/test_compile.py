@@ -5,7 +5,7 @@ Tolerance: fp32, relative 2e-5 per loss over 24 steps. Inductor fuses RMSNorm, R
 intermediates in fp32 registers, so losses differ from eager by rounding, which training then carries along."""
 from __future__ import annotations
 
-from test_trainer import distributed_env, fit  # noqa: F401  (the fixture)
+from test_trainer import fit
 
 TOLERANCE = 2e-5
 
