@@ -216,11 +216,13 @@ def export_and_load(args) -> dict:
     vocab = saved.state.config.vocab_size
     inputs, targets = PackedLoader(TokenDataset(tinystories(SPEED_STAGES) / f"vocab_{vocab}", "valid"), args.seq, 1,
                                    seed=12345).next_batch()
-    to_tokenizer_ids = torch.from_numpy(ranking.order[:vocab].copy()).long()     # model row -> tokenizer id
     start = time.time()
     hf = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16)
     load_seconds = time.time() - start
-    with torch.no_grad():       # the softmax over the active vocabulary, as megababel's (inactive rows are zero)
+    # model row -> the export's id: the same at a vocabulary stage (its export is the stage), the tokenizer's after
+    to_tokenizer_ids = (torch.arange(vocab) if hf.config.vocab_size == vocab
+                        else torch.from_numpy(ranking.order[:vocab].copy()).long())
+    with torch.no_grad():       # the softmax over the active vocabulary, as megababel's
         logits = hf(to_tokenizer_ids[inputs]).logits.float()[..., to_tokenizer_ids]
         hf_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1)).item()
     hf_parameters = sum(p.numel() for p in hf.parameters())
