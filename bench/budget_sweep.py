@@ -112,10 +112,11 @@ def _claim(path: Path) -> bool:
 
 
 def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, validation: dict,
-        spec: dict | None = None, wait: bool = True, clock=None) -> dict | None:
+        spec: dict | None = None, wait: bool = True, clock=None, options: dict | None = None) -> dict | None:
     """Train (or load the saved) run `name` at `budget`; `spec`: its schedule when not a plan name (family members);
-    `clock`: bench/clock.py's final evaluations. Several sweep processes may share the work: a run another one is
-    training is waited for (`wait`) or skipped (None)."""
+    `clock`: bench/clock.py's final evaluations; `options`: growth_vs_scratch.train's (a kept OUT, a decay branch).
+    Several sweep processes may share the work: a run another one is training is waited for (`wait`) or skipped
+    (None)."""
     path = run_path(out, budget, name, lr, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     while not path.is_file() and _claimed(path):
@@ -131,12 +132,12 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
                                   else "shared the machine (no wall time)") + "; training it again")
     print(f"budget {budget:g} tokens/parameter: {name} seed {seed} lr {lr:g}", flush=True)
     if not _claim(path):              # another process took it meanwhile
-        return run(out, budget, name, lr, seed, data, validation, spec, wait, clock)
+        return run(out, budget, name, lr, seed, data, validation, spec, wait, clock, options)
     spec = spec or schedule_spec(name, budget, lr)
     try:
         result = train(name, spec, seed, run_data(data, spec), validation, eval_every=max(10, spec["training"]["steps"] // 40),
                        micro_batch_size=4 if "+halfbatch" in name else 8,     # half of 8 x 256: micro batches of 4
-                       clock=clock)
+                       clock=clock, **(options or {}))
         result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
         path.write_text(json.dumps(result))
     finally:

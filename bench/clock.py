@@ -102,11 +102,12 @@ class Clock:
     def __init__(self, data: Path, articles: int | None = None):
         self.data, self.articles, self._sets = data, articles, {}
 
-    def curve_steps(self, steps: int) -> set:
-        return {round(steps * (1 - TAIL + k * TAIL_EVERY)) for k in range(round(TAIL / TAIL_EVERY))}
+    def curve_steps(self, steps: int, start: int = 0) -> set:
+        """Every 1% in the last 10% of the steps from `start` (a decay branch's: its own steps)."""
+        return {start + round((steps - start) * (1 - TAIL + k * TAIL_EVERY)) for k in range(round(TAIL / TAIL_EVERY))}
 
-    def final_steps(self, steps: int) -> set:
-        return {steps - round(j * FINAL_SPACING * steps) for j in range(FINAL_POINTS)}
+    def final_steps(self, steps: int, start: int = 0) -> set:
+        return {steps - round(j * FINAL_SPACING * (steps - start)) for j in range(FINAL_POINTS)}
 
     def evaluate(self, trainer) -> dict:
         vocab = trainer.engine.model.config.vocab_size

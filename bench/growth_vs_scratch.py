@@ -25,6 +25,7 @@ re-run unless --rerun), table.md (pasted into bench/README.md) and curves.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -143,6 +144,7 @@ class BenchRecorder(Callback):
         self.name, self.seed, self.validation, self.log_every = name, seed, validation, log_every
         self.eval_every, self.clock = eval_every, clock     # clock: bench/clock.py's final evaluations, or None
         self.evals, self.growths, self.final_evals = [], [], []
+        self.start_step, self.initial_eval = 0, None    # a decay branch: where it starts, the clock's figure there
 
     def evaluate(self, trainer) -> float:
         config = trainer.engine.model.config
@@ -154,14 +156,19 @@ class BenchRecorder(Callback):
         return self.evals[-1]["bpb"]
 
     def on_fit_start(self, trainer):
-        steps, growth_steps = trainer.schedule.steps, [g.at_step for g in trainer.schedule.growths]
-        self.eval_steps = set(range(0, steps, self.eval_every)) | {steps} | set(growth_steps)   # right before each
+        # a decay branch (bench/annealed_family.py) starts at its member's step and ends at the branch's end
+        start, steps = trainer.step, trainer.schedule.end_step
+        self.start_step = start
+        growth_steps = [g.at_step for g in trainer.schedule.growths if g.at_step >= start]
+        self.eval_steps = set(range(start, steps, self.eval_every)) | {steps} | set(growth_steps)  # right before each
         self.eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < steps}
         if self.clock is not None:
-            self.eval_steps |= self.clock.curve_steps(steps)
-            self.final_steps = self.clock.final_steps(steps)
+            self.eval_steps |= self.clock.curve_steps(steps, start)
+            self.final_steps = self.clock.final_steps(steps, start)
         self.started = time.perf_counter()
         self.evaluate(trainer)
+        if self.clock is not None and start > 0:        # the member before its branch, on the clock's articles
+            self.initial_eval = dict(step=start, flops=trainer.flops, **self.clock.evaluate(trainer))
 
     def on_growth(self, trainer, record):
         before = self.evals[-1]["bpb"]
@@ -169,7 +176,7 @@ class BenchRecorder(Callback):
                                  seconds=round(record["seconds"], 2), vocab=record["config"].vocab_size))
 
     def on_step_end(self, trainer, row):
-        step, steps = trainer.step, trainer.schedule.steps      # steps done
+        step, steps = trainer.step, trainer.schedule.end_step      # steps done
         if step in self.eval_steps:
             self.evaluate(trainer)
         if self.clock is not None and step in self.final_steps:
@@ -179,19 +186,21 @@ class BenchRecorder(Callback):
             print(f"  {self.name} seed {self.seed}: step {step}/{steps} loss {row['loss']:.3f} val "
                   f"{self.evals[-1]['bpb']:.4f} bits/byte, gen {row['generation']}, "
                   f"{step * TOKENS_PER_STEP / trainer.train_seconds:,.0f} tok/s, "
-                  f"ETA {elapsed / step * (steps - step):.0f} s", flush=True)
+                  f"ETA {elapsed / max(1, step - self.start_step) * (steps - step):.0f} s", flush=True)
 
 
 def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY,
-          micro_batch_size: int = BATCH, clock=None) -> dict:
+          micro_batch_size: int = BATCH, clock=None, out: Path | None = None, **run_options) -> dict:
     """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
-    bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints. `clock`: bench/clock.py's Clock,
-    whose final evaluations the result then holds ("final_evals")."""
+    bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints unless `out` is given (then the
+    Trainer's OUT, e.g. with keep_generations=True in `run_options`: RunConfig fields, also resume and
+    anneal_steps for a decay branch). `clock`: bench/clock.py's Clock, whose final evaluations the result then
+    holds ("final_evals")."""
     recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every,
                              clock=clock)
-    with tempfile.TemporaryDirectory() as out:
+    with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory()) as out:
         trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ, bf16=True,
-                                    gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out)),
+                                    gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out), **run_options),
                           callbacks=[recorder])
         fitted = trainer.setup().fit()
     trainer.close()
@@ -200,8 +209,9 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
                          f"{trainer.schedule.steps}; not saved, a re-run trains it again")
     return dict(name=name, seed=seed, spec=spec, evals=recorder.evals, growths=recorder.growths,
                 final_bpb=recorder.evals[-1]["bpb"], flops=trainer.flops, wall=trainer.train_seconds,
-                steps=trainer.schedule.steps, precision="deepspeed-bf16",
-                **({} if clock is None else dict(final_evals=recorder.final_evals, clock=clock.describe())))
+                steps=trainer.schedule.end_step, precision="deepspeed-bf16",
+                **({} if clock is None else dict(final_evals=recorder.final_evals, clock=clock.describe())),
+                **({} if recorder.initial_eval is None else dict(initial_eval=recorder.initial_eval)))
 
 
 # --- command line ---------------------------------------------------------------------------------------------

@@ -1,0 +1,254 @@
+"""Annealed family members (issue 34): how long a decay branch each member needs to come within 0.01 bits/byte of a
+model of its shape trained alone on the same FLOPs, and the family saving with annealed members.
+
+    python bench/annealed_family.py --seeds 0 1 2             # the best plan at 20 tokens/parameter; resumes
+    python bench/annealed_family.py --report                  # annealed_family.md from the saved runs
+    python bench/annealed_family.py --quick --out /tmp/af     # smoke test: budget 0.05, one seed, one fraction
+
+Per seed, everything as bench/clock.py measures it (final figure: a line through the last 5 evaluations on all 486
+held-out Wikipedia articles, read at the last step):
+- the plan's run (--plan, at --budget, at scratch's LR there) with its generations kept (launch/train.py
+  --keep-generations): member G is generation G's last state, at its peak LR;
+- for each member but the last, decay branches of --fractions of the member's own steps (from its birth to the next
+  growth), as `launch/train.py --resume MEMBER --anneal-steps N` trains them: no growth, every LR falling linearly to
+  its minimum; the member's figure before the branch is measured too;
+- the member's shape trained alone from scratch (cosine) on the FLOPs the family had spent on it (the run up to the
+  member) and on those plus its longest branch: LR tuned on seed 0 over {lr/2, lr, 2 lr}; a branch's "alone at the
+  same FLOPs" is read between the two (linear in log FLOPs).
+Report: per member and branch length, the annealed figure against alone at the same FLOPs; the shortest fraction at
+which every member of every seed comes within --within (0.01) bits/byte; and the family saving with members annealed
+that long: 1 - (the run's FLOPs + the branches') / (the FLOPs each member's shape alone needs to reach the annealed
+figure, summed; the final member's is scratch's FLOPs when the run ends no worse than scratch of the same seed, a
+lower bound; ">=" / "<=" mark a seed whose saving is only bounded, where a member's figure is outside its two
+alone runs'). Outputs in --out (default bench/results/annealed_family): runs/*.json, kept/ (generation checkpoints),
+annealed_family.md.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import budget_sweep
+from budget_sweep import family_members, schedule_spec
+from clock import Clock, final_figure, interval
+from growth_vs_scratch import SEQ, TOKENS_PER_STEP
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench" / "results" / "annealed_family"
+PLAN, BUDGET, LR = "g3@2-vocab+copy", 20, 1.5e-3      # the best plan at 20 and scratch's tuned LR (bench/clock.py)
+FRACTIONS = (0.05, 0.1, 0.2)
+
+
+def member_steps(spec: dict) -> list[tuple[int, int]]:
+    """(birth step, last step + 1) of every generation of the plan's run."""
+    from megababel.plan.schedule import parse_schedule
+    schedule = parse_schedule(spec, TOKENS_PER_STEP)
+    starts = [0] + [g.at_step for g in schedule.growths]
+    return list(zip(starts, starts[1:] + [schedule.steps]))
+
+
+def kept_dir(out: Path, plan: str, seed: int) -> Path:
+    return out / "kept" / f"{plan}-seed{seed}"
+
+
+def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
+    kept = kept_dir(out, plan, seed)
+    path = budget_sweep.run_path(out, budget, f"family-{plan}", lr, seed)
+    if path.is_file() and not (kept / "generations").is_dir():
+        path.unlink()                                  # its generations are gone: train it again
+    return budget_sweep.run(out, budget, f"family-{plan}", lr, seed, data, validation,
+                            spec=schedule_spec(plan, budget, lr), clock=clock,
+                            options=dict(out=kept, keep_generations=True))
+
+
+def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validation, clock) -> dict:
+    from megababel.checkpoint.io import list_checkpoints
+    spec = schedule_spec(plan, budget, lr)
+    born, end = member_steps(spec)[generation]
+    member = next(c for c in list_checkpoints(kept_dir(out, plan, seed) / "generations")
+                  if c.name.endswith(f"_gen{generation}"))
+    name = f"branch-{plan}-g{generation}-f{fraction:g}"
+    return budget_sweep.run(out, budget, name, lr, seed, data, validation, spec=spec, clock=clock,
+                            options=dict(out=out / "kept" / f"{name}-seed{seed}", resume=member,
+                                         anneal_steps=max(1, round(fraction * (end - born)))))
+
+
+def alone_run(out, budget, plan, generation, flops, kind, lr, seed, data, validation, clock) -> dict:
+    """Member `generation`'s shape from scratch on `flops` (cosine)."""
+    from megababel.model.counters import flops_per_token
+    from megababel.plan.planner import plan_schedule
+    config = family_members(schedule_spec(plan, budget, LR))[generation]
+    steps = max(20, round(flops / (flops_per_token(config, SEQ) * TOKENS_PER_STEP)))
+    spec = plan_schedule(config, "scratch", steps, SEQ, TOKENS_PER_STEP, lr)
+    return budget_sweep.run(out, budget, f"alone-{plan}-g{generation}-{kind}", lr, seed, data, validation,
+                            spec=spec, clock=clock)
+
+
+def measure(out, budget, plan, lr, seeds, fractions, data, validation, clock):
+    members = len(family_members(schedule_spec(plan, budget, lr))) - 1       # the last is the run's final model
+    for seed in seeds:
+        family = family_run(out, budget, plan, lr, seed, data, validation, clock)
+        budget_sweep.run(out, budget, "scratch", lr, seed, data, validation, clock=clock)
+        branches = {(g, f): branch_run(out, budget, plan, lr, seed, g, f, data, validation, clock)
+                    for g in range(members) for f in fractions}
+        for g in range(members):
+            at = family["growths"][g]["flops"]
+            if seed == seeds[0]:                      # each member's LR: tuned on the first seed's matched run
+                for x in (lr / 2, lr, 2 * lr):
+                    alone_run(out, budget, plan, g, at, "matched", x, seed, data, validation, clock)
+            best = member_lr(load(out), budget, plan, g, seeds[0])
+            alone_run(out, budget, plan, g, at, "matched", best, seed, data, validation, clock)
+            alone_run(out, budget, plan, g, branches[g, max(fractions)]["flops"], "branched", best, seed, data,
+                      validation, clock)
+
+
+def member_lr(runs: dict, budget, plan, generation, seed) -> float | None:
+    """Member `generation`'s tuned LR: the best of seed `seed`'s matched alone runs (None before they ran)."""
+    tried = {lr: r for (b, name, lr, s), r in runs.items()
+             if b == budget and s == seed and name == f"alone-{plan}-g{generation}-matched"}
+    return min(tried, key=lambda x: final_figure(tried[x])) if tried else None
+
+
+def load(out: Path) -> dict:
+    from clock import load_runs
+    return load_runs(out)
+
+
+def _line(alone: list[dict]) -> tuple[tuple[float, float], tuple[float, float]]:
+    (f0, b0), (f1, b1) = sorted((r["flops"], final_figure(r)) for r in alone)
+    return (math.log(f0), b0), (math.log(f1), b1)
+
+
+def alone_at(alone: list[dict], flops: float) -> float:
+    """Alone's final figure at `flops`, linear in log FLOPs through its matched and branched runs."""
+    (x0, b0), (x1, b1) = _line(alone)
+    return b0 + (b1 - b0) * (math.log(flops) - x0) / (x1 - x0)
+
+
+def alone_flops_to(alone: list[dict], bpb: float) -> tuple[float, str]:
+    """The FLOPs alone needs to reach `bpb`, on the same line, with "" for a reading between the two runs; past them
+    only a bound: (the larger run's FLOPs, ">=") when `bpb` is below both figures, (the smaller's, "<=") above."""
+    (x0, b0), (x1, b1) = _line(alone)
+    t = (b0 - bpb) / (b0 - b1) if b1 < b0 else math.inf
+    if t > 1:
+        return math.exp(x1), ">="
+    if t < 0:
+        return math.exp(x0), "<="
+    return math.exp(x0 + t * (x1 - x0)), ""
+
+
+def seed_rows(runs: dict, budget, plan, seed, tuned: dict) -> tuple[list[dict], dict]:
+    """Per branch of one seed: its figures; and per fraction, the family saving with members annealed that long
+    ((saving, is_bound) or None when a run is missing)."""
+    mine = {(name, lr): r for (b, name, lr, s), r in runs.items() if b == budget and s == seed}
+    family = next((r for (n, _), r in mine.items() if n == f"family-{plan}"), None)
+    scratch = next((r for (n, _), r in mine.items() if n == "scratch"), None)
+    if family is None:
+        return [], {}
+    rows, by_fraction = [], {}
+    for (name, _), r in sorted(mine.items()):
+        if not name.startswith(f"branch-{plan}-g"):
+            continue
+        g, f = name[len(f"branch-{plan}-g"):].split("-f")
+        g, f = int(g), float(f)
+        alone = [a for (n, lr), a in mine.items() if n.startswith(f"alone-{plan}-g{g}-") and lr == tuned.get(g)]
+        row = dict(seed=seed, member=g, fraction=f, steps=r["steps"] - family["growths"][g]["step"],
+                   branch_flops=r["flops"] - family["growths"][g]["flops"], figure=final_figure(r),
+                   before=r.get("initial_eval", {}).get("bpb", math.nan), alone=None)
+        if len(alone) == 2:
+            row["alone"] = alone_at(alone, r["flops"])
+            row["alone_flops"] = alone_flops_to(alone, row["figure"])
+        rows.append(row)
+        by_fraction.setdefault(f, []).append(row)
+    savings = {}
+    for f, members in by_fraction.items():
+        if scratch is None or any(m["alone"] is None for m in members):
+            continue
+        family_flops = family["flops"] + sum(m["branch_flops"] for m in members)
+        if final_figure(family) > final_figure(scratch):
+            continue                                  # the final member needs scratch's curve: bench/clock.py
+        # scratch needs at least its FLOPs to reach a final figure at or below its own
+        bounds = {m["alone_flops"][1] for m in members} | {">=" if final_figure(family) < final_figure(scratch)
+                                                           else ""}
+        alone_total = scratch["flops"] + sum(m["alone_flops"][0] for m in members)
+        bound = "" if bounds == {""} else ">=" if bounds <= {"", ">="} else "<=" if bounds <= {"", "<="} else "~"
+        savings[f] = (1 - family_flops / alone_total, bound)
+    return rows, savings
+
+
+def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01) -> str:
+    runs = load(out)
+    seeds = sorted({s for (b, n, _, s) in runs if b == budget and n == f"family-{plan}"})
+    tuned = {g: member_lr(runs, budget, plan, g, seeds[0]) for g in range(8)} if seeds else {}
+    lines = [f"Annealed members of {plan} at {budget:g} tokens/parameter (bench/annealed_family.py; bits/byte: "
+             f"bench/clock.py's final figure on all held-out articles):", "",
+             "| seed | member | branch: fraction of its steps (steps) | branch FLOPs | before | annealed | alone, same "
+             "FLOPs | annealed - alone |", "|---|---|---|---|---|---|---|---|"]
+    gaps, savings = {}, {}
+    for seed in seeds:
+        rows, seed_savings = seed_rows(runs, budget, plan, seed, tuned)
+        for r in rows:
+            alone = "- | -" if r["alone"] is None else f"{r['alone']:.4f} | {r['figure'] - r['alone']:+.4f}"
+            lines.append(f"| {seed} | {r['member']} | {r['fraction']:g} ({r['steps']}) | {r['branch_flops']:.3g} | "
+                         f"{r['before']:.4f} | {r['figure']:.4f} | {alone} |")
+            if r["alone"] is not None:
+                gaps.setdefault(r["fraction"], []).append(r["figure"] - r["alone"])
+        for f, value in seed_savings.items():
+            savings.setdefault(f, []).append(value)
+    lines += ["", "Per branch length, over members and seeds: annealed - alone at the same FLOPs (mean [95% CI], "
+              "worst), and the family saving with every member annealed that long (1 - the run's and the branches' "
+              "FLOPs / each member's shape alone to the same figure, summed; per seed):", "",
+              f"| fraction | annealed - alone | worst | every member within {within:g} | family saving |",
+              "|---|---|---|---|---|"]
+    for f in sorted(gaps):
+        mean, low, high = interval(gaps[f])
+        ci = "" if math.isnan(low) else f" [{low:+.4f}, {high:+.4f}]"
+        values = savings.get(f, [])
+        saving = "-" if not values else f"{100 * np.mean([v for v, _ in values]):.0f}% (" + ", ".join(
+            f"{b + ' ' if b else ''}{100 * v:.0f}" for v, b in values) + ")"
+        lines.append(f"| {f:g} | {mean:+.4f}{ci} | {max(gaps[f]):+.4f} | "
+                     f"{'yes' if max(gaps[f]) <= within else 'no'} | {saving} |")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "annealed_family.md").write_text(text)
+    print(text)
+    return text
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--plan", default=PLAN)
+    p.add_argument("--budget", type=float, default=BUDGET)
+    p.add_argument("--lr", type=float, default=LR, help="scratch's tuned LR at --budget (bench/clock.py's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    p.add_argument("--within", type=float, default=0.01)
+    p.add_argument("--articles", type=int, default=None, help="the clock's final evaluations on the first N articles")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, seed 0, fraction 0.2, 10 articles")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budget, args.seeds, args.fractions, args.articles, args.plan = 0.05, [0], [0.2], 10, "g3@25-vocab"
+    if not args.report:
+        from bench_data import wikipedia
+        from growth_vs_scratch import Validation
+        from megababel.engine import init_distributed
+        torch.set_num_threads(args.threads)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        init_distributed()
+        data = wikipedia([1000, 2000], valid_articles=budget_sweep.VALID_ARTICLES)
+        validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+        measure(args.out, args.budget, args.plan, args.lr, args.seeds, args.fractions, data, validation,
+                Clock(data, args.articles))
+    report(args.out, args.budget, args.plan, args.within)
+
+
+if __name__ == "__main__":
+    main()
