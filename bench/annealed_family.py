@@ -19,8 +19,8 @@ Report: per member and branch length, the annealed figure against alone at the s
 which every member of every seed comes within --within (0.01) bits/byte; and the family saving with members annealed
 that long: 1 - (the run's FLOPs + the branches') / (the FLOPs each member's shape alone needs to reach the annealed
 figure, summed; the final member's is scratch's FLOPs when the run ends no worse than scratch of the same seed, a
-lower bound; ">=" / "<=" mark a seed whose saving is only bounded, where a member's figure is outside its two
-alone runs'). Outputs in --out (default bench/results/annealed_family): runs/*.json, kept/ (generation checkpoints),
+lower bound (scratch: bench/clock.py's runs, --clock-out); ">=" / "<=" mark a seed whose saving is only
+bounded, where a member's figure is outside its two alone runs'). Outputs in --out (default bench/results/annealed_family): runs/*.json, kept/ (generation checkpoints),
 annealed_family.md.
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ from growth_vs_scratch import SEQ, TOKENS_PER_STEP
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "annealed_family"
+CLOCK_OUT = ROOT / "bench" / "results" / "clock"      # scratch of the final model, per seed: bench/clock.py's runs
 PLAN, BUDGET, LR = "g3@2-vocab+copy", 20, 1.5e-3      # the best plan at 20 and scratch's tuned LR (bench/clock.py)
 FRACTIONS = (0.05, 0.1, 0.2)
 
@@ -93,7 +94,6 @@ def measure(out, budget, plan, lr, seeds, fractions, data, validation, clock):
     members = len(family_members(schedule_spec(plan, budget, lr))) - 1       # the last is the run's final model
     for seed in seeds:
         family = family_run(out, budget, plan, lr, seed, data, validation, clock)
-        budget_sweep.run(out, budget, "scratch", lr, seed, data, validation, clock=clock)
         branches = {(g, f): branch_run(out, budget, plan, lr, seed, g, f, data, validation, clock)
                     for g in range(members) for f in fractions}
         for g in range(members):
@@ -142,12 +142,11 @@ def alone_flops_to(alone: list[dict], bpb: float) -> tuple[float, str]:
     return math.exp(x0 + t * (x1 - x0)), ""
 
 
-def seed_rows(runs: dict, budget, plan, seed, tuned: dict) -> tuple[list[dict], dict]:
+def seed_rows(runs: dict, budget, plan, seed, tuned: dict, scratch: dict | None) -> tuple[list[dict], dict]:
     """Per branch of one seed: its figures; and per fraction, the family saving with members annealed that long
-    ((saving, is_bound) or None when a run is missing)."""
+    ((saving, bound) or None when a run is missing). `scratch`: the final model from scratch, this seed."""
     mine = {(name, lr): r for (b, name, lr, s), r in runs.items() if b == budget and s == seed}
     family = next((r for (n, _), r in mine.items() if n == f"family-{plan}"), None)
-    scratch = next((r for (n, _), r in mine.items() if n == "scratch"), None)
     if family is None:
         return [], {}
     rows, by_fraction = [], {}
@@ -181,8 +180,9 @@ def seed_rows(runs: dict, budget, plan, seed, tuned: dict) -> tuple[list[dict], 
     return rows, savings
 
 
-def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01) -> str:
-    runs = load(out)
+def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01, lr: float = LR,
+           clock_out: Path = CLOCK_OUT) -> str:
+    runs, clock_runs = load(out), load(clock_out) if clock_out.is_dir() else {}
     seeds = sorted({s for (b, n, _, s) in runs if b == budget and n == f"family-{plan}"})
     tuned = {g: member_lr(runs, budget, plan, g, seeds[0]) for g in range(8)} if seeds else {}
     lines = [f"Annealed members of {plan} at {budget:g} tokens/parameter (bench/annealed_family.py; bits/byte: "
@@ -191,7 +191,7 @@ def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01) -> str:
              "FLOPs | annealed - alone |", "|---|---|---|---|---|---|---|---|"]
     gaps, savings = {}, {}
     for seed in seeds:
-        rows, seed_savings = seed_rows(runs, budget, plan, seed, tuned)
+        rows, seed_savings = seed_rows(runs, budget, plan, seed, tuned, clock_runs.get((budget, "scratch", lr, seed)))
         for r in rows:
             alone = "- | -" if r["alone"] is None else f"{r['alone']:.4f} | {r['figure'] - r['alone']:+.4f}"
             lines.append(f"| {seed} | {r['member']} | {r['fraction']:g} ({r['steps']}) | {r['branch_flops']:.3g} | "
@@ -229,6 +229,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
     p.add_argument("--within", type=float, default=0.01)
+    p.add_argument("--clock-out", type=Path, default=CLOCK_OUT, help="bench/clock.py's --out: scratch per seed")
     p.add_argument("--articles", type=int, default=None, help="the clock's final evaluations on the first N articles")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", action="store_true")
@@ -247,7 +248,7 @@ def main(argv=None):
         validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
         measure(args.out, args.budget, args.plan, args.lr, args.seeds, args.fractions, data, validation,
                 Clock(data, args.articles))
-    report(args.out, args.budget, args.plan, args.within)
+    report(args.out, args.budget, args.plan, args.within, args.lr, args.clock_out)
 
 
 if __name__ == "__main__":
