@@ -20,8 +20,8 @@ which every member of every seed comes within --within (0.01) bits/byte; and the
 that long: 1 - (the run's FLOPs + the branches') / (the FLOPs each member's shape alone needs to reach the annealed
 figure, summed; the final member's is scratch's FLOPs when the run ends no worse than scratch of the same seed, a
 lower bound (scratch: bench/clock.py's runs, --clock-out); ">=" / "<=" mark a seed whose saving is only
-bounded, where a member's figure is outside its two alone runs'). Outputs in --out (default bench/results/annealed_family): runs/*.json, kept/ (generation checkpoints),
-annealed_family.md.
+bounded, where a member's figure is outside its two alone runs'). Outputs in --out (default
+bench/results/annealed_family): runs/*.json, kept/ (generation checkpoints; not in git), annealed_family.md.
 """
 from __future__ import annotations
 
