@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import budget_sweep
 from budget_sweep import family_members, schedule_spec
-from clock import Clock, final_figure, interval
+from clock import Clock, final_figure, interval, prepare
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,14 +236,7 @@ def main(argv=None):
     if args.quick:
         args.budget, args.seeds, args.fractions, args.articles, args.plan = 0.05, [0], [0.2], 10, "g3@25-vocab"
     if not args.report:
-        from bench_data import wikipedia
-        from growth_vs_scratch import Validation
-        from megababel.engine import init_distributed
-        torch.set_num_threads(args.threads)
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        init_distributed()
-        data = wikipedia([1000, 2000], valid_articles=budget_sweep.VALID_ARTICLES)
-        validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+        data, validation = prepare(args.threads)
         measure(args.out, args.budget, args.plan, args.lr, args.seeds, args.fractions, data, validation,
                 Clock(data, args.articles))
     report(args.out, args.budget, args.plan, args.within, args.lr, args.clock_out)

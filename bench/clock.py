@@ -226,6 +226,19 @@ def tune(out, budget, name, lrs, data, validation, clock, extensions: int = 2) -
     return min(figures, key=figures.get)
 
 
+def prepare(threads: int) -> tuple[Path, dict]:
+    """This process ready to train the clock's runs: torch threads, a one-process distributed world, the Wikipedia
+    build (vocabulary stages 1000 and 2000) and its 40-article validation sets."""
+    from bench_data import wikipedia
+    from growth_vs_scratch import Validation
+    from megababel.engine import init_distributed
+    torch.set_num_threads(threads)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    init_distributed()
+    data = wikipedia([1000, 2000], valid_articles=budget_sweep.VALID_ARTICLES)
+    return data, {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -248,14 +261,7 @@ def main(argv=None):
         args.plans = args.plans or ["g2@25"]
     budget_sweep.PROCESSES = args.processes
     if not args.report:
-        from bench_data import wikipedia
-        from growth_vs_scratch import Validation
-        from megababel.engine import init_distributed
-        torch.set_num_threads(args.threads)
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        init_distributed()
-        data = wikipedia([1000, 2000], valid_articles=budget_sweep.VALID_ARTICLES)
-        validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+        data, validation = prepare(args.threads)
         clock = Clock(data, args.articles)
         if any("first" in n for n in args.plans):     # the data curricula's sources, made once before any run
             from bench_data import simple_stories, with_difficulty
