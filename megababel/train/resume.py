@@ -33,8 +33,9 @@ def resume_checkpoint(resume, checkpoints: Path, identity: RunIdentity, schedule
     if str(resume) == "auto":
         resume = checkpoints if existing else None
     if resume is None and anneal_steps:
-        raise ConfigError(f"--anneal-steps trains a decay branch from a checkpoint: give --resume with the "
-                          f"checkpoint to branch from (e.g. RUN/generations/step_..._genG), and an --out of its own")
+        raise ConfigError(f"--anneal-steps with --resume auto: {checkpoints} holds no checkpoint of a branch to "
+                          f"continue; give --resume the checkpoint to branch from (e.g. RUN/generations/"
+                          f"step_..._genG)")
     if resume is None:
         if existing:
             raise ConfigError(f"{checkpoints} already holds checkpoints (newest {existing[-1].name}): continue "
