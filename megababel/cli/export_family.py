@@ -50,10 +50,10 @@ def member_checkpoint(run_dir: Path, generation_checkpoint: Path) -> tuple[Path,
     """The checkpoint that is member G: the newest of its decay branch RUN/anneal/genG when one finished, else the
     generation's own; and the branch ({steps, flops}: its own steps and FLOPs) or None."""
     generation = int(generation_checkpoint.name.rsplit("gen", 1)[1])
+    origin = load_checkpoint(generation_checkpoint, verify=False).run     # run records only: no checksums read
     for checkpoint in reversed(list_checkpoints(run_dir / ANNEAL / f"gen{generation}" / "checkpoints")):
-        run = load_checkpoint(checkpoint).run
+        run = load_checkpoint(checkpoint, verify=False).run
         anneal = ((run.get("record") or {}).get("schedule") or {}).get("training", {}).get("anneal")
-        origin = load_checkpoint(generation_checkpoint).run
         if anneal and run["step"] == anneal["from_step"] + anneal["steps"] and anneal["from_step"] == origin["step"]:
             return checkpoint, dict(steps=anneal["steps"], flops=run["flops"] - origin["flops"])
     return generation_checkpoint, None
@@ -157,7 +157,7 @@ def main(argv=None) -> list[dict]:
             checkpoint, branch = member_checkpoint(args.run, generation_checkpoint)
             export = export_checkpoint(checkpoint, args.out / f"gen{generation}", dtype=DTYPES[args.dtype])
             rows.append(dict(member_row(checkpoint, export, Tokenizer.load(export).vocab_size), branch=branch,
-                             run_flops=load_checkpoint(generation_checkpoint).run.get("flops", 0.0)))
+                             run_flops=load_checkpoint(generation_checkpoint, verify=False).run.get("flops", 0.0)))
             print(f"exported generation {generation} ({rows[-1]['parameters'] / 1e6:.2f}M parameters, vocabulary "
                   f"{rows[-1]['vocab_size']}) -> {export}", flush=True)
         if args.eval_text:
