@@ -13,7 +13,8 @@ held-out Wikipedia articles, read at the last step):
   growth), as `launch/train.py --resume MEMBER --anneal-steps N` trains them: no growth, every LR falling linearly to
   its minimum; the member's figure before the branch is measured too;
 - the member's shape trained alone from scratch (cosine) on the FLOPs the family had spent on it (the run up to the
-  member) and on those plus its longest branch: LR tuned on seed 0 over {lr/2, lr, 2 lr}; a branch's "alone at the
+  member) and on those plus its longest branch, at scratch's LR (issue 19 tuned every member shape of these plans
+  over 0.00075/0.0015/0.003 and found 0.0015 best for each; --tune tunes again on seed 0); a branch's "alone at the
   same FLOPs" is read between the two (linear in log FLOPs).
 Report: per member and branch length, the annealed figure against alone at the same FLOPs; the shortest fraction at
 which every member of every seed comes within --within (0.01) bits/byte; and the family saving with members annealed
@@ -88,7 +89,7 @@ def alone_run(out, budget, plan, generation, flops, kind, lr, seed, data, valida
                             spec=spec, clock=clock)
 
 
-def measure(out, budget, plan, lr, seeds, fractions, data, validation, clock):
+def measure(out, budget, plan, lr, seeds, fractions, data, validation, clock, tune: bool = False):
     members = len(family_members(schedule_spec(plan, budget, lr))) - 1       # the last is the run's final model
     for seed in seeds:
         family = family_run(out, budget, plan, lr, seed, data, validation, clock)
@@ -96,10 +97,10 @@ def measure(out, budget, plan, lr, seeds, fractions, data, validation, clock):
                     for g in range(members) for f in fractions}
         for g in range(members):
             at = family["growths"][g]["flops"]
-            if seed == seeds[0]:                      # each member's LR: tuned on the first seed's matched run
+            if tune and seed == seeds[0]:             # each member's LR: tuned on the first seed's matched run
                 for x in (lr / 2, lr, 2 * lr):
                     alone_run(out, budget, plan, g, at, "matched", x, seed, data, validation, clock)
-            best = member_lr(load(out), budget, plan, g, seeds[0])
+            best = member_lr(load(out), budget, plan, g, seeds[0]) if tune else lr
             alone_run(out, budget, plan, g, at, "matched", best, seed, data, validation, clock)
             alone_run(out, budget, plan, g, branches[g, max(fractions)]["flops"], "branched", best, seed, data,
                       validation, clock)
@@ -182,7 +183,7 @@ def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01, lr: float 
            clock_out: Path = CLOCK_OUT) -> str:
     runs, clock_runs = load(out), load(clock_out) if clock_out.is_dir() else {}
     seeds = sorted({s for (b, n, _, s) in runs if b == budget and n == f"family-{plan}"})
-    tuned = {g: member_lr(runs, budget, plan, g, seeds[0]) for g in range(8)} if seeds else {}
+    tuned = {g: member_lr(runs, budget, plan, g, seeds[0]) or lr for g in range(8)} if seeds else {}
     lines = [f"Annealed members of {plan} at {budget:g} tokens/parameter (bench/annealed_family.py; bits/byte: "
              f"bench/clock.py's final figure on all held-out articles):", "",
              "| seed | member | branch: fraction of its steps (steps) | branch FLOPs | before | annealed | alone, same "
@@ -226,6 +227,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=LR, help="scratch's tuned LR at --budget (bench/clock.py's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    p.add_argument("--tune", action="store_true", help="tune each member's alone LR on the first seed over "
+                   "{lr/2, lr, 2 lr} (default: --lr, which issue 19's family tuning found best for every member "
+                   "shape of these plans)")
     p.add_argument("--within", type=float, default=0.01)
     p.add_argument("--clock-out", type=Path, default=CLOCK_OUT, help="bench/clock.py's --out: scratch per seed")
     p.add_argument("--articles", type=int, default=None, help="the clock's final evaluations on the first N articles")
@@ -238,7 +242,7 @@ def main(argv=None):
     if not args.report:
         data, validation = prepare(args.threads)
         measure(args.out, args.budget, args.plan, args.lr, args.seeds, args.fractions, data, validation,
-                Clock(data, args.articles))
+                Clock(data, args.articles), args.tune)
     report(args.out, args.budget, args.plan, args.within, args.lr, args.clock_out)
 
 
