@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,8 @@ def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
     path = budget_sweep.run_path(out, budget, f"family-{plan}", lr, seed)
     if path.is_file() and not (kept / "generations").is_dir():
         path.unlink()                                  # its generations are gone: train it again
+    if not path.is_file() and not budget_sweep._claimed(path):
+        shutil.rmtree(kept, ignore_errors=True)        # a stopped run's (it restarts from step 0, as every bench run)
     return budget_sweep.run(out, budget, f"family-{plan}", lr, seed, data, validation,
                             spec=schedule_spec(plan, budget, lr), clock=clock,
                             options=dict(out=kept, keep_generations=True))
