@@ -76,8 +76,12 @@ def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validati
     member = next(c for c in list_checkpoints(kept_dir(out, plan, seed) / "generations")
                   if c.name.endswith(f"_gen{generation}"))
     name = f"branch-{plan}-g{generation}-f{fraction:g}"
+    branch_out = out / "kept" / f"{name}-seed{seed}"
+    path = budget_sweep.run_path(out, budget, name, lr, seed)
+    if not path.is_file() and not budget_sweep._claimed(path):
+        shutil.rmtree(branch_out, ignore_errors=True)  # a stopped branch's checkpoint: it restarts from the member
     return budget_sweep.run(out, budget, name, lr, seed, data, validation, spec=spec, clock=clock,
-                            options=dict(out=out / "kept" / f"{name}-seed{seed}", resume=member,
+                            options=dict(out=branch_out, resume=member,
                                          anneal_steps=max(1, round(fraction * (end - born)))))
 
 
