@@ -12,9 +12,10 @@ Why (the review behind issue 32): bench/budget_sweep.py's saving is the first FL
 validation articles crosses one final evaluation of scratch. Evaluations there wiggle by 0.002-0.014 bits/byte, as
 much as the differences measured, and scratch scored the same way "saves" 6-7% against itself. Here:
 - The final figure comes from the last FINAL_POINTS evaluations (at 98, 98.5, .. 100% of the steps): the value at
-  the last step of the straight line fitted through them (their mean where the curve is flat), on every article of Wikipedia's valid.txt (486 articles, ~3.2 MB, never trained on), whatever a run trains on. Each
-  article's loss is saved, so any subset's figure can be recomputed (--report's noise study measures how stable
-  the final figure is for a given number of articles).
+  the last step of the straight line fitted through them (their mean where the curve is flat), on every article
+  of Wikipedia's valid.txt (486 articles, ~3.2 MB, never trained on), whatever a run trains on. Each article's
+  loss is saved, so any subset's figure can be recomputed (--report's noise study measures how stable the final
+  figure is for a given number of articles).
 - The scratch curve: the final model from scratch at several budgets, each at its tuned peak LR (cosine; `+wsd`
   runs the warmup-stable-decay schedule next to it at 20). The lower of the two schedules at each budget is the
   curve.

@@ -5,10 +5,11 @@
 
 Definitions (bench/clock.py): the final figure is a line fitted through a run's last evaluations on every held-out
 article, read at the last step (their mean where the curve is flat); the scratch curve is, per budget, the lower
-of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing
-saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against
-scratch of the same seed); d bits/byte = the run's final figure minus scratch's (same seed, same FLOPs). Each with
-the mean over seeds and its 95% confidence interval (Student's t).
+of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving = 1 - FLOPs /
+scratch's FLOPs to reach the run's final figure on that curve; crossing saving = bench/budget_report.py's (first
+crossing of the 40-article curve below scratch's last evaluation, against scratch of the same seed); d bits/byte =
+the run's final figure minus scratch's (same seed, same FLOPs). Each with the mean over seeds and its 95%
+confidence interval (Student's t).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from clock import (DEFAULT_OUT, compute_equivalent_saving, final_figure, final_m
 
 
 def curve_points(runs: dict) -> dict:
-    """{budget: {schedule name: (lr, final figure, FLOPs, tried LRs, mean of the final evaluations)}} for scratch and scratch+wsd, seed 0, at
-    each one's best LR."""
+    """{budget: {schedule name: (lr, final figure, FLOPs, tried LRs, mean of the final evaluations)}} for scratch
+    and scratch+wsd, seed 0, at each one's best LR."""
     tried = defaultdict(dict)
     for (budget, name, lr, seed), r in runs.items():
         if name in ("scratch", "scratch+wsd") and seed == 0:

@@ -184,7 +184,7 @@ class Schedule:
         """The learning rate of a param group at `step`, under training.lr_schedule (and a branch's decay)."""
         if self.anneal and step >= self.anneal[0]:
             start, steps = self.anneal
-            base = self._curve_lr(max(start - 1, 0), born, peak, warmup)
+            base = self._curve_lr(max(start - 1, born, 0), born, peak, warmup)   # born at the branch: its 1st LR
             target = min(base, self.min_lr_ratio * (self.lr if self.lr_schedule == "global" else peak))
             return base + (target - base) * min(1.0, (step - start + 1) / steps)
         return self._curve_lr(step, born, peak, warmup)

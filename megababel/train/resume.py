@@ -2,8 +2,9 @@
 
 A checkpoint records the run's identity (record.RunIdentity); any difference from this run's is an error that names
 the field and the fix. A decay branch (--anneal-steps, Schedule.branch) starts from a checkpoint of the run it
-branches off, which must match that run's identity; the branch's own checkpoints then record the branch. A fresh run never writes into an OUT/checkpoints that holds another run's checkpoints, and a
-resume never overwrites checkpoints newer than the one it starts from.
+branches off, which must match that run's identity; the branch's own checkpoints then record the branch. A fresh
+run never writes into an OUT/checkpoints that holds another run's checkpoints, and a resume never overwrites
+checkpoints newer than the one it starts from.
 """
 from __future__ import annotations
 
