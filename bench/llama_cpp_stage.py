@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
+from bench_data import SHARED
+from llama_perplexity_ref import llama_perplexity
+from megababel.data.readers import read_documents
+from megababel.hf import evaluate as EVAL
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data import SHARED                                                  # noqa: E402
-from llama_perplexity_ref import llama_perplexity                              # noqa: E402
-from megababel.data.readers import read_documents                              # noqa: E402
-from megababel.hf import evaluate as EVAL                                      # noqa: E402
 
 CORPORA = {"TinyStories": SHARED / "tinystories" / "valid.txt", "WikiText": SHARED / "wikitext" / "wiki.valid.raw",
            "Shakespeare": SHARED / "shakespeare" / "input.txt"}
