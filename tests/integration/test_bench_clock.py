@@ -97,15 +97,17 @@ def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10)
     (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
 
 
-def test_the_final_figure_reads_a_still_falling_curve_at_its_end_and_a_flat_one_at_its_mean():
+def test_the_final_figure_reads_a_falling_and_flattening_curve_at_its_end_and_a_flat_one_near_its_mean():
     def run(values):
         return dict(final_evals=[dict(step=98 + j, bpb=v, nats=[v * math.log(2) * 50] * 2, n_bytes=[50, 50])
                                  for j, v in enumerate(values)])
-    falling = run([1.920, 1.915, 1.910, 1.905, 1.900])           # a WSD decay: -0.005 per step
+    falling = run([1.920, 1.915, 1.910, 1.905, 1.900])           # a straight fall: -0.005 per step
     assert clock.final_figure(falling) == pytest.approx(1.900) and clock.final_mean(falling) == pytest.approx(1.910)
+    flattening = run([1.9 + 0.004 * (4 - j) ** 2 / 4 for j in range(5)])     # a parabola, flat at the last step
+    assert clock.final_figure(flattening) == pytest.approx(1.900)
     wiggling = run([1.890, 1.893, 1.890, 1.893, 1.890])            # flat, wiggling: the fit's end is near the mean
-    assert abs(clock.final_figure(wiggling) - clock.final_mean(wiggling)) < 0.001
-    assert clock.final_figure(run([1.9, 1.8])) == pytest.approx(1.8)
+    assert abs(clock.final_figure(wiggling) - clock.final_mean(wiggling)) < 0.002
+    assert clock.final_figure(run([1.9, 1.8])) == pytest.approx(1.85)                   # two points: their mean
     assert clock.final_figure(falling, articles=[0]) == pytest.approx(1.900)
 
 
