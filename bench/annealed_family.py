@@ -62,7 +62,7 @@ def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
     path = budget_sweep.run_path(out, budget, f"family-{plan}", lr, seed)
     if path.is_file() and not (kept / "generations").is_dir():
         path.unlink()                                  # its generations are gone: train it again
-    if not path.is_file() and not budget_sweep._claimed(path):
+    if not path.is_file() and not budget_sweep.claimed(path):
         shutil.rmtree(kept, ignore_errors=True)        # a stopped run's (it restarts from step 0, as every bench run)
     return budget_sweep.run(out, budget, f"family-{plan}", lr, seed, data, validation,
                             spec=schedule_spec(plan, budget, lr), clock=clock,
@@ -78,7 +78,7 @@ def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validati
     name = f"branch-{plan}-g{generation}-f{fraction:g}"
     branch_out = out / "kept" / f"{name}-seed{seed}"
     path = budget_sweep.run_path(out, budget, name, lr, seed)
-    if not path.is_file() and not budget_sweep._claimed(path):
+    if not path.is_file() and not budget_sweep.claimed(path):
         shutil.rmtree(branch_out, ignore_errors=True)  # a stopped branch's checkpoint: it restarts from the member
     return budget_sweep.run(out, budget, name, lr, seed, data, validation, spec=spec, clock=clock,
                             options=dict(out=branch_out, resume=member,

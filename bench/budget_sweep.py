@@ -80,7 +80,7 @@ def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
     return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
 
 
-def _claimed(path: Path) -> bool:
+def claimed(path: Path) -> bool:
     """Whether another live sweep process is training this run (its pid in RUN.claim)."""
     claim = path.with_suffix(".claim")
     try:
@@ -104,7 +104,7 @@ def _claim(path: Path) -> bool:
                 os.link(mine, claim)
                 return True
             except FileExistsError:
-                if _claimed(path):
+                if claimed(path):
                     return False
                 claim.unlink(missing_ok=True)               # stale: its process is gone
     finally:
@@ -119,7 +119,7 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     (None)."""
     path = run_path(out, budget, name, lr, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    while not path.is_file() and _claimed(path):
+    while not path.is_file() and claimed(path):
         if not wait:
             return None
         time.sleep(30)
