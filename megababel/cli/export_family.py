@@ -4,7 +4,7 @@
     megababel-export-family runs/a family/a --eval-text ../shared/data/wikipedia/valid.txt --max-docs 200
     megababel-export-family runs/a family/a --dtype bf16 --overwrite
     megababel-export-family runs/a family/a --push me/babel --dry-run   # family/a/upload.json: what would be sent
-    megababel-export-family runs/a family/a --push me/babel   # me/babel-gen0 .. genN, one collection "me/babel"
+    megababel-export-family runs/a family/a --push me/babel   # me/babel-gen0 .. genN, one collection "babel"
 
     python tools/export_family.py runs/a family/a            # the same, from a checkout
 
@@ -14,10 +14,10 @@ parameters (all / without embeddings), the vocabulary stage it was trained on, t
 had spent when it was saved (the whole run's, from the start: what the family cost up to that member), and its
 bits/byte on the run's validation split as the trainer measured it. A member with a finished decay branch in
 RUN/anneal/genG (launch/train.py --resume RUN/generations/step_..._genG --anneal-steps N --out RUN/anneal/genG) is
-exported from the branch's end instead, and the branch's FLOPs count in the family's. With --eval-text, each member's bits/byte on
-that text three ways, each document scored alone as lm-evaluation-harness' perplexity tasks do: megababel-eval
-(tools/eval.py, --per-document), a plain transformers evaluation encoding with AutoTokenizer, and lm-eval itself
-(when installed). A member trained before the last vocabulary stage exports as its stage, with a tokenizer that
+exported from the branch's end instead, and the branch's FLOPs count in the family's. With --eval-text, each
+member's bits/byte on that text three ways, each document scored alone as lm-evaluation-harness' perplexity tasks
+do: megababel-eval (tools/eval.py, --per-document), a plain transformers evaluation encoding with AutoTokenizer, and
+lm-eval itself (when installed). A member trained before the last vocabulary stage exports as its stage, with a tokenizer that
 encodes exactly as it was trained, so the three agree (to fp32 rounding).
 """
 from __future__ import annotations
@@ -182,7 +182,7 @@ def main(argv=None) -> list[dict]:
     if args.push:
         members = [(args.out / r["export"], f"{args.push}-{r['export']}") for r in rows]
         try:
-            print(push_family(members, args.push, args.out / "upload.json", dry_run=args.dry_run))
+            print(push_family(members, args.push.split("/")[1], args.out / "upload.json", dry_run=args.dry_run))
         except HubError as e:
             print(f"error: {e} (the exports in {args.out} are complete and untouched)", file=sys.stderr)
             raise SystemExit(1)

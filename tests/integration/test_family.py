@@ -78,7 +78,7 @@ def test_every_member_exports_loads_and_evaluates_like_its_checkpoint(run, tmp_p
     assert [m["export"] for m in saved["members"]] == ["gen0", "gen1", "gen2"]
     upload = json.loads((tmp_path / "family" / "upload.json").read_text())
     assert [m["repo_id"] for m in upload["members"]] == ["me/babel-gen0", "me/babel-gen1", "me/babel-gen2"]
-    assert upload["collection"] == dict(title="me/babel", namespace="me")
+    assert upload["collection"] == dict(title="babel", namespace="me")
     assert all("model.safetensors" in {f["path"] for f in m["files"]} for m in upload["members"])
 
 
