@@ -17,8 +17,8 @@ RUN/anneal/genG (launch/train.py --resume RUN/generations/step_..._genG --anneal
 exported from the branch's end instead, and the branch's FLOPs count in the family's. With --eval-text, each
 member's bits/byte on that text three ways, each document scored alone as lm-evaluation-harness' perplexity tasks
 do: megababel-eval (tools/eval.py, --per-document), a plain transformers evaluation encoding with AutoTokenizer, and
-lm-eval itself (when installed). A member trained before the last vocabulary stage exports as its stage, with a tokenizer that
-encodes exactly as it was trained, so the three agree (to fp32 rounding).
+lm-eval itself (when installed). A member trained before the last vocabulary stage exports as its stage, with a
+tokenizer that encodes exactly as it was trained, so the three agree (to fp32 rounding).
 """
 from __future__ import annotations
 
