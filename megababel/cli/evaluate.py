@@ -15,7 +15,8 @@ windows go --batch-size at a time. --dtype bf16 runs the weights in bf16 (the lo
 Bits per byte = total loss / ln 2 / UTF-8 bytes of the documents, comparable across tokenizers and vocabulary
 stages; perplexity is per token. A Hugging Face directory with a `tokenizer.model` is encoded by that SentencePiece
 model (else by AutoTokenizer); a megababel export of a vocabulary stage carries the stage itself there, so this,
-AutoTokenizer and lm-eval all encode it as it was trained. The evaluator is megababel/hf/evaluate.py (importable: `from megababel.hf.evaluate import Evaluated, evaluate`).
+AutoTokenizer and lm-eval all encode it as it was trained. The evaluator is megababel/hf/evaluate.py
+(importable: `from megababel.hf.evaluate import Evaluated, evaluate`).
 """
 from __future__ import annotations
 

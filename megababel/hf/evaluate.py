@@ -42,7 +42,8 @@ class EvaluationError(RuntimeError):
 
 class Evaluated:
     """A model behind one interface: `encode(text) -> ids`, `bos`, `eos`, `nll(inputs [B, T], targets [B, T]) ->
-    summed loss` (targets -100 do not count), `name`, and `note` (None, or what a user should know about how it is encoded)."""
+    summed loss` (targets -100 do not count), `name`, and `note` (None, or what a user should know about how it is
+    encoded)."""
 
     note: str | None = None
 
@@ -292,5 +293,6 @@ def lm_eval_bits_per_byte(path: Path, documents, seq_len: int) -> float:
                 f.write(json.dumps(dict(text=doc)) + "\n")
         (tmp / "tasks").mkdir()
         (tmp / "tasks" / "perplexity.yaml").write_text(PERPLEXITY_TASK.format(data=tmp / "documents.jsonl"))
-        out = run_lm_eval(path, "megababel_perplexity", tmp / "tasks", model_args=f"max_length={seq_len},add_bos_token=False")
+        out = run_lm_eval(path, "megababel_perplexity", tmp / "tasks",
+                          model_args=f"max_length={seq_len},add_bos_token=False")
     return float(out["results"]["megababel_perplexity"]["bits_per_byte,none"])
