@@ -190,12 +190,12 @@ def test_a_run_claimed_by_another_live_process_is_skipped_or_waited_for(tmp_path
     path.parent.mkdir(parents=True)
     claim = path.with_suffix(".claim")
     claim.write_text(str(os.getpid()))                      # our own claim: not another's
-    assert not budget_sweep._claimed(path)
+    assert not budget_sweep.claimed(path)
     claim.write_text("1")                                   # a live process (init)
-    assert budget_sweep._claimed(path)
+    assert budget_sweep.claimed(path)
     assert budget_sweep.run(tmp_path, 5, "g2@25", 1e-3, 0, None, None, wait=False) is None
     assert not budget_sweep._claim(path)                    # cannot be taken while that process lives
     claim.write_text("999999999")                           # a dead one: its claim is stale
-    assert not budget_sweep._claimed(path)
+    assert not budget_sweep.claimed(path)
     assert budget_sweep._claim(path) and claim.read_text() == str(os.getpid())      # taken over
-    assert not budget_sweep._claimed(path) and sorted(p.name for p in path.parent.iterdir()) == [claim.name]
+    assert not budget_sweep.claimed(path) and sorted(p.name for p in path.parent.iterdir()) == [claim.name]
