@@ -223,7 +223,47 @@ def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01, lr: float 
     out.mkdir(parents=True, exist_ok=True)
     (out / "annealed_family.md").write_text(text)
     print(text)
+    _plot(runs, budget, plan, seeds, tuned, out)
     return text
+
+
+def _plot(runs: dict, budget, plan, seeds, tuned: dict, out: Path):
+    """annealed_family.png: per member, bits/byte against FLOPs: the member at its growth, its branches, and its
+    shape alone (the two runs whose line gives "alone, same FLOPs"), one colour per seed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    members = sorted({int(n[len(f"branch-{plan}-g"):].split("-f")[0]) for (b, n, _, s) in runs
+                      if b == budget and n.startswith(f"branch-{plan}-g")})
+    if not members:
+        return
+    fig, axes = plt.subplots(1, len(members), figsize=(4.5 * len(members), 3.8), squeeze=False)
+    for ax, g in zip(axes[0], members):
+        for i, seed in enumerate(seeds):
+            colour = f"C{i}"
+            mine = {n: r for (b, n, lr, s), r in runs.items() if b == budget and s == seed
+                    and (n.startswith(f"branch-{plan}-g{g}-") or (n.startswith(f"alone-{plan}-g{g}-")
+                                                                   and lr == tuned.get(g)))}
+            alone = sorted((r["flops"] / 1e12, final_figure(r)) for n, r in mine.items() if n.startswith("alone"))
+            if alone:
+                ax.plot(*zip(*alone), color=colour, linestyle="--", marker="s", label=f"alone, seed {seed}")
+            branches = sorted((r["flops"] / 1e12, final_figure(r), r.get("initial_eval")) for n, r in mine.items()
+                              if n.startswith("branch"))
+            if branches:
+                start = branches[0][2]
+                xs = ([start["flops"] / 1e12] if start else []) + [f for f, _, _ in branches]
+                ys = ([start["bpb"]] if start else []) + [b for _, b, _ in branches]
+                ax.plot(xs, ys, color=colour, marker="o", label=f"member, then its branches, seed {seed}")
+        ax.set_title(f"member {g}", fontsize=9)
+        ax.set_xlabel("training TFLOPs (up to the member, + branch)")
+        ax.set_ylabel("final bits/byte (held-out Wikipedia)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "annealed_family.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
