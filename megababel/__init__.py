@@ -3,7 +3,7 @@ import importlib
 
 __all__ = ["ConfigError", "GrowthEvent", "Llama", "LlamaConfig", "grow"]
 _WHERE = {"ConfigError": "megababel.config", "LlamaConfig": "megababel.config", "Llama": "megababel.model.llama",
-          "GrowthEvent": "megababel.growth.operators", "grow": "megababel.growth.operators"}
+          "GrowthEvent": "megababel.growth.events", "grow": "megababel.growth.operators"}
 
 
 def __getattr__(name: str):

@@ -1,11 +1,10 @@
 """A data mixture: each global batch drawn from several sources by weight, each source its own PackedLoader.
 
-    key = SourceKey.parse("wiki[rarity:0-0.5]")          # the easier half of dataset `wiki`, by vocabulary rarity
     loader = MixtureLoader({"wiki": wiki_loader, "stories": stories_loader}, {"wiki": 0.7, "stories": 0.3},
                            batch_size=8, dp_rank=0, dp_world=1)
 
-A source is a dataset's name (the run's `--data NAME=DIR`), optionally narrowed to a quantile range of its
-documents ranked by a difficulty metric (data/difficulty.py): `NAME[METRIC:LOW-HIGH]`. The slots of a global batch
+A source is a dataset's name, optionally narrowed to a quantile range of its documents by difficulty
+(data/sources.py's SourceKey, e.g. `wiki[rarity:0-0.5]`). The slots of a global batch
 go to the sources by smooth weighted round robin: slot k goes to the source furthest behind its share,
 weight x (sequences drawn + 1) - its own sequences drawn (ties to the first source), so every source is within one
 sequence of its share at every step, with no randomness. Each source reads its own stream from its own position, so a
@@ -16,60 +15,12 @@ since the weights were set: a run resumes exactly, on any number of ranks.
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from megababel.config import ConfigError
 from megababel.data.loader import PackedLoader
 from megababel.data.readers import DataError
-
-_KEY = re.compile(r"(?P<name>[A-Za-z_][\w.-]*)(\[(?P<metric>[A-Za-z_]\w*):(?P<low>[0-9.]+)-(?P<high>[0-9.]+)\])?")
-
-
-@dataclass(frozen=True)
-class SourceKey:
-    name: str                      # the dataset's name
-    metric: str | None = None      # a difficulty metric, and the quantile range of its documents
-    low: float = 0.0
-    high: float = 1.0
-
-    @classmethod
-    def parse(cls, text, where: str = "data") -> "SourceKey":
-        match = _KEY.fullmatch(text) if isinstance(text, str) else None
-        if match is None:
-            raise ConfigError(f"{where}: source {text!r} is not NAME or NAME[METRIC:LOW-HIGH] (e.g. wiki or "
-                              f"wiki[rarity:0-0.5])")
-        if match["metric"] is None:
-            return cls(match["name"])
-        try:
-            low, high = float(match["low"]), float(match["high"])
-        except ValueError:
-            low = high = -1.0
-        if not 0 <= low < high <= 1:
-            raise ConfigError(f"{where}: source {text!r}: the quantile range must satisfy 0 <= LOW < HIGH <= 1")
-        return cls(match["name"], match["metric"], low, high)
-
-    def __str__(self) -> str:
-        return self.name if self.metric is None else f"{self.name}[{self.metric}:{self.low:g}-{self.high:g}]"
-
-
-def check_weights(weights, where: str) -> dict[str, float]:
-    """A mixture {source: weight}: sources well formed, weights finite and >= 0, summing to 1."""
-    if not isinstance(weights, dict) or not weights:
-        raise ConfigError(f"{where}: a mixture is a mapping source: weight, e.g. {{wiki: 0.7, stories: 0.3}}")
-    out = {}
-    for key, weight in weights.items():
-        SourceKey.parse(key, where)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 <= weight < float("inf")):
-            raise ConfigError(f"{where}.{key}: the weight must be a number >= 0, got {weight!r}")
-        out[key] = float(weight)
-    if abs(sum(out.values()) - 1) > 1e-6:
-        raise ConfigError(f"{where}: the weights sum to {sum(out.values()):g}, not 1: scale them so that they do")
-    return out
-
 
 class MixtureLoader:
     """The PackedLoader interface (next_batch, state_dict, set_seq_len, ...) over weighted sources."""

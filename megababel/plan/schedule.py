@@ -51,8 +51,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from megababel.config import ConfigError, LlamaConfig, describe, is_integer, is_number
-from megababel.data.mixture import check_weights
-from megababel.growth.operators import GrowthEvent, check_growth
+from megababel.data.sources import check_weights
+from megababel.growth.events import GrowthEvent, check_growth
 
 TRAINING_DEFAULTS = dict(steps=450, lr=3e-3, warmup_steps=30, min_lr_ratio=0.1, weight_decay=0.1,
                          lr_schedule="per_generation", global_batch_tokens=None, lr_decay="cosine",

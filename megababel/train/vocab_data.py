@@ -9,7 +9,8 @@ from pathlib import Path
 from megababel.config import ConfigError
 from megababel.data.difficulty import document_scores, documents_in
 from megababel.data.loader import PackedLoader
-from megababel.data.mixture import MixtureLoader, SourceKey
+from megababel.data.mixture import MixtureLoader
+from megababel.data.sources import SourceKey
 from megababel.data.readers import DataError
 from megababel.data.shards import TokenDataset
 from megababel.plan.schedule import Schedule

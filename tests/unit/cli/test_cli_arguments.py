@@ -155,11 +155,13 @@ def test_argument_helpers(helper, good, bad):
             helper(text)
 
 
-@pytest.mark.parametrize("module", ["megababel.cli.model_size", "megababel.cli.train_tokenizer",
-                                    "megababel.cli.preprocess", "megababel.model.counters"])
+@pytest.mark.parametrize("module", ["megababel.cli.model_size", "megababel.cli.plan_growth",
+                                    "megababel.cli.train_tokenizer", "megababel.cli.preprocess",
+                                    "megababel.model.counters", "megababel.plan.schedule"])
 def test_light_tools_answer_without_importing_torch(module):
-    """The package re-exports load on first use (megababel/__init__.py, megababel/model/__init__.py): arithmetic
-    and text tools must not pay torch's import (~2 s) for --help or an answer."""
+    """The package re-exports load on first use, and a schedule is checked by growth/events.py and data/sources.py
+    alone: the planner, the arithmetic and the text tools must not pay torch's import (~2 s) for --help or an
+    answer."""
     done = subprocess.run([sys.executable, "-c", f"import sys, {module}; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]

@@ -11,7 +11,8 @@ import pytest
 from megababel.config import ConfigError
 from megababel.data.difficulty import document_scores, documents_in, write_difficulty
 from megababel.data.loader import PackedLoader
-from megababel.data.mixture import MixtureLoader, SourceKey, check_weights
+from megababel.data.mixture import MixtureLoader
+from megababel.data.sources import SourceKey, check_weights
 from megababel.data.readers import DataError
 from megababel.data.shards import TokenDataset
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from megababel.config import ConfigError
-from megababel.growth.operators import GrowthEvent
+from megababel.growth.events import GrowthEvent
 from megababel.plan.presets import PRESETS, load_schedule
 from megababel.plan.schedule import GROWTH_FIELDS, parse_schedule
 
