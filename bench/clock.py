@@ -184,8 +184,8 @@ def compute_equivalent_saving(flops: float, bpb: float, curve) -> tuple[float | 
     if needed is not None:
         return 1 - flops / needed, ""
     if where == "below":
-        return None, f"> {100 * (1 - flops / curve[-1][0]) + 0:.0f}%"       # + 0: no "-0"
-    return None, f"< {100 * (1 - flops / curve[0][0]) + 0:.0f}%"
+        return None, f"> {round(100 * (1 - flops / curve[-1][0])):d}%"       # round() to an int: never "-0"
+    return None, f"< {round(100 * (1 - flops / curve[0][0])):d}%"
 
 
 def interval(values) -> tuple[float, float, float]:

@@ -152,7 +152,8 @@ def write_report(out: Path = DEFAULT_OUT) -> str:
                   "| run | seeds | final bits/byte | compute-equivalent saving | crossing saving | d bits/byte at "
                   "equal FLOPs | wall saving |", "|---|---|---|---|---|---|---|"]
         for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
-            equivalent = _ci(row["equivalent"]) + (f" (+ {', '.join(row['bounds'])})" if row["bounds"] else "")
+            bounds = ", ".join(row["bounds"]) + " (past the curve)" if row["bounds"] else ""
+            equivalent = (_ci(row["equivalent"]) + (f"; {bounds}" if bounds else "")) if row["equivalent"] else bounds
             lines.append(f"| {row['name']} | {','.join(map(str, row['seeds']))} | {np.mean(row['figure']):.4f} | "
                          f"{equivalent} | {_ci(row['crossing'])} | {_ci(row['d_bpb'], pct=False)} | "
                          f"{_ci(row['wall'])} |")

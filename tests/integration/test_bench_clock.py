@@ -37,6 +37,8 @@ def test_the_compute_equivalent_saving_reads_the_flops_scratch_needs_off_its_cur
     # beyond the largest budget only a bound: at least what reaching the largest would have saved
     assert clock.compute_equivalent_saving(2e14, synthetic_curve(1e15), curve) == (None, "> 75%")
     assert clock.compute_equivalent_saving(2e14, synthetic_curve(5e13), curve) == (None, "< -100%")
+    # a run at the largest budget's FLOPs (within rounding) that beats it: "> 0%", never "> -0%"
+    assert clock.compute_equivalent_saving(8e14 * (1 + 1e-15), 1.0, curve) == (None, "> 0%")
 
 
 def test_a_noisy_larger_budget_does_not_make_the_curve_rise():
