@@ -16,7 +16,7 @@ ZeRO-0, bf16 weights with fp32 master weights, AdamW, one process, 2 threads), b
 Seeds 0, 1, 2 for scratch and the six growth schedules, 0 and 1 for the ablations (--seeds, --ablation-seeds).
 Every progressive run gets the scratch run's training FLOPs (project counter, megababel/model/counters.py, small stages
 included), so it sees more tokens; the tuned scratch learning rate is used everywhere.
-Validation: the first 160 paragraphs of TinyStories valid.txt, all tokens, in bits per byte (comparable across
+Validation: the first 160 paragraphs of TinyStories valid.txt (40 with --quick), all tokens, in bits per byte (comparable across
 vocabulary stages), after every 10 steps and 1, 2, 4, 8, 16, 32 steps after each growth.
 
 Outputs in --out (default bench/results/growth_vs_scratch): runs/<name>-seed<k>.json (one per run, reused on a
@@ -47,6 +47,7 @@ from bench_data import tinystories
 SEQ, BATCH = 256, 8
 TOKENS_PER_STEP = SEQ * BATCH
 VALID_PARAGRAPHS = 160
+QUICK_VALID_PARAGRAPHS = 40     # a smoke test: evaluations, not training, would otherwise take most of its time
 EVAL_EVERY = 10
 AFTER_GROWTH = (1, 2, 4, 8, 16, 32)
 COMMON = dict(head_dim=32, multiple_of=32, max_position_embeddings=SEQ)
@@ -73,9 +74,15 @@ ALL = MAIN + [f"both/{a}" for a in ABLATIONS]
 
 
 # --- data -----------------------------------------------------------------------------------------------------
-def prepare_data(cache: Path) -> Path:
-    """TinyStories through the Llama 2 tokenizer, vocabulary stages 2000/4000/8000, once."""
-    return tinystories([2000, 4000, 8000], cache, VALID_PARAGRAPHS)
+def prepare_data(cache: Path, valid_paragraphs: int = VALID_PARAGRAPHS) -> Path:
+    """TinyStories through the Llama 2 tokenizer, vocabulary stages 2000/4000/8000, once. A cache built with another
+    number of validation paragraphs is refused: its runs would not be comparable."""
+    data = tinystories([2000, 4000, 8000], cache, valid_paragraphs)
+    built = TokenDataset(data / "vocab_2000", "valid").n_docs
+    if built != valid_paragraphs:
+        raise SystemExit(f"--data {cache} holds {built} validation paragraphs, not {valid_paragraphs}: "
+                         f"give --data another folder (--quick validates on {QUICK_VALID_PARAGRAPHS})")
+    return data
 
 
 class Validation:
@@ -218,7 +225,8 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "growth_vs_scratch")
-    p.add_argument("--data", type=Path, default=Path.home() / ".cache" / "megababel" / "bench-tinystories")
+    p.add_argument("--data", type=Path, default=None,
+                   help="tokenized TinyStories cache (default ~/.cache/megababel/bench-tinystories[-quick])")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the ablation runs")
     p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3, 8e-3], help="scratch peak LRs to try")
@@ -226,9 +234,12 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, choices=ALL, metavar="RUN", help=f"subset of {ALL}")
     p.add_argument("--rerun", action="store_true", help="train again even if a saved run exists")
     p.add_argument("--report", action="store_true", help="only make the table and plot from saved runs")
-    p.add_argument("--quick", action="store_true", help="smoke test: 24 scratch steps, seed 0, one LR")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: 24 scratch steps, seed 0, one LR, {QUICK_VALID_PARAGRAPHS} validation paragraphs "
+                        "(its own --data cache)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    args.data = args.data or Path.home() / ".cache" / "megababel" / ("bench-tinystories" + "-quick" * args.quick)
     if args.quick:
         args.scratch_steps, args.seeds, args.lrs = 24, [0], args.lrs[:1]
     if args.scratch_steps < 20:
@@ -240,7 +251,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         init_distributed()
-        data = prepare_data(args.data)
+        data = prepare_data(args.data, QUICK_VALID_PARAGRAPHS if args.quick else VALID_PARAGRAPHS)
         validation = {v: Validation(data / f"vocab_{v}") for v in (2000, 4000, 8000)}
         runs_dir.mkdir(parents=True, exist_ok=True)
 

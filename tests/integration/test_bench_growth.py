@@ -74,3 +74,6 @@ def test_quick_run_writes_runs_table_and_plot(tmp_path):
     assert abs(first["after"] - first["before"]) < 0.01
     table = (out / "table.md").read_text()
     assert "both-vocab" in table and "adam-reset" in table and (out / "curves.png").stat().st_size > 10_000
+    # the quick run's cache holds fewer validation paragraphs: a full run on it is refused before training
+    with pytest.raises(SystemExit, match="holds 40 validation paragraphs, not 160"):
+        growth_vs_scratch.prepare_data(tmp_path / "data")
