@@ -152,10 +152,12 @@ def summarise(runs: dict) -> list[dict]:
     return rows
 
 
-def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT) -> dict:
+def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -> dict:
     """The growth planner's table (megababel/plan/measured_savings.json) from `summarise`'s rows of the runs in
     `out`: every budget whose best plan was run at PLANNER_SEEDS seeds, its best plan, scratch's tuned peak LR and
-    the plan's FLOP saving per seed (4 decimals; None: that seed never reached scratch's final bits/byte)."""
+    the plan's FLOP saving per seed (4 decimals; None: that seed never reached scratch's final bits/byte).
+    `clock_rows` (bench/clock.py's, "saving": "compute-equivalent") take the place of this sweep's row at their
+    budget: the clock's saving is the fairer one (bench/clock.py's docstring)."""
     config = LlamaConfig(**rows[0]["final"])
     runs = out.resolve() / "runs"
     command = "python bench/budget_sweep.py --report"
@@ -165,13 +167,17 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT) -> dict:
         about="The growth planner's table (megababel/plan/planner.py, MEASURED): per budget (scratch's training "
               "tokens per parameter, all parameters), the best growth plan, scratch's tuned peak LR (at the final "
               "model's hidden size) and that plan's FLOP saving to reach scratch's final bits/byte, per seed (null: "
-              "that seed never reached it). Written by bench/budget_report.py from the saved runs; do not edit.",
+              "that seed never reached it; a row with \"saving\": \"compute-equivalent\" is bench/clock.py's: 1 - "
+              "FLOPs / scratch's FLOPs to the same final bits/byte on a curve of scratch runs). Written by "
+              "bench/budget_report.py and bench/clock.py from the saved runs; do not edit.",
         command=command,
         runs=str(runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs),
         final_model=dict(config.to_dict(), parameters=config_parameters(config)),
-        rows=[dict(tokens_per_parameter=r["budget"], plan=r["best"], lr=r["lr"], seeds=r["seeds"],
-                   flop_savings=[None if v is None else round(v, 4) for v in r["best_flops"]])
-              for r in rows if r["best"] is not None and len(r["seeds"]) >= PLANNER_SEEDS])
+        rows=sorted([dict(tokens_per_parameter=r["budget"], plan=r["best"], lr=r["lr"], seeds=r["seeds"],
+                          flop_savings=[None if v is None else round(v, 4) for v in r["best_flops"]])
+                     for r in rows if r["best"] is not None and len(r["seeds"]) >= PLANNER_SEEDS
+                     and r["budget"] not in {c["tokens_per_parameter"] for c in clock_rows}] + list(clock_rows),
+                    key=lambda r: r["tokens_per_parameter"]))
 
 
 def _json_lines(table: dict) -> str:
@@ -181,10 +187,28 @@ def _json_lines(table: dict) -> str:
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
+def clock_rows_of(path: Path) -> list[dict]:
+    """The rows bench/clock.py wrote into the planner's table at `path` (none if there is no file)."""
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text())["rows"] if r.get("saving") == "compute-equivalent"]
+
+
 def write_measured_savings(rows: list[dict], out: Path, path: Path) -> dict:
-    table = measured_savings(rows, out)
+    table = measured_savings(rows, out, clock_rows_of(path))
     path.write_text(_json_lines(table))
     print(f"wrote {path}: the planner's table, {len(table['rows'])} budgets")
+    return table
+
+
+def write_clock_row(row: dict, path: Path) -> dict:
+    """bench/clock.py's planner row into the table at `path`, in place of whatever row was at its budget."""
+    table = json.loads(path.read_text())
+    table["rows"] = sorted([r for r in table["rows"] if r["tokens_per_parameter"] != row["tokens_per_parameter"]]
+                           + [row], key=lambda r: r["tokens_per_parameter"])
+    path.write_text(_json_lines(table))
+    print(f"wrote {path}: the planner's row at {row['tokens_per_parameter']:g} tokens/parameter, {row['plan']} "
+          f"(bench/clock.py)")
     return table
 
 

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from budget_report import busy, saving
+from budget_report import SAVINGS_FILE, busy, saving, write_clock_row
 from clock import (DEFAULT_OUT, compute_equivalent_saving, final_figure, final_mean, interval, load_runs,
                    lower_curve)
+
+CHOOSING_SEEDS = (0, 1, 2)     # plans are chosen on these; seeds 3-4 only confirm (issue 32)
 
 
 def curve_points(runs: dict) -> dict:
@@ -70,7 +72,8 @@ def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
         return []
     lr = min(scratch0, key=lambda x: final_figure(scratch0[x]))
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
-    rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], crossing=[], d_bpb=[], wall=[]))
+    rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], crossing=[], d_bpb=[], wall=[],
+                                    planned=[]))
     for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
         if l != lr or seed not in scratch or name == "scratch+wsd":
             continue
@@ -83,6 +86,7 @@ def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
             row["bounds"].append(bound)
         else:
             row["equivalent"].append(equivalent)
+        row["planned"].append(planned_saving(r["flops"], figure, curve))
         crossing = saving(r, base, "flops")
         row["crossing"].append(-1.0 if crossing is None else crossing)   # never reached: counted as -100%
         row["d_bpb"].append(figure - final_figure(base))
@@ -90,6 +94,37 @@ def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
         if same_setup and not busy(r) and not busy(base):
             row["wall"].append(1 - r["wall"] / base["wall"])
     return [dict(name=n, lr=lr, **v) for n, v in rows.items()]
+
+
+def planned_saving(flops: float, bpb: float, curve) -> float | None:
+    """The compute-equivalent saving as the planner counts it: exact on the curve; past its end, the lower bound
+    (against the largest budget); worse than its smallest budget, None (never reached scratch)."""
+    equivalent, _ = compute_equivalent_saving(flops, bpb, curve)
+    if equivalent is not None:
+        return equivalent
+    return 1 - flops / curve[-1][0] if bpb < curve[-1][1] else None
+
+
+def planner_row(rows: list[dict], choosing=CHOOSING_SEEDS) -> dict | None:
+    """The planner's row (megababel/plan/measured_savings.json) from plan_rows' `rows` at one budget: among the plans
+    run at every `choosing` seed, the one whose worst choosing seed saved most (never reaching scratch is the worst),
+    with its saving at every seed it ran (the confirming seeds too); None until a plan has them all."""
+    def worst(row):
+        return min(-1.0 if v is None else v for s, v in zip(row["seeds"], row["planned"]) if s in choosing)
+    candidates = [r for r in rows if r["name"] != "scratch" and set(choosing) <= set(r["seeds"])]
+    if not candidates:
+        return None
+    best = max(candidates, key=worst)
+    return dict(tokens_per_parameter=best["budget"], plan=best["name"], lr=best["lr"], seeds=best["seeds"],
+                flop_savings=[None if v is None else round(v, 4) for v in best["planned"]],
+                saving="compute-equivalent")
+
+
+def planner_rows(runs: dict, curve: list | None = None) -> list[dict]:
+    """planner_row at each budget where plans ran (the rows the clock writes into the planner's table)."""
+    curve = scratch_curve(curve_points(runs)) if curve is None else curve
+    rows = [planner_row([dict(r, budget=b) for r in plan_rows(runs, curve, b)]) for b in plan_budgets(runs)]
+    return [r for r in rows if r is not None]
 
 
 def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
@@ -126,7 +161,10 @@ def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
     return lines
 
 
-def write_report(out: Path = DEFAULT_OUT) -> str:
+def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> str:
+    """clock.md and clock_curve.png in `out`; and, once a plan has run at every choosing seed, the planner's row at
+    its budget in `savings_file` (default: the package's table when `out` is the benchmark's own results folder;
+    none for another folder: a --quick clock or a test must not change what the planner plans)."""
     runs = load_runs(out)
     if not runs:
         print(f"no finished runs in {out / 'runs'}: run bench/clock.py first")
@@ -169,6 +207,10 @@ def write_report(out: Path = DEFAULT_OUT) -> str:
     (out / "clock.md").write_text(table + "\n")
     print(table)
     _plot(points, curve, rows, out)
+    if savings_file is None and out.resolve() == DEFAULT_OUT.resolve():
+        savings_file = SAVINGS_FILE
+    for row in planner_rows(runs, curve) if savings_file is not None else ():
+        write_clock_row(row, savings_file)
     return table
 
 

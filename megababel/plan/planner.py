@@ -38,7 +38,9 @@ there, scaled by 128 / hidden_size (the bench's final model is 128 wide; the 1/w
 assumption, not measured here). The best plan (bench/budget_report.py) is, among the grid plans and lever
 combinations run at every seed, the one whose worst seed saved most FLOPs to reach scratch's final bits/byte.
 MEASURED, bench/README.md's saving-versus-budget table, is data: measured_savings.json beside this module, which
-bench/budget_report.py writes from the saved runs (tests/unit/plan/test_planner.py checks that the two agree). A
+bench/budget_report.py writes from the saved runs (tests/unit/plan/test_planner.py checks that the two agree). Where
+bench/clock.py has measured a budget (a curve of scratch runs, plans chosen on seeds 0-2), its row replaces the
+sweep's there, and the saving is compute-equivalent: 1 - FLOPs / scratch's FLOPs to the same final loss. A
 budget far from every measured one is planned from the nearest and the explanation says so. Where that plan did not
 save FLOPs in every seed (one that never reached scratch's loss counts as no saving), the plan is "scratch": do not
 grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
@@ -65,6 +67,9 @@ class Measured:
     plan: str                        # the best growth plan there, levers included
     lr: float                        # scratch's tuned peak LR at hidden 128
     flop_savings: tuple              # that plan's FLOP saving per seed; None: it never reached scratch's final loss
+    saving: str = "crossing"         # how: "crossing" (bench/budget_sweep.py, the first FLOPs at which the plan's
+    #   loss crosses scratch's final one) or "compute-equivalent" (bench/clock.py, 1 - FLOPs / scratch's FLOPs to the
+    #   plan's final loss on a curve of scratch runs; a seed past the curve's end counts at its lower bound)
 
     @property
     def seeds(self) -> int:
@@ -80,10 +85,13 @@ class Measured:
     def saving_text(self) -> str:
         per_seed = ", ".join("never" if v is None else f"{100 * v:.0f}%" for v in self.flop_savings)
         never = " (never: that seed did not reach it)" if None in self.flop_savings else ""
+        if self.saving == "compute-equivalent":
+            return (f"compute-equivalent FLOP saving per seed (against scratch's curve, bench/clock.py): "
+                    f"{per_seed}{never}")
         return f"FLOP saving to scratch's final loss per seed: {per_seed}{never}"
 
 
-MEASURED_FILE = "measured_savings.json"     # package data of megababel.plan, written by bench/budget_report.py
+MEASURED_FILE = "measured_savings.json"     # package data of megababel.plan: bench/budget_report.py, bench/clock.py
 
 
 def read_measured(text: str | None = None) -> tuple[tuple[Measured, ...], dict]:
@@ -92,8 +100,8 @@ def read_measured(text: str | None = None) -> tuple[tuple[Measured, ...], dict]:
     if text is None:
         text = resources.files("megababel.plan").joinpath(MEASURED_FILE).read_text()
     data = json.loads(text)
-    rows = tuple(Measured(row["tokens_per_parameter"], row["plan"], row["lr"], tuple(row["flop_savings"]))
-                 for row in data["rows"])
+    rows = tuple(Measured(row["tokens_per_parameter"], row["plan"], row["lr"], tuple(row["flop_savings"]),
+                          row.get("saving", "crossing")) for row in data["rows"])
     return tuple(sorted(rows, key=lambda m: m.tokens_per_parameter)), data["final_model"]
 
 

@@ -138,3 +138,50 @@ def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_pat
     assert "| g3@2-vocab+copy | 0,1,2 |" in table and "[" in table.split("g3@2-vocab+copy")[1]
     assert (tmp_path / "clock.md").read_text().startswith("Scratch curve")
     assert np.isclose(rows["scratch"]["d_bpb"], 0).all()
+
+
+def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it_ran_at_all_three(tmp_path, capsys):
+    """The clock's row of the planner's table: chosen on seeds 0-2 by the worst seed's compute-equivalent saving
+    (past the curve's end: its lower bound; a confirming seed 3 is listed but never chooses), written in place of the
+    budget sweep's row at that budget, and read by the planner as a compute-equivalent saving."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for budget, f in {5: 1e14, 20: 4e14, 40: 8e14}.items():
+        _saved(runs, budget, "scratch", 1e-3, 0, synthetic_curve(f), f)
+    for seed in (1, 2, 3):
+        _saved(runs, 20, "scratch", 1e-3, seed, synthetic_curve(4e14), 4e14)
+    steady = {0: 6e14, 1: 5.5e14, 2: 6.5e14, 3: 1e14}     # worst choosing seed 5.5e14; seed 3 only confirms
+    for seed, reach in steady.items():
+        _saved(runs, 20, "g3@2+steady", 1e-3, seed, synthetic_curve(reach), 4e14)
+    for seed, reach in ((0, 1e15), (1, 5e14), (2, 1e15)):                   # best mean, worse worst seed
+        _saved(runs, 20, "g3@2+lucky", 1e-3, seed, synthetic_curve(reach), 4e14)
+    _saved(runs, 20, "g3@2+once", 1e-3, 0, synthetic_curve(2e15), 4e14)    # one seed: not a candidate
+    table = tmp_path / "measured_savings.json"
+    sweep_row = dict(tokens_per_parameter=20, plan="g3@2-vocab+copy", lr=1.5e-3, seeds=[0, 1, 2],
+                     flop_savings=[0.02, 0.16, 0.08])
+    other_row = dict(sweep_row, tokens_per_parameter=5, plan="g3@10-vocab")
+    table.write_text(json.dumps(dict(about="", final_model=dict(hidden_size=128), rows=[other_row, sweep_row])))
+    clock_report.write_report(tmp_path, savings_file=table)
+    assert "the planner's row at 20 tokens/parameter, g3@2+steady" in capsys.readouterr().out
+    rows = json.loads(table.read_text())["rows"]
+    assert rows[0] == other_row and rows[1]["plan"] == "g3@2+steady" and rows[1]["seeds"] == [0, 1, 2, 3]
+    curve = clock_report.scratch_curve(clock_report.curve_points(clock.load_runs(tmp_path)))
+    expected = [round(1 - 4e14 / clock.flops_to_reach(curve, synthetic_curve(steady[s]))[0], 4) for s in (0, 1, 2)]
+    assert rows[1]["flop_savings"][:3] == pytest.approx(expected) and rows[1]["flop_savings"][3] < 0
+    assert rows[1]["saving"] == "compute-equivalent" and rows[1]["lr"] == 1e-3
+    # past the curve's end a seed counts at its lower bound, against the largest budget
+    assert clock_report.planned_saving(4e14, synthetic_curve(2e15), curve) == pytest.approx(0.5)
+    assert clock_report.planned_saving(4e14, synthetic_curve(1e13), curve) is None        # worse than the smallest
+    from megababel.plan.planner import read_measured
+    measured = {m.tokens_per_parameter: m for m in read_measured(table.read_text())[0]}
+    assert measured[20].saving == "compute-equivalent" and not measured[20].pays          # seed 3 lost
+    assert measured[20].saving_text().startswith("compute-equivalent FLOP saving per seed")
+    assert measured[5].saving == "crossing"
+    # the budget sweep's own report keeps the clock's row at 20 and rewrites only its own rows
+    import budget_report
+    kept = budget_report.measured_savings([dict(budget=20, best="g1@50", lr=1e-3, seeds=[0, 1, 2], best_flops=[0.1] * 3,
+                                                final=dict(hidden_size=128, num_hidden_layers=4, vocab_size=2000))],
+                                          clock_rows=budget_report.clock_rows_of(table))
+    assert [r["plan"] for r in kept["rows"]] == ["g3@2+steady"]
+    clock_report.write_report(tmp_path)          # not the benchmark's folder: the package's table is left alone
+    assert "planner's row" not in capsys.readouterr().out

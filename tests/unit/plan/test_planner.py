@@ -35,7 +35,8 @@ def test_the_table_is_the_saved_benchmark():
     (every budget run at 3 seeds: best plan, tuned LR, each seed's saving), and MEASURED is that file: the rule
     cannot drift from the data. (A new run: `python bench/budget_sweep.py --report` rewrites the file.)"""
     rows = budget_report.summarise(budget_report.load(RUNS))
-    table = budget_report.measured_savings(rows)
+    clock_rows = budget_report.clock_rows_of(budget_report.SAVINGS_FILE)
+    table = budget_report.measured_savings(rows, clock_rows=clock_rows)
     saved = json.loads(budget_report.SAVINGS_FILE.read_text())
     assert saved == table
     assert budget_report.SAVINGS_FILE.read_text() == budget_report._json_lines(table)      # as written, byte for byte
@@ -43,11 +44,21 @@ def test_the_table_is_the_saved_benchmark():
         (r["tokens_per_parameter"], r["plan"], r["lr"], r["flop_savings"]) for r in saved["rows"]]
     assert MEASURED_FINAL == saved["final_model"] and BENCH_HIDDEN == BENCH_FINAL.hidden_size == 128
     assert MEASURED_FINAL["parameters"] == config_parameters(BENCH_FINAL)
-    complete = {r["budget"] for r in rows if len(r["seeds"]) >= 3}
-    assert complete == {m.tokens_per_parameter for m in MEASURED} and all(m.seeds == 3 for m in MEASURED)
+    complete = {r["budget"] for r in rows if len(r["seeds"]) >= 3} | {r["tokens_per_parameter"] for r in clock_rows}
+    assert complete == {m.tokens_per_parameter for m in MEASURED} and all(m.seeds >= 3 for m in MEASURED)
     by_budget = {r["budget"]: r for r in rows}
     for m in MEASURED:          # the rounding: 4 decimals of what the report computes
-        assert list(m.flop_savings) == pytest.approx(by_budget[m.tokens_per_parameter]["best_flops"], abs=5e-5)
+        if m.saving == "crossing":
+            assert list(m.flop_savings) == pytest.approx(by_budget[m.tokens_per_parameter]["best_flops"], abs=5e-5)
+
+
+def test_the_clocks_rows_are_the_saved_clock():
+    """A row of bench/clock.py's (compute-equivalent) is what clock_report computes from the clock's saved runs: one
+    per budget where a plan ran at seeds 0-2, and none before (`python bench/clock.py --report` writes it)."""
+    import clock
+    import clock_report
+    expected = clock_report.planner_rows(clock.load_runs(clock.DEFAULT_OUT))
+    assert budget_report.clock_rows_of(budget_report.SAVINGS_FILE) == expected
 
 
 def test_the_report_of_the_benchmark_writes_the_planners_table(tmp_path, capsys):
