@@ -4,7 +4,7 @@
     python bench/clock.py --curve --wsd           # and scratch+wsd at each (where wsd won at 20)
     python bench/clock.py --plans g3@2-vocab+copy g3@2-vocab+copy+narrow --seeds 0 1 2     # plans at 20
     python bench/clock.py --plans g3@2-vocab+copy --seeds 3 4                # confirm on seeds not used to choose
-    python bench/clock.py --report                # clock.md, clock_curve.png and the noise study, from saved runs
+    python bench/clock.py --report                # clock.md, clock_curve.png, the noise study; the planner's row
 Run two of the same command side by side with --threads 1 --processes 2: they share the runs (bench/budget_sweep.py's
 claims); every finished run is saved and never trained again.
 
@@ -23,6 +23,8 @@ much as the differences measured, and scratch scored the same way "saves" 6-7% a
   the curve (linear in log FLOPs between measured budgets; outside them the saving is only bounded).
 - The crossing saving (bench/budget_report.py's, on the 40-article curve, evaluated every 1% in the last 10%) is
   reported next to it, and every saving with a 95% confidence interval over seeds (Student's t).
+- Once a plan has run at seeds 0-2, --report writes the planner's row at its budget (megababel/plan/
+  measured_savings.json, in place of the budget sweep's): the plan whose worst of those seeds saved the most.
 Budgets and final model as bench/budget_sweep.py (1.32M parameters, batch 8 x 256, one epoch of text at most).
 Outputs in --out (default bench/results/clock): runs/*.json, clock.md, clock_curve.png.
 """
