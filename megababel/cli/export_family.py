@@ -29,18 +29,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
-from megababel.checkpoint.io import CheckpointError, list_checkpoints, load_checkpoint
 from megababel.cli.arguments import entry_point, positive_int
 from megababel.data.readers import DataError, read_documents
 from megababel.data.tokenizer import Tokenizer
-from megababel.hf.evaluate import EvaluationError, Evaluated, evaluate, lm_eval_bits_per_byte
-from megababel.hf.export import ExportError, export_checkpoint
-from megababel.hf.hub import HubError, push_family
 from megababel.model.counters import config_parameters
 
-DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
 
 
 ANNEAL = "anneal"        # RUN/anneal/genG: launch/train.py --anneal-steps branches, one per member
@@ -49,6 +43,7 @@ ANNEAL = "anneal"        # RUN/anneal/genG: launch/train.py --anneal-steps branc
 def member_checkpoint(run_dir: Path, generation_checkpoint: Path) -> tuple[Path, dict | None]:
     """The checkpoint that is member G: the newest of its decay branch RUN/anneal/genG when one finished, else the
     generation's own; and the branch ({steps, flops}: its own steps and FLOPs) or None."""
+    from megababel.checkpoint.io import list_checkpoints, load_checkpoint
     generation = int(generation_checkpoint.name.rsplit("gen", 1)[1])
     origin = load_checkpoint(generation_checkpoint, verify=False).run     # run records only: no checksums read
     for checkpoint in reversed(list_checkpoints(run_dir / ANNEAL / f"gen{generation}" / "checkpoints")):
@@ -60,6 +55,7 @@ def member_checkpoint(run_dir: Path, generation_checkpoint: Path) -> tuple[Path,
 
 
 def member_row(checkpoint: Path, export: Path, tokenizer_size: int) -> dict:
+    from megababel.checkpoint.io import load_checkpoint
     saved = load_checkpoint(checkpoint)
     config, run = saved.state.config, saved.run
     parameters = config_parameters(config)
@@ -126,7 +122,7 @@ def main(argv=None) -> list[dict]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("run", type=Path, help="the run's --out directory (with generations/)")
     p.add_argument("out", type=Path)
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
     p.add_argument("--eval-text", default=None, help="also evaluate every member with megababel-eval on this file")
     p.add_argument("--max-docs", type=positive_int, default=None, help="with --eval-text: at most this many documents")
     p.add_argument("--seq-len", type=positive_int, default=1024, help="with --eval-text: megababel-eval's window")
@@ -135,6 +131,14 @@ def main(argv=None) -> list[dict]:
                    help="upload member G to REPO_PREFIX-genG and gather them in one Hub collection")
     p.add_argument("--dry-run", action="store_true", help="with --push: write OUT/upload.json, upload nothing")
     args = p.parse_args(argv)
+    # imported after parsing: --help and a bad flag answer without torch's ~2 s import
+    import torch
+
+    from megababel.checkpoint.io import CheckpointError, list_checkpoints, load_checkpoint
+    from megababel.hf.evaluate import EvaluationError, Evaluated, evaluate, lm_eval_bits_per_byte
+    from megababel.hf.export import ExportError, export_checkpoint
+    from megababel.hf.hub import HubError, push_family
+    dtype = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[args.dtype]
     if args.dry_run and not args.push:
         p.error("--dry-run goes with --push REPO_PREFIX")
     if args.push and args.push.count("/") != 1:
@@ -155,7 +159,7 @@ def main(argv=None) -> list[dict]:
         for generation_checkpoint in members:
             generation = int(generation_checkpoint.name.rsplit("gen", 1)[1])
             checkpoint, branch = member_checkpoint(args.run, generation_checkpoint)
-            export = export_checkpoint(checkpoint, args.out / f"gen{generation}", dtype=DTYPES[args.dtype])
+            export = export_checkpoint(checkpoint, args.out / f"gen{generation}", dtype=dtype)
             rows.append(dict(member_row(checkpoint, export, Tokenizer.load(export).vocab_size), branch=branch,
                              run_flops=load_checkpoint(generation_checkpoint, verify=False).run.get("flops", 0.0)))
             print(f"exported generation {generation} ({rows[-1]['parameters'] / 1e6:.2f}M parameters, vocabulary "

@@ -20,12 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from megababel.cli.arguments import entry_point
-from megababel.data.tokenizer import Tokenizer
-from megababel.hf.export import ExportError, export_checkpoint, stage_note
-from megababel.hf.hub import HubError, push_folder
 
 
 @entry_point
@@ -42,6 +37,12 @@ def main(argv=None) -> Path:
     p.add_argument("--revision", default=None, help="Hub branch (default: gen<G> of the checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: write OUT.upload.json, upload nothing")
     args = p.parse_args(argv)
+    # imported after parsing: --help and a bad flag answer without torch's ~2 s import
+    import torch
+
+    from megababel.data.tokenizer import Tokenizer
+    from megababel.hf.export import ExportError, export_checkpoint, stage_note
+    from megababel.hf.hub import HubError, push_folder
     dtype = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)[args.dtype]
     try:
         out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, dtype=dtype, overwrite=args.overwrite)

@@ -22,7 +22,6 @@ from pathlib import Path
 from megababel.cli.arguments import entry_point
 from megababel.config import ConfigError
 from megababel.data.tokenizer import TokenizerError
-from megababel.hf.export import ExportError, import_hf
 
 
 @entry_point
@@ -36,6 +35,8 @@ def main(argv=None) -> Path:
                         "(default: tokenizer order)")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    # imported after parsing: --help and a bad flag answer without torch's ~2 s import
+    from megababel.hf.export import ExportError, import_hf
     try:
         out = import_hf(args.hf_dir, args.out, args.ranking, overwrite=args.overwrite)
     except (ExportError, TokenizerError) as e:

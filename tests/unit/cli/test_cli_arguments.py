@@ -157,11 +157,19 @@ def test_argument_helpers(helper, good, bad):
 
 @pytest.mark.parametrize("module", ["megababel.cli.model_size", "megababel.cli.plan_growth",
                                     "megababel.cli.train_tokenizer", "megababel.cli.preprocess",
-                                    "megababel.model.counters", "megababel.plan.schedule"])
+                                    "megababel.model.counters", "megababel.plan.schedule", "megababel.cli.evaluate",
+                                    "megababel.cli.export_hf", "megababel.cli.import_hf",
+                                    "megababel.cli.export_family"])
 def test_light_tools_answer_without_importing_torch(module):
     """The package re-exports load on first use, and a schedule is checked by growth/events.py and data/sources.py
     alone: the planner, the arithmetic and the text tools must not pay torch's import (~2 s) for --help or an
-    answer."""
+    answer; the tools that need torch import it after parsing their command line."""
     done = subprocess.run([sys.executable, "-c", f"import sys, {module}; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_the_evaluators_dtype_names_are_its_dtypes():
+    from megababel.cli.evaluate import DTYPE_NAMES
+    from megababel.hf.evaluate import DTYPES
+    assert DTYPE_NAMES == tuple(DTYPES)
