@@ -52,15 +52,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
-from megababel.checkpoint.io import CheckpointError
 from megababel.config import ConfigError
 from megababel.data.readers import DataError
 from megababel.data.tokenizer import TokenizerError
-from megababel.train.run_logger import RunLogger
-from megababel.train.trainer import RunConfig, Trainer, TrainingDiverged
 
 
 def parse_args(argv=None):
@@ -153,6 +147,12 @@ def data_argument(p: argparse.ArgumentParser, values: list[str] | None) -> Path 
 def main(argv=None):
     p, args = parse_args(argv)
     args.data = data_argument(p, args.data)
+    # imported after parsing: --help and a bad flag answer without torch's ~2 s import
+    import torch
+
+    from megababel.checkpoint.io import CheckpointError
+    from megababel.train.run_logger import RunLogger
+    from megababel.train.trainer import RunConfig, Trainer, TrainingDiverged
     if args.threads:
         torch.set_num_threads(args.threads)
     run = RunConfig(**{k: v for k, v in vars(args).items()
@@ -188,6 +188,7 @@ def entry_point(argv=None):
     """`megababel-train`, `python -m megababel.train`, `deepspeed --module megababel.train`, launch/train.py: train,
     then every rank leaves together (no rank tears down while another still talks)."""
     main(argv)
+    import torch.distributed as dist
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -159,7 +159,7 @@ def test_argument_helpers(helper, good, bad):
                                     "megababel.cli.train_tokenizer", "megababel.cli.preprocess",
                                     "megababel.model.counters", "megababel.plan.schedule", "megababel.cli.evaluate",
                                     "megababel.cli.export_hf", "megababel.cli.import_hf",
-                                    "megababel.cli.export_family"])
+                                    "megababel.cli.export_family", "megababel.train.cli"])
 def test_light_tools_answer_without_importing_torch(module):
     """The package re-exports load on first use, and a schedule is checked by growth/events.py and data/sources.py
     alone: the planner, the arithmetic and the text tools must not pay torch's import (~2 s) for --help or an
