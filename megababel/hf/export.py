@@ -256,21 +256,25 @@ def stage_note(active: int, tokenizer_size: int) -> str:
 
 
 def training_data_lines(meta: dict) -> list[str]:
-    """The card's "Training data" section: the datasets, and per generation what it read (mixture, sequence length),
-    from the checkpoint's run record; nothing for a run that read one dataset at one length."""
+    """The card's "Training data" section: the datasets, and per generation and curriculum change what was read
+    (mixture, sequence length), from the checkpoint's run record; nothing for a run that read one dataset at one
+    length."""
     schedule = (meta.get("record") or {}).get("schedule") or {}
     training, growths = schedule.get("training", {}), schedule.get("growths", [])
-    per_generation = [(training.get("data"), training.get("seq_len"))] + [(g.get("data"), g.get("seq_len"))
-                                                                          for g in growths]
-    if all(data is None and seq is None for data, seq in per_generation):
+    # (step, generation, data, sequence length): generation 0 at step 0, each growth, each curriculum change
+    rows = [(0, 0, training.get("data"), training.get("seq_len"))]
+    rows += [(g.get("at_step"), i + 1, g.get("data"), g.get("seq_len")) for i, g in enumerate(growths)]
+    for change in schedule.get("curriculum", []):
+        generation = sum(g.get("at_step") <= change["at_step"] for g in growths)
+        rows.append((change["at_step"], generation, change["data"], rows[generation][3]))
+    if all(data is None and seq is None for _, _, data, seq in rows):
         return []
     seq_len = (meta.get("record") or {}).get("seq_len")
     lines = ["## Training data", ""]
     for name, path in (meta.get("datasets") or {}).items():
         lines.append(f"- `{name}`: {path}")
     lines += ["", "| generation | from step | data mixture | sequence length |", "|---|---|---|---|"]
-    steps = [0] + [g.get("at_step") for g in growths]
-    for generation, ((data, seq), step) in enumerate(zip(per_generation, steps)):
+    for step, generation, data, seq in sorted(rows, key=lambda row: row[0]):
         mixture = "one dataset" if data is None else ", ".join(f"{k} {w:g}" for k, w in data.items() if w > 0)
         lines.append(f"| {generation} | {step} | {mixture} | {seq or seq_len} |")
     return lines + [""]

@@ -24,6 +24,9 @@ A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, 
                                            #   training.data at the start): weights over the run's --data
                                            #   NAME=DIR sources, or difficulty slices of them, wiki[rarity:0-0.5]
                                            #   (megababel/data/mixture.py); without any, the run's one --data
+    curriculum:                            # mixture changes between growths (needs training.data), e.g. a
+      - at_tokens: 300000                  #   scratch run reading what a grown run reads: at_step, at_tokens or
+        data: {wiki: 1.0}                  #   at_fraction, and data; a sequence length changes at a growth only
 
 training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
@@ -63,6 +66,7 @@ OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
                  "global_batch_tokens", "rewarmup_steps", "seq_len", "data"}   # beside the event's
+CURRICULUM_FIELDS = ("at_step", "at_tokens", "at_fraction", "data")
 STAGES_DEPRECATED = "schedule key `stages` is deprecated: rename it to `growths`"
 
 
@@ -82,6 +86,13 @@ class Growth:
 
 
 @dataclass
+class DataChange:
+    """A curriculum entry: the data mixture from `at_step` on, the model unchanged."""
+    at_step: int
+    data: dict
+
+
+@dataclass
 class Schedule:
     model: LlamaConfig
     steps: int
@@ -96,6 +107,7 @@ class Schedule:
     seq_len: int | None = None       # the first generation's training sequence length (None: the run's --seq-len)
     data: dict | None = None         # the first generation's data mixture {source: weight} (None: one dataset)
     growths: list[Growth] = field(default_factory=list)
+    curriculum: list[DataChange] = field(default_factory=list)     # mixture changes between growths
     source: str = ""
     anneal: tuple[int, int] | None = None    # a decay branch (branch()): (its first step, its length in steps)
 
@@ -111,7 +123,9 @@ class Schedule:
         curves up to `start` are this schedule's, so a branch taken from a checkpoint continues it exactly."""
         if not (isinstance(steps, int) and steps >= 1):
             raise ConfigError(f"--anneal-steps must be an integer >= 1, got {steps!r}")
-        return replace(self, growths=self.growths[:generation], anneal=(start, steps))
+        # and it reads on what it read at `start`: no later change of the mixture either
+        return replace(self, growths=self.growths[:generation], anneal=(start, steps),
+                       curriculum=[c for c in self.curriculum if c.at_step < start])
 
     @property
     def final_config(self) -> LlamaConfig:
@@ -129,9 +143,23 @@ class Schedule:
         """The data mixture {source: weight} `generation` reads (None: the run's one dataset)."""
         return self.growths[generation - 1].data if generation else self.data
 
+    def data_at(self, step: int, generation: int) -> dict | None:
+        """The mixture read at the start of training step `step`, the model at `generation`: training.data, then
+        the growths up to `generation` and the curriculum changes before `step`, whichever came last (the loop
+        applies the changes at `step` itself; a checkpoint resumes from here)."""
+        changes = [(g.at_step, g.data) for g in self.growths[:generation]]
+        changes += [(c.at_step, c.data) for c in self.curriculum if c.at_step < step]
+        return max(changes, key=lambda change: change[0])[1] if changes else self.data
+
+    def generation_at(self, step: int) -> int:
+        """The generation that trains step `step`."""
+        return sum(g.at_step <= step for g in self.growths)
+
     def data_sources(self) -> list[str]:
-        """Every source any generation reads, in order of first use."""
-        return list(dict.fromkeys(k for g in range(len(self.growths) + 1) for k in (self.generation_data(g) or {})))
+        """Every source any generation or curriculum change reads, in order of first use."""
+        mixtures = [self.generation_data(g) for g in range(len(self.growths) + 1)]
+        mixtures += [c.data for c in self.curriculum]
+        return list(dict.fromkeys(k for mixture in mixtures for k in (mixture or {})))
 
     def vocab_sizes(self) -> list[int]:
         return sorted({self.model.vocab_size, *(g.config.vocab_size for g in self.growths)})
@@ -149,7 +177,9 @@ class Schedule:
         optional.update({} if self.data is None else dict(data=self.data))
         optional.update({} if self.anneal is None else dict(anneal=dict(from_step=self.anneal[0],
                                                                          steps=self.anneal[1])))
-        return json.loads(json.dumps(dict(model=self.model.to_dict(), training=dict(
+        curriculum = dict(curriculum=[dict(at_step=c.at_step, data=c.data) for c in self.curriculum]) \
+            if self.curriculum else {}
+        return json.loads(json.dumps(dict(model=self.model.to_dict(), **curriculum, training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
             **optional),
@@ -278,17 +308,23 @@ def _mixture(where: str, weights) -> dict:
 def _growth_step(where: str, growth: dict, steps: int, tokens_per_step: int, last_step: int, last_tokens: int) -> int:
     """The step of a growth from its one position field (popped from `growth`). `tokens_per_step` is the batch of
     the generation that ends here, which started at `last_step` with `last_tokens` tokens seen."""
-    given = [key for key in ("at_step", "at_tokens", "at_fraction") if key in growth]
+    return _entry_step(where, growth, steps,
+                       lambda tokens: last_step + max(0, -(-(tokens - last_tokens) // tokens_per_step)))
+
+
+def _entry_step(where: str, entry: dict, steps: int, tokens_to_step) -> int:
+    """The step of a growth or curriculum change from its one position field (popped from `entry`);
+    `tokens_to_step(tokens)`: the first step at or after that many training tokens."""
+    given = [key for key in ("at_step", "at_tokens", "at_fraction") if key in entry]
     if len(given) != 1:
         raise _error(where, f"give exactly one of at_step, at_tokens or at_fraction, got {given or 'none'}")
-    if "at_fraction" in growth:
-        fraction = _number(f"{where}.at_fraction", growth.pop("at_fraction"), lambda f: 0 < f < 1,
+    if "at_fraction" in entry:
+        fraction = _number(f"{where}.at_fraction", entry.pop("at_fraction"), lambda f: 0 < f < 1,
                            "strictly between 0 and 1 (a fraction of training.steps)")
         return max(1, round(fraction * steps))
-    if "at_tokens" in growth:
-        tokens = _integer(f"{where}.at_tokens", growth.pop("at_tokens"), 1)
-        return last_step + max(0, -(-(tokens - last_tokens) // tokens_per_step))   # first step at or after them
-    return _integer(f"{where}.at_step", growth.pop("at_step"), 1)
+    if "at_tokens" in entry:
+        return tokens_to_step(_integer(f"{where}.at_tokens", entry.pop("at_tokens"), 1))
+    return _integer(f"{where}.at_step", entry.pop("at_step"), 1)
 
 
 def _growths(section) -> list:
@@ -307,9 +343,9 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         # FutureWarning, not DeprecationWarning: Python shows it to the users who write schedules
         warnings.warn(STAGES_DEPRECATED, FutureWarning, stacklevel=2)
         spec["growths"] = spec.pop("stages")
-    unknown = _unknown(spec, ("model", "training", "growths"))
+    unknown = _unknown(spec, ("model", "training", "growths", "curriculum"))
     if unknown:
-        raise _error("", f"unknown section(s) {unknown}; use model, training, growths")
+        raise _error("", f"unknown section(s) {unknown}; use model, training, growths, curriculum")
     try:
         model = LlamaConfig.from_dict(spec.get("model", {}))
     except ConfigError as e:
@@ -318,6 +354,8 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     _check_seq_len("training.seq_len", schedule.seq_len, model)
     config, last_step, last_tokens, batch = model, 0, 0, schedule.global_batch_tokens
     seq_len, data = schedule.seq_len, schedule.data
+    given_data = []          # the growths that give their data (the others read on what was read before them)
+    batches = [(0, 0, batch or tokens_per_step)]     # (first step, tokens before it, tokens per step) per generation
     for i, growth in enumerate(_growths(spec.get("growths"))):
         where = f"growth {i}"
         growth = dict(_mapping(where, growth, "growth fields (at_step, hidden_size, ...)"))
@@ -345,6 +383,7 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
             _integer(f"{where}.global_batch_tokens", new_batch, 1)
         if "seq_len" in growth:
             seq_len = _integer(f"{where}.seq_len", growth.pop("seq_len"), 1)
+        given_data.append("data" in growth)
         if "data" in growth:
             data = _mixture(f"{where}.data", growth.pop("data"))
             if schedule.data is None:
@@ -360,7 +399,55 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
                                        seq_len, data))
         last_tokens += (step - last_step) * (batch or tokens_per_step)
         config, last_step, batch = new_config, step, new_batch
+        batches.append((step, last_tokens, batch or tokens_per_step))
+    schedule.curriculum = _curriculum(spec.get("curriculum"), schedule, batches)
+    for growth, given in zip(schedule.growths, given_data):
+        if not given:        # it reads on what the curriculum switched to before it, if anything
+            growth.data = schedule.data_at(growth.at_step, schedule.growths.index(growth))
     return schedule
+
+
+def _curriculum(section, schedule: Schedule, batches: list) -> list[DataChange]:
+    """The curriculum's mixture changes, steps resolved; `batches`: (first step, tokens before it, tokens per step)
+    of each generation, for at_tokens."""
+    if section is None:
+        return []
+    if not isinstance(section, list):
+        raise _error("curriculum", f"must be a list of changes (`- at_step: ..., data: {{...}}` entries), got "
+                                   f"{describe(section)}")
+    if section and schedule.data is None:
+        raise _error("curriculum", "changes the mixture that training.data sets: give training.data too (the "
+                                   "mixture read from step 0)")
+    growth_steps = {g.at_step: i for i, g in enumerate(schedule.growths)}
+    changes, last_step = [], 0
+    for i, entry in enumerate(section):
+        where = f"curriculum {i}"
+        entry = dict(_mapping(where, entry, "fields at_step (or at_tokens, at_fraction) and data"))
+        if "seq_len" in entry:
+            raise _error(f"{where}.seq_len", "the sequence length changes at a growth only (the engine takes the "
+                                             "new micro batch there): give seq_len in a growth")
+        unknown = _unknown(entry, CURRICULUM_FIELDS)
+        if unknown:
+            raise _error(where, f"unknown field(s) {unknown}; curriculum fields: {list(CURRICULUM_FIELDS)}")
+        if "data" not in entry:
+            raise _error(f"{where}.data", "is missing: give the mixture from this step on")
+
+        def tokens_to_step(tokens: int) -> int:
+            first, before, per_step = max((b for b in batches if b[1] <= tokens), key=lambda b: b[0])
+            return first + -(-(tokens - before) // per_step)
+        step = _entry_step(where, entry, schedule.steps, tokens_to_step)
+        if step <= last_step:
+            raise _error(f"{where}.at_step", f"step {step} is not after the previous change's {last_step}" if i else
+                                             f"step {step}: a change comes after step 0 (training.data is step 0's)")
+        if step >= schedule.steps:
+            raise _error(f"{where}.at_step", f"step {step} is at or after the end of training (training.steps = "
+                                             f"{schedule.steps})")
+        if step in growth_steps:
+            raise _error(f"{where}.at_step", f"step {step} is growth {growth_steps[step]}'s: give the mixture there "
+                                             f"(growth {growth_steps[step]}.data)")
+        changes.append(DataChange(step, _mixture(f"{where}.data", entry.pop("data"))))
+        last_step = step
+    return changes
 
 
 def _check_seq_len(where: str, seq_len: int | None, config: LlamaConfig):
@@ -377,6 +464,8 @@ def schedule_differences(saved: dict, current: dict) -> list[str]:
             a, b = saved.get(section, {}).get(key), current.get(section, {}).get(key)
             if a != b:
                 out.append(f"{section}.{key}: {a!r} saved, {b!r} now")
+    if saved.get("curriculum", []) != current.get("curriculum", []):
+        out.append(f"curriculum: {saved.get('curriculum', [])!r} saved, {current.get('curriculum', [])!r} now")
     old, new = saved.get("growths", []), current.get("growths", [])
     if len(old) != len(new):
         out.append(f"number of growths: {len(old)} saved, {len(new)} now")

@@ -105,6 +105,11 @@ class RunLogger(Callback):
             self.board.add_text("growth", f"step {record['step']}: generation {record['generation']}, {config}",
                                 record["step"])
 
+    def on_data_change(self, trainer, change):
+        mixture = ", ".join(f"{key} {weight:g}" for key, weight in change.data.items() if weight > 0)
+        self.say(f"step {change.at_step}: curriculum -> data mixture {mixture}")
+        self.events.append((trainer.tokens, "data: " + mixture))
+
     def abort(self):
         """Close the progress bar and the logs of a run that stops with an error (the bar would print over it)."""
         if self.is_main and hasattr(self, "bar"):

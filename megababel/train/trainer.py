@@ -74,6 +74,7 @@ class Trainer:
         self.parameters = 0                  # changes only at growth
         self.tokens_per_step = 0
         self.pending: list = []              # the growths still to come
+        self.pending_data: list = []         # the curriculum's mixture changes still to come
         self.resumed_from: Path | None = None
         self.stop_signal: str | None = None  # the signal that stopped a preempted run
 
@@ -114,7 +115,10 @@ class Trainer:
                         for (sequences, accumulation), k in zip(self.batches, self.micro_scale)]
         self.global_batch = self.batches[0][0]
         self.ds_config = self._ds_config(0)
-        reads = [(g, self._vocab_size(g), self.seq_lens[g], self._rank_batch(g)) for g in generations]
+        reads = [(self._vocab_size(g), self.seq_lens[g], self._rank_batch(g), self.schedule.generation_data(g))
+                 for g in generations]
+        reads += [(self._vocab_size(g), self.seq_lens[g], self._rank_batch(g), change.data)
+                  for change in self.schedule.curriculum for g in [self.schedule.generation_at(change.at_step)]]
         check_data(self.datasets, self.schedule, run, self.dp_world, reads)
         self.identity = RunIdentity(schedule=self.schedule.resolved(), seq_len=run.seq_len,
                                     global_batch=self.global_batch, seed=run.seed,
@@ -138,6 +142,7 @@ class Trainer:
         if not self.history:           # a fresh run, or one from an imported model
             self.history = [self._history_entry(None, None)]
         self.pending = list(self.schedule.growths[self.engine.model.generation:])
+        self.pending_data = [c for c in self.schedule.curriculum if c.at_step >= self.step]
         return self
 
     def _vocab_size(self, generation: int) -> int:
@@ -214,11 +219,14 @@ class Trainer:
             dist.barrier()
         return {"embedded": build_embedded_dataset()}
 
-    def _vocab_data(self, generation: int, previous: VocabData | None = None) -> VocabData:
-        """The data `generation` reads: its vocabulary stage, sequence length, batch and mixture."""
+    def _vocab_data(self, generation: int, previous: VocabData | None = None, step: int | None = None) -> VocabData:
+        """The data `generation` reads: its vocabulary stage, sequence length, batch and mixture (at its birth, or
+        at `step`, after the curriculum's changes before it)."""
+        mixture = self.schedule.generation_data(generation) if step is None else self.schedule.data_at(step,
+                                                                                                      generation)
         return VocabData(self.datasets, self._vocab_size(generation), self.run, self.dp_rank, self.dp_world,
-                         self._rank_batch(generation), self.seq_lens[generation],
-                         self.schedule.generation_data(generation), self.schedule.data_sources(), previous)
+                         self._rank_batch(generation), self.seq_lens[generation], mixture,
+                         self.schedule.data_sources(), previous)
 
     def _restore(self, checkpoint, tp):
         run, saved = self.run, RunRecord.from_dict(checkpoint.run)
@@ -227,7 +235,7 @@ class Trainer:
                                                seed=run.seed, tp=tp,
                                                activation_checkpointing=run.activation_checkpointing,
                                                compile=run.compile, growth_spill_dir=run.growth_spill_dir)
-        self.data = self._vocab_data(generation)
+        self.data = self._vocab_data(generation, step=0 if saved.imported_from else saved.step)
         if not saved.imported_from:
             self.data.loader.load_state_dict(saved.loader)
             self.step, self.tokens, self.flops = saved.step, saved.tokens, saved.flops
@@ -253,6 +261,8 @@ class Trainer:
                 self.step = step
                 while self.pending and self.pending[0].at_step <= step:
                     self._grow(self.pending.pop(0), step)
+                while self.pending_data and self.pending_data[0].at_step <= step:
+                    self._change_data(self.pending_data.pop(0))
                 self._train_step(step)
                 if run.eval_every and (self.step % run.eval_every == 0 or self.step == schedule.end_step):
                     self.validate()
@@ -315,8 +325,8 @@ class Trainer:
             self.data = self._vocab_data(generation, previous=self.data)
         else:       # the same stream from the same position, in the new batch and sequence length
             self.data.loader.set_seq_len(self.seq_lens[generation], self._rank_batch(generation))
-        if growth.data != self.schedule.generation_data(generation - 1):    # a new mixture: each source keeps
-            self.data.set_mixture(growth.data)                               # its position
+        if growth.data != self.schedule.data_at(step, generation - 1):    # a new mixture: each source keeps
+            self.data.set_mixture(growth.data)                             # its position
         self.tokens_per_step = self.batches[generation][0] * self.seq_lens[generation]
         self.train_seconds += time.perf_counter() - grow_started
         self.parameters = count_parameters(self.engine.model).total
@@ -330,6 +340,13 @@ class Trainer:
             callback.on_growth(self, record)
         if self.run.save_after_growth:
             self.save()
+
+    def _change_data(self, change):
+        """A curriculum change: the mixture from this step on; each source keeps its position, the model and the
+        batch stay."""
+        self.data.set_mixture(change.data)
+        for callback in self.callbacks:
+            callback.on_data_change(self, change)
 
     def _history_entry(self, before, after) -> dict:
         return dict(generation=self.engine.model.generation, step=self.step, tokens=self.tokens,

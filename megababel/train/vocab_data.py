@@ -63,7 +63,7 @@ class VocabData:
         self.train_tokens_per_byte = (train.n_tokens + 2 * train.n_docs) / max(1, train.n_bytes)
 
     def set_mixture(self, mixture: dict | None):
-        """A growth's new mixture (the sources keep their positions)."""
+        """A growth's or curriculum change's new mixture (the sources keep their positions)."""
         if mixture is not None:
             self.loader.set_weights(mixture)
 
@@ -81,13 +81,12 @@ def dataset_names(data) -> dict[str, Path]:
     return {Path(data).name: Path(data)}
 
 
-def check_data(datasets: dict[str, Path], schedule: Schedule, run: RunConfig, dp_world: int,
-               reads: list | None = None):
+def check_data(datasets: dict[str, Path], schedule: Schedule, run: RunConfig, dp_world: int, reads: list):
     """Every vocabulary stage the schedule reads, in every dataset it reads it from: both splits readable, every
-    global batch it is read with (`reads`: (generation, vocabulary size, sequence length, sequences per rank per
-    step) per generation; default one micro batch of --seq-len each) fits in the training split (a mixture source:
-    its share of it), and one validation batch in the first dataset's validation split; the datasets share one
-    tokenizer and vocabulary ranking; the difficulty slices have scores. Before any compute."""
+    global batch it is read with (`reads`: (vocabulary size, sequence length, sequences per rank per step, mixture
+    or None) per generation and curriculum change) fits in the training split (a mixture source: its share of it),
+    and one validation batch in the first dataset's validation split; the datasets share one tokenizer and
+    vocabulary ranking; the difficulty slices have scores. Before any compute."""
     from megababel.train.record import vocabulary_fingerprints
     first_name, first = next(iter(datasets.items()))
     sources = schedule.data_sources()
@@ -98,13 +97,11 @@ def check_data(datasets: dict[str, Path], schedule: Schedule, run: RunConfig, dp
         if SourceKey.parse(key).name not in datasets:
             raise ConfigError(f"the schedule's data source {key!r} names no dataset: give --data "
                               f"{SourceKey.parse(key).name}=DIR (datasets given: {', '.join(datasets)})")
-    generations = range(len(schedule.growths) + 1)
     for name, directory in datasets.items():
         used = set(schedule.vocab_sizes()) if directory == first else set()    # validation: every stage
-        for g in generations:
-            mixture = schedule.generation_data(g)
+        for size, _, _, mixture in reads:
             if mixture and name in {SourceKey.parse(k).name for k, w in mixture.items() if w > 0}:
-                used.add((schedule.growths[g - 1].config if g else schedule.model).vocab_size)
+                used.add(size)
         used = sorted(used)
         available = sorted(int(d.name.split("_")[1]) for d in directory.glob("vocab_*") if (d / "index.json").is_file())
         missing = [v for v in used if v not in available]
@@ -121,11 +118,8 @@ def check_data(datasets: dict[str, Path], schedule: Schedule, run: RunConfig, dp
             raise ConfigError(f"--data {name}={directory} was tokenized with another tokenizer or vocabulary ranking "
                               f"than {first}: one mixture needs one vocabulary; preprocess it again with "
                               f"megababel-preprocess --ranking {first / 'ranking.json'}")
-    reads = reads or [(g, (schedule.growths[g - 1].config if g else schedule.model).vocab_size, run.seq_len,
-                       run.micro_batch_size) for g in generations]
     checks = []        # (directory, vocabulary size, split, seq_len, sequences per step, source or None)
-    for generation, size, seq_len, batch in reads:
-        mixture = schedule.generation_data(generation)
+    for size, seq_len, batch, mixture in reads:
         if mixture is None:
             checks.append((first, size, "train", seq_len, batch * dp_world, None))
         for key, weight in (mixture or {}).items():

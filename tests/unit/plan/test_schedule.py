@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -397,3 +398,58 @@ def test_seed_2x_tp_preset_splits_over_2_4_and_8_ranks_and_ends_at_head_dim_128(
         [getattr(seed_final, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "head_dim")]
     with pytest.raises(ConfigError, match="num_attention_heads=5 .* --tp 2"):
         check_tensor_parallel([seed.model] + [g.config for g in seed.growths], 2, 2)
+
+
+EASY, BOTH = {"wiki[rarity:0-0.5]": 1.0}, {"wiki[rarity:0-0.5]": 0.5, "wiki[rarity:0.5-1]": 0.5}
+
+
+def test_a_curriculum_changes_the_mixture_between_growths_and_a_growth_without_data_reads_on():
+    """64 tokens per step until the growth at step 4, then 256: 1000 tokens are reached at step 7."""
+    schedule = parse_schedule(dict(model=MODEL, training=dict(steps=40, global_batch_tokens=64, data=EASY),
+                                   growths=[dict(at_step=4, num_hidden_layers=3, global_batch_tokens=256),
+                                            dict(at_step=20, num_hidden_layers=4)],
+                                   curriculum=[dict(at_tokens=1000, data=BOTH), dict(at_fraction=0.75, data=EASY)]),
+                              32)
+    assert [(c.at_step, c.data) for c in schedule.curriculum] == [(7, BOTH), (30, EASY)]
+    assert schedule.generation_at(7) == 1 and schedule.generation_at(30) == 2
+    # the growth at 20 gives no data: it reads on what the change at 7 switched to
+    assert [schedule.generation_data(g) for g in range(3)] == [EASY, EASY, BOTH]
+    assert [schedule.data_at(step, schedule.generation_at(step)) for step in (0, 4, 7, 8, 20, 30, 31)] == \
+           [EASY, EASY, EASY, BOTH, BOTH, BOTH, EASY]      # at a change's own step: what was read before it
+    assert schedule.data_sources() == ["wiki[rarity:0-0.5]", "wiki[rarity:0.5-1]"]
+    resolved = schedule.resolved()
+    assert resolved["curriculum"] == [dict(at_step=7, data=BOTH), dict(at_step=30, data=EASY)]
+    assert resolved["growths"][1]["data"] == BOTH
+    # a branch reads on what it read at its start
+    assert schedule.branch(2, 25, 5).curriculum == schedule.curriculum[:1]
+
+
+def test_a_resume_with_another_curriculum_is_told_what_changed():
+    from megababel.plan.schedule import schedule_differences
+    spec = dict(model=MODEL, training=dict(steps=40, data=EASY), curriculum=[dict(at_step=10, data=BOTH)])
+    saved = parse_schedule(spec, 32).resolved()
+    moved = parse_schedule(dict(spec, curriculum=[dict(at_step=12, data=BOTH)]), 32).resolved()
+    assert schedule_differences(saved, moved) == [
+        f"curriculum: {saved['curriculum']!r} saved, {moved['curriculum']!r} now"]
+    assert "curriculum" not in parse_schedule(dict(spec, curriculum=[]), 32).resolved()     # older records match
+
+
+@pytest.mark.parametrize("training, curriculum, message", [
+    (dict(), [dict(at_step=5, data=BOTH)], "schedule curriculum: changes the mixture that training.data sets"),
+    (dict(data=EASY), dict(at_step=5, data=BOTH), "schedule curriculum: must be a list of changes"),
+    (dict(data=EASY), [dict(at_step=5, data=BOTH, seq_len=16)], "curriculum 0.seq_len: the sequence length changes "
+                                                                "at a growth only"),
+    (dict(data=EASY), [dict(at_step=5, data=BOTH, lr=1.0)], r"curriculum 0: unknown field\(s\) \['lr'\]"),
+    (dict(data=EASY), [dict(at_step=5)], "curriculum 0.data: is missing"),
+    (dict(data=EASY), [dict(data=BOTH)], "curriculum 0: give exactly one of at_step, at_tokens or at_fraction"),
+    (dict(data=EASY), [dict(at_step=5, data={"wiki": 0.7})], "curriculum 0.data: the weights sum to 0.7, not 1"),
+    (dict(data=EASY), [dict(at_step=10, data=BOTH), dict(at_step=8, data=EASY)],
+     "curriculum 1.at_step: step 8 is not after the previous change's 10"),
+    (dict(data=EASY), [dict(at_step=40, data=BOTH)], "curriculum 0.at_step: step 40 is at or after the end"),
+    (dict(data=EASY), [dict(at_step=20, data=BOTH)], r"curriculum 0.at_step: step 20 is growth 0's: give the mixture "
+                                                     r"there \(growth 0.data\)"),
+])
+def test_bad_curricula_name_the_field(training, curriculum, message):
+    spec = dict(model=MODEL, training=dict(dict(steps=40), **training), curriculum=curriculum,
+                growths=[dict(at_step=20, num_hidden_layers=3)])
+    assert re.search(message, refusal(parse_schedule, spec, 32))

@@ -1,5 +1,6 @@
 """A data curriculum through the Trainer: two datasets (one sliced by difficulty) mixed by weights that change at
-growths, resumed exactly before, at and after each change; bad mixtures refused before any compute."""
+growths and between them (the schedule's curriculum), resumed exactly before, at and after each change; bad mixtures
+refused before any compute."""
 from __future__ import annotations
 
 import pytest
@@ -66,6 +67,30 @@ def test_a_changing_mixture_resumes_exactly_before_at_and_after_each_change(dist
     assert run["record"]["schedule"]["growths"][1]["data"] == SCHEDULE["growths"][1]["data"]
 
 
+# a scratch-like run's curriculum: easy documents first, then everything; a growth between changes reads on
+CURRICULUM = dict(model=SCHEDULE["model"], training=dict(steps=12, lr=3e-3, warmup_steps=2, global_batch_tokens=256,
+                                                          data={"docs[rarity:0-0.5]": 1.0}),
+                  growths=[dict(at_step=6, hidden_size=96, intermediate_size=256)],
+                  curriculum=[dict(at_step=3, data={"main": 0.5, "docs": 0.5}),
+                              dict(at_step=9, data={"main": 1.0})])
+
+
+def test_a_curriculum_between_growths_resumes_exactly_before_at_and_after_each_change(distributed_env, datasets,
+                                                                                       tmp_path):
+    whole, trainer = fit(datasets, tmp_path / "whole", schedule=CURRICULUM, save_every=3, save_after_growth=True)
+    assert trainer.data.loader.weights == {"docs[rarity:0-0.5]": 0.0, "main": 1.0, "docs": 0.0}
+    plain, _ = fit(datasets, tmp_path / "plain", schedule=dict(CURRICULUM, curriculum=[], growths=[]), steps=5)
+    assert plain[2] == whole[2] and plain[3] != whole[3]            # the change at 3 is read from step 3 on
+    checkpoints = tmp_path / "whole" / "checkpoints"
+    for name in ("step_00000003_*", "step_00000006_gen0*", "step_00000006_gen1*", "step_00000009_*"):
+        start = next(checkpoints.glob(name))
+        resumed, _ = fit(datasets, tmp_path / f"from_{start.name}", schedule=CURRICULUM, resume=start)
+        assert resumed == {s: whole[s] for s in range(min(resumed), 12)}, start.name
+    moved = dict(CURRICULUM, curriculum=[CURRICULUM["curriculum"][0], dict(at_step=10, data={"main": 1.0})])
+    with pytest.raises(ConfigError, match="curriculum: .* saved, .* now"):
+        fit(datasets, tmp_path / "moved", schedule=moved, resume=next(checkpoints.glob("step_00000009_*")))
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(schedule=dict(model=SCHEDULE["model"], training=dict(steps=16))), "no mixture: set training.data"),
     (dict(schedule=dict(SCHEDULE, training=dict(SCHEDULE["training"], data={"main": 0.5, "other": 0.5}))),
@@ -75,6 +100,8 @@ def test_a_changing_mixture_resumes_exactly_before_at_and_after_each_change(dist
     (dict(schedule=dict(SCHEDULE, growths=SCHEDULE["growths"][:1] + [dict(SCHEDULE["growths"][1], vocab_size=4000,
                                                                              data={"docs": 1.0})])),
      r"vocabulary stages \[4000\] that .*docs does not have"),
+    (dict(schedule=dict(CURRICULUM, curriculum=[dict(at_step=3, data={"other": 1.0})])),
+     "data source 'other' names no dataset"),
 ])
 def test_bad_mixtures_are_refused_before_any_compute(distributed_env, datasets, tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
@@ -104,6 +131,12 @@ def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distr
     assert "## Training data" in card and f"`docs`: {datasets['docs']}" in card
     assert "| 0 | 0 | main 0.5, docs[rarity:0-0.5] 0.5 | 32 |" in card
     assert "| 1 | 6 | main 0.5, docs[rarity:0-0.5] 0.25, docs[rarity:0.5-1] 0.25 | 64 |" in card
+    _, trainer = fit(datasets, tmp_path / "curriculum", schedule=CURRICULUM, save_every=12)
+    out = export_checkpoint(next((tmp_path / "curriculum" / "checkpoints").glob("step_00000012_*")), tmp_path / "c")
+    section = (out / "README.md").read_text().split("| generation | from step | data mixture |")[1]
+    rows = section.split("\n\n")[0].splitlines()[2:]
+    assert rows == ["| 0 | 0 | docs[rarity:0-0.5] 1 | 32 |", "| 0 | 3 | main 0.5, docs 0.5 | 32 |",
+                    "| 1 | 6 | main 0.5, docs 0.5 | 32 |", "| 1 | 9 | main 1 | 32 |"]
 
 
 def test_the_launcher_reads_one_dataset_or_several_named_ones(capsys):
