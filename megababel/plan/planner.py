@@ -29,6 +29,9 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
               ("main[rarity:0-0.5]", data/difficulty.py), later ones both halves equally (no text read twice)
   +simplefirst  the first generation reads half its sequences from a simpler dataset named "simple" (e.g.
               TinyStories, --data main=DIR simple=DIR), later ones only "main"
+  +easyfirstP, +simplefirstP  the same curricula switching at P% of the run's steps (the schedule's curriculum)
+              instead of at the first growth; also for scratch ("scratch+easyfirst11.5": scratch reading what a
+              grown run reads, the control that tells the curriculum's share of a saving from the growth's)
   +wsd        warmup-stable-decay LR (schedule.py's lr_decay: wsd, the last 20% decaying) instead of cosine; also
               for scratch ("scratch+wsd")
   +narrow     every generation has the final's heads: the first at half the final's head_dim, grown to it (head_dim
@@ -167,7 +170,7 @@ class Plan:
             lines.append("do not grow: growing did not pay at this budget; train the final model from scratch. For "
                          "the smaller models too (a model family from one run), plan in family mode: "
                          "tools/plan_growth.py --family, or launch/train.py --schedule auto --keep-generations")
-        levers = self.name.split("+")[1:]
+        levers = [lever.rstrip("0123456789.") for lever in self.name.split("+")[1:]]     # easyfirst5 -> easyfirst
         lines += [text for lever, text in LEVER_EXPLANATIONS.items() if lever in levers]
         if self.wall_text():
             lines.append(self.wall_text())
@@ -263,7 +266,7 @@ DATA_CURRICULA = {
     "simplefirst": ({"main": 0.5, "simple": 0.5}, {"main": 1.0, "simple": 0.0}),
 }
 LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
-                      generation_lr=False, narrow=False, wsd=False, seqwarm=False, data=None)
+                      generation_lr=False, narrow=False, wsd=False, seqwarm=False, data=None, data_switch=None)
 
 
 def parse_levers(levers: list[str]) -> dict:
@@ -272,10 +275,15 @@ def parse_levers(levers: list[str]) -> dict:
     for lever in levers:
         if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
             options["rewarm"] = float(lever[6:])
-        elif lever in ("easyfirst", "simplefirst"):
-            if options["data"] not in (None, lever):
+        elif lever.startswith(tuple(DATA_CURRICULA)):
+            curriculum = next(name for name in DATA_CURRICULA if lever.startswith(name))
+            switch = lever.removeprefix(curriculum)
+            if switch and not (switch.replace(".", "", 1).isdigit() and 0 < float(switch) < 100):
+                raise ConfigError.about("plan", f"+{lever}: the switch +{curriculum}P needs 0 < P < 100 (% of the "
+                                                f"run's steps), got {switch!r}")
+            if options["data"] is not None:
                 raise ConfigError.about("plan", f"+{options['data']} and +{lever} are two data curricula: pick one")
-            options["data"] = lever
+            options.update(data=curriculum, data_switch=float(switch) if switch else None)
         elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd", "seqwarm"):
             options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
                                 x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
@@ -283,8 +291,8 @@ def parse_levers(levers: list[str]) -> dict:
                                 seqwarm=dict(seqwarm=True))[lever])
         else:
             raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
-                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd, +seqwarm, +easyfirst and "
-                                    f"+simplefirst")
+                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd, +seqwarm, +easyfirst[P] and "
+                                    f"+simplefirst[P]")
     return options
 
 
@@ -300,9 +308,14 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     if levers["wsd"]:
         training.update(lr_decay="wsd", decay_fraction=0.2)
     if name == "scratch":
-        if dict(levers, wsd=False) != LEVER_DEFAULTS:
-            raise ConfigError.about("plan", f"scratch takes only the +wsd lever, got {lever_names}")
-        return dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
+        if dict(levers, wsd=False, data=None, data_switch=None) != LEVER_DEFAULTS:
+            raise ConfigError.about("plan", f"scratch takes only the +wsd lever and a data curriculum with its "
+                                            f"switch (+easyfirstP), got {lever_names}")
+        spec = dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
+        if levers["data"] is not None and levers["data_switch"] is None:
+            raise ConfigError.about("plan", f"scratch+{levers['data']} has no growth to switch at: give the switch, "
+                                            f"+{levers['data']}P (the first P% of the steps)")
+        return _with_curriculum(spec, levers)
     rewarm, half = levers["rewarm"], levers["halfbatch"]
     plan, _, rest = name.partition("@")
     vocab = rest.endswith("-vocab")
@@ -325,8 +338,8 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
         previous = fraction
     growths = [dict(event, at_step=step, **({"vocab_size": final.vocab_size} if vocab and i == 0 else {}))
                for i, (event, step) in enumerate(zip(events, at_steps))]
-    if levers["data"] is not None:      # the first generation's curriculum, then the main data as it is
-        first_data, later = DATA_CURRICULA[levers["data"]]
+    if levers["data"] is not None and levers["data_switch"] is None:   # the first generation's curriculum, then
+        first_data, later = DATA_CURRICULA[levers["data"]]                # the main data as it is
         training["data"] = first_data
         growths[0]["data"] = later
     if levers["seqwarm"]:
@@ -343,8 +356,19 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
         training["lr"] = lr * final.hidden_size / configs[0].hidden_size
         for growth, config in zip(growths, configs[1:]):
             growth["lr"] = lr * final.hidden_size / config.hidden_size
-    return dict(model=dict(configs[0].to_dict(), **model_fields), training=dict(training, steps=at_steps[-1]),
-                growths=growths)
+    return _with_curriculum(dict(model=dict(configs[0].to_dict(), **model_fields),
+                                 training=dict(training, steps=at_steps[-1]), growths=growths), levers)
+
+
+def _with_curriculum(spec: dict, levers: dict) -> dict:
+    """+easyfirstP / +simplefirstP: the curriculum's first mixture from step 0, its later one from P% of the steps
+    on (a curriculum change; schedule.py refuses one at a growth's step)."""
+    if levers["data_switch"] is None:
+        return spec
+    first_data, later = DATA_CURRICULA[levers["data"]]
+    at_step = max(1, round(levers["data_switch"] / 100 * spec["training"]["steps"]))
+    return dict(spec, training=dict(spec["training"], data=first_data), curriculum=[dict(at_step=at_step,
+                                                                                         data=later)])
 
 
 def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | None = None, seq_len: int = 2048,

@@ -340,6 +340,28 @@ def test_the_data_curriculum_levers_set_the_first_generations_mixture_and_then_t
         plan_schedule(BENCH_FINAL, "g3@2-vocab+easyfirst+simplefirst", 1000, 256, 2048, 1.5e-3)
 
 
+def test_a_switch_moves_the_curriculum_off_the_growths_so_scratch_can_read_what_a_grown_run_reads():
+    """scratch+easyfirstP: the easier half for the first P% of the steps, then both halves, as the grown plan reads
+    them from its first growth; the control that separates a curriculum's gain from the growth's."""
+    grown = parse_schedule(plan_schedule(BENCH_FINAL, "g3@2-vocab+copy+easyfirst", 1000, 256, 2048, 1.5e-3), 2048)
+    first = grown.growths[0].at_step
+    switch = 100 * first / 1000                                   # scratch runs 1000 steps: the same tokens
+    scratch = parse_schedule(plan_schedule(BENCH_FINAL, f"scratch+easyfirst{switch:g}", 1000, 256, 2048, 1.5e-3),
+                             2048)
+    assert (scratch.steps, scratch.growths) == (1000, [])
+    assert [scratch.data_at(step, 0) for step in (0, first, first + 1)] == \
+           [grown.data_at(step, grown.generation_at(step - 1)) for step in (0, first, first + 1)]
+    assert curriculum_explained(f"scratch+easyfirst{switch:g}") == "easyfirst"
+    moved = parse_schedule(plan_schedule(BENCH_FINAL, "g3@2-vocab+copy+easyfirst50", 1000, 256, 2048, 1.5e-3), 2048)
+    assert [c.at_step for c in moved.curriculum] == [round(moved.steps / 2)]
+    assert moved.generation_data(1) == {"main[rarity:0-0.5]": 1.0}          # the growths read on until the switch
+    for name, message in (("scratch+easyfirst", r"no growth to switch at: give the switch, \+easyfirstP"),
+                          ("scratch+easyfirst0", "needs 0 < P < 100"), ("scratch+simplefirst1e3", "needs 0 < P < 100"),
+                          ("scratch+easyfirst5+simplefirst5", "two data curricula")):
+        with pytest.raises(ConfigError, match=message):
+            plan_schedule(BENCH_FINAL, name, 1000, 256, 2048, 1.5e-3)
+
+
 def curriculum_explained(name: str) -> str:
     """Which data curriculum a plan's explanation describes."""
     from megababel.plan.planner import Plan
