@@ -111,7 +111,8 @@ def planner_row(rows: list[dict], choosing=CHOOSING_SEEDS) -> dict | None:
     with its saving at every seed it ran (the confirming seeds too); None until a plan has them all."""
     def worst(row):
         return min(-1.0 if v is None else v for s, v in zip(row["seeds"], row["planned"]) if s in choosing)
-    candidates = [r for r in rows if r["name"] != "scratch" and set(choosing) <= set(r["seeds"])]
+    # scratch with a lever (scratch+easyfirstP) is a control, what the lever is worth without growth: not a plan
+    candidates = [r for r in rows if r["name"].split("+")[0] != "scratch" and set(choosing) <= set(r["seeds"])]
     if not candidates:
         return None
     best = max(candidates, key=worst)

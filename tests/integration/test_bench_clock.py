@@ -156,6 +156,8 @@ def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it
     for seed, reach in ((0, 1e15), (1, 5e14), (2, 1e15)):                   # best mean, worse worst seed
         _saved(runs, 20, "g3@2+lucky", 1e-3, seed, synthetic_curve(reach), 4e14)
     _saved(runs, 20, "g3@2+once", 1e-3, 0, synthetic_curve(2e15), 4e14)    # one seed: not a candidate
+    for seed in (0, 1, 2):                                    # a control, however good: scratch is not a plan
+        _saved(runs, 20, "scratch+easyfirst10", 1e-3, seed, synthetic_curve(2e15), 4e14)
     table = tmp_path / "measured_savings.json"
     sweep_row = dict(tokens_per_parameter=20, plan="g3@2-vocab+copy", lr=1.5e-3, seeds=[0, 1, 2],
                      flop_savings=[0.02, 0.16, 0.08])
