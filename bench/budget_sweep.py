@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -78,6 +79,11 @@ PROCESSES = 1           # --processes: how many sweep processes share the machin
 
 def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
     return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
+
+
+def partial_dir(path: Path) -> Path:
+    """Where the run saved as `path` keeps its checkpoints while it trains (removed once it is saved)."""
+    return path.with_suffix(".partial")
 
 
 def claimed(path: Path) -> bool:
@@ -134,12 +140,17 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
     if not _claim(path):              # another process took it meanwhile
         return run(out, budget, name, lr, seed, data, validation, spec, wait, clock, options)
     spec = spec or schedule_spec(name, budget, lr)
+    options = dict(options or {})
+    # a run without its own OUT checkpoints as it trains: stopped (SIGTERM) it resumes where it stopped
+    partial = None if "out" in options else partial_dir(path)
     try:
         result = train(name, spec, seed, run_data(data, spec), validation, eval_every=max(10, spec["training"]["steps"] // 40),
                        micro_batch_size=4 if "+halfbatch" in name else 8,     # half of 8 x 256: micro batches of 4
-                       clock=clock, **(options or {}))
+                       clock=clock, partial=partial, **options)
         result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
         path.write_text(json.dumps(result))
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
     finally:
         path.with_suffix(".claim").unlink(missing_ok=True)
     print(f"  -> final {result['final_bpb']:.4f} bits/byte, {result['flops']:.3g} FLOPs, {result['wall']:.0f} s",

@@ -152,6 +152,22 @@ class BenchRecorder(Callback):
         self.eval_every, self.clock = eval_every, clock     # clock: bench/clock.py's final evaluations, or None
         self.evals, self.growths, self.final_evals = [], [], []
         self.start_step, self.initial_eval = 0, None    # a decay branch: where it starts, the clock's figure there
+        self.continued = False     # restored from a stopped run's checkpoint (train's `partial`): no new start
+        self.saves_state = False   # write its state into each checkpoint the Trainer saves
+
+    STATE = "bench_recorder.json"      # beside a checkpoint: what was measured up to its step
+    STATE_FIELDS = ("evals", "growths", "final_evals", "start_step", "initial_eval")
+
+    def on_save(self, trainer, path):
+        if self.saves_state and trainer.rank == 0:
+            (Path(path) / self.STATE).write_text(json.dumps({k: getattr(self, k) for k in self.STATE_FIELDS}))
+
+    def continue_from(self, checkpoint: Path):
+        """The measurements of a stopped run up to `checkpoint`, which it resumes from."""
+        state = json.loads((Path(checkpoint) / self.STATE).read_text())
+        for key in self.STATE_FIELDS:
+            setattr(self, key, state[key])
+        self.continued = True
 
     def evaluate(self, trainer) -> float:
         config = trainer.engine.model.config
@@ -164,8 +180,8 @@ class BenchRecorder(Callback):
 
     def on_fit_start(self, trainer):
         # a decay branch (bench/annealed_family.py) starts at its member's step and ends at the branch's end
-        start, steps = trainer.step, trainer.schedule.end_step
-        self.start_step = start
+        start, steps = (self.start_step if self.continued else trainer.step), trainer.schedule.end_step
+        self.start_step, self.timed_from = start, trainer.step
         growth_steps = [g.at_step for g in trainer.schedule.growths if g.at_step >= start]
         self.eval_steps = set(range(start, steps, self.eval_every)) | {steps} | set(growth_steps)  # right before each
         self.eval_steps |= {g + k for g in growth_steps for k in AFTER_GROWTH if g + k < steps}
@@ -173,6 +189,8 @@ class BenchRecorder(Callback):
             self.eval_steps |= self.clock.curve_steps(steps, start)
             self.final_steps = self.clock.final_steps(steps, start)
         self.started = time.perf_counter()
+        if self.continued:              # measured up to here before it stopped
+            return
         self.evaluate(trainer)
         if self.clock is not None and start > 0:        # the member before its branch, on the clock's articles
             self.initial_eval = dict(step=start, flops=trainer.flops, **self.clock.evaluate(trainer))
@@ -193,27 +211,45 @@ class BenchRecorder(Callback):
             print(f"  {self.name} seed {self.seed}: step {step}/{steps} loss {row['loss']:.3f} val "
                   f"{self.evals[-1]['bpb']:.4f} bits/byte, gen {row['generation']}, "
                   f"{step * TOKENS_PER_STEP / trainer.train_seconds:,.0f} tok/s, "
-                  f"ETA {elapsed / max(1, step - self.start_step) * (steps - step):.0f} s", flush=True)
+                  f"ETA {elapsed / max(1, step - self.timed_from) * (steps - step):.0f} s", flush=True)
+
+
+PARTIAL_EVERY = 1000    # steps between a resumable run's checkpoints (a few minutes of the clock's runs)
 
 
 def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY,
-          micro_batch_size: int = BATCH, clock=None, out: Path | None = None, **run_options) -> dict:
+          micro_batch_size: int = BATCH, clock=None, out: Path | None = None, partial: Path | None = None,
+          callbacks=(), **run_options) -> dict:
     """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
     bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints unless `out` is given (then the
     Trainer's OUT, e.g. with keep_generations=True in `run_options`: RunConfig fields, also resume and
-    anneal_steps for a decay branch). `clock`: bench/clock.py's Clock, whose final evaluations the result then
-    holds ("final_evals")."""
+    anneal_steps for a decay branch). `partial`: a folder where the run checkpoints every PARTIAL_EVERY steps and
+    when stopped (SIGTERM), with what was measured so far; a re-run resumes from there exactly (the Trainer's
+    resume), so a run longer than a session still ends. `clock`: bench/clock.py's Clock, whose final evaluations
+    the result then holds ("final_evals"). `callbacks`: more Trainer callbacks."""
     recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every,
                              clock=clock)
+    if partial is not None:
+        if out is not None:
+            raise ValueError("give out or partial, not both")
+        out, recorder.saves_state = partial, True
+        run_options.update(save_every=PARTIAL_EVERY, keep_last=1)
+        if any((Path(partial) / "checkpoints").glob("step_*")):
+            run_options["resume"] = "auto"
     with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory()) as out:
         trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ, bf16=True,
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out), **run_options),
-                          callbacks=[recorder])
-        fitted = trainer.setup().fit()
+                          callbacks=[recorder, *callbacks])
+        trainer.setup()
+        if partial is not None and trainer.resumed_from is not None:
+            recorder.continue_from(trainer.resumed_from)
+            print(f"  {name} seed {seed}: resumed at step {trainer.step} from {trainer.resumed_from}", flush=True)
+        fitted = trainer.fit()
     trainer.close()
     if fitted["preempted"]:     # SIGTERM/SIGUSR1 stop the Trainer cleanly: a partial run must not be saved as done
         raise SystemExit(f"{name} seed {seed}: stopped by {trainer.stop_signal} at step {fitted['step']} of "
-                         f"{trainer.schedule.steps}; not saved, a re-run trains it again")
+                         f"{trainer.schedule.end_step}; " + ("checkpointed: a re-run resumes it" if partial else
+                                                             "not saved, a re-run trains it again"))
     return dict(name=name, seed=seed, spec=spec, evals=recorder.evals, growths=recorder.growths,
                 final_bpb=recorder.evals[-1]["bpb"], flops=trainer.flops, wall=trainer.train_seconds,
                 steps=trainer.schedule.end_step, precision="deepspeed-bf16",

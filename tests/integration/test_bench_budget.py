@@ -199,3 +199,45 @@ def test_a_run_claimed_by_another_live_process_is_skipped_or_waited_for(tmp_path
     assert not budget_sweep.claimed(path)
     assert budget_sweep._claim(path) and claim.read_text() == str(os.getpid())      # taken over
     assert not budget_sweep.claimed(path) and sorted(p.name for p in path.parent.iterdir()) == [claim.name]
+
+
+class StopAt:
+    """Sends this process SIGTERM after step `step`, as a session's end does to a running benchmark."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __getattr__(self, hook):                 # every other Callback hook: nothing
+        return lambda *args: None
+
+    def on_step_end(self, trainer, row):
+        if trainer.step == self.step:
+            import signal
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(distributed_env, tmp_path):
+    """SIGTERM checkpoints a run with what was measured so far; the next invocation resumes it exactly (the same
+    evaluations, growths and FLOPs as a run never stopped) and removes the checkpoints once the run is saved."""
+    from megababel.data.embedded import build_embedded_dataset
+    from growth_vs_scratch import Validation
+    data = build_embedded_dataset()
+    validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+    spec = dict(model=dict(hidden_size=64, head_dim=32, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
+                           max_position_embeddings=256),
+                training=dict(steps=30, lr=3e-3, warmup_steps=3),
+                growths=[dict(at_step=15, hidden_size=96, intermediate_size=256, vocab_size=2000)])
+    whole = budget_sweep.run(tmp_path / "whole", 1, "tiny", 3e-3, 0, data, validation, spec=spec)
+    stopped = tmp_path / "stopped"
+    path = budget_sweep.run_path(stopped, 1, "tiny", 3e-3, 0)
+    with pytest.raises(SystemExit, match="stopped by SIGTERM at step 12 of 30; checkpointed: a re-run resumes it"):
+        budget_sweep.run(stopped, 1, "tiny", 3e-3, 0, data, validation, spec=spec,
+                         options=dict(callbacks=[StopAt(12)]))
+    assert not path.is_file() and any((budget_sweep.partial_dir(path) / "checkpoints").glob("step_00000012_*"))
+    resumed = budget_sweep.run(stopped, 1, "tiny", 3e-3, 0, data, validation, spec=spec)
+    same = lambda evals: [{k: e[k] for k in ("step", "flops", "bpb", "generation")} for e in evals]  # noqa: E731
+    assert same(resumed["evals"]) == same(whole["evals"]) and len(whole["evals"]) > 8
+    assert [(g["step"], g["before"], g["after"]) for g in resumed["growths"]] == \
+           [(g["step"], g["before"], g["after"]) for g in whole["growths"]]
+    assert resumed["flops"] == whole["flops"] and resumed["final_bpb"] == whole["final_bpb"]
+    assert path.is_file() and not budget_sweep.partial_dir(path).exists()
