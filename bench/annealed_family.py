@@ -62,11 +62,16 @@ def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
     path = budget_sweep.run_path(out, budget, f"family-{plan}", lr, seed)
     if path.is_file() and not (kept / "generations").is_dir():
         path.unlink()                                  # its generations are gone: train it again
-    if not path.is_file() and not budget_sweep.claimed(path):
-        shutil.rmtree(kept, ignore_errors=True)        # a stopped run's (it restarts from step 0, as every bench run)
+    if not path.is_file() and not budget_sweep.claimed(path) and not resumable(kept):
+        shutil.rmtree(kept, ignore_errors=True)        # a stopped run with no checkpoint yet: it starts again
     return budget_sweep.run(out, budget, f"family-{plan}", lr, seed, data, validation,
                             spec=schedule_spec(plan, budget, lr), clock=clock,
-                            options=dict(out=kept, keep_generations=True))
+                            options=dict(partial=kept, keep_generations=True))
+
+
+def resumable(folder: Path) -> bool:
+    """Whether a stopped run left a checkpoint in `folder` to resume from (growth_vs_scratch.train's partial)."""
+    return any((folder / "checkpoints").glob("step_*"))
 
 
 def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validation, clock) -> dict:
@@ -78,10 +83,10 @@ def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validati
     name = f"branch-{plan}-g{generation}-f{fraction:g}"
     branch_out = out / "kept" / f"{name}-seed{seed}"
     path = budget_sweep.run_path(out, budget, name, lr, seed)
-    if not path.is_file() and not budget_sweep.claimed(path):
-        shutil.rmtree(branch_out, ignore_errors=True)  # a stopped branch's checkpoint: it restarts from the member
+    if not path.is_file() and not budget_sweep.claimed(path) and not resumable(branch_out):
+        shutil.rmtree(branch_out, ignore_errors=True)  # nothing to resume: it starts again from the member
     return budget_sweep.run(out, budget, name, lr, seed, data, validation, spec=spec, clock=clock,
-                            options=dict(out=branch_out, resume=member,
+                            options=dict(partial=branch_out, resume=member,
                                          anneal_steps=max(1, round(fraction * (end - born)))))
 
 

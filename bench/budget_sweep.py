@@ -141,16 +141,19 @@ def run(out: Path, budget: float, name: str, lr: float, seed: int, data: Path, v
         return run(out, budget, name, lr, seed, data, validation, spec, wait, clock, options)
     spec = spec or schedule_spec(name, budget, lr)
     options = dict(options or {})
-    # a run without its own OUT checkpoints as it trains: stopped (SIGTERM) it resumes where it stopped
-    partial = None if "out" in options else partial_dir(path)
+    # every run checkpoints as it trains, so that a stopped one (SIGTERM) resumes where it stopped: into its own
+    # partial folder, removed once the run is saved, unless the caller keeps its OUT (a family run, a branch)
+    made_here = "out" not in options and "partial" not in options
+    if made_here:
+        options["partial"] = partial_dir(path)
     try:
         result = train(name, spec, seed, run_data(data, spec), validation, eval_every=max(10, spec["training"]["steps"] // 40),
                        micro_batch_size=4 if "+halfbatch" in name else 8,     # half of 8 x 256: micro batches of 4
-                       clock=clock, partial=partial, **options)
+                       clock=clock, **options)
         result.update(budget=budget, lr=lr, threads=torch.get_num_threads(), processes=PROCESSES)
         path.write_text(json.dumps(result))
-        if partial is not None:
-            shutil.rmtree(partial, ignore_errors=True)
+        if made_here:
+            shutil.rmtree(options["partial"], ignore_errors=True)
     finally:
         path.with_suffix(".claim").unlink(missing_ok=True)
     print(f"  -> final {result['final_bpb']:.4f} bits/byte, {result['flops']:.3g} FLOPs, {result['wall']:.0f} s",

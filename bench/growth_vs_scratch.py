@@ -229,19 +229,21 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
     the result then holds ("final_evals"). `callbacks`: more Trainer callbacks."""
     recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every,
                              clock=clock)
+    continuing = False        # resuming the stopped run in `partial` (not a decay branch's first start)
     if partial is not None:
         if out is not None:
             raise ValueError("give out or partial, not both")
         out, recorder.saves_state = partial, True
         run_options.update(save_every=PARTIAL_EVERY, keep_last=1)
-        if any((Path(partial) / "checkpoints").glob("step_*")):
+        continuing = any((Path(partial) / "checkpoints").glob("step_*"))
+        if continuing:            # (a decay branch's resume=MEMBER is for its first start only)
             run_options["resume"] = "auto"
     with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory()) as out:
         trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ, bf16=True,
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out), **run_options),
                           callbacks=[recorder, *callbacks])
         trainer.setup()
-        if partial is not None and trainer.resumed_from is not None:
+        if continuing:
             recorder.continue_from(trainer.resumed_from)
             print(f"  {name} seed {seed}: resumed at step {trainer.step} from {trainer.resumed_from}", flush=True)
         fitted = trainer.fit()

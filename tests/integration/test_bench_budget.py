@@ -241,3 +241,28 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(dis
            [(g["step"], g["before"], g["after"]) for g in whole["growths"]]
     assert resumed["flops"] == whole["flops"] and resumed["final_bpb"] == whole["final_bpb"]
     assert path.is_file() and not budget_sweep.partial_dir(path).exists()
+
+
+def test_a_stopped_decay_branch_resumes_its_own_checkpoint_not_the_member_it_started_from(distributed_env, tmp_path):
+    """A branch (bench/annealed_family.py) starts from a member's checkpoint (resume=MEMBER) into its partial
+    folder; stopped, it continues from its own checkpoint with its own measurements."""
+    from megababel.checkpoint.io import list_checkpoints
+    from megababel.data.embedded import build_embedded_dataset
+    from growth_vs_scratch import Validation, train
+    data = build_embedded_dataset()
+    validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
+    spec = dict(model=dict(hidden_size=64, head_dim=32, num_hidden_layers=2, multiple_of=32, vocab_size=1000,
+                           max_position_embeddings=256),
+                training=dict(steps=24, lr=3e-3, warmup_steps=3),
+                growths=[dict(at_step=12, hidden_size=96, intermediate_size=256)])
+    train("family", spec, 0, data, validation, eval_every=4, partial=tmp_path / "family", keep_generations=True)
+    member = next(c for c in list_checkpoints(tmp_path / "family" / "generations") if c.name.endswith("_gen0"))
+    branch = dict(resume=member, anneal_steps=8)
+    whole = train("branch", spec, 0, data, validation, eval_every=4, partial=tmp_path / "whole", **branch)
+    with pytest.raises(SystemExit, match="stopped by SIGTERM at step 16 of 20; checkpointed"):
+        train("branch", spec, 0, data, validation, eval_every=4, partial=tmp_path / "stopped", callbacks=[StopAt(16)],
+              **branch)
+    resumed = train("branch", spec, 0, data, validation, eval_every=4, partial=tmp_path / "stopped", **branch)
+    same = lambda evals: [{k: e[k] for k in ("step", "flops", "bpb")} for e in evals]  # noqa: E731
+    assert same(resumed["evals"]) == same(whole["evals"]) and whole["evals"][0]["step"] == 12
+    assert resumed["flops"] == whole["flops"] and resumed["steps"] == 20
