@@ -250,6 +250,10 @@ def main(argv=None):
     p.add_argument("--curve", action="store_true", help="scratch at each of --budgets, LR tuned; scratch+wsd at 20")
     p.add_argument("--wsd", action="store_true", help="with --curve: scratch+wsd at every budget, not only at 20")
     p.add_argument("--budgets", type=float, nargs="+", default=list(CURVE_BUDGETS))
+    p.add_argument("--curve-lrs", type=float, nargs="+", default=list(CURVE_LRS), metavar="LR",
+                   help="scratch's LR grid at each --curve budget, extended while the best sits at an edge (e.g. "
+                        "0.00075 0.0015 above 20 tokens/parameter, where longer training rarely wants a higher LR: "
+                        "0.003 runs only if 0.0015 wins)")
     p.add_argument("--plans", nargs="+", default=[], metavar="PLAN", help="plans (with levers) at --plan-budget, "
                    "at scratch's tuned LR there, for --seeds (scratch too, at those seeds)")
     p.add_argument("--plan-budget", type=float, default=PLAN_BUDGET, help="tokens/parameter of the plans' runs")
@@ -271,7 +275,7 @@ def main(argv=None):
         if any("first" in n for n in args.plans):     # the data curricula's sources, made once before any run
             from bench_data import simple_stories, with_difficulty
             with_difficulty(data), simple_stories(data)
-        lrs, extensions = ((3e-3,), 0) if args.quick else (CURVE_LRS, 2)
+        lrs, extensions = ((3e-3,), 0) if args.quick else (args.curve_lrs, 2)
         if args.curve or args.quick:
             for budget in args.budgets:
                 lr = tune(args.out, budget, "scratch", lrs, data, validation, clock, extensions)
