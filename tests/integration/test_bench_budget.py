@@ -216,10 +216,12 @@ class StopAt:
             signal.raise_signal(signal.SIGTERM)
 
 
-def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(distributed_env, tmp_path):
+def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(distributed_env, tmp_path, monkeypatch):
     """SIGTERM checkpoints a run with what was measured so far; the next invocation resumes it exactly (the same
-    evaluations, growths and FLOPs as a run never stopped) and removes the checkpoints once the run is saved."""
+    evaluations, growths and FLOPs as a run never stopped, nor checkpointed on the way) and removes the checkpoints
+    once the run is saved."""
     from megababel.data.embedded import build_embedded_dataset
+    import growth_vs_scratch
     from growth_vs_scratch import Validation
     data = build_embedded_dataset()
     validation = {v: Validation(data / f"vocab_{v}") for v in (1000, 2000)}
@@ -228,6 +230,7 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_as_if_never_stopped(dis
                 training=dict(steps=30, lr=3e-3, warmup_steps=3),
                 growths=[dict(at_step=15, hidden_size=96, intermediate_size=256, vocab_size=2000)])
     whole = budget_sweep.run(tmp_path / "whole", 1, "tiny", 3e-3, 0, data, validation, spec=spec)
+    monkeypatch.setattr(growth_vs_scratch, "PARTIAL_EVERY", 5)       # checkpoints on the way change nothing
     stopped = tmp_path / "stopped"
     path = budget_sweep.run_path(stopped, 1, "tiny", 3e-3, 0)
     with pytest.raises(SystemExit, match="stopped by SIGTERM at step 12 of 30; checkpointed: a re-run resumes it"):
