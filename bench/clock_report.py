@@ -193,7 +193,9 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> s
         for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
             bounds = ", ".join(row["bounds"]) + " (past the curve)" if row["bounds"] else ""
             equivalent = (_ci(row["equivalent"]) + (f"; {bounds}" if bounds else "")) if row["equivalent"] else bounds
-            lines.append(f"| {row['name']} | {','.join(map(str, row['seeds']))} | {np.mean(row['figure']):.4f} | "
+            control = " (control: no growth)" if row["name"].startswith("scratch+") else ""
+            lines.append(f"| {row['name']}{control} | {','.join(map(str, row['seeds']))} | "
+                         f"{np.mean(row['figure']):.4f} | "
                          f"{equivalent} | {_ci(row['crossing'])} | {_ci(row['d_bpb'], pct=False)} | "
                          f"{_ci(row['wall'])} |")
     seeds_at = defaultdict(set)

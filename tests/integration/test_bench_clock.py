@@ -165,6 +165,7 @@ def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it
     table.write_text(json.dumps(dict(about="", final_model=dict(hidden_size=128), rows=[other_row, sweep_row])))
     clock_report.write_report(tmp_path, savings_file=table)
     assert "the planner's row at 20 tokens/parameter, g3@2+steady" in capsys.readouterr().out
+    assert "| scratch+easyfirst10 (control: no growth) | 0,1,2 |" in (tmp_path / "clock.md").read_text()
     rows = json.loads(table.read_text())["rows"]
     assert rows[0] == other_row and rows[1]["plan"] == "g3@2+steady" and rows[1]["seeds"] == [0, 1, 2, 3]
     curve = clock_report.scratch_curve(clock_report.curve_points(clock.load_runs(tmp_path)))
