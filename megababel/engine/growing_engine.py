@@ -262,6 +262,14 @@ class GrowingEngine:
     def gradient_accumulation_steps(self) -> int:
         return self._ds.gradient_accumulation_steps()
 
+    def set_micro_batch(self, micro_batch: int):
+        """Sequences per micro-batch from the next step on, gradient accumulation unchanged: a curriculum's change of
+        the sequence length (the same tokens per micro-step, in sequences of another length), without rebuilding."""
+        accumulation = self._ds.gradient_accumulation_steps()
+        self._ds.set_train_micro_batch_size(micro_batch)
+        self.ds_config = dict(self.ds_config, train_micro_batch_size_per_gpu=micro_batch,
+                              train_batch_size=micro_batch * accumulation * self._ds.dp_world_size)
+
     @staticmethod
     def compile_seconds() -> float | None:
         """Seconds this process has spent in torch.compile so far (None: torch cannot time it)."""

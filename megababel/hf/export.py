@@ -264,9 +264,10 @@ def training_data_lines(meta: dict) -> list[str]:
     # (step, generation, data, sequence length): generation 0 at step 0, each growth, each curriculum change
     rows = [(0, 0, training.get("data"), training.get("seq_len"))]
     rows += [(g.get("at_step"), i + 1, g.get("data"), g.get("seq_len")) for i, g in enumerate(growths)]
-    for change in schedule.get("curriculum", []):
+    for change in schedule.get("curriculum", []):      # what it leaves unchanged: as the row before it
         generation = sum(g.get("at_step") <= change["at_step"] for g in growths)
-        rows.append((change["at_step"], generation, change["data"], rows[generation][3]))
+        before = max((row for row in rows if row[0] < change["at_step"]), key=lambda row: row[0])
+        rows.append((change["at_step"], generation, change.get("data", before[2]), change.get("seq_len", before[3])))
     if all(data is None and seq is None for _, _, data, seq in rows):
         return []
     seq_len = (meta.get("record") or {}).get("seq_len")

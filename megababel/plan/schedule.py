@@ -24,9 +24,10 @@ A schedule is a YAML or JSON file (or a preset name: megababel/plan/presets.py, 
                                            #   training.data at the start): weights over the run's --data
                                            #   NAME=DIR sources, or difficulty slices of them, wiki[rarity:0-0.5]
                                            #   (megababel/data/mixture.py); without any, the run's one --data
-    curriculum:                            # mixture changes between growths (needs training.data), e.g. a
-      - at_tokens: 300000                  #   scratch run reading what a grown run reads: at_step, at_tokens or
-        data: {wiki: 1.0}                  #   at_fraction, and data; a sequence length changes at a growth only
+    curriculum:                            # what is read changes between growths, the model unchanged: e.g. a
+      - at_tokens: 300000                  #   scratch run reading what a grown run reads, or warming up its
+        data: {wiki: 1.0}                  #   sequence length; at_step, at_tokens or at_fraction, then data
+        seq_len: 128                       #   (needs training.data) and/or seq_len
 
 training.lr_schedule: per_generation (default): each generation warms up from its birth step to its own peak and
 decays to the end of training, old generations keep their curves; global: one curve from step 0 for every parameter
@@ -66,7 +67,7 @@ OPTIMIZER_STATES = ("keep", "reset")
 EVENT_FIELDS = {f.name for f in fields(GrowthEvent)}
 GROWTH_FIELDS = {"at_step", "at_tokens", "at_fraction", "lr", "warmup_steps", "optimizer_state",
                  "global_batch_tokens", "rewarmup_steps", "seq_len", "data"}   # beside the event's
-CURRICULUM_FIELDS = ("at_step", "at_tokens", "at_fraction", "data")
+CURRICULUM_FIELDS = ("at_step", "at_tokens", "at_fraction", "data", "seq_len")
 STAGES_DEPRECATED = "schedule key `stages` is deprecated: rename it to `growths`"
 
 
@@ -86,10 +87,12 @@ class Growth:
 
 
 @dataclass
-class DataChange:
-    """A curriculum entry: the data mixture from `at_step` on, the model unchanged."""
+class CurriculumChange:
+    """A curriculum entry: from `at_step` on, the data mixture and/or the training sequence length (None: as
+    before), the model unchanged."""
     at_step: int
-    data: dict
+    data: dict | None = None
+    seq_len: int | None = None
 
 
 @dataclass
@@ -107,7 +110,7 @@ class Schedule:
     seq_len: int | None = None       # the first generation's training sequence length (None: the run's --seq-len)
     data: dict | None = None         # the first generation's data mixture {source: weight} (None: one dataset)
     growths: list[Growth] = field(default_factory=list)
-    curriculum: list[DataChange] = field(default_factory=list)     # mixture changes between growths
+    curriculum: list[CurriculumChange] = field(default_factory=list)    # what is read, changed between growths
     source: str = ""
     anneal: tuple[int, int] | None = None    # a decay branch (branch()): (its first step, its length in steps)
 
@@ -147,9 +150,17 @@ class Schedule:
         """The mixture read at the start of training step `step`, the model at `generation`: training.data, then
         the growths up to `generation` and the curriculum changes before `step`, whichever came last (the loop
         applies the changes at `step` itself; a checkpoint resumes from here)."""
-        changes = [(g.at_step, g.data) for g in self.growths[:generation]]
-        changes += [(c.at_step, c.data) for c in self.curriculum if c.at_step < step]
-        return max(changes, key=lambda change: change[0])[1] if changes else self.data
+        return self._read_at(step, generation, "data")
+
+    def seq_len_at(self, step: int, generation: int) -> int | None:
+        """The training sequence length at the start of step `step`, as data_at (None: the run's --seq-len)."""
+        return self._read_at(step, generation, "seq_len")
+
+    def _read_at(self, step: int, generation: int, what: str):
+        changes = [(g.at_step, getattr(g, what)) for g in self.growths[:generation]]
+        changes += [(c.at_step, getattr(c, what)) for c in self.curriculum
+                    if c.at_step < step and getattr(c, what) is not None]
+        return max(changes, key=lambda change: change[0])[1] if changes else getattr(self, what)
 
     def generation_at(self, step: int) -> int:
         """The generation that trains step `step`."""
@@ -158,7 +169,7 @@ class Schedule:
     def data_sources(self) -> list[str]:
         """Every source any generation or curriculum change reads, in order of first use."""
         mixtures = [self.generation_data(g) for g in range(len(self.growths) + 1)]
-        mixtures += [c.data for c in self.curriculum]
+        mixtures += [c.data for c in self.curriculum if c.data is not None]
         return list(dict.fromkeys(k for mixture in mixtures for k in (mixture or {})))
 
     def vocab_sizes(self) -> list[int]:
@@ -177,8 +188,8 @@ class Schedule:
         optional.update({} if self.data is None else dict(data=self.data))
         optional.update({} if self.anneal is None else dict(anneal=dict(from_step=self.anneal[0],
                                                                          steps=self.anneal[1])))
-        curriculum = dict(curriculum=[dict(at_step=c.at_step, data=c.data) for c in self.curriculum]) \
-            if self.curriculum else {}
+        curriculum = dict(curriculum=[{k: v for k, v in vars(c).items() if v is not None}
+                                      for c in self.curriculum]) if self.curriculum else {}
         return json.loads(json.dumps(dict(model=self.model.to_dict(), **curriculum, training=dict(
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay, lr_schedule=self.lr_schedule, global_batch_tokens=self.global_batch_tokens,
@@ -354,7 +365,7 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
     _check_seq_len("training.seq_len", schedule.seq_len, model)
     config, last_step, last_tokens, batch = model, 0, 0, schedule.global_batch_tokens
     seq_len, data = schedule.seq_len, schedule.data
-    given_data = []          # the growths that give their data (the others read on what was read before them)
+    given = []         # per growth, whether it gives data / seq_len (if not: it reads on as before it)
     batches = [(0, 0, batch or tokens_per_step)]     # (first step, tokens before it, tokens per step) per generation
     for i, growth in enumerate(_growths(spec.get("growths"))):
         where = f"growth {i}"
@@ -381,9 +392,9 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         new_batch = growth.pop("global_batch_tokens", batch)
         if new_batch is not None:
             _integer(f"{where}.global_batch_tokens", new_batch, 1)
+        given.append(dict(data="data" in growth, seq_len="seq_len" in growth))
         if "seq_len" in growth:
             seq_len = _integer(f"{where}.seq_len", growth.pop("seq_len"), 1)
-        given_data.append("data" in growth)
         if "data" in growth:
             data = _mixture(f"{where}.data", growth.pop("data"))
             if schedule.data is None:
@@ -401,36 +412,36 @@ def parse_schedule(spec: dict, tokens_per_step: int, source: str = "<dict>") -> 
         config, last_step, batch = new_config, step, new_batch
         batches.append((step, last_tokens, batch or tokens_per_step))
     schedule.curriculum = _curriculum(spec.get("curriculum"), schedule, batches)
-    for growth, given in zip(schedule.growths, given_data):
-        if not given:        # it reads on what the curriculum switched to before it, if anything
-            growth.data = schedule.data_at(growth.at_step, schedule.growths.index(growth))
+    for i, (growth, gives) in enumerate(zip(schedule.growths, given)):
+        # a growth that does not give them reads on what the curriculum switched to before it, if anything
+        if not gives["data"]:
+            growth.data = schedule.data_at(growth.at_step, i)
+        if not gives["seq_len"]:
+            growth.seq_len = schedule.seq_len_at(growth.at_step, i)
     return schedule
 
 
-def _curriculum(section, schedule: Schedule, batches: list) -> list[DataChange]:
-    """The curriculum's mixture changes, steps resolved; `batches`: (first step, tokens before it, tokens per step)
-    of each generation, for at_tokens."""
+def _curriculum(section, schedule: Schedule, batches: list) -> list[CurriculumChange]:
+    """The curriculum's changes, steps resolved; `batches`: (first step, tokens before it, tokens per step) of each
+    generation, for at_tokens."""
     if section is None:
         return []
     if not isinstance(section, list):
         raise _error("curriculum", f"must be a list of changes (`- at_step: ..., data: {{...}}` entries), got "
                                    f"{describe(section)}")
-    if section and schedule.data is None:
-        raise _error("curriculum", "changes the mixture that training.data sets: give training.data too (the "
-                                   "mixture read from step 0)")
     growth_steps = {g.at_step: i for i, g in enumerate(schedule.growths)}
     changes, last_step = [], 0
     for i, entry in enumerate(section):
         where = f"curriculum {i}"
-        entry = dict(_mapping(where, entry, "fields at_step (or at_tokens, at_fraction) and data"))
-        if "seq_len" in entry:
-            raise _error(f"{where}.seq_len", "the sequence length changes at a growth only (the engine takes the "
-                                             "new micro batch there): give seq_len in a growth")
+        entry = dict(_mapping(where, entry, "fields at_step (or at_tokens, at_fraction), data and/or seq_len"))
         unknown = _unknown(entry, CURRICULUM_FIELDS)
         if unknown:
             raise _error(where, f"unknown field(s) {unknown}; curriculum fields: {list(CURRICULUM_FIELDS)}")
-        if "data" not in entry:
-            raise _error(f"{where}.data", "is missing: give the mixture from this step on")
+        if "data" not in entry and "seq_len" not in entry:
+            raise _error(where, "changes nothing: give data (the mixture from this step on) and/or seq_len")
+        if "data" in entry and schedule.data is None:
+            raise _error(f"{where}.data", "changes the mixture that training.data sets: give training.data too "
+                                          "(the mixture read from step 0)")
 
         def tokens_to_step(tokens: int) -> int:
             first, before, per_step = max((b for b in batches if b[1] <= tokens), key=lambda b: b[0])
@@ -445,7 +456,11 @@ def _curriculum(section, schedule: Schedule, batches: list) -> list[DataChange]:
         if step in growth_steps:
             raise _error(f"{where}.at_step", f"step {step} is growth {growth_steps[step]}'s: give the mixture there "
                                              f"(growth {growth_steps[step]}.data)")
-        changes.append(DataChange(step, _mixture(f"{where}.data", entry.pop("data"))))
+        data = _mixture(f"{where}.data", entry.pop("data")) if "data" in entry else None
+        seq_len = _integer(f"{where}.seq_len", entry.pop("seq_len"), 1) if "seq_len" in entry else None
+        _check_seq_len(f"{where}.seq_len", seq_len, schedule.growths[schedule.generation_at(step) - 1].config
+                       if schedule.generation_at(step) else schedule.model)
+        changes.append(CurriculumChange(step, data, seq_len))
         last_step = step
     return changes
 

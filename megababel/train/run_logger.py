@@ -105,10 +105,12 @@ class RunLogger(Callback):
             self.board.add_text("growth", f"step {record['step']}: generation {record['generation']}, {config}",
                                 record["step"])
 
-    def on_data_change(self, trainer, change):
-        mixture = ", ".join(f"{key} {weight:g}" for key, weight in change.data.items() if weight > 0)
-        self.say(f"step {change.at_step}: curriculum -> data mixture {mixture}")
-        self.events.append((trainer.tokens, "data: " + mixture))
+    def on_curriculum_change(self, trainer, change):
+        what = [] if change.data is None else [
+            "data " + ", ".join(f"{key} {weight:g}" for key, weight in change.data.items() if weight > 0)]
+        what += [] if change.seq_len is None else [f"sequence length {change.seq_len}"]
+        self.say(f"step {change.at_step}: curriculum -> {'; '.join(what)}")
+        self.events.append((trainer.tokens, "; ".join(what)))
 
     def abort(self):
         """Close the progress bar and the logs of a run that stops with an error (the bar would print over it)."""

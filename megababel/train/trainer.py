@@ -74,7 +74,7 @@ class Trainer:
         self.parameters = 0                  # changes only at growth
         self.tokens_per_step = 0
         self.pending: list = []              # the growths still to come
-        self.pending_data: list = []         # the curriculum's mixture changes still to come
+        self.pending_data: list = []         # the curriculum's changes still to come
         self.resumed_from: Path | None = None
         self.stop_signal: str | None = None  # the signal that stopped a preempted run
 
@@ -106,6 +106,9 @@ class Trainer:
                               f"{self.schedule.model.max_position_embeddings}: lower --seq-len or raise it in `model`")
         generations = range(len(self.schedule.growths) + 1)
         self.seq_lens = [self.schedule.generation_seq_len(g) or run.seq_len for g in generations]
+        for i, change in enumerate(self.schedule.curriculum):     # named where set, before a growth reads on
+            if change.seq_len is not None:
+                self._base_micro_batch(0, change.seq_len, f"curriculum {i}.seq_len")
         self.batches = [self._batch_plan(g) for g in generations]       # (global sequences, accumulation)
         # --schedule auto fills too: the planner keeps each generation's measured global batch (a smaller one early,
         # its +halfbatch lever, did not pay) and chooses the micro batches that keep the small generations busy
@@ -117,8 +120,11 @@ class Trainer:
         self.ds_config = self._ds_config(0)
         reads = [(self._vocab_size(g), self.seq_lens[g], self._rank_batch(g), self.schedule.generation_data(g))
                  for g in generations]
-        reads += [(self._vocab_size(g), self.seq_lens[g], self._rank_batch(g), change.data)
-                  for change in self.schedule.curriculum for g in [self.schedule.generation_at(change.at_step)]]
+        for i, change in enumerate(self.schedule.curriculum):       # what is read after each change
+            g, after = self.schedule.generation_at(change.at_step), change.at_step + 1
+            seq_len = self._seq_len_at(after, g)
+            reads.append((self._vocab_size(g), seq_len, self._rank_batch(g, seq_len, f"curriculum {i}.seq_len"),
+                          self.schedule.data_at(after, g)))
         check_data(self.datasets, self.schedule, run, self.dp_world, reads)
         self.identity = RunIdentity(schedule=self.schedule.resolved(), seq_len=run.seq_len,
                                     global_batch=self.global_batch, seed=run.seed,
@@ -148,10 +154,10 @@ class Trainer:
     def _vocab_size(self, generation: int) -> int:
         return (self.schedule.growths[generation - 1].config if generation else self.schedule.model).vocab_size
 
-    def _micro_batch(self, generation: int) -> int:
-        """Sequences per micro-batch while `generation` trains: the run's (_base_micro_batch), times its
-        --fill-micro-batch factor."""
-        return self._base_micro_batch(generation) * self.micro_scale[generation]
+    def _micro_batch(self, generation: int, seq_len: int | None = None, where: str | None = None) -> int:
+        """Sequences per micro-batch while `generation` trains (at `seq_len`, default its own): the run's
+        (_base_micro_batch), times its --fill-micro-batch factor."""
+        return self._base_micro_batch(generation, seq_len, where) * self.micro_scale[generation]
 
     def _fill_factor(self, generation: int) -> int:
         """--fill-micro-batch: the largest power of two k by which `generation`'s micro batch can grow so that its
@@ -169,14 +175,15 @@ class Trainer:
             k *= 2
         return k
 
-    def _base_micro_batch(self, generation: int) -> int:
+    def _base_micro_batch(self, generation: int, seq_len: int | None = None, where: str | None = None) -> int:
         """Sequences per micro-batch of `generation` before --fill-micro-batch: --micro-batch-size sequences of
-        --seq-len tokens, as that many tokens of the generation's own sequence length (short sequences, more of
-        them: the same work per micro-step, so tokens per step and gradient accumulation do not depend on it)."""
-        run, seq_len = self.run, self.seq_lens[generation]
+        --seq-len tokens, as that many tokens of the generation's own sequence length (or `seq_len`, a curriculum's;
+        short sequences, more of them: the same work per micro-step, so tokens per step and gradient accumulation
+        do not depend on it). `where`: the schedule field that set seq_len, for the error."""
+        run, seq_len = self.run, seq_len or self.seq_lens[generation]
         tokens = run.micro_batch_size * run.seq_len
         if tokens % seq_len:
-            where = "training.seq_len" if generation == 0 else f"growth {generation - 1}.seq_len"
+            where = where or ("training.seq_len" if generation == 0 else f"growth {generation - 1}.seq_len")
             raise ConfigError(f"schedule {where}: {seq_len} does not divide a micro-batch of --micro-batch-size "
                               f"{run.micro_batch_size} x --seq-len {run.seq_len} = {tokens} tokens; use a divisor "
                               f"of {tokens} (e.g. {run.seq_len // 2 or 1}) or change --micro-batch-size / --seq-len")
@@ -200,13 +207,17 @@ class Trainer:
                               f"{nearest}) or change --micro-batch-size / --seq-len")
         return tokens // seq_len, tokens // unit
 
-    def _rank_batch(self, generation: int) -> int:
+    def _rank_batch(self, generation: int, seq_len: int | None = None, where: str | None = None) -> int:
         """Sequences each data-parallel rank takes per optimizer step (all its micro-batches)."""
-        return self._micro_batch(generation) * self.batches[generation][1]
+        return self._micro_batch(generation, seq_len, where) * self.batches[generation][1]
 
-    def _ds_config(self, generation: int) -> dict:
+    def _seq_len_at(self, step: int, generation: int) -> int:
+        """The training sequence length at the start of `step` (growths and the curriculum; else --seq-len)."""
+        return self.schedule.seq_len_at(step, generation) or self.run.seq_len
+
+    def _ds_config(self, generation: int, seq_len: int | None = None) -> dict:
         run = self.run
-        return load_ds_config(run.zero_stage, self._micro_batch(generation), self.batches[generation][1],
+        return load_ds_config(run.zero_stage, self._micro_batch(generation, seq_len), self.batches[generation][1],
                               self.dp_world, run.bf16, run.offload_optimizer, run.gradient_clipping, run.ds_config)
 
     def _datasets(self) -> dict[str, Path]:
@@ -222,20 +233,24 @@ class Trainer:
     def _vocab_data(self, generation: int, previous: VocabData | None = None, step: int | None = None) -> VocabData:
         """The data `generation` reads: its vocabulary stage, sequence length, batch and mixture (at its birth, or
         at `step`, after the curriculum's changes before it)."""
-        mixture = self.schedule.generation_data(generation) if step is None else self.schedule.data_at(step,
-                                                                                                      generation)
+        if step is None:
+            mixture, seq_len = self.schedule.generation_data(generation), self.seq_lens[generation]
+        else:
+            mixture, seq_len = self.schedule.data_at(step, generation), self._seq_len_at(step, generation)
         return VocabData(self.datasets, self._vocab_size(generation), self.run, self.dp_rank, self.dp_world,
-                         self._rank_batch(generation), self.seq_lens[generation], mixture,
-                         self.schedule.data_sources(), previous)
+                         self._rank_batch(generation, seq_len), seq_len, mixture, self.schedule.data_sources(),
+                         previous)
 
     def _restore(self, checkpoint, tp):
         run, saved = self.run, RunRecord.from_dict(checkpoint.run)
-        generation = checkpoint.state.generation
-        self.engine = GrowingEngine.from_state(checkpoint.state, self._ds_config(generation), self.schedule,
+        generation, step = checkpoint.state.generation, 0 if saved.imported_from else saved.step
+        self.engine = GrowingEngine.from_state(checkpoint.state,
+                                               self._ds_config(generation, self._seq_len_at(step, generation)),
+                                               self.schedule,
                                                seed=run.seed, tp=tp,
                                                activation_checkpointing=run.activation_checkpointing,
                                                compile=run.compile, growth_spill_dir=run.growth_spill_dir)
-        self.data = self._vocab_data(generation, step=0 if saved.imported_from else saved.step)
+        self.data = self._vocab_data(generation, step=step)
         if not saved.imported_from:
             self.data.loader.load_state_dict(saved.loader)
             self.step, self.tokens, self.flops = saved.step, saved.tokens, saved.flops
@@ -262,7 +277,7 @@ class Trainer:
                 while self.pending and self.pending[0].at_step <= step:
                     self._grow(self.pending.pop(0), step)
                 while self.pending_data and self.pending_data[0].at_step <= step:
-                    self._change_data(self.pending_data.pop(0))
+                    self._change_reading(self.pending_data.pop(0))
                 self._train_step(step)
                 if run.eval_every and (self.step % run.eval_every == 0 or self.step == schedule.end_step):
                     self.validate()
@@ -341,12 +356,17 @@ class Trainer:
         if self.run.save_after_growth:
             self.save()
 
-    def _change_data(self, change):
-        """A curriculum change: the mixture from this step on; each source keeps its position, the model and the
-        batch stay."""
-        self.data.set_mixture(change.data)
+    def _change_reading(self, change):
+        """A curriculum change from this step on: a new mixture (each source keeps its position) and/or sequence
+        length (the same stream repacked, the same tokens per micro-step); the model and tokens per step stay."""
+        if change.data is not None:
+            self.data.set_mixture(change.data)
+        if change.seq_len is not None:
+            generation = self.engine.model.generation
+            self.data.loader.set_seq_len(change.seq_len, self._rank_batch(generation, change.seq_len))
+            self.engine.set_micro_batch(self._micro_batch(generation, change.seq_len))
         for callback in self.callbacks:
-            callback.on_data_change(self, change)
+            callback.on_curriculum_change(self, change)
 
     def _history_entry(self, before, after) -> dict:
         return dict(generation=self.engine.model.generation, step=self.step, tokens=self.tokens,

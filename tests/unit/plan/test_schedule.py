@@ -424,6 +424,18 @@ def test_a_curriculum_changes_the_mixture_between_growths_and_a_growth_without_d
     assert schedule.branch(2, 25, 5).curriculum == schedule.curriculum[:1]
 
 
+def test_a_curriculum_warms_up_the_sequence_length_and_a_growth_without_one_reads_on():
+    schedule = parse_schedule(dict(model=MODEL, training=dict(steps=40, seq_len=16),
+                                   growths=[dict(at_step=20, num_hidden_layers=3), dict(at_step=30, num_hidden_layers=4,
+                                                                                        seq_len=64)],
+                                   curriculum=[dict(at_step=10, seq_len=32)]), 32)
+    assert [schedule.seq_len_at(step, schedule.generation_at(step)) for step in (0, 10, 11, 20, 21, 31)] == \
+           [16, 16, 32, 32, 32, 64]
+    assert [schedule.generation_seq_len(g) for g in range(3)] == [16, 32, 64]     # growth 0 reads on at 32
+    assert schedule.data_at(11, 0) is None and schedule.data_sources() == []
+    assert schedule.resolved()["curriculum"] == [dict(at_step=10, seq_len=32)]
+
+
 def test_a_resume_with_another_curriculum_is_told_what_changed():
     from megababel.plan.schedule import schedule_differences
     spec = dict(model=MODEL, training=dict(steps=40, data=EASY), curriculum=[dict(at_step=10, data=BOTH)])
@@ -435,12 +447,14 @@ def test_a_resume_with_another_curriculum_is_told_what_changed():
 
 
 @pytest.mark.parametrize("training, curriculum, message", [
-    (dict(), [dict(at_step=5, data=BOTH)], "schedule curriculum: changes the mixture that training.data sets"),
+    (dict(), [dict(at_step=5, data=BOTH)], "schedule curriculum 0.data: changes the mixture that training.data "
+                                           "sets: give training.data too"),
     (dict(data=EASY), dict(at_step=5, data=BOTH), "schedule curriculum: must be a list of changes"),
-    (dict(data=EASY), [dict(at_step=5, data=BOTH, seq_len=16)], "curriculum 0.seq_len: the sequence length changes "
-                                                                "at a growth only"),
+    (dict(), [dict(at_step=5, seq_len=8192)], "curriculum 0.seq_len: 8192 exceeds the model's "
+                                              "max_position_embeddings 4096"),
+    (dict(), [dict(at_step=5, seq_len=0)], "curriculum 0.seq_len: must be a positive integer"),
     (dict(data=EASY), [dict(at_step=5, data=BOTH, lr=1.0)], r"curriculum 0: unknown field\(s\) \['lr'\]"),
-    (dict(data=EASY), [dict(at_step=5)], "curriculum 0.data: is missing"),
+    (dict(data=EASY), [dict(at_step=5)], "curriculum 0: changes nothing: give data .* and/or seq_len"),
     (dict(data=EASY), [dict(data=BOTH)], "curriculum 0: give exactly one of at_step, at_tokens or at_fraction"),
     (dict(data=EASY), [dict(at_step=5, data={"wiki": 0.7})], "curriculum 0.data: the weights sum to 0.7, not 1"),
     (dict(data=EASY), [dict(at_step=10, data=BOTH), dict(at_step=8, data=EASY)],

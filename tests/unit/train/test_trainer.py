@@ -291,3 +291,41 @@ def test_a_sequence_length_that_does_not_divide_the_micro_batch_is_refused_befor
                                           "2 x --seq-len 64 = 128 tokens"):
         Trainer(RunConfig(schedule=spec, seq_len=64, micro_batch_size=2, eval_every=0, out=tmp_path)).setup()
     assert not (tmp_path / "checkpoints").exists()
+
+
+WARMUP_SCHEDULE = dict(      # sequence-length warm-up by the curriculum, between growths: 16, 32 from step 4, 64 from 9
+    model=dict(hidden_size=64, head_dim=16, num_hidden_layers=2, multiple_of=32, vocab_size=1000),
+    training=dict(steps=12, lr=3e-3, warmup_steps=2, global_batch_tokens=256, seq_len=16),
+    growths=[dict(at_step=6, hidden_size=96, intermediate_size=256)],                    # reads on at 32
+    curriculum=[dict(at_step=4, seq_len=32), dict(at_step=9, seq_len=64)])
+
+
+def test_a_curriculum_warms_up_the_sequence_length_without_growing_and_resumes_exactly(distributed_env, tmp_path):
+    from megababel.model.counters import flops_per_token
+    from megababel.plan.schedule import parse_schedule
+
+    def fit_rows(out, **changes):
+        rows = Rows()
+        trainer = Trainer(RunConfig(**dict(dict(schedule=WARMUP_SCHEDULE, seq_len=64, micro_batch_size=2,
+                                                eval_every=0, out=out), **changes)), callbacks=[rows])
+        trainer.setup().fit()
+        trainer.close()
+        return rows.rows, trainer
+
+    whole, trainer = fit_rows(tmp_path / "whole", save_every=3, save_after_growth=True)
+    assert [whole[s]["seq_len"] for s in range(12)] == [16] * 4 + [32] * 5 + [64] * 3
+    assert trainer.engine.ds_config["train_micro_batch_size_per_gpu"] == 2       # 128 tokens per micro-step at 64
+    configs = (lambda s: [s.model] + [g.config for g in s.growths])(parse_schedule(WARMUP_SCHEDULE, 256))
+    assert whole[11]["flops"] == sum(flops_per_token(configs[s >= 6], whole[s]["seq_len"]) * 256 for s in range(12))
+    assert whole[11]["tokens"] == 12 * 256
+    checkpoints = tmp_path / "whole/checkpoints"
+    for name in ("step_00000003_*", "step_00000006_gen0*", "step_00000006_gen1*", "step_00000009_*"):
+        start = next(checkpoints.glob(name))
+        resumed, _ = fit_rows(tmp_path / f"from_{start.name}", resume=start)
+        first = min(resumed)
+        assert [resumed[s]["loss"] for s in range(first, 12)] == [whole[s]["loss"] for s in range(first, 12)], \
+            start.name
+    bad = dict(WARMUP_SCHEDULE, curriculum=[dict(at_step=4, seq_len=48)])
+    with pytest.raises(ConfigError, match=r"schedule curriculum 0.seq_len: 48 does not divide a micro-batch"):
+        Trainer(RunConfig(schedule=bad, seq_len=64, micro_batch_size=2, eval_every=0, out=tmp_path / "bad")).setup()
+    assert not (tmp_path / "bad" / "checkpoints").exists()
