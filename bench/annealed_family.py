@@ -36,7 +36,7 @@ import numpy as np
 import budget_sweep
 from budget_sweep import family_members, schedule_spec
 from clock import Clock, final_figure, interval, prepare
-from growth_vs_scratch import SEQ, TOKENS_PER_STEP
+from growth_vs_scratch import SEQ, TOKENS_PER_STEP, resumable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "annealed_family"
@@ -67,11 +67,6 @@ def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
     return budget_sweep.run(out, budget, f"family-{plan}", lr, seed, data, validation,
                             spec=schedule_spec(plan, budget, lr), clock=clock,
                             options=dict(partial=kept, keep_generations=True))
-
-
-def resumable(folder: Path) -> bool:
-    """Whether a stopped run left a checkpoint in `folder` to resume from (growth_vs_scratch.train's partial)."""
-    return any((folder / "checkpoints").glob("step_*"))
 
 
 def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validation, clock) -> dict:

@@ -217,6 +217,11 @@ class BenchRecorder(Callback):
 PARTIAL_EVERY = 1000    # steps between a resumable run's checkpoints (a few minutes of the clock's runs)
 
 
+def resumable(partial: Path) -> bool:
+    """Whether a stopped run left a checkpoint in its `partial` folder (train's) to resume from."""
+    return any((Path(partial) / "checkpoints").glob("step_*"))
+
+
 def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY,
           micro_batch_size: int = BATCH, clock=None, out: Path | None = None, partial: Path | None = None,
           callbacks=(), **run_options) -> dict:
@@ -235,7 +240,7 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
             raise ValueError("give out or partial, not both")
         out, recorder.saves_state = partial, True
         run_options.update(save_every=PARTIAL_EVERY, keep_last=1)
-        continuing = any((Path(partial) / "checkpoints").glob("step_*"))
+        continuing = resumable(partial)
         if continuing:            # (a decay branch's resume=MEMBER is for its first start only)
             run_options["resume"] = "auto"
     with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory()) as out:
