@@ -25,6 +25,9 @@ Levers (bench/budget_sweep.py --levers), appended to a plan's name:
   +genlr      each generation's peak LR set by its width: lr x final hidden / its hidden
   +seqwarm    sequence-length warm-up by generation: each generation at half the next one's length, the last at the
               run's (g3 at 2048: 256, 512, 1024, 2048); each generation's FLOPs counted at its own length
+  +seqwarmP   for scratch: the same four lengths as g3@P+seqwarm, changed where g3@P grows (at P% of the steps, then
+              evenly), as schedule curriculum changes ("scratch+seqwarm2": scratch warmed up like g3@2's generations,
+              the baseline a sequence-length warm-up is owed, since it can help a model that never grows too)
   +easyfirst  data curriculum by difficulty: the first generation reads the easier half of the run's dataset
               ("main[rarity:0-0.5]", data/difficulty.py), later ones both halves equally (no text read twice)
   +simplefirst  the first generation reads half its sequences from a simpler dataset named "simple" (e.g.
@@ -266,7 +269,18 @@ DATA_CURRICULA = {
     "simplefirst": ({"main": 0.5, "simple": 0.5}, {"main": 1.0, "simple": 0.0}),
 }
 LEVER_DEFAULTS = dict(rewarm=0.0, halfbatch=False, depth_factor=2, depth_init="identity", zero_width=False,
-                      generation_lr=False, narrow=False, wsd=False, seqwarm=False, data=None, data_switch=None)
+                      generation_lr=False, narrow=False, wsd=False, seqwarm=False, data=None, data_switch=None,
+                      seqwarm_switch=None)
+SCRATCH_SEQWARM_CHANGES = 3     # scratch+seqwarmP warms up like a g3 plan: three doublings of the sequence length
+
+
+def _percent(lever: str, name: str) -> float | None:
+    """P of +nameP (None for a bare +name), refused unless 0 < P < 100."""
+    switch = lever.removeprefix(name)
+    if switch and not (switch.replace(".", "", 1).isdigit() and 0 < float(switch) < 100):
+        raise ConfigError.about("plan", f"+{lever}: the switch +{name}P needs 0 < P < 100 (% of the run's steps), "
+                                        f"got {switch!r}")
+    return float(switch) if switch else None
 
 
 def parse_levers(levers: list[str]) -> dict:
@@ -275,24 +289,22 @@ def parse_levers(levers: list[str]) -> dict:
     for lever in levers:
         if lever.startswith("rewarm") and lever[6:].replace(".", "", 1).isdigit():
             options["rewarm"] = float(lever[6:])
+        elif lever.startswith("seqwarm"):
+            options.update(seqwarm=True, seqwarm_switch=_percent(lever, "seqwarm"))
         elif lever.startswith(tuple(DATA_CURRICULA)):
             curriculum = next(name for name in DATA_CURRICULA if lever.startswith(name))
-            switch = lever.removeprefix(curriculum)
-            if switch and not (switch.replace(".", "", 1).isdigit() and 0 < float(switch) < 100):
-                raise ConfigError.about("plan", f"+{lever}: the switch +{curriculum}P needs 0 < P < 100 (% of the "
-                                                f"run's steps), got {switch!r}")
+            switch = _percent(lever, curriculum)
             if options["data"] is not None:
                 raise ConfigError.about("plan", f"+{options['data']} and +{lever} are two data curricula: pick one")
-            options.update(data=curriculum, data_switch=float(switch) if switch else None)
-        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd", "seqwarm"):
+            options.update(data=curriculum, data_switch=switch)
+        elif lever in ("halfbatch", "copy", "x4", "zerowidth", "genlr", "narrow", "wsd"):
             options.update(dict(halfbatch=dict(halfbatch=True), copy=dict(depth_init="copy"),
                                 x4=dict(depth_factor=4), zerowidth=dict(zero_width=True),
-                                genlr=dict(generation_lr=True), narrow=dict(narrow=True), wsd=dict(wsd=True),
-                                seqwarm=dict(seqwarm=True))[lever])
+                                genlr=dict(generation_lr=True), narrow=dict(narrow=True), wsd=dict(wsd=True))[lever])
         else:
             raise ConfigError.about("plan", f"unknown lever +{lever} in {levers}: levers are +rewarmP, +halfbatch, "
-                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd, +seqwarm, +easyfirst[P] and "
-                                    f"+simplefirst[P]")
+                                    f"+copy, +x4, +zerowidth, +genlr, +narrow, +wsd, +seqwarm[P], +easyfirst[P] "
+                                    f"and +simplefirst[P]")
     return options
 
 
@@ -308,14 +320,20 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
     if levers["wsd"]:
         training.update(lr_decay="wsd", decay_fraction=0.2)
     if name == "scratch":
-        if dict(levers, wsd=False, data=None, data_switch=None) != LEVER_DEFAULTS:
-            raise ConfigError.about("plan", f"scratch takes only the +wsd lever and a data curriculum with its "
-                                            f"switch (+easyfirstP), got {lever_names}")
+        if dict(levers, wsd=False, data=None, data_switch=None, seqwarm=False, seqwarm_switch=None) != LEVER_DEFAULTS:
+            raise ConfigError.about("plan", f"scratch takes only the +wsd lever, a data curriculum with its switch "
+                                            f"(+easyfirstP) and +seqwarmP, got {lever_names}")
         spec = dict(model=final.to_dict(), training=dict(training, steps=scratch_steps), growths=[])
         if levers["data"] is not None and levers["data_switch"] is None:
             raise ConfigError.about("plan", f"scratch+{levers['data']} has no growth to switch at: give the switch, "
                                             f"+{levers['data']}P (the first P% of the steps)")
-        return _with_curriculum(spec, levers)
+        if levers["seqwarm"] and levers["seqwarm_switch"] is None:
+            raise ConfigError.about("plan", "scratch+seqwarm has no generations to warm up by: give +seqwarmP (the "
+                                            "lengths of g3@P+seqwarm, changed at P% of the steps, then evenly)")
+        return _with_curriculum(spec, levers, seq_len)
+    if levers["seqwarm_switch"] is not None:
+        raise ConfigError.about("plan", f"+seqwarm{levers['seqwarm_switch']:g} is scratch's sequence-length warm-up; "
+                                        f"a grown plan warms up by generation: use +seqwarm")
     rewarm, half = levers["rewarm"], levers["halfbatch"]
     plan, _, rest = name.partition("@")
     vocab = rest.endswith("-vocab")
@@ -360,15 +378,29 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
                                  training=dict(training, steps=at_steps[-1]), growths=growths), levers)
 
 
-def _with_curriculum(spec: dict, levers: dict) -> dict:
-    """+easyfirstP / +simplefirstP: the curriculum's first mixture from step 0, its later one from P% of the steps
-    on (a curriculum change; schedule.py refuses one at a growth's step)."""
-    if levers["data_switch"] is None:
+def _with_curriculum(spec: dict, levers: dict, seq_len: int | None = None) -> dict:
+    """The schedule's curriculum changes of the switched levers (schedule.py refuses one at a growth's step):
+    +easyfirstP / +simplefirstP: the curriculum's first mixture from step 0, its later one from P% of the steps on;
+    +seqwarmP (scratch): seq_len / 8, / 4, / 2, then seq_len, changing at P% of the steps and then evenly, where
+    g3@P's growths would be; one change where both fall on the same step."""
+    steps, training, changes = spec["training"]["steps"], dict(spec["training"]), {}
+    if levers["data_switch"] is not None:
+        first_data, later = DATA_CURRICULA[levers["data"]]
+        training["data"] = first_data
+        changes.setdefault(max(1, round(levers["data_switch"] / 100 * steps)), {})["data"] = later
+    if levers["seqwarm_switch"] is not None:
+        n, first = SCRATCH_SEQWARM_CHANGES, levers["seqwarm_switch"] / 100
+        if seq_len % (1 << n):
+            raise ConfigError.about("seq_len", f"+seqwarm{levers['seqwarm_switch']:g} halves the sequence length {n} "
+                                    f"times: {seq_len} is not divisible by {1 << n}; use a power of two such as 2048")
+        training["seq_len"] = seq_len >> n
+        for i in range(n):
+            at = max(1, round((first + i * (1 - first) / n) * steps))
+            changes.setdefault(at, {})["seq_len"] = seq_len >> (n - 1 - i)
+    if not changes:
         return spec
-    first_data, later = DATA_CURRICULA[levers["data"]]
-    at_step = max(1, round(levers["data_switch"] / 100 * spec["training"]["steps"]))
-    return dict(spec, training=dict(spec["training"], data=first_data), curriculum=[dict(at_step=at_step,
-                                                                                         data=later)])
+    curriculum = [dict(at_step=at, **change) for at, change in sorted(changes.items())]
+    return dict(spec, training=training, curriculum=curriculum)
 
 
 def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | None = None, seq_len: int = 2048,

@@ -362,6 +362,29 @@ def test_a_switch_moves_the_curriculum_off_the_growths_so_scratch_can_read_what_
             plan_schedule(BENCH_FINAL, name, 1000, 256, 2048, 1.5e-3)
 
 
+def test_scratch_warms_up_its_sequence_length_where_g3_would_grow_the_control_a_warm_up_is_owed():
+    """scratch+seqwarmP: g3@P+seqwarm's four lengths, changed at P% of the steps and then evenly (where g3@P's
+    growths would be by FLOPs); with a data switch on the same step, one change carries both."""
+    scratch = parse_schedule(plan_schedule(BENCH_FINAL, "scratch+seqwarm2", 1000, 256, 2048, 1.5e-3), 2048)
+    assert (scratch.steps, scratch.growths) == (1000, [])
+    assert [(c.at_step, c.seq_len, c.data) for c in scratch.curriculum] == [(20, 64, None), (347, 128, None),
+                                                                          (673, 256, None)]
+    assert [scratch.seq_len_at(step, 0) for step in (0, 20, 21, 347, 348, 999)] == [32, 32, 64, 64, 128, 256]
+    grown = parse_schedule(plan_schedule(BENCH_FINAL, "g3@2-vocab+copy+seqwarm", 1000, 256, 2048, 1.5e-3), 2048)
+    assert [grown.generation_seq_len(g) for g in range(4)] == [32, 64, 128, 256]
+    both = parse_schedule(plan_schedule(BENCH_FINAL, "scratch+easyfirst2+seqwarm2+wsd", 1000, 256, 2048, 1.5e-3),
+                          2048)
+    assert [(c.at_step, c.seq_len) for c in both.curriculum] == [(20, 64), (347, 128), (673, 256)]
+    assert both.curriculum[0].data == {"main[rarity:0-0.5]": 0.5, "main[rarity:0.5-1]": 0.5}
+    assert both.data_at(0, 0) == {"main[rarity:0-0.5]": 1.0} and both.lr_decay == "wsd"
+    for name, message in (("scratch+seqwarm", r"give \+seqwarmP"), ("scratch+seqwarm100", "needs 0 < P < 100"),
+                          ("g3@2-vocab+seqwarm2", "a grown plan warms up by generation: use \\+seqwarm")):
+        with pytest.raises(ConfigError, match=message):
+            plan_schedule(BENCH_FINAL, name, 1000, 256, 2048, 1.5e-3)
+    with pytest.raises(ConfigError, match="not divisible by 8"):
+        plan_schedule(BENCH_FINAL, "scratch+seqwarm2", 1000, 100, 2048, 1.5e-3)
+
+
 def curriculum_explained(name: str) -> str:
     """Which data curriculum a plan's explanation describes."""
     from megababel.plan.planner import Plan
