@@ -4,6 +4,7 @@
     python bench/clock.py --curve --wsd           # and scratch+wsd at each (where wsd won at 20)
     python bench/clock.py --plans g3@2-vocab+copy g3@2-vocab+copy+narrow --seeds 0 1 2     # plans at 20
     python bench/clock.py --plans g3@2-vocab+copy --seeds 3 4                # confirm on seeds not used to choose
+    python bench/clock.py --plans g3@2-vocab+copy+easyfirst --controls --seeds 0 1 2   # and its no-growth control
     python bench/clock.py --report                # clock.md, clock_curve.png, the noise study; the planner's row
 Run two of the same command side by side with --threads 1 --processes 2: they share the runs (bench/budget_sweep.py's
 claims); every finished run is saved and never trained again.
@@ -231,6 +232,13 @@ def tune(out, budget, name, lrs, data, validation, clock, extensions: int = 2) -
     return min(figures, key=figures.get)
 
 
+def control(plan: str, budget: float) -> str | None:
+    """The no-growth control of `plan` at `budget` (planner.control_of; None: scratch is its control)."""
+    from megababel.plan.planner import control_of
+    growths = budget_sweep.schedule_spec(plan, budget, 1e-3)["growths"]
+    return control_of(plan, budget_sweep.scratch_steps(budget), growths[0]["at_step"]) if growths else None
+
+
 def prepare(threads: int) -> tuple[Path, dict]:
     """This process ready to train the clock's runs: torch threads, a one-process distributed world, the Wikipedia
     build (vocabulary stages 1000 and 2000) and its 40-article validation sets."""
@@ -256,6 +264,8 @@ def main(argv=None):
                         "0.003 runs only if 0.0015 wins)")
     p.add_argument("--plans", nargs="+", default=[], metavar="PLAN", help="plans (with levers) at --plan-budget, "
                    "at scratch's tuned LR there, for --seeds (scratch too, at those seeds)")
+    p.add_argument("--controls", action="store_true", help="with --plans: each plan's no-growth control too (scratch "
+                   "with its curriculum, warm-up and LR decay, planner.control_of), at the same seeds")
     p.add_argument("--plan-budget", type=float, default=PLAN_BUDGET, help="tokens/parameter of the plans' runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--articles", type=int, default=None, help="final evaluations on the first N articles (default "
@@ -291,6 +301,8 @@ def main(argv=None):
                 raise SystemExit(f"--plans: scratch is not tuned at {args.plan_budget:g} tokens/parameter yet: run "
                                  f"--curve")
             plans = [n for n in args.plans if one_epoch(args.plan_budget, n, data)]
+            if args.controls:
+                plans += [c for c in map(lambda n: control(n, args.plan_budget), plans) if c and c not in plans]
             all_of({(n, s): (args.out, args.plan_budget, n, lr, s, data, validation) for s in args.seeds
                     for n in ["scratch"] + plans}, clock=clock)
     from clock_report import write_report

@@ -4,12 +4,13 @@
     python bench/clock_report.py --out /tmp/clock
 
 Definitions (bench/clock.py): the final figure is a quadratic fitted through a run's last evaluations on every
-held-out article, read at the last step (near their mean where the curve is flat); the scratch curve is, per budget, the lower
-of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving = 1 - FLOPs /
+held-out article, read at the last step (near their mean where the curve is flat); the scratch curve is, per
+budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving = 1 - FLOPs /
 scratch's FLOPs to reach the run's final figure on that curve; crossing saving = bench/budget_report.py's (first
 crossing of the 40-article curve below scratch's last evaluation, against scratch of the same seed); d bits/byte =
-the run's final figure minus scratch's (same seed, same FLOPs). Each with the mean over seeds and its 95%
-confidence interval (Student's t).
+the run's final figure minus scratch's (same seed, same FLOPs); d vs control = the same against the plan's no-growth
+control (planner.control_of: scratch with the plan's curriculum, warm-up and LR decay), where it ran at that seed:
+what the growth alone is worth. Each with the mean over seeds and its 95% confidence interval (Student's t).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from budget_report import SAVINGS_FILE, busy, saving, write_clock_row
+from megababel.plan.planner import control_of
 from clock import (DEFAULT_OUT, compute_equivalent_saving, final_figure, final_mean, interval, load_runs,
                    lower_curve)
 
@@ -59,6 +61,16 @@ def _ci(values, pct=True) -> str:
     return text
 
 
+def _control_cell(row: dict) -> str:
+    """d vs the no-growth control: over the seeds it ran at, named; '-' for scratch and its controls."""
+    if row["control"] is None:
+        return "-" if row["name"].startswith("scratch") else "= d (scratch)"
+    if not row["d_control"]:
+        return f"{row['control']} not run"
+    seeds = len(row["d_control"])
+    return f"{_ci(row['d_control'], pct=False)} ({row['control']}, {seeds} seed{'s' * (seeds > 1)})"
+
+
 def plan_budgets(runs: dict) -> list[float]:
     """The budgets at which plans were run (anything but scratch and scratch+wsd)."""
     return sorted({b for (b, n, _, _) in runs if n not in ("scratch", "scratch+wsd")})
@@ -73,11 +85,16 @@ def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
     lr = min(scratch0, key=lambda x: final_figure(scratch0[x]))
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
     rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], crossing=[], d_bpb=[], wall=[],
-                                    planned=[]))
+                                    planned=[], control=None, d_control=[]))
     for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
         if l != lr or seed not in scratch or name == "scratch+wsd":
             continue
         row, base = rows[name], scratch[seed]
+        if r["growths"]:
+            row["control"] = control_of(name, base["steps"], r["growths"][0]["step"])
+            control = at.get((budget, row["control"], lr, seed))
+            if control is not None:
+                row["d_control"].append(final_figure(r) - final_figure(control))
         figure = final_figure(r)
         equivalent, bound = compute_equivalent_saving(r["flops"], figure, curve)
         row["seeds"].append(seed)
@@ -189,7 +206,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> s
         rows += [dict(r, budget=budget) for r in budget_rows]
         lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
                   "| run | seeds | final bits/byte | compute-equivalent saving | crossing saving | d bits/byte at "
-                  "equal FLOPs | wall saving |", "|---|---|---|---|---|---|---|"]
+                  "equal FLOPs | d vs its no-growth control | wall saving |", "|---|---|---|---|---|---|---|---|"]
         for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
             bounds = ", ".join(row["bounds"]) + " (past the curve)" if row["bounds"] else ""
             equivalent = (_ci(row["equivalent"]) + (f"; {bounds}" if bounds else "")) if row["equivalent"] else bounds
@@ -197,7 +214,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> s
             lines.append(f"| {row['name']}{control} | {','.join(map(str, row['seeds']))} | "
                          f"{np.mean(row['figure']):.4f} | "
                          f"{equivalent} | {_ci(row['crossing'])} | {_ci(row['d_bpb'], pct=False)} | "
-                         f"{_ci(row['wall'])} |")
+                         f"{_control_cell(row)} | {_ci(row['wall'])} |")
     seeds_at = defaultdict(set)
     for (b, n, _, s) in runs:
         if n == "scratch":

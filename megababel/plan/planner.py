@@ -378,6 +378,27 @@ def plan_schedule(final: LlamaConfig, name: str, scratch_steps: int, seq_len: in
                                  training=dict(training, steps=at_steps[-1]), growths=growths), levers)
 
 
+def control_of(name: str, scratch_steps: int, first_growth_step: int) -> str | None:
+    """The no-growth control of grown plan `name` (whose first growth is at `first_growth_step`, at the FLOPs of
+    `scratch_steps` steps of scratch): scratch with the plan's levers that are not about the model, placed where
+    the plan has them. Its data curriculum switches at the step the plan first grows (the same token stream
+    until there), its sequence-length warm-up changes where g3@P would grow, its LR decays as the plan's. Against
+    it, a plan's gain is the growth's alone. None where the plan has none of these levers (scratch is its control).
+    Switches are named to 0.01% ("scratch+easyfirst11.49")."""
+    plan, *lever_names = name.split("+")
+    if plan == "scratch":
+        return None
+    levers, controls = parse_levers(lever_names), []
+    if levers["data"] is not None:
+        switch = levers["data_switch"] or 100 * first_growth_step / scratch_steps
+        controls.append(f"{levers['data']}{round(switch, 2):g}")
+    if levers["seqwarm"]:
+        controls.append(f"seqwarm{plan.partition('@')[2].removesuffix('-vocab')}")
+    if levers["wsd"]:
+        controls.append("wsd")
+    return "+".join(["scratch"] + controls) if controls else None
+
+
 def _with_curriculum(spec: dict, levers: dict, seq_len: int | None = None) -> dict:
     """The schedule's curriculum changes of the switched levers (schedule.py refuses one at a growth's step):
     +easyfirstP / +simplefirstP: the curriculum's first mixture from step 0, its later one from P% of the steps on;

@@ -86,15 +86,17 @@ def test_per_article_losses_add_up_to_the_loss_of_every_target(tmp_path):
     assert int((validation.targets != -100).sum()) == validation.n_tokens - 1     # every token but the first
 
 
-def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10):
-    """A saved run whose final evaluations all give `figure` (plus a +-wiggle alternating between them)."""
+def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10, growths=()):
+    """A saved run whose final evaluations all give `figure` (plus a +-wiggle alternating between them), growing at
+    the steps `growths`."""
     n_bytes = [100] * articles
     final = [dict(step=10 - j, flops=flops, vocab=2000, bpb=figure + wiggle * (-1) ** j,
                   nats=[(figure + wiggle * (-1) ** j) * math.log(2) * 100] * articles, n_bytes=n_bytes)
              for j in range(clock.FINAL_POINTS)]
     evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - (3.0 - figure) * k / 10, load=2.0)
              for k in range(11)]
-    run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=[], final_bpb=evals[-1]["bpb"],
+    run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=[dict(step=g) for g in growths],
+               final_bpb=evals[-1]["bpb"],
                flops=flops, wall=flops / 2, steps=10, final_evals=final, threads=1, processes=2)
     (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
 
@@ -138,6 +140,33 @@ def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_pat
     assert "| g3@2-vocab+copy | 0,1,2 |" in table and "[" in table.split("g3@2-vocab+copy")[1]
     assert (tmp_path / "clock.md").read_text().startswith("Scratch curve")
     assert np.isclose(rows["scratch"]["d_bpb"], 0).all()
+
+
+def test_a_plan_is_also_measured_against_its_no_growth_control_at_the_seeds_it_ran(tmp_path):
+    """The report's 'd vs its no-growth control': a plan with a data curriculum against scratch reading the same
+    stream (switching where the plan first grows: step 2 of scratch's 10, 20%), per seed where the control ran; a
+    plan whose only non-model lever is wsd against scratch+wsd; a plan without any, against scratch itself."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed in (0, 1, 2):
+        _saved(runs, 20, "scratch", 1e-3, seed, 1.90, 4e14)
+        _saved(runs, 20, "g3@2+easyfirst", 1e-3, seed, 1.85 + 0.01 * seed, 4e14, growths=(2, 5, 8))
+        _saved(runs, 20, "g3@2", 1e-3, seed, 1.89, 4e14, growths=(2, 5, 8))
+    for seed in (0, 1):                                          # the control ran at two of the three seeds
+        _saved(runs, 20, "scratch+easyfirst20", 1e-3, seed, 1.88, 4e14)
+    _saved(runs, 20, "g3@2+wsd", 1e-3, 0, 1.87, 4e14, growths=(2, 5, 8))
+    table = clock_report.write_report(tmp_path)
+    rows = {r["name"]: r for r in clock_report.plan_rows(clock.load_runs(tmp_path), [(4e14, 1.9)], 20)}
+    assert rows["g3@2+easyfirst"]["control"] == "scratch+easyfirst20"
+    assert rows["g3@2+easyfirst"]["d_control"] == pytest.approx([-0.03, -0.02])
+    assert rows["g3@2+easyfirst"]["d_bpb"] == pytest.approx([-0.05, -0.04, -0.03])
+    assert "-0.0250 [" in table and "(scratch+easyfirst20, 2 seeds)" in table
+    assert "scratch+wsd not run" in table and "| = d (scratch) |" in table
+    assert rows["scratch+easyfirst20"]["control"] is None
+    # --controls at the bench's budget: the controls that ran (the clock's runs name them so)
+    assert clock.control("g3@2-vocab+copy+easyfirst", 20) == "scratch+easyfirst11.49"
+    assert clock.control("g3@2-vocab+copy+easyfirst+seqwarm+wsd", 20) == "scratch+easyfirst15.31+seqwarm2+wsd"
+    assert clock.control("g3@2-vocab+copy", 20) is None
 
 
 def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it_ran_at_all_three(tmp_path, capsys):

@@ -385,6 +385,22 @@ def test_scratch_warms_up_its_sequence_length_where_g3_would_grow_the_control_a_
         plan_schedule(BENCH_FINAL, "scratch+seqwarm2", 1000, 100, 2048, 1.5e-3)
 
 
+def test_a_plans_no_growth_control_reads_and_schedules_as_it_does():
+    """control_of: scratch with the plan's data curriculum switched where it first grows, its warm-up where g3@P
+    grows, its LR decay; the model's levers dropped; None without such levers."""
+    from megababel.plan.planner import control_of
+    assert control_of("g3@2-vocab+copy+easyfirst", 12851, 1477) == "scratch+easyfirst11.49"
+    assert control_of("g3@2-vocab+copy+easyfirst+seqwarm+wsd", 12851, 1968) == "scratch+easyfirst15.31+seqwarm2+wsd"
+    assert control_of("g2@10+simplefirst40+narrow", 1000, 100) == "scratch+simplefirst40"
+    assert control_of("g3@2-vocab+copy+narrow", 12851, 1477) is None and control_of("scratch+wsd", 10, 1) is None
+    name = "g3@2-vocab+copy+easyfirst+seqwarm"
+    grown = parse_schedule(plan_schedule(BENCH_FINAL, name, 1000, 256, 2048, 1.5e-3), 2048)
+    first = grown.growths[0].at_step
+    control = parse_schedule(plan_schedule(BENCH_FINAL, control_of(name, 1000, first), 1000, 256, 2048, 1.5e-3), 2048)
+    assert [control.data_at(step, 0) for step in (first - 1, first, first + 1)] == \
+           [grown.data_at(step, grown.generation_at(step - 1)) for step in (first - 1, first, first + 1)]
+
+
 def curriculum_explained(name: str) -> str:
     """Which data curriculum a plan's explanation describes."""
     from megababel.plan.planner import Plan
