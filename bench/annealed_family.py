@@ -36,7 +36,7 @@ import numpy as np
 import budget_sweep
 from budget_sweep import family_members, schedule_spec
 from clock import Clock, final_figure, interval, prepare
-from growth_vs_scratch import SEQ, TOKENS_PER_STEP, resumable
+from growth_vs_scratch import PRECISION, SEQ, TOKENS_PER_STEP, resumable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "annealed_family"
@@ -287,6 +287,10 @@ def main(argv=None):
     if args.quick:
         args.budget, args.seeds, args.fractions, args.articles, args.plan = 0.05, [0], [0.2], 10, "g3@25-vocab"
     if not args.report:
+        if PRECISION != "bf16" and not args.quick:     # before any compute: its saved runs and kept members are bf16
+            raise SystemExit("annealed_family measures in bf16, as its saved runs did, and this CPU has no native bf16 "
+                             "(PyTorch emulates it ~50x slower than fp32): run it where bf16 is native (AMX, "
+                             "AVX512-BF16 or a GPU); --quick and --report run here")
         data, validation = prepare(args.threads)
         measure(args.out, args.budget, args.plan, args.lr, args.seeds, args.fractions, data, validation,
                 Clock(data, args.articles), args.tune)

@@ -38,11 +38,26 @@ PLANNER_SEEDS = 3    # a budget enters the planner's table once scratch and its 
 BUSY_LOAD = 3.5      # 1-minute load average on 2 cores while one run (2 threads) trains alone: ~2.6-2.9
 
 
+def precision(run: dict) -> str:
+    """"bf16" or "fp32": what the run trained in (every run saved before the field existed: bf16)."""
+    return run.get("precision", "deepspeed-bf16").removeprefix("deepspeed-")
+
+
+def one_precision(runs: list[dict], folder: Path) -> list[dict]:
+    """`runs`, refused if they trained in two precisions: a bf16 run and an fp32 one differ by more than what a
+    report compares (growth_vs_scratch.PRECISION: fp32 only on a CPU without native bf16)."""
+    found = sorted({precision(r) for r in runs})
+    if len(found) > 1:
+        raise SystemExit(f"{folder} holds runs in {' and '.join(found)}: a report compares runs of one precision; "
+                         f"move the {found[-1]} runs (their names end in -{found[-1]}) to another --out")
+    return runs
+
+
 def load(out: Path) -> dict:
     """{budget: {(name, lr, seed): run}}, finished runs only"""
     runs = defaultdict(dict)
-    for path in sorted((out / "runs").glob("*.json")):
-        r = json.loads(path.read_text())
+    saved = [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
+    for r in one_precision(saved, out / "runs"):
         if r["evals"][-1]["step"] == r["steps"]:
             runs[r["budget"]][(r["name"], r["lr"], r["seed"])] = r
     return runs

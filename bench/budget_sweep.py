@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+import growth_vs_scratch
 from bench_data import wikipedia
 from budget_report import busy, saving
 from growth_vs_scratch import SEQ, TOKENS_PER_STEP, Validation, train
@@ -78,7 +79,9 @@ PROCESSES = 1           # --processes: how many sweep processes share the machin
 
 
 def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
-    return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json"
+    """Where the run is saved; a run in fp32 (growth_vs_scratch.PRECISION) apart from its bf16 twin."""
+    precision = "" if growth_vs_scratch.PRECISION == "bf16" else f"-{growth_vs_scratch.PRECISION}"
+    return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}{precision}.json"
 
 
 def partial_dir(path: Path) -> Path:

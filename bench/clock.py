@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 import budget_sweep
 from budget_sweep import all_of, one_epoch
-from growth_vs_scratch import SEQ
+from growth_vs_scratch import PRECISION, SEQ
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "clock"
@@ -202,19 +202,27 @@ def interval(values) -> tuple[float, float, float]:
 
 
 # --- orchestration -------------------------------------------------------------------------------------------
-def load_runs(out: Path) -> dict:
-    """{(budget, name, lr, seed): run}, finished runs only."""
+def load_runs(out: Path, precision: str = "bf16") -> dict:
+    """{(budget, name, lr, seed): run}, the finished runs that trained in `precision` (runs of two precisions are
+    never compared: growth_vs_scratch.PRECISION)."""
+    from budget_report import precision as precision_of
     runs = {}
     for path in sorted((out / "runs").glob("*.json")):
         r = json.loads(path.read_text())
-        if r["evals"][-1]["step"] == r["steps"] and r.get("final_evals"):
+        if r["evals"][-1]["step"] == r["steps"] and r.get("final_evals") and precision_of(r) == precision:
             runs[r["budget"], r["name"], r["lr"], r["seed"]] = r
     return runs
 
 
 def tuned_lr(out: Path, budget: float, name: str = "scratch") -> float | None:
-    tried = {lr: final_figure(r) for (b, n, lr, s), r in load_runs(out).items() if b == budget and n == name and s == 0}
-    return min(tried, key=tried.get) if tried else None
+    """`name`'s best LR at `budget` (seed 0), tuned in this machine's precision or else in bf16's runs: an fp32
+    run (a CPU without native bf16) takes the LR bf16 tuned, rather than tuning again."""
+    for precision in dict.fromkeys([PRECISION, "bf16"]):
+        tried = {lr: final_figure(r) for (b, n, lr, s), r in load_runs(out, precision).items()
+                 if b == budget and n == name and s == 0}
+        if tried:
+            return min(tried, key=tried.get)
+    return None
 
 
 def tune(out, budget, name, lrs, data, validation, clock, extensions: int = 2) -> float:
@@ -273,6 +281,9 @@ def main(argv=None):
     p.add_argument("--report", action="store_true", help="only the report, from saved runs")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=PRECISION, help="the precision of the runs the "
+                   f"report covers (default {PRECISION}: what this machine trains in, fp32 only on a CPU without "
+                   "native bf16; the runs themselves always train in this machine's)")
     p.add_argument("--quick", action="store_true", help="smoke test: budget 0.05, one LR, 10 articles, plan g2@25")
     args = p.parse_args(argv)
     if args.quick:
@@ -306,7 +317,7 @@ def main(argv=None):
             all_of({(n, s): (args.out, args.plan_budget, n, lr, s, data, validation) for s in args.seeds
                     for n in ["scratch"] + plans}, clock=clock)
     from clock_report import write_report
-    write_report(args.out)
+    write_report(args.out, precision=args.precision)
 
 
 if __name__ == "__main__":

@@ -76,13 +76,14 @@ def plan_budgets(runs: dict) -> list[float]:
     return sorted({b for (b, n, _, _) in runs if n not in ("scratch", "scratch+wsd")})
 
 
-def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
-    """Per run name at `budget` (scratch's tuned LR there): its savings per seed, against scratch of that seed."""
+def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -> list[dict]:
+    """Per run name at `budget` (scratch's tuned LR there, or `lr`): its savings per seed, against scratch of that
+    seed; no compute-equivalent saving without a `curve`."""
     at = {k: r for k, r in runs.items() if k[0] == budget}
     scratch0 = {lr: r for (_, n, lr, s), r in at.items() if n == "scratch" and s == 0}
-    if not scratch0:
+    if lr is None and not scratch0:
         return []
-    lr = min(scratch0, key=lambda x: final_figure(scratch0[x]))
+    lr = lr if lr is not None else min(scratch0, key=lambda x: final_figure(scratch0[x]))
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
     rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], crossing=[], d_bpb=[], wall=[],
                                     planned=[], control=None, d_control=[]))
@@ -96,14 +97,15 @@ def plan_rows(runs: dict, curve: list, budget: float) -> list[dict]:
             if control is not None:
                 row["d_control"].append(final_figure(r) - final_figure(control))
         figure = final_figure(r)
-        equivalent, bound = compute_equivalent_saving(r["flops"], figure, curve)
         row["seeds"].append(seed)
         row["figure"].append(figure)
-        if equivalent is None:
-            row["bounds"].append(bound)
-        else:
-            row["equivalent"].append(equivalent)
-        row["planned"].append(planned_saving(r["flops"], figure, curve))
+        if curve:
+            equivalent, bound = compute_equivalent_saving(r["flops"], figure, curve)
+            if equivalent is None:
+                row["bounds"].append(bound)
+            else:
+                row["equivalent"].append(equivalent)
+        row["planned"].append(planned_saving(r["flops"], figure, curve) if curve else None)
         crossing = saving(r, base, "flops")
         row["crossing"].append(-1.0 if crossing is None else crossing)   # never reached: counted as -100%
         row["d_bpb"].append(figure - final_figure(base))
@@ -179,17 +181,24 @@ def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
     return lines
 
 
-def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> str:
-    """clock.md and clock_curve.png in `out`; and, once a plan has run at every choosing seed, the planner's row at
-    its budget in `savings_file` (default: the package's table when `out` is the benchmark's own results folder;
-    none for another folder: a --quick clock or a test must not change what the planner plans)."""
-    runs = load_runs(out)
+def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, precision: str = "bf16") -> str:
+    """clock.md and clock_curve.png in `out`, from the runs that trained in `precision`; and, once a plan has run
+    at every choosing seed, the planner's row at its budget in `savings_file` (default: the package's table when
+    `out` is the benchmark's own results folder; none for another folder: a --quick clock or a test must not change
+    what the planner plans). fp32 runs (a CPU without native bf16) go to clock_fp32.md, against each other only:
+    the planner's row and the scratch curve are bf16's, unless fp32 has its own seed-0 scratch."""
+    runs, suffix = load_runs(out, precision), "" if precision == "bf16" else f"_{precision}"
     if not runs:
-        print(f"no finished runs in {out / 'runs'}: run bench/clock.py first")
+        print(f"no finished {precision} runs in {out / 'runs'}: run bench/clock.py first")
         return ""
     points = curve_points(runs)
     curve = scratch_curve(points)
-    lines = ["Scratch curve (seed 0, each schedule at its tuned LR; the curve takes the lower):", "",
+    bf16_lrs = {b: v["scratch"][0] for b, v in curve_points(load_runs(out, "bf16")).items() if "scratch" in v}
+    lines = [] if precision == "bf16" else [
+        f"Runs in {precision} (a CPU without native bf16), compared only with each other: against scratch of the "
+        f"same seed and precision, at bf16's tuned LR; no compute-equivalent saving without a {precision} scratch "
+        f"curve.", ""]
+    lines += ["Scratch curve (seed 0, each schedule at its tuned LR; the curve takes the lower):", "",
              "| tokens/parameter | FLOPs | scratch (cosine): LR (tried), final bits/byte (mean of the final "
              "evaluations) | scratch+wsd: the same |", "|---|---|---|---|"]
     for budget in sorted(points):
@@ -202,7 +211,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> s
         lines.append(f"| {budget:g} | {flops:.3g} | " + " | ".join(cells) + " |")
     rows = []
     for budget in plan_budgets(runs):
-        budget_rows = plan_rows(runs, curve, budget)
+        budget_rows = plan_rows(runs, curve, budget, None if precision == "bf16" else bf16_lrs.get(budget))
         rows += [dict(r, budget=budget) for r in budget_rows]
         lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
                   "| run | seeds | final bits/byte | compute-equivalent saving | crossing saving | d bits/byte at "
@@ -224,9 +233,11 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> s
     if noise:
         lines += ["", f"Noise of the final figure (scratch at {noisiest:g} tokens/parameter; bits/byte):", ""] + noise
     table = "\n".join(lines)
-    (out / "clock.md").write_text(table + "\n")
+    (out / f"clock{suffix}.md").write_text(table + "\n")
     print(table)
-    _plot(points, curve, rows, out)
+    _plot(points, curve, rows, out, suffix)
+    if precision != "bf16":
+        return table
     if savings_file is None and out.resolve() == DEFAULT_OUT.resolve():
         savings_file = SAVINGS_FILE
     for row in planner_rows(runs, curve) if savings_file is not None else ():
@@ -234,7 +245,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None) -> s
     return table
 
 
-def _plot(points, curve, rows, out: Path):
+def _plot(points, curve, rows, out: Path, suffix: str = ""):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -256,14 +267,16 @@ def _plot(points, curve, rows, out: Path):
     ax.set_ylabel("final bits/byte (held-out Wikipedia)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "clock_curve.png", dpi=120)
+    fig.savefig(out / f"clock_curve{suffix}.png", dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    write_report(p.parse_args(argv).out)
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = p.parse_args(argv)
+    write_report(args.out, precision=args.precision)
 
 
 if __name__ == "__main__":

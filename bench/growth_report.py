@@ -123,7 +123,8 @@ def common_seeds(by_name: dict, names) -> set:
 
 
 def load(out: Path):
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    from budget_report import one_precision
+    runs = one_precision([json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))], out / "runs")
     if not (out / "tuned_lr.json").is_file():
         sys.exit(f"{out / 'tuned_lr.json'} is missing: the report compares runs at the tuned scratch learning rate; "
                  f"run bench/growth_vs_scratch.py (it tunes first) with --out {out}")

@@ -40,11 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 from megababel.model.counters import config_parameters, flops_per_token
 from megababel.data.shards import TokenDataset
 from megababel.engine import init_distributed
+from megababel.engine.distributed import slow_bf16_here
 from megababel.plan.schedule import parse_schedule
 from megababel.train.trainer import Callback, RunConfig, Trainer
 from bench_data import tinystories
 
 SEQ, BATCH = 256, 8
+# The precision runs train in: bf16 (DeepSpeed bf16 weights, fp32 masters), which every saved result used, except on
+# a CPU without native bf16, where PyTorch emulates it ~50x slower than fp32: there fp32. A run records its precision,
+# budget_sweep.run_path names fp32 runs apart, and the clock's reports never compare runs of two precisions.
+PRECISION = "fp32" if slow_bf16_here() else "bf16"
 TOKENS_PER_STEP = SEQ * BATCH
 VALID_PARAGRAPHS = 160
 QUICK_VALID_PARAGRAPHS = 40     # a smoke test: fewer tokens per evaluation (the suite's quick run: 413 s -> 332 s)
@@ -225,13 +230,13 @@ def resumable(partial: Path) -> bool:
 def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_every: int = EVAL_EVERY,
           micro_batch_size: int = BATCH, clock=None, out: Path | None = None, partial: Path | None = None,
           callbacks=(), **run_options) -> dict:
-    """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0,
-    bf16 weights with fp32 masters, gradient clipping 1.0), without checkpoints unless `out` is given (then the
-    Trainer's OUT, e.g. with keep_generations=True in `run_options`: RunConfig fields, also resume and
-    anneal_steps for a decay branch). `partial`: a folder where the run checkpoints every PARTIAL_EVERY steps and
-    when stopped (SIGTERM), with what was measured so far; a re-run resumes from there exactly (the Trainer's
-    resume), so a run longer than a session still ends. `clock`: bench/clock.py's Clock, whose final evaluations
-    the result then holds ("final_evals"). `callbacks`: more Trainer callbacks."""
+    """One run through the Trainer, exactly as launch/train.py --bf16 --seed SEED would train it (DeepSpeed ZeRO-0, bf16
+    weights with fp32 masters, gradient clipping 1.0; fp32 where PRECISION says so), without checkpoints unless `out` is
+    given (then the Trainer's OUT, e.g. with keep_generations=True in `run_options`: RunConfig fields, also resume and
+    anneal_steps for a decay branch). `partial`: a folder where the run checkpoints every PARTIAL_EVERY steps and when
+    stopped (SIGTERM), with what was measured so far; a re-run resumes from there exactly (the Trainer's resume), so a
+    run longer than a session still ends. `clock`: bench/clock.py's Clock, whose final evaluations the result then holds
+    ("final_evals"). `callbacks`: more Trainer callbacks."""
     recorder = BenchRecorder(name, seed, validation, log_every=max(25, eval_every * 5), eval_every=eval_every,
                              clock=clock)
     continuing = False        # resuming the stopped run in `partial` (not a decay branch's first start)
@@ -244,7 +249,8 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
         if continuing:            # (a decay branch's resume=MEMBER is for its first start only)
             run_options["resume"] = "auto"
     with (contextlib.nullcontext(out) if out is not None else tempfile.TemporaryDirectory()) as out:
-        trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ, bf16=True,
+        trainer = Trainer(RunConfig(schedule=spec, data=data, micro_batch_size=micro_batch_size, seq_len=SEQ,
+                                    bf16=PRECISION == "bf16",
                                     gradient_clipping=1.0, seed=seed, eval_every=0, out=Path(out), **run_options),
                           callbacks=[recorder, *callbacks])
         trainer.setup()
@@ -259,7 +265,7 @@ def train(name: str, spec: dict, seed: int, data: Path, validation: dict, eval_e
                                                              "not saved, a re-run trains it again"))
     return dict(name=name, seed=seed, spec=spec, evals=recorder.evals, growths=recorder.growths,
                 final_bpb=recorder.evals[-1]["bpb"], flops=trainer.flops, wall=trainer.train_seconds,
-                steps=trainer.schedule.end_step, precision="deepspeed-bf16",
+                steps=trainer.schedule.end_step, precision=f"deepspeed-{PRECISION}",
                 **({} if clock is None else dict(final_evals=recorder.final_evals, clock=clock.describe())),
                 **({} if recorder.initial_eval is None else dict(initial_eval=recorder.initial_eval)))
 
@@ -299,7 +305,8 @@ def main(argv=None):
         runs_dir.mkdir(parents=True, exist_ok=True)
 
         def run(name, seed, lr):
-            path = runs_dir / f"{name.replace('/', '_')}-lr{lr:g}-seed{seed}.json"
+            fp32 = "" if PRECISION == "bf16" else f"-{PRECISION}"
+            path = runs_dir / f"{name.replace('/', '_')}-lr{lr:g}-seed{seed}{fp32}.json"
             if path.is_file() and not args.rerun:
                 return json.loads(path.read_text())
             print(f"{name} seed {seed} lr {lr:g}", flush=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from megababel.engine.distributed import slow_bf16_here
 from megababel.train.callbacks import Callback
 
 
@@ -36,6 +37,9 @@ class RunLogger(Callback):
                  ", ".join(plans))
         if trainer.plan is not None:
             self.say(trainer.plan.explain())
+        if run.bf16 and slow_bf16_here():
+            self.say("warning: --bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX): PyTorch emulates its "
+                     "matmuls, about 50x slower than fp32 here; train without --bf16 on this machine")
         schedule = trainer.schedule
         if schedule.warmup_steps >= schedule.steps:     # e.g. --steps cut a preset short: fine for a smoke run
             self.say(f"warning: training.warmup_steps {schedule.warmup_steps} >= {schedule.steps} steps: the LR "

@@ -86,9 +86,9 @@ def test_per_article_losses_add_up_to_the_loss_of_every_target(tmp_path):
     assert int((validation.targets != -100).sum()) == validation.n_tokens - 1     # every token but the first
 
 
-def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10, growths=()):
+def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10, growths=(), precision=None):
     """A saved run whose final evaluations all give `figure` (plus a +-wiggle alternating between them), growing at
-    the steps `growths`."""
+    the steps `growths`, trained in `precision` (None: no field, as the runs saved before it existed)."""
     n_bytes = [100] * articles
     final = [dict(step=10 - j, flops=flops, vocab=2000, bpb=figure + wiggle * (-1) ** j,
                   nats=[(figure + wiggle * (-1) ** j) * math.log(2) * 100] * articles, n_bytes=n_bytes)
@@ -96,9 +96,10 @@ def _saved(runs, budget, name, lr, seed, figure, flops, wiggle=0.0, articles=10,
     evals = [dict(step=k, flops=flops * k / 10, wall=flops * k / 20, bpb=3.0 - (3.0 - figure) * k / 10, load=2.0)
              for k in range(11)]
     run = dict(name=name, seed=seed, lr=lr, budget=budget, evals=evals, growths=[dict(step=g) for g in growths],
-               final_bpb=evals[-1]["bpb"],
+               final_bpb=evals[-1]["bpb"], **({} if precision is None else dict(precision=f"deepspeed-{precision}")),
                flops=flops, wall=flops / 2, steps=10, final_evals=final, threads=1, processes=2)
-    (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
+    suffix = "" if precision in (None, "bf16") else f"-{precision}"
+    (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}{suffix}.json").write_text(json.dumps(run))
 
 
 def test_the_final_figure_reads_a_falling_and_flattening_curve_at_its_end_and_a_flat_one_near_its_mean():
@@ -167,6 +168,34 @@ def test_a_plan_is_also_measured_against_its_no_growth_control_at_the_seeds_it_r
     assert clock.control("g3@2-vocab+copy+easyfirst", 20) == "scratch+easyfirst11.49"
     assert clock.control("g3@2-vocab+copy+easyfirst+seqwarm+wsd", 20) == "scratch+easyfirst15.31+seqwarm2+wsd"
     assert clock.control("g3@2-vocab+copy", 20) is None
+
+
+def test_runs_of_two_precisions_are_never_compared_with_each_other(tmp_path, monkeypatch):
+    """fp32 runs (a CPU without native bf16) are saved apart, reported apart (clock_fp32.md: against fp32 scratch of
+    the same seed, at bf16's tuned LR, no compute-equivalent saving) and never change bf16's report or the planner's
+    row; the older reports refuse a folder that mixes them."""
+    import budget_report
+    import budget_sweep
+    import growth_vs_scratch
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for budget, f in {5: 1e14, 20: 4e14}.items():
+        _saved(runs, budget, "scratch", 1e-3, 0, synthetic_curve(f), f)
+    _saved(runs, 20, "scratch", 2e-3, 0, synthetic_curve(4e14) + 0.01, 4e14)
+    _saved(runs, 20, "g3@2", 1e-3, 0, synthetic_curve(4e14) - 0.02, 4e14, growths=(2, 5, 8))
+    _saved(runs, 20, "scratch", 1e-3, 1, 2.00, 4e14, precision="fp32")
+    _saved(runs, 20, "g3@2", 1e-3, 1, 1.90, 4e14, growths=(2, 5, 8), precision="fp32")
+    _saved(runs, 20, "g3@2", 2e-3, 1, 1.50, 4e14, growths=(2, 5, 8), precision="fp32")    # not at the tuned LR
+    bf16 = clock_report.write_report(tmp_path, savings_file=tmp_path / "none.json")
+    assert "| g3@2 | 0 |" in bf16 and "| g3@2 | 1 |" not in bf16 and "-0.0200" in bf16
+    fp32 = clock_report.write_report(tmp_path, precision="fp32")
+    assert (tmp_path / "clock_fp32.md").read_text().startswith("Runs in fp32")
+    assert "| g3@2 | 1 | 1.9000 |" in fp32 and "-0.1000" in fp32 and "| g3@2 | 0 |" not in fp32
+    assert (tmp_path / "clock.md").read_text().strip() == bf16.strip()
+    monkeypatch.setattr(growth_vs_scratch, "PRECISION", "fp32")
+    assert budget_sweep.run_path(tmp_path, 20, "g3@2", 1e-3, 1).name == "b20-g3@2-lr0.001-seed1-fp32.json"
+    with pytest.raises(SystemExit, match="holds runs in bf16 and fp32"):
+        budget_report.load(tmp_path)
 
 
 def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it_ran_at_all_three(tmp_path, capsys):
