@@ -5,8 +5,8 @@
 
 Definitions (bench/clock.py): the final figure is a quadratic fitted through a run's last evaluations on every
 held-out article, read at the last step (near their mean where the curve is flat); the scratch curve is, per
-budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving = 1 - FLOPs /
-scratch's FLOPs to reach the run's final figure on that curve; crossing saving = bench/budget_report.py's (first
+budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving =
+1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing saving = bench/budget_report.py's (first
 crossing of the 40-article curve below scratch's last evaluation, against scratch of the same seed); d bits/byte =
 the run's final figure minus scratch's (same seed, same FLOPs); d vs control = the same against the plan's no-growth
 control (planner.control_of: scratch with the plan's curriculum, warm-up and LR decay), where it ran at that seed:
