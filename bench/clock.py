@@ -6,6 +6,9 @@
     python bench/clock.py --plans g3@2-vocab+copy --seeds 3 4                # confirm on seeds not used to choose
     python bench/clock.py --plans g3@2-vocab+copy+easyfirst --controls --seeds 0 1 2   # and its no-growth control
     python bench/clock.py --report                # clock.md, clock_curve.png, the noise study; the planner's row
+    python bench/clock.py --curve --budgets 28 --curve-lrs 0.0015 --curve-extensions 0 --curve-seed 1
+                                                  # one fp32 curve point, on a CPU without native bf16
+    python bench/clock.py --report --precision fp32                         # clock_fp32.md, clock_curve_fp32.png
 Run two of the same command side by side with --threads 1 --processes 2: they share the runs (bench/budget_sweep.py's
 claims); every finished run is saved and never trained again.
 
@@ -225,17 +228,17 @@ def tuned_lr(out: Path, budget: float, name: str = "scratch") -> float | None:
     return None
 
 
-def tune(out, budget, name, lrs, data, validation, clock, extensions: int = 2) -> float:
-    """`name` at `budget` on the LR grid (seed 0), extended by doubling/halving while the best sits at an edge (at
-    most `extensions` times); the best LR by final figure."""
-    tried = all_of({lr: (out, budget, name, lr, 0, data, validation) for lr in sorted(lrs)}, clock=clock)
+def tune(out, budget, name, lrs, data, validation, clock, extensions: int = 2, seed: int = 0) -> float:
+    """`name` at `budget` on the LR grid (at `seed`), extended by doubling/halving while the best sits at an edge
+    (at most `extensions` times); the best LR by final figure."""
+    tried = all_of({lr: (out, budget, name, lr, seed, data, validation) for lr in sorted(lrs)}, clock=clock)
     for _ in range(extensions):
         figures = {lr: final_figure(r) for lr, r in tried.items()}
         best, edges = min(figures, key=figures.get), sorted(figures)
         if best not in (edges[0], edges[-1]):
             break
         lr = best * 2 if best == edges[-1] else best / 2
-        tried[lr] = budget_sweep.run(out, budget, name, lr, 0, data, validation, clock=clock)
+        tried[lr] = budget_sweep.run(out, budget, name, lr, seed, data, validation, clock=clock)
     figures = {lr: final_figure(r) for lr, r in tried.items()}
     return min(figures, key=figures.get)
 
@@ -270,6 +273,10 @@ def main(argv=None):
                    help="scratch's LR grid at each --curve budget, extended while the best sits at an edge (e.g. "
                         "0.00075 0.0015 above 20 tokens/parameter, where longer training rarely wants a higher LR: "
                         "0.003 runs only if 0.0015 wins)")
+    p.add_argument("--curve-extensions", type=int, default=2, metavar="N", help="with --curve: how many times the "
+                   "LR grid may be extended past an edge (0: the grid only)")
+    p.add_argument("--curve-seed", type=int, default=0, help="with --curve: the seed the curve trains at (0, where "
+                   "bf16 tuned; fp32's curve on a CPU without native bf16 began at seed 1: clock_report.curve_seed)")
     p.add_argument("--plans", nargs="+", default=[], metavar="PLAN", help="plans (with levers) at --plan-budget, "
                    "at scratch's tuned LR there, for --seeds (scratch too, at those seeds)")
     p.add_argument("--controls", action="store_true", help="with --plans: each plan's no-growth control too (scratch "
@@ -296,13 +303,13 @@ def main(argv=None):
         if any("first" in n for n in args.plans):     # the data curricula's sources, made once before any run
             from bench_data import simple_stories, with_difficulty
             with_difficulty(data), simple_stories(data)
-        lrs, extensions = ((3e-3,), 0) if args.quick else (args.curve_lrs, 2)
+        lrs, extensions = ((3e-3,), 0) if args.quick else (args.curve_lrs, args.curve_extensions)
         if args.curve or args.quick:
             for budget in args.budgets:
-                lr = tune(args.out, budget, "scratch", lrs, data, validation, clock, extensions)
+                lr = tune(args.out, budget, "scratch", lrs, data, validation, clock, extensions, args.curve_seed)
                 if budget == args.plan_budget or args.wsd:
                     tune(args.out, budget, "scratch+wsd", [lr] if args.quick else [lr / 2, lr, lr * 2], data,
-                         validation, clock, extensions)
+                         validation, clock, extensions, args.curve_seed)
                 if budget == args.plan_budget:
                     all_of({seed: (args.out, budget, "scratch", lr, seed, data, validation) for seed in args.seeds},
                            clock=clock)

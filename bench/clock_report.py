@@ -5,9 +5,9 @@
 
 Definitions (bench/clock.py): the final figure is a quadratic fitted through a run's last evaluations on every
 held-out article, read at the last step (near their mean where the curve is flat); the scratch curve is, per
-budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0); compute-equivalent saving =
-1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing saving = bench/budget_report.py's (first
-crossing of the 40-article curve below scratch's last evaluation, against scratch of the same seed); d bits/byte =
+budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0; curve_seed in fp32);
+compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing
+saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against scratch of the same seed); d bits/byte =
 the run's final figure minus scratch's (same seed, same FLOPs); d vs control = the same against the plan's no-growth
 control (planner.control_of: scratch with the plan's curriculum, warm-up and LR decay), where it ran at that seed:
 what the growth alone is worth. Each with the mean over seeds and its 95% confidence interval (Student's t).
@@ -29,12 +29,22 @@ from clock import (DEFAULT_OUT, compute_equivalent_saving, final_figure, final_m
 CHOOSING_SEEDS = (0, 1, 2)     # plans are chosen on these; seeds 3-4 only confirm (issue 32)
 
 
-def curve_points(runs: dict) -> dict:
+def curve_seed(runs: dict) -> int:
+    """The seed the scratch curve is drawn at: the one with scratch at the most budgets, the lowest among equals
+    (seed 0 in bf16, where the LRs were tuned; fp32's runs on a CPU without native bf16 began at seed 1)."""
+    budgets = defaultdict(set)
+    for (budget, name, _, seed) in runs:
+        if name in ("scratch", "scratch+wsd"):
+            budgets[seed].add(budget)
+    return min(budgets, key=lambda s: (-len(budgets[s]), s), default=0)
+
+
+def curve_points(runs: dict, seed: int = 0) -> dict:
     """{budget: {schedule name: (lr, final figure, FLOPs, tried LRs, mean of the final evaluations)}} for scratch
-    and scratch+wsd, seed 0, at each one's best LR."""
+    and scratch+wsd at `seed`, at each one's best LR."""
     tried = defaultdict(dict)
-    for (budget, name, lr, seed), r in runs.items():
-        if name in ("scratch", "scratch+wsd") and seed == 0:
+    for (budget, name, lr, s), r in runs.items():
+        if name in ("scratch", "scratch+wsd") and s == seed:
             tried[budget, name][lr] = r
     points = defaultdict(dict)
     for (budget, name), by_lr in tried.items():
@@ -186,19 +196,21 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
     at every choosing seed, the planner's row at its budget in `savings_file` (default: the package's table when
     `out` is the benchmark's own results folder; none for another folder: a --quick clock or a test must not change
     what the planner plans). fp32 runs (a CPU without native bf16) go to clock_fp32.md, against each other only:
-    the planner's row and the scratch curve are bf16's, unless fp32 has its own seed-0 scratch."""
+    the planner's row is bf16's, and fp32's scratch curve is drawn at its own seed (curve_seed)."""
     runs, suffix = load_runs(out, precision), "" if precision == "bf16" else f"_{precision}"
     if not runs:
         print(f"no finished {precision} runs in {out / 'runs'}: run bench/clock.py first")
         return ""
-    points = curve_points(runs)
+    seed = curve_seed(runs) if precision != "bf16" else 0
+    points = curve_points(runs, seed)
     curve = scratch_curve(points)
     bf16_lrs = {b: v["scratch"][0] for b, v in curve_points(load_runs(out, "bf16")).items() if "scratch" in v}
     lines = [] if precision == "bf16" else [
         f"Runs in {precision} (a CPU without native bf16), compared only with each other: against scratch of the "
-        f"same seed and precision, at bf16's tuned LR; no compute-equivalent saving without a {precision} scratch "
-        f"curve.", ""]
-    lines += ["Scratch curve (seed 0, each schedule at its tuned LR; the curve takes the lower):", "",
+        f"same seed and precision, at bf16's tuned LR where this precision tried no other; the compute-equivalent "
+        f"saving reads {precision}'s own scratch curve.", ""]
+    lines += [f"Scratch curve (seed {seed}, each schedule at its tuned LR among those tried; the curve takes the "
+              f"lower):", "",
              "| tokens/parameter | FLOPs | scratch (cosine): LR (tried), final bits/byte (mean of the final "
              "evaluations) | scratch+wsd: the same |", "|---|---|---|---|"]
     for budget in sorted(points):

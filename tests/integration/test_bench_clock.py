@@ -172,8 +172,8 @@ def test_a_plan_is_also_measured_against_its_no_growth_control_at_the_seeds_it_r
 
 def test_runs_of_two_precisions_are_never_compared_with_each_other(tmp_path, monkeypatch):
     """fp32 runs (a CPU without native bf16) are saved apart, reported apart (clock_fp32.md: against fp32 scratch of
-    the same seed, at bf16's tuned LR, no compute-equivalent saving) and never change bf16's report or the planner's
-    row; the older reports refuse a folder that mixes them."""
+    the same seed, at bf16's tuned LR, the compute-equivalent saving on fp32's own scratch curve) and never change
+    bf16's report or the planner's row; the older reports refuse a folder that mixes them."""
     import budget_report
     import budget_sweep
     import growth_vs_scratch
@@ -191,6 +191,14 @@ def test_runs_of_two_precisions_are_never_compared_with_each_other(tmp_path, mon
     fp32 = clock_report.write_report(tmp_path, precision="fp32")
     assert (tmp_path / "clock_fp32.md").read_text().startswith("Runs in fp32")
     assert "| g3@2 | 1 | 1.9000 |" in fp32 and "-0.1000" in fp32 and "| g3@2 | 0 |" not in fp32
+    assert "Scratch curve (seed 1," in fp32 and "> 0% (past the curve)" in fp32     # one fp32 budget: a bound
+    # fp32's own curve, at its seed 1 (bf16's seed-0 curve never enters it): 1.90 lies between scratch at 20 (2.00)
+    # and 40 (1.80), halfway in bits/byte, so scratch needs sqrt(4e14 * 8e14) by the log-FLOPs interpolation
+    _saved(runs, 40, "scratch", 1e-3, 1, 1.80, 8e14, precision="fp32")
+    fp32 = clock_report.write_report(tmp_path, precision="fp32")
+    assert clock_report.curve_seed(clock.load_runs(tmp_path, "fp32")) == 1
+    assert "| 40 | 8e+14 | 0.001 (0.001), 1.8000" in fp32
+    assert f"| g3@2 | 1 | 1.9000 | {100 * (1 - 4e14 / (4e14 * 8e14) ** 0.5):+.1f}% |" in fp32
     assert (tmp_path / "clock.md").read_text().strip() == bf16.strip()
     monkeypatch.setattr(growth_vs_scratch, "PRECISION", "fp32")
     assert budget_sweep.run_path(tmp_path, 20, "g3@2", 1e-3, 1).name == "b20-g3@2-lr0.001-seed1-fp32.json"
