@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,9 +24,33 @@ def init_distributed():
         os.environ["MASTER_PORT"] = str(free_port())
     import deepspeed
     if not dist.is_initialized():
+        if os.environ["DS_ACCELERATOR"] == "cpu":
+            remove_stale_build_lock()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         _unlink_shm_workspace()
     return dist.get_rank(), dist.get_world_size()
+
+
+STALE_LOCK_SECONDS = 600     # the op builds in ~30 s; a lock this old has no live builder
+
+
+def remove_stale_build_lock(op: str = "deepspeed_shm_comm") -> list[str]:
+    """Remove a stale lock of DeepSpeed's CPU communication op: its backend JIT-loads the op at init, and torch's
+    FileBaton takes a lock file even when the op is already built. A process killed in that moment (Ctrl-C or a
+    timeout at start-up) leaves the lock, and every later start waits on it forever, silently. The removed paths."""
+    from torch.utils.cpp_extension import get_default_build_root
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    removed = []
+    for lock in [root / op / "lock", *root.glob(f"*/{op}/lock")]:
+        try:
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+                lock.unlink()
+                removed.append(str(lock))
+                print(f"removed {lock}: a lock older than {STALE_LOCK_SECONDS} s, left by a process killed while it "
+                      f"loaded DeepSpeed's {op} op (later starts would have waited on it forever)", flush=True)
+        except FileNotFoundError:      # absent, or another rank removed it first
+            pass
+    return removed
 
 
 def slow_bf16_here() -> bool:
