@@ -10,7 +10,8 @@ compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final
 saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against
 scratch of the same seed); d bits/byte = the run's final figure minus scratch's (same seed, same FLOPs); d vs
 control = the same against the plan's no-growth control (planner.control_of: scratch with the plan's curriculum,
-warm-up and LR decay), where it ran at that seed: what the growth alone is worth. Each with the mean over seeds and its 95% confidence interval (Student's t).
+warm-up and LR decay), where it ran at that seed: what the growth alone is worth. Each with the mean over seeds
+and its 95% confidence interval (Student's t).
 """
 from __future__ import annotations
 
