@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from growth_report import crossing
+from scratch_curve import compute_equivalent_bounds, compute_equivalent_saving, lower_curve
 from megababel.config import LlamaConfig
 from megababel.model.counters import config_parameters
 
@@ -164,7 +165,57 @@ def summarise(runs: dict) -> list[dict]:
                                     if wall_saving(seeds[s], scratch[s]) != "busy"],
                          best_d=[seeds[s]["final_bpb"] - scratch[s]["final_bpb"] for s in common],
                          seeds=common))
+    add_compute_equivalent(rows, runs)
     return rows
+
+
+def add_compute_equivalent(rows: list[dict], runs: dict):
+    """Each row's compute-equivalent saving (scratch_curve.py) per seed of its best plan ("best_equivalent") and of
+    each lever ("equivalent" in by_seed): against the curve of scratch's final bits/byte at each budget's tuned LR,
+    at the same seed. The budgets are 4-10x apart, so the interpolated figure comes with its bounds."""
+    curves = defaultdict(list)
+    for r in rows:
+        for seed, scratch in r["scratch"].items():
+            curves[seed].append((scratch["flops"], scratch["final_bpb"]))
+    curves = {seed: lower_curve(points) for seed, points in curves.items() if len(points) > 1}
+
+    def equivalent(run):
+        curve = curves.get(run["seed"])
+        if curve is None:
+            return None
+        interpolated, bound = compute_equivalent_saving(run["flops"], run["final_bpb"], curve)
+        least, most = compute_equivalent_bounds(run["flops"], run["final_bpb"], curve)
+        return dict(interpolated=interpolated, bound=bound, least=least, most=most)
+
+    for r in rows:
+        by = runs[r["budget"]]
+        r["best_equivalent"] = [equivalent(by[(r["best"], r["lr"], s)]) for s in r["seeds"]]
+        for name, entry in r["by_seed"].items():
+            entry["equivalent"] = [equivalent(by[(name, r["lr"], s)]) for s in entry["seeds"]]
+
+
+def _equivalent_cells(entries: list) -> tuple[str, str]:
+    """The interpolated compute-equivalent saving and its bounds if scratch's curve is convex: mean (min..max) and
+    the mean bounds over seeds; each seed's where one lies outside scratch's budgets ("> X%": past the largest, only
+    the least is known; "< X%": short of the smallest), as a mean over the others would hide it."""
+    entries = [e for e in entries if e is not None]
+    if not entries:
+        return "-", "-"
+
+    def pct(v):
+        return "?" if v is None else f"{round(100 * v):d}%"          # round() to an int: never "-0%"
+
+    def mean(values):
+        return None if any(v is None for v in values) else float(np.mean(values))
+    if all(e["interpolated"] is not None for e in entries):
+        bounds = f"{pct(mean([e['least'] for e in entries]))}..{pct(mean([e['most'] for e in entries]))}"
+        return _spread([e["interpolated"] for e in entries]), bounds
+    interpolated = ", ".join(e["bound"] or pct(e["interpolated"]) for e in entries)
+    if len({e["bound"] for e in entries}) == 1:                          # every seed past the curve, alike
+        interpolated = f"{entries[0]['bound']} (past the curve)" if entries[0]["bound"][0] == ">" else interpolated
+    bounds = ", ".join(f">= {pct(e['least'])}" if e["most"] is None else f"{pct(e['least'])}..{pct(e['most'])}"
+                       for e in entries)
+    return interpolated, bounds
 
 
 def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -> dict:
@@ -242,15 +293,16 @@ def write_report(out: Path, savings_file: Path | None = None) -> str:
     non_embedding = total - 2 * config.vocab_size * config.hidden_size
     lines = [f"Final model {total / 1e6:.2f}M parameters ({non_embedding / 1e6:.2f}M without embeddings).", "",
              "| tokens/parameter (all / non-embedding) | scratch tokens | scratch LR (tried) | scratch final bits/byte "
-             "| best plan | FLOP saving | wall saving | d bits/byte at equal FLOPs | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| best plan | FLOP saving | compute-equivalent saving | its bounds if scratch's curve is convex "
+             "| wall saving | d bits/byte at equal FLOPs | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         finals = [s["final_bpb"] for s in r["scratch"].values()]
         scratch = f"{np.mean(finals):.4f}" + (f" +- {np.std(finals):.4f}" if len(finals) > 1 else "")
         lines.append(f"| {r['tokens'] / total:.2g} / {r['tokens'] / non_embedding:.2g} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r['lr']:g} ({', '.join(f'{x:g}' for x in r['tried'])}) | {scratch} | {r['best']} | "
-                     f"{_spread(r['best_flops'])} | {_spread(r['best_wall'])} | {_spread(r['best_d'], pct=False)} | "
-                     f"{len(r['seeds'])} |")
+                     f"{_spread(r['best_flops'])} | {' | '.join(_equivalent_cells(r['best_equivalent']))} | "
+                     f"{_spread(r['best_wall'])} | {_spread(r['best_d'], pct=False)} | {len(r['seeds'])} |")
     lines += ["", "Every plan, seed 0 (FLOP saving / d bits/byte at equal FLOPs):", "",
               "| plan | " + " | ".join(f"{r['budget']:g} tok/param" for r in rows) + " |",
               "|---|" + "---|" * len(rows)]
@@ -263,7 +315,8 @@ def write_report(out: Path, savings_file: Path | None = None) -> str:
             continue
         lines += ["", f"Levers at {r['budget']:g} tokens/parameter (plan + lever against the plan alone, @P: its first "
                   f"growth at P% of the FLOPs; each against scratch of its own seed):", "",
-                  "| run | FLOP saving | wall saving | d bits/byte at equal FLOPs | seeds |", "|---|---|---|---|---|"]
+                  "| run | FLOP saving | compute-equivalent saving | its bounds if convex | wall saving | "
+                  "d bits/byte at equal FLOPs | seeds |", "|---|---|---|---|---|---|---|"]
         bases = sorted({name.split("+")[0] for name in r["levers"] if is_grid_plan(name.split("+")[0])}
                        | ({r["base"]} - {None}))
         for name in bases + sorted(r["levers"], key=lambda n: (n.split("+")[0], n)):
@@ -271,8 +324,8 @@ def write_report(out: Path, savings_file: Path | None = None) -> str:
             if v is None:
                 continue
             label = f"{name} (base)" if name in bases else name
-            lines.append(f"| {label} | {_spread(v['flops'])} | {_spread(v['wall'])} | "
-                         f"{_spread(v['d_bpb'], pct=False)} | {len(v['seeds'])} |")
+            lines.append(f"| {label} | {_spread(v['flops'])} | {' | '.join(_equivalent_cells(v['equivalent']))} | "
+                         f"{_spread(v['wall'])} | {_spread(v['d_bpb'], pct=False)} | {len(v['seeds'])} |")
     table = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")

@@ -24,7 +24,8 @@ much as the differences measured, and scratch scored the same way "saves" 6-7% a
   runs the warmup-stable-decay schedule next to it at 20). The lower of the two schedules at each budget is the
   curve.
 - Compute-equivalent saving of a run = 1 - its FLOPs / the FLOPs scratch needs to reach its final figure, read off
-  the curve (linear in log FLOPs between measured budgets; outside them the saving is only bounded).
+  the curve (linear in log FLOPs between measured budgets; outside them the saving is only bounded), with its
+  bounds if the curve is convex in log FLOPs (bench/scratch_curve.py).
 - The crossing saving (bench/budget_report.py's, on the 40-article curve, evaluated every 1% in the last 10%) is
   reported next to it, and every saving with a 95% confidence interval over seeds (Student's t).
 - Once a plan has run at seeds 0-2, --report writes the planner's row at its budget (megababel/plan/
@@ -153,45 +154,6 @@ def final_figure(run: dict, articles=None) -> float:
 def final_mean(run: dict) -> float:
     """The plain mean of a run's final evaluations (reported next to final_figure)."""
     return float(np.mean([e["bpb"] for e in run["final_evals"]]))
-
-
-# --- the scratch curve and the compute-equivalent saving --------------------------------------------------------
-def lower_curve(points) -> list[tuple[float, float]]:
-    """(FLOPs, bits/byte) points sorted by FLOPs, each bits/byte the lowest reached at or below its FLOPs (a larger
-    budget that ended higher, e.g. from noise, does not make the curve rise)."""
-    out, best = [], math.inf
-    for flops, bpb in sorted(points):
-        best = min(best, bpb)
-        out.append((flops, best))
-    return out
-
-
-def flops_to_reach(curve, bpb: float) -> tuple[float | None, str]:
-    """The FLOPs scratch needs to reach `bpb` on `curve` (lower_curve's points): linear in log FLOPs between the
-    bracketing budgets. Outside the curve, (None, "below") when even the largest budget ends higher than `bpb` (the
-    saving is at least the bound against the largest), (None, "above") when the smallest budget already reaches it."""
-    flops, values = [c[0] for c in curve], [c[1] for c in curve]
-    if bpb < values[-1]:
-        return None, "below"
-    if bpb > values[0]:
-        return None, "above"
-    for i in range(1, len(curve)):
-        if values[i] <= bpb:
-            (f0, b0), (f1, b1) = curve[i - 1], curve[i]
-            if b1 == bpb:
-                return f1, ""
-            return float(math.exp(math.log(f0) + (math.log(f1) - math.log(f0)) * (b0 - bpb) / (b0 - b1))), ""
-    return flops[0], ""
-
-
-def compute_equivalent_saving(flops: float, bpb: float, curve) -> tuple[float | None, str]:
-    """1 - flops / (scratch's FLOPs to reach bpb); outside the curve (None, "> X%") or (None, "< X%") bounds."""
-    needed, where = flops_to_reach(curve, bpb)
-    if needed is not None:
-        return 1 - flops / needed, ""
-    if where == "below":
-        return None, f"> {round(100 * (1 - flops / curve[-1][0])):d}%"       # round() to an int: never "-0"
-    return None, f"< {round(100 * (1 - flops / curve[0][0])):d}%"
 
 
 def interval(values) -> tuple[float, float, float]:

@@ -24,8 +24,8 @@ import numpy as np
 
 from budget_report import SAVINGS_FILE, busy, saving, write_clock_row
 from megababel.plan.planner import control_of
-from clock import (DEFAULT_OUT, compute_equivalent_saving, final_figure, final_mean, interval, load_runs,
-                   lower_curve)
+from clock import DEFAULT_OUT, final_figure, final_mean, interval, load_runs
+from scratch_curve import compute_equivalent_bounds, compute_equivalent_saving, lower_curve
 
 CHOOSING_SEEDS = (0, 1, 2)     # plans are chosen on these; seeds 3-4 only confirm (issue 32)
 
@@ -96,8 +96,8 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -
         return []
     lr = lr if lr is not None else min(scratch0, key=lambda x: final_figure(scratch0[x]))
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
-    rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], crossing=[], d_bpb=[], wall=[],
-                                    planned=[], control=None, d_control=[]))
+    rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], convex=[], crossing=[], d_bpb=[],
+                                    wall=[], planned=[], control=None, d_control=[]))
     for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
         if l != lr or seed not in scratch or name == "scratch+wsd":
             continue
@@ -116,6 +116,7 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -
                 row["bounds"].append(bound)
             else:
                 row["equivalent"].append(equivalent)
+            row["convex"].append(compute_equivalent_bounds(r["flops"], figure, curve))
         row["planned"].append(planned_saving(r["flops"], figure, curve) if curve else None)
         crossing = saving(r, base, "flops")
         row["crossing"].append(-1.0 if crossing is None else crossing)   # never reached: counted as -100%
@@ -124,6 +125,17 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -
         if same_setup and not busy(r) and not busy(base):
             row["wall"].append(1 - r["wall"] / base["wall"])
     return [dict(name=n, lr=lr, **v) for n, v in rows.items()]
+
+
+def _convex_cell(bounds: list) -> str:
+    """The compute-equivalent saving's bounds if scratch's curve is convex (scratch_curve.py), over seeds: the mean
+    least and most; ">= X%" where some seed lies past the largest budget (no most)."""
+    if not bounds or any(least is None for least, _ in bounds):
+        return "-"
+    least = f"{100 * np.mean([b[0] for b in bounds]):+.0f}%"
+    if any(most is None for _, most in bounds):
+        return f">= {least}"
+    return f"{least}..{100 * np.mean([b[1] for b in bounds]):+.0f}%"
 
 
 def planned_saving(flops: float, bpb: float, curve) -> float | None:
@@ -227,15 +239,17 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
         budget_rows = plan_rows(runs, curve, budget, None if precision == "bf16" else bf16_lrs.get(budget))
         rows += [dict(r, budget=budget) for r in budget_rows]
         lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
-                  "| run | seeds | final bits/byte | compute-equivalent saving | crossing saving | d bits/byte at "
-                  "equal FLOPs | d vs its no-growth control | wall saving |", "|---|---|---|---|---|---|---|---|"]
+                  "| run | seeds | final bits/byte | compute-equivalent saving | its bounds if scratch's curve is "
+                  "convex | crossing saving | d bits/byte at equal FLOPs | d vs its no-growth control | wall saving |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
             bounds = ", ".join(row["bounds"]) + " (past the curve)" if row["bounds"] else ""
             equivalent = (_ci(row["equivalent"]) + (f"; {bounds}" if bounds else "")) if row["equivalent"] else bounds
             control = " (control: no growth)" if row["name"].startswith("scratch+") else ""
             lines.append(f"| {row['name']}{control} | {','.join(map(str, row['seeds']))} | "
                          f"{np.mean(row['figure']):.4f} | "
-                         f"{equivalent} | {_ci(row['crossing'])} | {_ci(row['d_bpb'], pct=False)} | "
+                         f"{equivalent} | {_convex_cell(row['convex'])} | {_ci(row['crossing'])} | "
+                         f"{_ci(row['d_bpb'], pct=False)} | "
                          f"{_control_cell(row)} | {_ci(row['wall'])} |")
     seeds_at = defaultdict(set)
     for (b, n, _, s) in runs:

@@ -94,7 +94,7 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     assert row["levers"]["g2@25+rewarm1"]["flops"] == pytest.approx(0.5) and "g2@25+rewarm1" not in row["plans"]
     assert row["levers"]["g2@2"]["flops"] == pytest.approx(0.55) and "g2@2" not in row["plans"]
     # the lever table: every seed run of the base and the lever, each against scratch of its seed
-    assert "| g2@25 (base) | 30% (20..40) |" in table and "| g2@25+rewarm1 | 50% | 50% | -1.000 | 1 |" in table
+    assert "| g2@25 (base) | 30% (20..40) |" in table and "| g2@25+rewarm1 | 50% | - | - | 50% | -1.000 | 1 |" in table
     assert row["by_seed"]["g2@25"]["seeds"] == [0, 1] and row["by_seed"]["g2@25"]["flops"] == pytest.approx([0.4, 0.2])
     assert row["plans"]["g3@10"]["wall"] == "busy" and row["plans"]["g3@10"]["flops"] == pytest.approx(0.1)
     assert "g3@25" not in row["plans"]
@@ -109,6 +109,31 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     _run(runs, 1, "g2@25+rewarm1", 1e-3, 1, reach=120.0)                    # seed 1 never gets there: worst
     (row,) = budget_report.summarise(budget_report.load(tmp_path))
     assert row["best"] == "g2@2"
+
+
+def test_the_compute_equivalent_saving_reads_scratchs_finals_at_the_other_budgets(tmp_path):
+    """Scratch of the same seed at budgets 1, 5 and 20 (100, 500, 2000 FLOPs) ending at 2.0, 1.5 and 1.2: a plan at
+    budget 1 that ends at 1.75 is halfway to budget 5 in log FLOPs (sqrt(5) x 100 FLOPs: 55% saved); if the curve is
+    convex, the line through budgets 5 and 20, extended back, bounds the least scratch needs. At budget 20, a plan
+    past the curve gets only that least."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for budget, flops in ((1, 100.0), (5, 500.0), (20, 2000.0)):
+        _run(runs, budget, "scratch", 1e-3, 0, reach=flops / {1: 1.0, 5: 1.5, 20: 1.8}[budget], flops=flops)
+    _run(runs, 1, "g2@25", 1e-3, 0, reach=100.0 / 1.25)
+    _run(runs, 20, "g2@25", 1e-3, 0, reach=2000.0 / 1.89, flops=2000.0)       # ends at 1.11
+    rows = budget_report.summarise(budget_report.load(tmp_path))
+    (at_1,) = rows[0]["best_equivalent"]
+    assert at_1["interpolated"] == pytest.approx(1 - 1 / 5 ** 0.5)
+    # the 5-20 line falls 0.3 per log(4): it reaches 1.75 at log(500) - 0.25 / 0.3 * log(4), above budget 1
+    least = 1 - 100 / (500 * 4 ** (-0.25 / 0.3))
+    assert at_1["least"] == pytest.approx(least) and at_1["most"] == pytest.approx(at_1["interpolated"])
+    (at_20,) = rows[2]["best_equivalent"]
+    assert at_20["interpolated"] is None and at_20["bound"] == "> 0%" and at_20["most"] is None
+    assert at_20["least"] == pytest.approx(1 - 1 / 4 ** (0.09 / 0.3))
+    table = budget_report.write_report(tmp_path)
+    assert "| g2@25 | 20% | 55% | 37%..55% |" in table      # budget 1: crossing, interpolated, bounds
+    assert "| > 0% (past the curve) | >= 34% |" in table
 
 
 def test_the_planners_table_takes_the_budgets_run_at_three_seeds(tmp_path, capsys):

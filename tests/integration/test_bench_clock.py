@@ -14,6 +14,7 @@ from helpers import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import clock  # noqa: E402
 import clock_report  # noqa: E402
+import scratch_curve  # noqa: E402
 
 
 def synthetic_curve(flops):
@@ -23,28 +24,48 @@ def synthetic_curve(flops):
 
 def test_the_compute_equivalent_saving_reads_the_flops_scratch_needs_off_its_curve():
     budgets = [1e14, 2e14, 4e14, 8e14]
-    curve = clock.lower_curve([(f, synthetic_curve(f)) for f in budgets])
+    curve = scratch_curve.lower_curve([(f, synthetic_curve(f)) for f in budgets])
     # a run at 2e14 FLOPs that reaches what scratch reaches at 4e14 saved exactly half
-    saving, bound = clock.compute_equivalent_saving(2e14, synthetic_curve(4e14), curve)
+    saving, bound = scratch_curve.compute_equivalent_saving(2e14, synthetic_curve(4e14), curve)
     assert saving == pytest.approx(0.5) and bound == ""
     # between budgets: log-linear interpolation, close to the true curve's answer
     target = synthetic_curve(3e14)
-    needed, _ = clock.flops_to_reach(curve, target)
+    needed, _ = scratch_curve.flops_to_reach(curve, target)
     assert needed == pytest.approx(3e14, rel=0.01)
-    assert clock.compute_equivalent_saving(2e14, target, curve)[0] == pytest.approx(1 - 2 / 3, abs=0.01)
+    assert scratch_curve.compute_equivalent_saving(2e14, target, curve)[0] == pytest.approx(1 - 2 / 3, abs=0.01)
     # worse than scratch at its own FLOPs: a negative saving
-    assert clock.compute_equivalent_saving(2e14, synthetic_curve(1.5e14), curve)[0] == pytest.approx(-1 / 3, abs=0.01)
+    worse = scratch_curve.compute_equivalent_saving(2e14, synthetic_curve(1.5e14), curve)[0]
+    assert worse == pytest.approx(-1 / 3, abs=0.01)
     # beyond the largest budget only a bound: at least what reaching the largest would have saved
-    assert clock.compute_equivalent_saving(2e14, synthetic_curve(1e15), curve) == (None, "> 75%")
-    assert clock.compute_equivalent_saving(2e14, synthetic_curve(5e13), curve) == (None, "< -100%")
+    assert scratch_curve.compute_equivalent_saving(2e14, synthetic_curve(1e15), curve) == (None, "> 75%")
+    assert scratch_curve.compute_equivalent_saving(2e14, synthetic_curve(5e13), curve) == (None, "< -100%")
     # a run at the largest budget's FLOPs (within rounding) that beats it: "> 0%", never "> -0%"
-    assert clock.compute_equivalent_saving(8e14 * (1 + 1e-15), 1.0, curve) == (None, "> 0%")
+    assert scratch_curve.compute_equivalent_saving(8e14 * (1 + 1e-15), 1.0, curve) == (None, "> 0%")
+
+
+def test_on_a_convex_curve_the_bounds_hold_the_flops_scratch_truly_needs():
+    """synthetic_curve is convex in log FLOPs: between budgets the chord is the most scratch can need and the
+    neighbouring pairs' lines, extended, the least; past the largest budget only the least is known."""
+    curve = scratch_curve.lower_curve([(f, synthetic_curve(f)) for f in (1e14, 2e14, 4e14, 8e14)])
+    for true in (1.2e14, 3e14, 5e14, 7.9e14, 1.6e15, 5e15):
+        least, most = scratch_curve.needed_flops_bounds(curve, synthetic_curve(true))
+        assert least <= true and (most is None or true <= most)
+        if true < 8e14:
+            assert most == pytest.approx(scratch_curve.flops_to_reach(curve, synthetic_curve(true))[0])
+        else:
+            assert most is None and least > 8e14     # the last pair's line reaches further than the last budget
+    # the bounds of a saving: 2e14 FLOPs that end where scratch needs 3e14 saved about a third
+    low, high = scratch_curve.compute_equivalent_bounds(2e14, synthetic_curve(3e14), curve)
+    assert low <= 1 / 3 <= high and high - low < 0.05
+    # a rising pair (noise) bounds nothing: only the budget itself
+    noisy = scratch_curve.lower_curve([(1e14, 2.0), (2e14, 1.9), (4e14, 1.95)])
+    assert scratch_curve.needed_flops_bounds(noisy, 1.85) == (pytest.approx(4e14), None)
 
 
 def test_a_noisy_larger_budget_does_not_make_the_curve_rise():
-    curve = clock.lower_curve([(1e14, 2.0), (2e14, 1.90), (4e14, 1.91), (8e14, 1.80)])
+    curve = scratch_curve.lower_curve([(1e14, 2.0), (2e14, 1.90), (4e14, 1.91), (8e14, 1.80)])
     assert [b for _, b in curve] == [2.0, 1.90, 1.90, 1.80]
-    assert clock.flops_to_reach(curve, 1.90)[0] == 2e14          # the first budget that reached it
+    assert scratch_curve.flops_to_reach(curve, 1.90)[0] == 2e14          # the first budget that reached it
 
 
 def test_the_interval_is_students_t_over_seeds():
@@ -135,7 +156,7 @@ def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_pat
     assert curve[1] == pytest.approx((4e14, synthetic_curve(4e14) - 0.001))       # the lower schedule at 20
     rows = {r["name"]: r for r in clock_report.plan_rows(clock.load_runs(tmp_path), curve, 20)}
     assert rows["g3@2-vocab+copy"]["seeds"] == [0, 1, 2]
-    expected = [1 - 4e14 / clock.flops_to_reach(curve, synthetic_curve(r))[0] for r in (6e14, 5e14, 7e14)]
+    expected = [1 - 4e14 / scratch_curve.flops_to_reach(curve, synthetic_curve(r))[0] for r in (6e14, 5e14, 7e14)]
     assert rows["g3@2-vocab+copy"]["equivalent"] == pytest.approx(expected)
     assert all(0.15 < e < 0.45 for e in expected)
     assert "| g3@2-vocab+copy | 0,1,2 |" in table and "[" in table.split("g3@2-vocab+copy")[1]
@@ -235,7 +256,8 @@ def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it
     rows = json.loads(table.read_text())["rows"]
     assert rows[0] == other_row and rows[1]["plan"] == "g3@2+steady" and rows[1]["seeds"] == [0, 1, 2, 3]
     curve = clock_report.scratch_curve(clock_report.curve_points(clock.load_runs(tmp_path)))
-    expected = [round(1 - 4e14 / clock.flops_to_reach(curve, synthetic_curve(steady[s]))[0], 4) for s in (0, 1, 2)]
+    expected = [round(1 - 4e14 / scratch_curve.flops_to_reach(curve, synthetic_curve(steady[s]))[0], 4)
+                for s in (0, 1, 2)]
     assert rows[1]["flop_savings"][:3] == pytest.approx(expected) and rows[1]["flop_savings"][3] < 0
     assert rows[1]["saving"] == "compute-equivalent" and rows[1]["lr"] == 1e-3
     # past the curve's end a seed counts at its lower bound, against the largest budget
