@@ -221,7 +221,8 @@ def _equivalent_cells(entries: list) -> tuple[str, str]:
 def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -> dict:
     """The growth planner's table (megababel/plan/measured_savings.json) from `summarise`'s rows of the runs in
     `out`: every budget whose best plan was run at PLANNER_SEEDS seeds, its best plan, scratch's tuned peak LR and
-    the plan's FLOP saving per seed (4 decimals; None: that seed never reached scratch's final bits/byte).
+    the plan's FLOP saving per seed (planner_row: compute-equivalent where scratch ran at several budgets; 4
+    decimals; None: that seed never reached scratch's final bits/byte).
     `clock_rows` (bench/clock.py's, "saving": "compute-equivalent") take the place of this sweep's row at their
     budget: the clock's saving is the fairer one (bench/clock.py's docstring)."""
     config = LlamaConfig(**rows[0]["final"])
@@ -232,18 +233,42 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -
     return dict(
         about="The growth planner's table (megababel/plan/planner.py, MEASURED): per budget (scratch's training "
               "tokens per parameter, all parameters), the best growth plan, scratch's tuned peak LR (at the final "
-              "model's hidden size) and that plan's FLOP saving to reach scratch's final bits/byte, per seed (null: "
-              "that seed never reached it; a row with \"saving\": \"compute-equivalent\" is bench/clock.py's: 1 - "
-              "FLOPs / scratch's FLOPs to the same final bits/byte on a curve of scratch runs). Written by "
+              "model's hidden size) and that plan's FLOP saving per seed (null: that seed never reached scratch). \"saving\" says how: \"compute-equivalent-finals\" (1 - FLOPs / the FLOPs "
+              "scratch needs to reach the plan's final bits/byte, read off scratch's finals at the sweep's budgets, "
+              "linear in log FLOPs; past the largest budget its lower bound if scratch's curve is convex; the plan "
+              "chosen by its first-crossing saving, \"crossing_savings\"), \"compute-equivalent\" (bench/clock.py's: "
+              "the same on the clock's curve of scratch runs), or \"crossing\" (the FLOPs at which the plan first "
+              "reaches scratch's final bits/byte; where scratch ran at one budget only). Written by "
               "bench/budget_report.py and bench/clock.py from the saved runs; do not edit.",
         command=command,
         runs=str(runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs),
         final_model=dict(config.to_dict(), parameters=config_parameters(config)),
-        rows=sorted([dict(tokens_per_parameter=r["budget"], plan=r["best"], lr=r["lr"], seeds=r["seeds"],
-                          flop_savings=[None if v is None else round(v, 4) for v in r["best_flops"]])
-                     for r in rows if r["best"] is not None and len(r["seeds"]) >= PLANNER_SEEDS
+        rows=sorted([planner_row(r) for r in rows if r["best"] is not None and len(r["seeds"]) >= PLANNER_SEEDS
                      and r["budget"] not in {c["tokens_per_parameter"] for c in clock_rows}] + list(clock_rows),
                     key=lambda r: r["tokens_per_parameter"]))
+
+
+def planner_saving(entry: dict | None) -> float | None:
+    """The compute-equivalent saving the planner counts for one seed (add_compute_equivalent's entry): interpolated
+    on scratch's finals; past the largest budget, its lower bound if scratch's curve is convex; short of the smallest
+    budget, None (it never reached scratch)."""
+    if entry["interpolated"] is not None:
+        return entry["interpolated"]
+    return entry["least"] if entry["bound"].startswith(">") else None
+
+
+def planner_row(row: dict) -> dict:
+    """A row of the planner's table from summarise's `row`: the best plan (chosen by the crossing saving, as the
+    sweep chooses) with its compute-equivalent saving per seed ("flop_savings") and its crossing saving per seed;
+    the crossing saving alone where scratch ran at a single budget (no curve to read)."""
+    def rounded(values):
+        return [None if v is None else round(v, 4) for v in values]
+    crossing = rounded(row["best_flops"])
+    base = dict(tokens_per_parameter=row["budget"], plan=row["best"], lr=row["lr"], seeds=row["seeds"])
+    if any(e is None for e in row["best_equivalent"]):
+        return dict(base, flop_savings=crossing)
+    return dict(base, flop_savings=rounded(planner_saving(e) for e in row["best_equivalent"]),
+                saving="compute-equivalent-finals", crossing_savings=crossing)
 
 
 def _json_lines(table: dict) -> str:

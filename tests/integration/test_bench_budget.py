@@ -143,22 +143,39 @@ def test_the_planners_table_takes_the_budgets_run_at_three_seeds(tmp_path, capsy
     runs.mkdir()
     for seed in (0, 1, 2):
         _run(runs, 1, "scratch", 1e-3, seed, reach=100.0)
-        _run(runs, 5, "scratch", 2e-3, seed, reach=100.0)
+        _run(runs, 5, "scratch", 2e-3, seed, reach=500.0 / 1.5, flops=500.0)     # ends at 1.5 for 5x the FLOPs
     for seed, reach in ((0, 70.0), (1, 60.0), (2, 120.0)):
-        _run(runs, 1, "g2@25", 1e-3, seed, reach=reach)               # 30%, 40%, never
-    _run(runs, 5, "g1@10", 2e-3, 0, reach=50.0)                       # one seed only: not in the table
+        _run(runs, 1, "g2@25", 1e-3, seed, reach=reach)               # crossing 30%, 40%, never
+    _run(runs, 5, "g1@10", 2e-3, 0, reach=50.0, flops=500.0)          # one seed only: not in the table
     path = tmp_path / "savings.json"
     budget_report.write_report(tmp_path, savings_file=path)
     assert f"wrote {path}: the planner's table, 1 budgets" in capsys.readouterr().out
     table = json.loads(path.read_text())
+    # compute-equivalent on scratch's finals (2.0 at 100 FLOPs, 1.5 at 500): seed 0 ends at 3 - 100/70, between
+    # them; seed 1 at 3 - 100/60, past budget 5 (the line through the two, extended: its least if convex); seed 2
+    # at 3 - 100/120, above scratch's smallest budget: never
+    ends = [3 - 100 / 70, 3 - 100 / 60]
+    equivalent = [round(1 - 100 / (100 * 5 ** ((2.0 - ends[0]) / 0.5)), 4),
+                  round(1 - 100 / (500 * 5 ** ((1.5 - ends[1]) / 0.5)), 4), None]
     assert table["rows"] == [dict(tokens_per_parameter=1, plan="g2@25", lr=1e-3, seeds=[0, 1, 2],
-                                  flop_savings=[0.3, 0.4, None])]
+                                  flop_savings=equivalent, saving="compute-equivalent-finals",
+                                  crossing_savings=[0.3, 0.4, None])]
     assert table["final_model"]["hidden_size"] == 128 and table["final_model"]["parameters"] > 0
     assert table["command"] == f"python bench/budget_sweep.py --report --out {tmp_path}"
     from megababel.plan.planner import read_measured
     (measured,), final = read_measured(path.read_text())
-    assert (measured.plan, measured.lr, measured.flop_savings, measured.pays) == ("g2@25", 1e-3, (0.3, 0.4, None),
+    assert (measured.plan, measured.lr, measured.flop_savings, measured.pays) == ("g2@25", 1e-3, tuple(equivalent),
                                                                                   False)
+    assert measured.crossing_savings == (0.3, 0.4, None)
+    assert "compute-equivalent FLOP saving per seed" in measured.saving_text() and "30%, 40%, never" in \
+        measured.saving_text()
+    # with scratch at one budget there is no curve to read: the crossing saving
+    (runs / "b5-scratch-lr0.002-seed0.json").unlink()
+    (runs / "b5-g1@10-lr0.002-seed0.json").unlink()
+    for seed in (1, 2):
+        (runs / f"b5-scratch-lr0.002-seed{seed}.json").unlink()
+    budget_report.write_report(tmp_path, savings_file=path)
+    assert json.loads(path.read_text())["rows"][0]["flop_savings"] == [0.3, 0.4, None]
 
 
 def test_wall_time_is_compared_only_between_runs_made_alike(tmp_path):

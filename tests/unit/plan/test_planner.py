@@ -48,8 +48,13 @@ def test_the_table_is_the_saved_benchmark():
     assert complete == {m.tokens_per_parameter for m in MEASURED} and all(m.seeds >= 3 for m in MEASURED)
     by_budget = {r["budget"]: r for r in rows}
     for m in MEASURED:          # the rounding: 4 decimals of what the report computes
-        if m.saving == "crossing":
-            assert list(m.flop_savings) == pytest.approx(by_budget[m.tokens_per_parameter]["best_flops"], abs=5e-5)
+        row = by_budget.get(m.tokens_per_parameter)
+        if m.saving == "compute-equivalent-finals":
+            assert list(m.crossing_savings) == pytest.approx(row["best_flops"], abs=5e-5)
+            assert list(m.flop_savings) == pytest.approx(
+                [budget_report.planner_saving(e) for e in row["best_equivalent"]], abs=5e-5)
+    # every budget of the sweep has scratch at several budgets: the planner counts compute-equivalent FLOPs
+    assert {m.saving for m in MEASURED} <= {"compute-equivalent-finals", "compute-equivalent"}
 
 
 def test_the_clocks_rows_are_the_saved_clock():
