@@ -139,12 +139,13 @@ def _convex_cell(bounds: list) -> str:
 
 
 def planned_saving(flops: float, bpb: float, curve) -> float | None:
-    """The compute-equivalent saving as the planner counts it: exact on the curve; past its end, the lower bound
-    (against the largest budget); worse than its smallest budget, None (never reached scratch)."""
+    """The compute-equivalent saving as the planner counts it: exact on the curve; past its end, the lower bound if
+    scratch's curve is convex (scratch_curve.py: the last two budgets' line, extended, or the largest budget itself;
+    as bench/budget_report.py counts it); worse than its smallest budget, None (never reached scratch)."""
     equivalent, _ = compute_equivalent_saving(flops, bpb, curve)
     if equivalent is not None:
         return equivalent
-    return 1 - flops / curve[-1][0] if bpb < curve[-1][1] else None
+    return compute_equivalent_bounds(flops, bpb, curve)[0] if bpb < curve[-1][1] else None
 
 
 def planner_row(rows: list[dict], choosing=CHOOSING_SEEDS) -> dict | None:
