@@ -8,6 +8,9 @@ Per budget, against scratch at its tuned LR and the same seed:
                 FLOPs (None: never reached; the run ends at scratch's FLOPs)
   wall saving   the same with training wall time
   d_bpb         the plan's final bits/byte (at scratch's FLOPs) minus scratch's (negative: better)
+  compute-equivalent saving   1 - FLOPs / the FLOPs scratch of the same seed needs to reach the plan's final
+                bits/byte, read off scratch's finals at the budgets (bench/scratch_curve.py), with its bounds if
+                scratch's curve is convex in log FLOPs (add_compute_equivalent); the planner's table counts it
 Best plan: among the grid plans and the lever combinations run at every seed, the one whose worst seed saved most
 (see _best_plan); its figures are mean, and min..max over seeds.
 Wall time needs an otherwise idle machine: a run whose 1-minute load average exceeded BUSY_LOAD at any evaluation
@@ -233,10 +236,10 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -
     return dict(
         about="The growth planner's table (megababel/plan/planner.py, MEASURED): per budget (scratch's training "
               "tokens per parameter, all parameters), the best growth plan, scratch's tuned peak LR (at the final "
-              "model's hidden size) and that plan's FLOP saving per seed (null: that seed never reached scratch). \"saving\" says how: \"compute-equivalent-finals\" (1 - FLOPs / the FLOPs "
-              "scratch needs to reach the plan's final bits/byte, read off scratch's finals at the sweep's budgets, "
-              "linear in log FLOPs; past the largest budget its lower bound if scratch's curve is convex; the plan "
-              "chosen by its first-crossing saving, \"crossing_savings\"), \"compute-equivalent\" (bench/clock.py's: "
+              "model's hidden size) and that plan's FLOP saving per seed (null: that seed never reached scratch). "
+              "\"saving\" says how: \"compute-equivalent-finals\" (1 - FLOPs / the FLOPs scratch needs to reach the "
+              "plan's final bits/byte, read off scratch's finals at the sweep's budgets, linear in log FLOPs; past "
+              "the largest budget its lower bound if scratch's curve is convex; the plan chosen by its first-crossing saving, \"crossing_savings\"), \"compute-equivalent\" (bench/clock.py's: "
               "the same on the clock's curve of scratch runs), or \"crossing\" (the FLOPs at which the plan first "
               "reaches scratch's final bits/byte; where scratch ran at one budget only). Written by "
               "bench/budget_report.py and bench/clock.py from the saved runs; do not edit.",
@@ -248,7 +251,7 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -
                     key=lambda r: r["tokens_per_parameter"]))
 
 
-def planner_saving(entry: dict | None) -> float | None:
+def planner_saving(entry: dict) -> float | None:
     """The compute-equivalent saving the planner counts for one seed (add_compute_equivalent's entry): interpolated
     on scratch's finals; past the largest budget, its lower bound if scratch's curve is convex; short of the smallest
     budget, None (it never reached scratch)."""
