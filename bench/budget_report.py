@@ -235,13 +235,14 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -
         command += f" --out {out}"
     return dict(
         about="The growth planner's table (megababel/plan/planner.py, MEASURED): per budget (scratch's training "
-              "tokens per parameter, all parameters), the best growth plan, scratch's tuned peak LR (at the final "
-              "model's hidden size) and that plan's FLOP saving per seed (null: that seed never reached scratch). "
-              "\"saving\" says how: \"compute-equivalent-finals\" (1 - FLOPs / the FLOPs scratch needs to reach the "
-              "plan's final bits/byte, read off scratch's finals at the sweep's budgets, linear in log FLOPs; past "
-              "the largest budget its lower bound if scratch's curve is convex; the plan chosen by its first-crossing saving, \"crossing_savings\"), \"compute-equivalent\" (bench/clock.py's: "
-              "the same on the clock's curve of scratch runs), or \"crossing\" (the FLOPs at which the plan first "
-              "reaches scratch's final bits/byte; where scratch ran at one budget only). Written by "
+              "tokens per parameter, all parameters), the best growth plan, scratch's tuned peak LR (at the final"
+              " model's hidden size) and that plan's FLOP saving per seed (null: that seed never reached "
+              "scratch). \"saving\" says how: \"compute-equivalent-finals\" (1 - FLOPs / the FLOPs scratch needs to "
+              "reach the plan's final bits/byte, read off scratch's finals at the sweep's budgets, linear in log "
+              "FLOPs; past the largest budget its lower bound if scratch's curve is convex; the plan chosen by "
+              "its first-crossing saving, \"crossing_savings\"), \"compute-equivalent\" (bench/clock.py's: the same "
+              "on the clock's curve of scratch runs), or \"crossing\" (the FLOPs at which the plan first reaches "
+              "scratch's final bits/byte; where scratch ran at one budget only). Written by "
               "bench/budget_report.py and bench/clock.py from the saved runs; do not edit.",
         command=command,
         runs=str(runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs),
