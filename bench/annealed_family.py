@@ -21,12 +21,15 @@ which every member of every seed comes within --within (0.01) bits/byte; and the
 that long: 1 - (the run's FLOPs + the branches') / (the FLOPs each member's shape alone needs to reach the annealed
 figure, summed; the final member's is scratch's FLOPs when the run ends no worse than scratch of the same seed, a
 lower bound (scratch: bench/clock.py's runs, --clock-out); ">=" / "<=" mark a seed whose saving is only
-bounded, where a member's figure is outside its two alone runs'). Outputs in --out (default
+bounded, where a member's figure is outside its two alone runs'). A seed is measured in one precision: bf16, or
+fp32 on a CPU without native bf16 (growth_vs_scratch.PRECISION; its runs and kept folders end in -fp32, its scratch
+is the clock's fp32 run); a seed begun in the other precision is refused before any compute. Outputs in --out (default
 bench/results/annealed_family): runs/*.json, kept/ (generation checkpoints; not in git), annealed_family.md.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 from pathlib import Path
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import budget_sweep
-from budget_sweep import family_members, schedule_spec
+from budget_sweep import family_members, precision_suffix, run_path, schedule_spec
 from clock import Clock, final_figure, interval, prepare
 from growth_vs_scratch import PRECISION, SEQ, TOKENS_PER_STEP, resumable
 
@@ -54,13 +57,20 @@ def member_steps(spec: dict) -> list[tuple[int, int]]:
 
 
 def kept_dir(out: Path, plan: str, seed: int) -> Path:
-    return out / "kept" / f"{plan}-seed{seed}"
+    """The family run's OUT (its kept generations), apart for each precision as its saved runs are."""
+    return out / "kept" / f"{plan}-seed{seed}{precision_suffix()}"
 
 
-def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
+def branch_name(plan: str, generation: int, fraction: float) -> str:
+    return f"branch-{plan}-g{generation}-f{fraction:g}"
+
+
+def family_run(out, budget, plan, lr, seed, data, validation, clock, need_generations: bool = True) -> dict:
+    """The plan's run with its generations kept; trained again when a branch still to train needs them and they
+    are gone (a fresh checkout: kept/ is not in git), never when every branch of the seed is saved."""
     kept = kept_dir(out, plan, seed)
-    path = budget_sweep.run_path(out, budget, f"family-{plan}", lr, seed)
-    if path.is_file() and not (kept / "generations").is_dir():
+    path = run_path(out, budget, f"family-{plan}", lr, seed)
+    if need_generations and path.is_file() and not (kept / "generations").is_dir():
         path.unlink()                                  # its generations are gone: train it again
     if not path.is_file() and not budget_sweep.claimed(path) and not resumable(kept):
         shutil.rmtree(kept, ignore_errors=True)        # a stopped run with no checkpoint yet: it starts again
@@ -71,13 +81,15 @@ def family_run(out, budget, plan, lr, seed, data, validation, clock) -> dict:
 
 def branch_run(out, budget, plan, lr, seed, generation, fraction, data, validation, clock) -> dict:
     from megababel.checkpoint.io import list_checkpoints
+    name = branch_name(plan, generation, fraction)
+    path = run_path(out, budget, name, lr, seed)
+    if path.is_file():                                 # saved (only a finished run is): no member needed
+        return json.loads(path.read_text())
     spec = schedule_spec(plan, budget, lr)
     born, end = member_steps(spec)[generation]
     member = next(c for c in list_checkpoints(kept_dir(out, plan, seed) / "generations")
                   if c.name.endswith(f"_gen{generation}"))
-    name = f"branch-{plan}-g{generation}-f{fraction:g}"
-    branch_out = out / "kept" / f"{name}-seed{seed}"
-    path = budget_sweep.run_path(out, budget, name, lr, seed)
+    branch_out = out / "kept" / f"{name}-seed{seed}{precision_suffix()}"
     if not path.is_file() and not budget_sweep.claimed(path) and not resumable(branch_out):
         shutil.rmtree(branch_out, ignore_errors=True)  # nothing to resume: it starts again from the member
     return budget_sweep.run(out, budget, name, lr, seed, data, validation, spec=spec, clock=clock,
@@ -99,7 +111,9 @@ def alone_run(out, budget, plan, generation, flops, kind, lr, seed, data, valida
 def measure(out, budget, plan, lr, seeds, fractions, data, validation, clock, tune: bool = False):
     members = len(family_members(schedule_spec(plan, budget, lr))) - 1       # the last is the run's final model
     for seed in seeds:
-        family = family_run(out, budget, plan, lr, seed, data, validation, clock)
+        missing = [(g, f) for g in range(members) for f in fractions
+                   if not run_path(out, budget, branch_name(plan, g, f), lr, seed).is_file()]
+        family = family_run(out, budget, plan, lr, seed, data, validation, clock, need_generations=bool(missing))
         branches = {(g, f): branch_run(out, budget, plan, lr, seed, g, f, data, validation, clock)
                     for g in range(members) for f in fractions}
         for g in range(members):
@@ -121,8 +135,38 @@ def member_lr(runs: dict, budget, plan, generation, seed) -> float | None:
 
 
 def load(out: Path) -> dict:
+    """{(budget, name, lr, seed): run}, every finished run: a seed is measured in one precision (its members,
+    branches, alone runs and scratch are compared with each other), bf16 or, on a CPU without native bf16, fp32;
+    refused if a seed holds runs of both."""
     from clock import load_runs
-    return load_runs(out)
+    by_precision = {p: load_runs(out, p) for p in ("bf16", "fp32")}
+    both = {k[3] for k in by_precision["bf16"]} & {k[3] for k in by_precision["fp32"]}
+    if both:
+        raise SystemExit(f"{out / 'runs'}: seed(s) {sorted(both)} hold runs in bf16 and in fp32; a seed is measured "
+                         f"in one precision: move one precision's runs of those seeds (names ending -fp32) away")
+    return {**by_precision["bf16"], **by_precision["fp32"]}
+
+
+def seed_precision(runs: dict, seed: int) -> str:
+    """The precision seed `seed`'s runs trained in (load keeps a seed to one)."""
+    from budget_report import precision
+    return next((precision(r) for (_, _, _, s), r in runs.items() if s == seed), "bf16")
+
+
+def refuse_another_precision(out: Path, seeds, here: str = PRECISION):
+    """Before any compute: a seed whose runs, saved or stopped (kept/ folders), trained in another precision than
+    this machine's is refused; its comparisons would mix precisions (growth_vs_scratch.PRECISION)."""
+    from budget_report import precision
+    for seed in seeds:
+        saved = [json.loads(p.read_text()) for p in (out / "runs").glob(f"*-seed{seed}*.json")]
+        found = {precision(r) for r in saved if r["seed"] == seed}
+        found |= {"fp32" if d.name.endswith(f"-seed{seed}-fp32") else "bf16" for d in (out / "kept").glob("*")
+                  if d.name.endswith((f"-seed{seed}", f"-seed{seed}-fp32"))}
+        if found - {here}:
+            raise SystemExit(f"seed {seed} of {out} was measured in {', '.join(sorted(found - {here}))} and this "
+                             f"machine trains in {here} (growth_vs_scratch.PRECISION): a seed is measured in one "
+                             f"precision; finish seed {seed} where {', '.join(sorted(found - {here}))} is native, "
+                             f"or measure another seed here")
 
 
 def _line(alone: list[dict]) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -188,19 +232,25 @@ def seed_rows(runs: dict, budget, plan, seed, tuned: dict, scratch: dict | None)
 
 def report(out: Path, budget=BUDGET, plan=PLAN, within: float = 0.01, lr: float = LR,
            clock_out: Path = CLOCK_OUT) -> str:
-    runs, clock_runs = load(out), load(clock_out) if clock_out.is_dir() else {}
+    from clock import load_runs
+    runs = load(out)
     seeds = sorted({s for (b, n, _, s) in runs if b == budget and n == f"family-{plan}"})
     tuned = {g: member_lr(runs, budget, plan, g, seeds[0]) or lr for g in range(8)} if seeds else {}
     lines = [f"Annealed members of {plan} at {budget:g} tokens/parameter (bench/annealed_family.py; bits/byte: "
              f"bench/clock.py's final figure on all held-out articles):", "",
+             "Each seed against its own scratch and alone runs, all in the precision it trained in (fp32: a CPU "
+             "without native bf16).", "",
              "| seed | member | branch: fraction of its steps (steps) | branch FLOPs | before | annealed | alone, same "
              "FLOPs | annealed - alone |", "|---|---|---|---|---|---|---|---|"]
     gaps, savings = {}, {}
     for seed in seeds:
-        rows, seed_savings = seed_rows(runs, budget, plan, seed, tuned, clock_runs.get((budget, "scratch", lr, seed)))
+        precision = seed_precision(runs, seed)         # scratch of the same seed in the same precision
+        scratch = load_runs(clock_out, precision).get((budget, "scratch", lr, seed)) if clock_out.is_dir() else None
+        rows, seed_savings = seed_rows(runs, budget, plan, seed, tuned, scratch)
+        label = f"{seed}" if precision == "bf16" else f"{seed} ({precision})"
         for r in rows:
             alone = "- | -" if r["alone"] is None else f"{r['alone']:.4f} | {r['figure'] - r['alone']:+.4f}"
-            lines.append(f"| {seed} | {r['member']} | {r['fraction']:g} ({r['steps']}) | {r['branch_flops']:.3g} | "
+            lines.append(f"| {label} | {r['member']} | {r['fraction']:g} ({r['steps']}) | {r['branch_flops']:.3g} | "
                          f"{r['before']:.4f} | {r['figure']:.4f} | {alone} |")
             if r["alone"] is not None:
                 gaps.setdefault(r["fraction"], []).append(r["figure"] - r["alone"])
@@ -287,10 +337,8 @@ def main(argv=None):
     if args.quick:
         args.budget, args.seeds, args.fractions, args.articles, args.plan = 0.05, [0], [0.2], 10, "g3@25-vocab"
     if not args.report:
-        if PRECISION != "bf16" and not args.quick:     # before any compute: its saved runs and kept members are bf16
-            raise SystemExit("annealed_family measures in bf16, as its saved runs did, and this CPU has no native bf16 "
-                             "(PyTorch emulates it ~50x slower than fp32): run it where bf16 is native (AMX, "
-                             "AVX512-BF16 or a GPU); --quick and --report run here")
+        if not args.quick:
+            refuse_another_precision(args.out, args.seeds)
         data, validation = prepare(args.threads)
         measure(args.out, args.budget, args.plan, args.lr, args.seeds, args.fractions, data, validation,
                 Clock(data, args.articles), args.tune)

@@ -78,10 +78,14 @@ RERUN_BUSY = False      # --rerun-busy: train again the saved runs that shared t
 PROCESSES = 1           # --processes: how many sweep processes share the machine (recorded per run)
 
 
+def precision_suffix() -> str:
+    """What names a run, or its kept folder, trained in fp32 (growth_vs_scratch.PRECISION): "-fp32"; bf16, "" ."""
+    return "" if growth_vs_scratch.PRECISION == "bf16" else f"-{growth_vs_scratch.PRECISION}"
+
+
 def run_path(out: Path, budget: float, name: str, lr: float, seed: int) -> Path:
     """Where the run is saved; a run in fp32 (growth_vs_scratch.PRECISION) apart from its bf16 twin."""
-    precision = "" if growth_vs_scratch.PRECISION == "bf16" else f"-{growth_vs_scratch.PRECISION}"
-    return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}{precision}.json"
+    return out / "runs" / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}{precision_suffix()}.json"
 
 
 def partial_dir(path: Path) -> Path:
