@@ -77,10 +77,11 @@ def test_each_seed_is_measured_in_one_precision_against_scratch_of_that_precisio
         annealed_family.load(out)
 
 
-def test_a_seed_whose_branches_are_saved_is_not_trained_again_without_its_kept_generations(tmp_path):
+def test_a_seed_whose_branches_are_saved_is_not_trained_again_without_its_kept_generations(tmp_path, distributed_env):
     """kept/ is not in git: on a fresh checkout a seed whose every branch is saved keeps its family run and measures
     only what is missing (here nothing: no training, no data needed); with a branch missing the family run, whose
-    generations are gone, is trained again."""
+    generations are gone, is trained again (its start opens a process group: distributed_env keeps its port out of
+    later tests' subprocesses)."""
     plan, precision = "g3@2-vocab+copy", annealed_family.PRECISION
     _saved(tmp_path, f"family-{plan}", 0, precision, 100.0, 1.8, steps=40,
            growths=[dict(step=10 * g, flops=10.0 * g) for g in (1, 2, 3)])
