@@ -50,8 +50,8 @@ finals at the sweep's budgets (what the same model would cost from scratch; reac
 sooner, the crossing saving, flatters small budgets: 69% against 34% at 1 token/parameter on seed 0). Where
 bench/clock.py has measured a budget (a curve of scratch runs, plans chosen on seeds 0-2), its row replaces the
 sweep's there. A budget far from every measured one is planned from the nearest and the explanation says so. Where
-that plan did not save FLOPs in every seed (one that never reached scratch's loss counts as no saving), the plan is "scratch": do not
-grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
+that plan did not save FLOPs in every seed (one that never reached scratch's loss counts as no saving), the plan is
+"scratch": do not grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
 A final model named by a preset or a schedule file, and the plan of a run (`--schedule auto`): presets.py's
 `final_model` and `plan_for_run` (this module imports no preset: the presets are made by it).
 """
