@@ -10,9 +10,10 @@ Per budget, against scratch at its tuned LR and the same seed:
   d_bpb         the plan's final bits/byte (at scratch's FLOPs) minus scratch's (negative: better)
   compute-equivalent saving   1 - FLOPs / the FLOPs scratch of the same seed needs to reach the plan's final
                 bits/byte, read off scratch's finals at the budgets (bench/scratch_curve.py), with its bounds if
-                scratch's curve is convex in log FLOPs (add_compute_equivalent); the planner's table counts it
-Best plan: among the grid plans and the lever combinations run at every seed, the one whose worst seed saved most
-(see _best_plan); its figures are mean, and min..max over seeds.
+                scratch's curve is convex in log FLOPs (equivalent); the planner's table counts it
+Best plan: the grid plan whose worst seed saved most compute-equivalent (the crossing saving where scratch ran at
+one budget), unless a lever combination saved more at every seed (_best_plan); its figures are mean, and min..max
+over seeds.
 Wall time needs an otherwise idle machine: a run whose 1-minute load average exceeded BUSY_LOAD at any evaluation
 (something else ran beside it) gives no wall saving ("busy"); runs saved before loads were recorded count as idle.
 Runs that stopped before their last step are left out.
@@ -111,90 +112,118 @@ def is_grid_plan(name: str) -> bool:
 
 
 def _best_plan(per_plan: dict, per_lever: dict, by_seed: dict, seeds: set) -> str | None:
-    """The best plan at a budget. Candidates: the grid plans (seed 0) and the lever combinations run at every seed
-    scratch has (a lever seen at one seed is a lead, not a plan). Among the candidates run at every seed, the one
-    whose worst seed saved most (never reaching scratch's loss is the worst), as the planner grows only where every
-    seed saved; seed 0's saving breaks ties and decides where no candidate has every seed yet (the sweep then runs
-    the other seeds of that one)."""
-    run_at_every_seed = {n for n, v in by_seed.items() if seeds <= set(v["seeds"])}
-    candidates = dict(per_plan, **{n: v for n, v in per_lever.items() if n in run_at_every_seed})
-    if not candidates:
+    """The best plan at a budget, ranked by "choice" (the compute-equivalent saving the planner counts, or the
+    crossing saving where scratch ran at one budget; never reaching scratch's loss ranks last):
+    - the grid's best: among the grid plans run at every seed scratch has, the one whose worst seed saved most
+      (the planner grows only where every seed saved); seed 0's saving breaks ties, and decides where none has
+      every seed yet (the sweep then runs the other seeds of that one);
+    - a lever combination replaces it only if it saved more at every seed both ran (a lever is adopted where it
+      pays in every seed: a better worst seed alone can be noise, e.g. 24.4% against 24.3%); among those, the
+      best worst seed. A lever seen at one seed only is a lead, not a plan."""
+    def value(v):
+        return -1.0 if v is None else v
+
+    def key(name):
+        entry = by_seed.get(name)
+        seed0 = per_plan.get(name, per_lever.get(name))["choice"]
+        worst = min(map(value, entry["choice"])) if entry and seeds <= set(entry["seeds"]) else -2.0
+        return worst, value(seed0)
+
+    def per_seed(name):
+        entry = by_seed.get(name) or dict(seeds=[0], choice=[per_plan[name]["choice"]])
+        return dict(zip(entry["seeds"], map(value, entry["choice"])))
+    grid = max(per_plan, key=key, default=None)
+    levers = [n for n, v in by_seed.items() if n in per_lever and seeds <= set(v["seeds"])]
+    if grid is not None:
+        incumbent = per_seed(grid)
+        levers = [n for n in levers if all(per_seed(n)[s] > incumbent[s] for s in incumbent if s in per_seed(n))]
+    return max(levers, key=key) if levers else grid
+
+
+def _tuned_scratch(by: dict) -> tuple[float, dict] | None:
+    """scratch's tuned LR at one budget (the lowest final bits/byte at seed 0) and its runs per seed at that LR."""
+    scratch0 = {lr: r for (n, lr, s), r in by.items() if n == "scratch" and s == 0}
+    if not scratch0:
         return None
-    seed0 = {n: -1.0 if v["flops"] is None else v["flops"] for n, v in candidates.items()}
-    worst = {n: min(-1.0 if v is None else v for v in by_seed[n]["flops"])
-             for n in candidates if n in run_at_every_seed}
-    if worst:
-        return max(worst, key=lambda n: (worst[n], seed0[n]))
-    return max(seed0, key=seed0.get)
+    lr = min(scratch0, key=lambda k: scratch0[k]["final_bpb"])
+    return lr, {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
+
+
+def scratch_curves(runs: dict) -> dict:
+    """{seed: lower_curve of scratch's final bits/byte at each budget's tuned LR}, for seeds with 2+ budgets."""
+    points = defaultdict(list)
+    for by in runs.values():
+        tuned = _tuned_scratch(by)
+        for seed, scratch in (tuned[1].items() if tuned else ()):
+            points[seed].append((scratch["flops"], scratch["final_bpb"]))
+    return {seed: lower_curve(p) for seed, p in points.items() if len(p) > 1}
+
+
+def equivalent(run: dict, curves: dict) -> dict | None:
+    """A run's compute-equivalent saving against scratch's curve of its seed (None: that seed has no curve): the
+    interpolated figure (or the bound past the curve) and its bounds if scratch's curve is convex."""
+    curve = curves.get(run["seed"])
+    if curve is None:
+        return None
+    interpolated, bound = compute_equivalent_saving(run["flops"], run["final_bpb"], curve)
+    least, most = compute_equivalent_bounds(run["flops"], run["final_bpb"], curve)
+    return dict(interpolated=interpolated, bound=bound, least=least, most=most)
 
 
 def summarise(runs: dict) -> list[dict]:
+    """Per budget with scratch at seed 0: its tuned LR, its runs, every plan and lever against scratch of the same
+    seed (crossing saving "flops", "wall", "d_bpb", the compute-equivalent "equivalent" per seed), the best plan
+    (_best_plan) and its figures per seed."""
+    curves = scratch_curves(runs)
+
+    def choice(run, scratch):
+        """What _best_plan ranks by: the planner's compute-equivalent saving where the seed has a curve."""
+        entry = equivalent(run, curves)
+        return saving(run, scratch, "flops") if entry is None else planner_saving(entry)
+
+    def against(run, scratch):
+        return dict(flops=saving(run, scratch, "flops"), wall=wall_saving(run, scratch),
+                    d_bpb=run["final_bpb"] - scratch["final_bpb"], choice=choice(run, scratch))
     rows = []
     for budget in sorted(runs):
         by = runs[budget]
-        scratch0 = {lr: r for (n, lr, s), r in by.items() if n == "scratch" and s == 0}
-        if not scratch0:
+        if _tuned_scratch(by) is None:
             continue
-        lr = min(scratch0, key=lambda k: scratch0[k]["final_bpb"])
-        scratch = {s: r for (n, l, s), r in by.items() if n == "scratch" and l == lr}
+        lr, scratch = _tuned_scratch(by)
         by = {k: r for k, r in by.items() if not k[0].startswith("member")}      # family members: their own report
         plans = {n: r for (n, l, s), r in by.items() if is_grid_plan(n) and l == lr and s == 0}
         levers = {n: r for (n, l, s), r in by.items() if n != "scratch" and not is_grid_plan(n) and l == lr and s == 0}
-        per_plan = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
-                            d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in plans.items()}
-        per_lever = {n: dict(flops=saving(r, scratch[0], "flops"), wall=wall_saving(r, scratch[0]),
-                             d_bpb=r["final_bpb"] - scratch[0]["final_bpb"]) for n, r in levers.items()}
+        per_plan = {n: against(r, scratch[0]) for n, r in plans.items()}
+        per_lever = {n: against(r, scratch[0]) for n, r in levers.items()}
         by_seed = {}        # every non-scratch run at the tuned LR, against scratch of the same seed
         for (n, l, s), r in by.items():
             if n != "scratch" and l == lr and s in scratch:
-                entry = by_seed.setdefault(n, dict(seeds=[], flops=[], wall=[], d_bpb=[]))
+                entry = by_seed.setdefault(n, dict(seeds=[], flops=[], wall=[], d_bpb=[], choice=[], equivalent=[]))
                 entry["seeds"].append(s)
                 entry["flops"].append(saving(r, scratch[s], "flops"))
                 entry["d_bpb"].append(r["final_bpb"] - scratch[s]["final_bpb"])
+                entry["choice"].append(choice(r, scratch[s]))
+                entry["equivalent"].append(equivalent(r, curves))
                 if wall_saving(r, scratch[s]) != "busy":
                     entry["wall"].append(saving(r, scratch[s], "wall"))
         best = _best_plan(per_plan, per_lever, by_seed, set(scratch))
-        # the grid's best at seed 0: what --levers varies and --family grows by default (fixed, so that those
-        # commands mean the same runs whichever lever later becomes the best plan)
+        # the grid's best at seed 0 by the crossing saving: what --levers varies and --family grows by default
+        # (fixed, so that those commands mean the same runs whichever lever later becomes the best plan)
         base = max(per_plan, key=lambda n: per_plan[n]["flops"] or -1) if per_plan else None
         seeds = {s: r for (n, l, s), r in by.items() if n == best and l == lr}
         common = sorted(set(seeds) & set(scratch))
         final = scratch[0]["spec"]["model"]
-        rows.append(dict(budget=budget, lr=lr, tried=sorted(scratch0), scratch=scratch, plans=per_plan, best=best,
+        rows.append(dict(budget=budget, lr=lr, tried=sorted(l for (n, l, s) in by if n == "scratch" and s == 0),
+                         scratch=scratch, plans=per_plan, best=best,
                          base=base, levers=per_lever, by_seed=by_seed,
                          tokens=scratch[0]["steps"] * 2048, final=final,
                          best_flops=[saving(seeds[s], scratch[s], "flops") for s in common],
                          best_wall=[saving(seeds[s], scratch[s], "wall") for s in common     # idle pairs only
                                     if wall_saving(seeds[s], scratch[s]) != "busy"],
                          best_d=[seeds[s]["final_bpb"] - scratch[s]["final_bpb"] for s in common],
+                         best_equivalent=[equivalent(seeds[s], curves) for s in common],
                          seeds=common))
-    add_compute_equivalent(rows, runs)
     return rows
-
-
-def add_compute_equivalent(rows: list[dict], runs: dict):
-    """Each row's compute-equivalent saving (scratch_curve.py) per seed of its best plan ("best_equivalent") and of
-    each lever ("equivalent" in by_seed): against the curve of scratch's final bits/byte at each budget's tuned LR,
-    at the same seed. The budgets are 4-10x apart, so the interpolated figure comes with its bounds."""
-    curves = defaultdict(list)
-    for r in rows:
-        for seed, scratch in r["scratch"].items():
-            curves[seed].append((scratch["flops"], scratch["final_bpb"]))
-    curves = {seed: lower_curve(points) for seed, points in curves.items() if len(points) > 1}
-
-    def equivalent(run):
-        curve = curves.get(run["seed"])
-        if curve is None:
-            return None
-        interpolated, bound = compute_equivalent_saving(run["flops"], run["final_bpb"], curve)
-        least, most = compute_equivalent_bounds(run["flops"], run["final_bpb"], curve)
-        return dict(interpolated=interpolated, bound=bound, least=least, most=most)
-
-    for r in rows:
-        by = runs[r["budget"]]
-        r["best_equivalent"] = [equivalent(by[(r["best"], r["lr"], s)]) for s in r["seeds"]]
-        for name, entry in r["by_seed"].items():
-            entry["equivalent"] = [equivalent(by[(name, r["lr"], s)]) for s in entry["seeds"]]
 
 
 def _equivalent_cells(entries: list) -> tuple[str, str]:
@@ -240,9 +269,10 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -
               "scratch). \"saving\" says how: \"compute-equivalent-finals\" (1 - FLOPs / the FLOPs scratch needs to "
               "reach the plan's final bits/byte, read off scratch's finals at the sweep's budgets, linear in log "
               "FLOPs; past the largest budget its lower bound if scratch's curve is convex; the plan chosen by "
-              "its first-crossing saving, \"crossing_savings\"), \"compute-equivalent\" (bench/clock.py's: the same "
-              "on the clock's curve of scratch runs), or \"crossing\" (the FLOPs at which the plan first reaches "
-              "scratch's final bits/byte; where scratch ran at one budget only). Written by "
+              "it, see bench/budget_report.py's _best_plan; the first-crossing saving in \"crossing_savings\"), "
+              "\"compute-equivalent\" (bench/clock.py's: the same on the clock's curve of scratch runs), or "
+              "\"crossing\" (the FLOPs at which the plan first reaches scratch's final bits/byte; where scratch ran "
+              "at one budget only). Written by "
               "bench/budget_report.py and bench/clock.py from the saved runs; do not edit.",
         command=command,
         runs=str(runs.relative_to(ROOT) if runs.is_relative_to(ROOT) else runs),
@@ -253,7 +283,7 @@ def measured_savings(rows: list[dict], out: Path = DEFAULT_OUT, clock_rows=()) -
 
 
 def planner_saving(entry: dict) -> float | None:
-    """The compute-equivalent saving the planner counts for one seed (add_compute_equivalent's entry): interpolated
+    """The compute-equivalent saving the planner counts for one seed (equivalent's entry): interpolated
     on scratch's finals; past the largest budget, its lower bound if scratch's curve is convex; short of the smallest
     budget, None (it never reached scratch)."""
     if entry["interpolated"] is not None:
@@ -262,9 +292,9 @@ def planner_saving(entry: dict) -> float | None:
 
 
 def planner_row(row: dict) -> dict:
-    """A row of the planner's table from summarise's `row`: the best plan (chosen by the crossing saving, as the
-    sweep chooses) with its compute-equivalent saving per seed ("flop_savings") and its crossing saving per seed;
-    the crossing saving alone where scratch ran at a single budget (no curve to read)."""
+    """A row of the planner's table from summarise's `row`: the best plan (chosen by its worst seed's
+    compute-equivalent saving, _best_plan) with that saving per seed ("flop_savings") and its crossing saving per
+    seed; the crossing saving alone where scratch ran at a single budget (no curve to read)."""
     def rounded(values):
         return [None if v is None else round(v, 4) for v in values]
     crossing = rounded(row["best_flops"])

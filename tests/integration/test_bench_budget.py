@@ -109,6 +109,20 @@ def test_report_finds_the_tuned_lr_the_best_plan_and_its_saving_over_seeds(tmp_p
     _run(runs, 1, "g2@25+rewarm1", 1e-3, 1, reach=120.0)                    # seed 1 never gets there: worst
     (row,) = budget_report.summarise(budget_report.load(tmp_path))
     assert row["best"] == "g2@2"
+    # a lever replaces the grid's best only where it saves more at every seed: a better worst seed is not enough
+    tmp_path = tmp_path / "another"        # (scratch at a second budget would make the saving compute-equivalent)
+    runs = tmp_path / "runs"
+    runs.mkdir(parents=True)
+    for seed in (0, 1):
+        _run(runs, 5, "scratch", 1e-3, seed, reach=100.0)
+    _run(runs, 5, "g2@25", 1e-3, 0, reach=60.0)                             # 40%, 20%
+    _run(runs, 5, "g2@25", 1e-3, 1, reach=80.0)
+    _run(runs, 5, "g2@25+narrow", 1e-3, 0, reach=61.0)                      # 39%, 25%: a better worst seed
+    _run(runs, 5, "g2@25+narrow", 1e-3, 1, reach=75.0)
+    assert budget_report.summarise(budget_report.load(tmp_path))[0]["best"] == "g2@25"
+    _run(runs, 5, "g2@25+copy", 1e-3, 0, reach=59.0)                        # 41%, 21%: more at every seed
+    _run(runs, 5, "g2@25+copy", 1e-3, 1, reach=79.0)
+    assert budget_report.summarise(budget_report.load(tmp_path))[0]["best"] == "g2@25+copy"
 
 
 def test_the_compute_equivalent_saving_reads_scratchs_finals_at_the_other_budgets(tmp_path):
