@@ -6,7 +6,8 @@
 Definitions (bench/clock.py): the final figure is a quadratic fitted through a run's last evaluations on every
 held-out article, read at the last step (near their mean where the curve is flat); the scratch curve is, per
 budget, the lower of scratch (cosine) and scratch+wsd at their tuned LRs (seed 0; curve_seed in fp32);
-compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve; crossing
+compute-equivalent saving = 1 - FLOPs / scratch's FLOPs to reach the run's final figure on that curve (for
+another seed, shifted by its scratch's offset from the curve seed's at the plan's budget: seed_curve); crossing
 saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against
 scratch of the same seed); d bits/byte = the run's final figure minus scratch's (same seed, same FLOPs); d vs
 control = the same against the plan's no-growth control (planner.control_of: scratch with the plan's curriculum,
@@ -87,15 +88,17 @@ def plan_budgets(runs: dict) -> list[float]:
     return sorted({b for (b, n, _, _) in runs if n not in ("scratch", "scratch+wsd")})
 
 
-def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -> list[dict]:
+def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None, curve_seed: int = 0) -> list[dict]:
     """Per run name at `budget` (scratch's tuned LR there, or `lr`): its savings per seed, against scratch of that
-    seed; no compute-equivalent saving without a `curve`."""
+    seed; no compute-equivalent saving without a `curve` (scratch's at `curve_seed`). Each seed reads the curve
+    shifted by how much its scratch at `budget` ended above curve_seed's (seed_curve)."""
     at = {k: r for k, r in runs.items() if k[0] == budget}
     scratch0 = {lr: r for (_, n, lr, s), r in at.items() if n == "scratch" and s == 0}
     if lr is None and not scratch0:
         return []
     lr = lr if lr is not None else min(scratch0, key=lambda x: final_figure(scratch0[x]))
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
+    curves = {seed: seed_curve(curve, scratch, seed, curve_seed) for seed in scratch}
     rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], convex=[], crossing=[], d_bpb=[],
                                     wall=[], planned=[], control=None, d_control=[]))
     for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
@@ -111,13 +114,13 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -
         row["seeds"].append(seed)
         row["figure"].append(figure)
         if curve:
-            equivalent, bound = compute_equivalent_saving(r["flops"], figure, curve)
+            equivalent, bound = compute_equivalent_saving(r["flops"], figure, curves[seed])
             if equivalent is None:
                 row["bounds"].append(bound)
             else:
                 row["equivalent"].append(equivalent)
-            row["convex"].append(compute_equivalent_bounds(r["flops"], figure, curve))
-        row["planned"].append(planned_saving(r["flops"], figure, curve) if curve else None)
+            row["convex"].append(compute_equivalent_bounds(r["flops"], figure, curves[seed]))
+        row["planned"].append(planned_saving(r["flops"], figure, curves[seed]) if curve else None)
         crossing = saving(r, base, "flops")
         row["crossing"].append(-1.0 if crossing is None else crossing)   # never reached: counted as -100%
         row["d_bpb"].append(figure - final_figure(base))
@@ -125,6 +128,19 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None) -
         if same_setup and not busy(r) and not busy(base):
             row["wall"].append(1 - r["wall"] / base["wall"])
     return [dict(name=n, lr=lr, **v) for n, v in rows.items()]
+
+
+def seed_curve(curve: list | None, scratch: dict, seed: int, curve_seed: int) -> list | None:
+    """The scratch curve a run of `seed` is read against: curve_seed's, shifted by how much scratch of `seed`
+    ended above scratch of curve_seed at this budget (`scratch`: {seed: run}), the offset taken as the same at every
+    budget (the curve's other budgets were trained at curve_seed, not at every seed). Without the shift, a seed
+    whose scratch (and so, likely, its plan) ended higher, from its initialisation and data order alone, would
+    read as a smaller saving: the seeds are compared pairwise, as d bits/byte is. Unshifted where curve_seed has
+    no scratch at this budget."""
+    if not curve or curve_seed not in scratch or seed not in scratch:
+        return curve
+    offset = final_figure(scratch[seed]) - final_figure(scratch[curve_seed])
+    return [(flops, bpb + offset) for flops, bpb in curve]
 
 
 def _convex_cell(bounds: list) -> str:
@@ -237,7 +253,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
         lines.append(f"| {budget:g} | {flops:.3g} | " + " | ".join(cells) + " |")
     rows = []
     for budget in plan_budgets(runs):
-        budget_rows = plan_rows(runs, curve, budget, None if precision == "bf16" else bf16_lrs.get(budget))
+        budget_rows = plan_rows(runs, curve, budget, None if precision == "bf16" else bf16_lrs.get(budget), seed)
         rows += [dict(r, budget=budget) for r in budget_rows]
         lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
                   "| run | seeds | final bits/byte | compute-equivalent saving | its bounds if scratch's curve is "

@@ -164,6 +164,27 @@ def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_pat
     assert np.isclose(rows["scratch"]["d_bpb"], 0).all()
 
 
+def test_each_seed_reads_the_curve_shifted_by_its_own_scratchs_offset(tmp_path):
+    """Scratch at three budgets on seed 0 only; at 20, seed 1's scratch ends 0.01 above seed 0's, and so does its
+    plan: the plan saves the same on both seeds (compared pairwise), where the unshifted curve would give seed 1
+    less."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for budget, f in {5: 1e14, 20: 4e14, 40: 8e14}.items():
+        _saved(runs, budget, "scratch", 1e-3, 0, synthetic_curve(f), f)
+    _saved(runs, 20, "scratch", 1e-3, 1, synthetic_curve(4e14) + 0.01, 4e14)
+    for seed in (0, 1):
+        _saved(runs, 20, "g3@2-vocab+copy", 1e-3, seed, synthetic_curve(6e14) + 0.01 * seed, 4e14)
+    loaded = clock.load_runs(tmp_path)
+    curve = clock_report.scratch_curve(clock_report.curve_points(loaded))
+    rows = {r["name"]: r for r in clock_report.plan_rows(loaded, curve, 20)}
+    same = 1 - 4e14 / scratch_curve.flops_to_reach(curve, synthetic_curve(6e14))[0]
+    assert rows["g3@2-vocab+copy"]["equivalent"] == pytest.approx([same, same])
+    unshifted = scratch_curve.compute_equivalent_saving(4e14, synthetic_curve(6e14) + 0.01, curve)[0]
+    assert unshifted < same - 0.03
+    assert rows["scratch"]["equivalent"] == pytest.approx([0, 0], abs=1e-12)
+
+
 def test_a_plan_is_also_measured_against_its_no_growth_control_at_the_seeds_it_ran(tmp_path):
     """The report's 'd vs its no-growth control': a plan with a data curriculum against scratch reading the same
     stream (switching where the plan first grows: step 2 of scratch's 10, 20%), per seed where the control ran; a
