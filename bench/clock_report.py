@@ -180,11 +180,27 @@ def planner_row(rows: list[dict], choosing=CHOOSING_SEEDS) -> dict | None:
                 saving="compute-equivalent")
 
 
-def planner_rows(runs: dict, curve: list | None = None) -> list[dict]:
-    """planner_row at each budget where plans ran (the rows the clock writes into the planner's table)."""
-    curve = scratch_curve(curve_points(runs)) if curve is None else curve
-    rows = [planner_row([dict(r, budget=b) for r in plan_rows(runs, curve, b)]) for b in plan_budgets(runs)]
-    return [r for r in rows if r is not None]
+def planner_rows(runs: dict, precision: str = "bf16", bf16_runs: dict | None = None) -> list[dict]:
+    """planner_row at each budget where plans ran (the rows the clock writes into the planner's table), from the
+    runs of one `precision`: fp32's on its own curve (curve_seed), at bf16's tuned LR (`bf16_runs`), marked
+    "precision": "fp32"."""
+    seed = 0 if precision == "bf16" else curve_seed(runs)
+    curve = scratch_curve(curve_points(runs, seed))
+    bf16_lrs = {} if precision == "bf16" else {
+        b: v["scratch"][0] for b, v in curve_points(bf16_runs or {}).items() if "scratch" in v}
+    rows = [planner_row([dict(r, budget=b) for r in plan_rows(runs, curve, b, bf16_lrs.get(b), seed)])
+            for b in plan_budgets(runs)]
+    return [r if precision == "bf16" else dict(r, precision=precision) for r in rows if r is not None]
+
+
+def clock_planner_rows(out: Path) -> list[dict]:
+    """The clock's rows of the planner's table: bf16's, and fp32's at a budget where bf16 has none (a CPU without
+    native bf16 measures the choosing seeds in fp32; one precision per row, never a mix of seeds)."""
+    rows = planner_rows(bf16 := load_runs(out, "bf16"))
+    fp32 = planner_rows(load_runs(out, "fp32"), "fp32", bf16)
+    taken = {r["tokens_per_parameter"] for r in rows}
+    return sorted(rows + [r for r in fp32 if r["tokens_per_parameter"] not in taken],
+                  key=lambda r: r["tokens_per_parameter"])
 
 
 def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
@@ -225,8 +241,9 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
     """clock.md and clock_curve.png in `out`, from the runs that trained in `precision`; and, once a plan has run
     at every choosing seed, the planner's row at its budget in `savings_file` (default: the package's table when
     `out` is the benchmark's own results folder; none for another folder: a --quick clock or a test must not change
-    what the planner plans). fp32 runs (a CPU without native bf16) go to clock_fp32.md, against each other only:
-    the planner's row is bf16's, and fp32's scratch curve is drawn at its own seed (curve_seed)."""
+    what the planner plans). fp32 runs (a CPU without native bf16) go to clock_fp32.md, against each other only,
+    on fp32's scratch curve drawn at its own seed (curve_seed); the planner's row at a budget is bf16's, or fp32's
+    where bf16's choosing seeds are not all run (clock_planner_rows)."""
     runs, suffix = load_runs(out, precision), "" if precision == "bf16" else f"_{precision}"
     if not runs:
         print(f"no finished {precision} runs in {out / 'runs'}: run bench/clock.py first")
@@ -280,11 +297,9 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
     (out / f"clock{suffix}.md").write_text(table + "\n")
     print(table)
     _plot(points, curve, rows, out, suffix)
-    if precision != "bf16":
-        return table
     if savings_file is None and out.resolve() == DEFAULT_OUT.resolve():
         savings_file = SAVINGS_FILE
-    for row in planner_rows(runs, curve) if savings_file is not None else ():
+    for row in clock_planner_rows(out) if savings_file is not None else ():
         write_clock_row(row, savings_file)
     return table
 

@@ -81,6 +81,7 @@ class Measured:
     #   convex in log FLOPs) or "compute-equivalent" (bench/clock.py: the same on a curve of scratch runs; a seed
     #   past the curve's end counts at its lower bound)
     crossing_savings: tuple = ()     # with "compute-equivalent-finals": the crossing saving per seed, for reference
+    precision: str = "bf16"          # what the runs trained in ("fp32": bench/clock.py on a CPU without native bf16)
 
     @property
     def seeds(self) -> int:
@@ -97,7 +98,8 @@ class Measured:
         per_seed = ", ".join("never" if v is None else f"{100 * v:.0f}%" for v in self.flop_savings)
         never = " (never: that seed did not reach it)" if None in self.flop_savings else ""
         if self.saving == "compute-equivalent":
-            return (f"compute-equivalent FLOP saving per seed (against scratch's curve, bench/clock.py): "
+            runs = "" if self.precision == "bf16" else f", {self.precision} runs"
+            return (f"compute-equivalent FLOP saving per seed (against scratch's curve, bench/clock.py{runs}): "
                     f"{per_seed}{never}")
         if self.saving == "compute-equivalent-finals":
             crossing = ", ".join("never" if v is None else f"{100 * v:.0f}%" for v in self.crossing_savings)
@@ -118,7 +120,8 @@ def read_measured(text: str | None = None) -> tuple[tuple[Measured, ...], dict]:
         text = resources.files("megababel.plan").joinpath(MEASURED_FILE).read_text()
     data = json.loads(text)
     rows = tuple(Measured(row["tokens_per_parameter"], row["plan"], row["lr"], tuple(row["flop_savings"]),
-                          row.get("saving", "crossing"), tuple(row.get("crossing_savings", ())))
+                          row.get("saving", "crossing"), tuple(row.get("crossing_savings", ())),
+                          row.get("precision", "bf16"))
                  for row in data["rows"])
     return tuple(sorted(rows, key=lambda m: m.tokens_per_parameter)), data["final_model"]
 

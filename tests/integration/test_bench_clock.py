@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import clock  # noqa: E402
 import clock_report  # noqa: E402
 import scratch_curve  # noqa: E402
+from megababel.plan.planner import Measured  # noqa: E402
 
 
 def synthetic_curve(flops):
@@ -248,10 +249,44 @@ def test_runs_of_two_precisions_are_never_compared_with_each_other(tmp_path, mon
         budget_report.load(tmp_path)
 
 
+def test_the_planner_takes_fp32s_row_only_where_bf16_has_none(tmp_path, capsys):
+    """A CPU without native bf16 measures the choosing seeds in fp32: their row enters the planner's table, marked
+    fp32, at bf16's tuned LR, until bf16's own seeds 0-2 exist at that budget; a row never mixes precisions."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    _saved(runs, 20, "scratch", 1e-3, 0, synthetic_curve(4e14), 4e14)                 # bf16: its tuned LR
+    _saved(runs, 20, "scratch", 2e-3, 0, synthetic_curve(4e14) + 0.01, 4e14)
+    for budget, f in {20: 4e14, 40: 8e14}.items():
+        _saved(runs, budget, "scratch", 1e-3, 1, synthetic_curve(f), f, precision="fp32")
+    for seed in (0, 1, 2):
+        _saved(runs, 20, "scratch", 1e-3, seed, synthetic_curve(4e14), 4e14, precision="fp32")
+        _saved(runs, 20, "g3@2", 1e-3, seed, synthetic_curve(6e14), 4e14, growths=(2, 5, 8), precision="fp32")
+        _saved(runs, 20, "g3@2", 2e-3, seed, synthetic_curve(9e14), 4e14, growths=(2, 5, 8), precision="fp32")
+    table = tmp_path / "measured_savings.json"
+    table.write_text(json.dumps(dict(rows=[dict(tokens_per_parameter=20, plan="g3@10", lr=1e-3, seeds=[0, 1, 2],
+                                                flop_savings=[0.1, 0.1, 0.1])])))
+    clock_report.write_report(tmp_path, savings_file=table, precision="fp32")
+    (row,) = json.loads(table.read_text())["rows"]
+    saved = 1 - 4e14 / scratch_curve.flops_to_reach(
+        scratch_curve.lower_curve([(4e14, synthetic_curve(4e14)), (8e14, synthetic_curve(8e14))]),
+        synthetic_curve(6e14))[0]
+    assert row["plan"] == "g3@2" and row["precision"] == "fp32" and row["lr"] == 1e-3
+    assert row["flop_savings"] == pytest.approx([saved] * 3, abs=1e-4)
+    assert "fp32 runs" in Measured(20.0, row["plan"], row["lr"], tuple(row["flop_savings"]), row["saving"],
+                                   precision=row["precision"]).saving_text()
+    for seed in (0, 1, 2):                                  # bf16's seeds 0-2 arrive: its row takes the budget
+        _saved(runs, 20, "g3@2+copy", 1e-3, seed, synthetic_curve(5e14), 4e14, growths=(2, 5, 8))
+        if seed:
+            _saved(runs, 20, "scratch", 1e-3, seed, synthetic_curve(4e14), 4e14)
+    clock_report.write_report(tmp_path, savings_file=table, precision="fp32")
+    (row,) = json.loads(table.read_text())["rows"]
+    assert row["plan"] == "g3@2+copy" and "precision" not in row
+
+
 def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it_ran_at_all_three(tmp_path, capsys):
     """The clock's row of the planner's table: chosen on seeds 0-2 by the worst seed's compute-equivalent saving
-    (past the curve's end: its lower bound if convex; a confirming seed 3 is listed but never chooses), written in place of the
-    budget sweep's row at that budget, and read by the planner as a compute-equivalent saving."""
+    (past the curve's end: its lower bound if convex; a confirming seed 3 is listed but never chooses), written in
+    place of the budget sweep's row at that budget, and read by the planner as a compute-equivalent saving."""
     runs = tmp_path / "runs"
     runs.mkdir()
     for budget, f in {5: 1e14, 20: 4e14, 40: 8e14}.items():
