@@ -11,8 +11,11 @@ another seed, shifted by its scratch's offset from the curve seed's at the plan'
 saving = bench/budget_report.py's (first crossing of the 40-article curve below scratch's last evaluation, against
 scratch of the same seed); d bits/byte = the run's final figure minus scratch's (same seed, same FLOPs); d vs
 control = the same against the plan's no-growth control (planner.control_of: scratch with the plan's curriculum,
-warm-up and LR decay), where it ran at that seed: what the growth alone is worth. Each with the mean over seeds
-and its 95% confidence interval (Student's t).
+warm-up and LR decay), where it ran at that seed: what the growth alone is worth; wall saving at equal FLOPs =
+1 - the run's training wall time / scratch's (same seed and set-up, neither beside other work); compute-equivalent
+wall saving = 1 - the run's wall time / the wall time scratch needs for the FLOPs of the compute-equivalent saving
+(at scratch's own seconds per FLOP): what the same quality costs in time. Each with the mean over seeds and its
+95% confidence interval (Student's t).
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None, c
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
     curves = {seed: seed_curve(curve, scratch, seed, curve_seed) for seed in scratch}
     rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], convex=[], crossing=[], d_bpb=[],
-                                    wall=[], planned=[], control=None, d_control=[]))
+                                    wall=[], wall_equivalent=[], planned=[], control=None, d_control=[]))
     for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
         if l != lr or seed not in scratch or name == "scratch+wsd":
             continue
@@ -127,6 +130,9 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None, c
         same_setup = (r.get("threads"), r.get("processes")) == (base.get("threads"), base.get("processes"))
         if same_setup and not busy(r) and not busy(base):
             row["wall"].append(1 - r["wall"] / base["wall"])
+            if curve and equivalent is not None:       # scratch's wall for the FLOPs it needs, at its own pace
+                row["wall_equivalent"].append(1 - r["wall"] / (base["wall"] / (1 - equivalent) * r["flops"]
+                                                                / base["flops"]))
     return [dict(name=n, lr=lr, **v) for n, v in rows.items()]
 
 
@@ -274,8 +280,8 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
         rows += [dict(r, budget=budget) for r in budget_rows]
         lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
                   "| run | seeds | final bits/byte | compute-equivalent saving | its bounds if scratch's curve is "
-                  "convex | crossing saving | d bits/byte at equal FLOPs | d vs its no-growth control | wall saving |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "convex | crossing saving | d bits/byte at equal FLOPs | d vs its no-growth control | wall saving at "
+                  "equal FLOPs | compute-equivalent wall saving |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
             bounds = ", ".join(row["bounds"]) + " (past the curve)" if row["bounds"] else ""
             equivalent = (_ci(row["equivalent"]) + (f"; {bounds}" if bounds else "")) if row["equivalent"] else bounds
@@ -284,7 +290,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
                          f"{np.mean(row['figure']):.4f} | "
                          f"{equivalent} | {_convex_cell(row['convex'])} | {_ci(row['crossing'])} | "
                          f"{_ci(row['d_bpb'], pct=False)} | "
-                         f"{_control_cell(row)} | {_ci(row['wall'])} |")
+                         f"{_control_cell(row)} | {_ci(row['wall'])} | {_ci(row['wall_equivalent'])} |")
     seeds_at = defaultdict(set)
     for (b, n, _, s) in runs:
         if n == "scratch":

@@ -161,6 +161,13 @@ def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_pat
     assert rows["g3@2-vocab+copy"]["equivalent"] == pytest.approx(expected)
     assert all(0.15 < e < 0.45 for e in expected)
     assert "| g3@2-vocab+copy | 0,1,2 |" in table and "[" in table.split("g3@2-vocab+copy")[1]
+    # wall time: the plan at seed 0 ran 1.2x as long as scratch for its FLOPs; scratch needs 1 / (1 - saving) x them
+    path = runs / "b20-g3@2-vocab+copy-lr0.001-seed0.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), wall=1.2 * 4e14 / 2)))
+    rows = {r["name"]: r for r in clock_report.plan_rows(clock.load_runs(tmp_path), curve, 20)}
+    assert rows["g3@2-vocab+copy"]["wall"] == pytest.approx([-0.2, 0, 0])
+    assert rows["g3@2-vocab+copy"]["wall_equivalent"] == pytest.approx(
+        [1 - 1.2 * (1 - expected[0])] + expected[1:])
     assert (tmp_path / "clock.md").read_text().startswith("Scratch curve")
     assert np.isclose(rows["scratch"]["d_bpb"], 0).all()
 
