@@ -136,6 +136,24 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None, c
     return [dict(name=n, lr=lr, **v) for n, v in rows.items()]
 
 
+def borrowed_curve(out: Path, points: dict) -> tuple[list, tuple[float, int]] | None:
+    """bf16's stand-in for a scratch curve it has measured at one budget only: fp32's curve (at fp32's curve_seed),
+    shifted by bf16's scratch minus fp32's at a budget both ran (the curve seeds'), with (that budget, fp32's curve
+    seed); None where fp32 has no curve of two budgets or no common budget. An estimate: the shape of the curve is
+    taken from the other precision and seed, its level from this one's."""
+    other = load_runs(out, "fp32")
+    other_seed = curve_seed(other)
+    other_points = curve_points(other, other_seed)
+    common = sorted(set(points) & set(other_points))
+    if len(other_points) < 2 or not common:
+        return None
+    anchor = common[0]
+    level = min(v[1] for v in points[anchor].values())
+    other_level = min(v[1] for v in other_points[anchor].values())
+    return ([(flops, bpb + level - other_level) for flops, bpb in scratch_curve(other_points)],
+            (anchor, other_seed))
+
+
 def seed_curve(curve: list | None, scratch: dict, seed: int, curve_seed: int) -> list | None:
     """The scratch curve a run of `seed` is read against: curve_seed's, shifted by how much scratch of `seed`
     ended above scratch of curve_seed at this budget (`scratch`: {seed: run}), the offset taken as the same at every
@@ -249,7 +267,8 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
     `out` is the benchmark's own results folder; none for another folder: a --quick clock or a test must not change
     what the planner plans). fp32 runs (a CPU without native bf16) go to clock_fp32.md, against each other only,
     on fp32's scratch curve drawn at its own seed (curve_seed); the planner's row at a budget is bf16's, or fp32's
-    where bf16's choosing seeds are not all run (clock_planner_rows)."""
+    where bf16's choosing seeds are not all run (clock_planner_rows). While bf16 scratch has one budget, bf16's
+    table reads fp32's curve shifted to it (borrowed_curve), labelled an estimate; its planner row never does."""
     runs, suffix = load_runs(out, precision), "" if precision == "bf16" else f"_{precision}"
     if not runs:
         print(f"no finished {precision} runs in {out / 'runs'}: run bench/clock.py first")
@@ -266,6 +285,13 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
               f"lower):", "",
              "| tokens/parameter | FLOPs | scratch (cosine): LR (tried), final bits/byte (mean of the final "
              "evaluations) | scratch+wsd: the same |", "|---|---|---|---|"]
+    borrowed = borrowed_curve(out, points) if precision == "bf16" and len(curve) < 2 else None
+    if borrowed is not None:
+        curve, (anchor, other_seed) = borrowed
+        lines = [f"bf16 scratch ran at {anchor:g} tokens/parameter only, so the compute-equivalent savings below "
+                 f"are an estimate: they read fp32's scratch curve (seed {other_seed}, clock_fp32.md), shifted to "
+                 f"pass through bf16's scratch at {anchor:g} (seed {seed}), which assumes the curve has the same "
+                 f"shape in both precisions (borrowed_curve).", ""] + lines
     for budget in sorted(points):
         cells = []
         for name in ("scratch", "scratch+wsd"):
@@ -302,7 +328,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
     table = "\n".join(lines)
     (out / f"clock{suffix}.md").write_text(table + "\n")
     print(table)
-    _plot(points, curve, rows, out, suffix)
+    _plot(points, curve, rows, out, suffix, "fp32's curve, shifted (an estimate)" if borrowed else "curve")
     if savings_file is None and out.resolve() == DEFAULT_OUT.resolve():
         savings_file = SAVINGS_FILE
     for row in clock_planner_rows(out) if savings_file is not None else ():
@@ -310,7 +336,7 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
     return table
 
 
-def _plot(points, curve, rows, out: Path, suffix: str = ""):
+def _plot(points, curve, rows, out: Path, suffix: str = "", curve_label: str = "curve"):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -322,7 +348,7 @@ def _plot(points, curve, rows, out: Path, suffix: str = ""):
         xs = [points[b][name][2] for b in sorted(points) if name in points[b]]
         ys = [points[b][name][1] for b in sorted(points) if name in points[b]]
         ax.plot(xs, ys, marker=marker, label=name, linestyle=":" if name != "scratch" else "-")
-    ax.plot([c[0] for c in curve], [c[1] for c in curve], color="0.6", linewidth=3, alpha=0.4, label="curve")
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], color="0.6", linewidth=3, alpha=0.4, label=curve_label)
     for row in rows:
         if row["name"] != "scratch" and row["budget"] in points:
             flops = next(iter(points[row["budget"]].values()))[2]

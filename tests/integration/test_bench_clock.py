@@ -256,6 +256,27 @@ def test_runs_of_two_precisions_are_never_compared_with_each_other(tmp_path, mon
         budget_report.load(tmp_path)
 
 
+def test_bf16_with_scratch_at_one_budget_reads_fp32s_curve_shifted_and_says_so(tmp_path):
+    """bf16 scratch at 20 only ends 0.02 below fp32's: bf16's table reads fp32's curve (20 and 40) lowered by 0.02,
+    labelled an estimate; the planner's rows stay within bf16 (no curve: no compute-equivalent saving)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for budget, f in {20: 4e14, 40: 8e14}.items():
+        _saved(runs, budget, "scratch", 1e-3, 1, synthetic_curve(f), f, precision="fp32")
+    _saved(runs, 20, "scratch", 1e-3, 0, synthetic_curve(4e14) - 0.02, 4e14)
+    _saved(runs, 20, "g3@2", 1e-3, 0, synthetic_curve(6e14) - 0.02, 4e14, growths=(2, 5, 8))
+    table = clock_report.write_report(tmp_path, savings_file=tmp_path / "none.json", precision="bf16")
+    fp32_curve = scratch_curve.lower_curve([(4e14, synthetic_curve(4e14)), (8e14, synthetic_curve(8e14))])
+    saved = 1 - 4e14 / scratch_curve.flops_to_reach(fp32_curve, synthetic_curve(6e14))[0]
+    assert table.startswith("bf16 scratch ran at 20 tokens/parameter only") and "an estimate" in table
+    assert f"| g3@2 | 0 | {synthetic_curve(6e14) - 0.02:.4f} | {100 * saved:+.1f}% |" in table
+    for seed in (1, 2):
+        _saved(runs, 20, "scratch", 1e-3, seed, synthetic_curve(4e14) - 0.02, 4e14)
+        _saved(runs, 20, "g3@2", 1e-3, seed, synthetic_curve(6e14) - 0.02, 4e14, growths=(2, 5, 8))
+    (row,) = clock_report.planner_rows(clock.load_runs(tmp_path))
+    assert row["plan"] == "g3@2" and all(v is None or v < saved - 0.1 for v in row["flop_savings"])
+
+
 def test_the_planner_takes_fp32s_row_only_where_bf16_has_none(tmp_path, capsys):
     """A CPU without native bf16 measures the choosing seeds in fp32: their row enters the planner's table, marked
     fp32, at bf16's tuned LR, until bf16's own seeds 0-2 exist at that budget; a row never mixes precisions."""
