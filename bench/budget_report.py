@@ -8,6 +8,8 @@ Per budget, against scratch at its tuned LR and the same seed:
                 FLOPs (None: never reached; the run ends at scratch's FLOPs)
   wall saving   the same with training wall time
   d_bpb         the plan's final bits/byte (at scratch's FLOPs) minus scratch's (negative: better)
+  tokens read   the plan's training tokens / scratch's: a grown run reads more text at equal FLOPs (its early
+                generations are cheaper per token), so with a fixed amount of data its saving would shrink
   compute-equivalent saving   1 - FLOPs / the FLOPs scratch of the same seed needs to reach the plan's final
                 bits/byte, read off scratch's finals at the budgets (bench/scratch_curve.py), with its bounds if
                 scratch's curve is convex in log FLOPs (equivalent); the planner's table counts it
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "budget_sweep"
 SAVINGS_FILE = ROOT / "megababel" / "plan" / "measured_savings.json"     # what megababel/plan/planner.py reads
 PLANNER_SEEDS = 3    # a budget enters the planner's table once scratch and its best plan have this many seeds
+TOKENS_PER_STEP = 2048   # growth_vs_scratch's (not imported: the reports run without torch)
 BUSY_LOAD = 3.5      # 1-minute load average on 2 cores while one run (2 threads) trains alone: ~2.6-2.9
 
 
@@ -83,6 +86,14 @@ def wall_saving(run: dict, scratch: dict):
     threads, sweep processes side by side; runs before this was recorded: 2 threads, alone)."""
     setup = [(r.get("threads", 2), r.get("processes", 1)) for r in (run, scratch)]
     return "busy" if busy(run) or busy(scratch) or setup[0] != setup[1] else saving(run, scratch, "wall")
+
+
+def tokens_read(run: dict) -> float:
+    """The training tokens a run read (distinct text: one epoch at most, budget_sweep.one_epoch). A grown run reads
+    more than scratch at equal FLOPs, its early generations being cheaper per token, so with a fixed amount of data
+    its saving would shrink: the reports say how much more."""
+    last = run["evals"][-1]
+    return last.get("tokens", last["step"] * TOKENS_PER_STEP)
 
 
 def _pct(v):
@@ -216,11 +227,12 @@ def summarise(runs: dict) -> list[dict]:
         rows.append(dict(budget=budget, lr=lr, tried=sorted(l for (n, l, s) in by if n == "scratch" and s == 0),
                          scratch=scratch, plans=per_plan, best=best,
                          base=base, levers=per_lever, by_seed=by_seed,
-                         tokens=scratch[0]["steps"] * 2048, final=final,
+                         tokens=scratch[0]["steps"] * TOKENS_PER_STEP, final=final,
                          best_flops=[saving(seeds[s], scratch[s], "flops") for s in common],
                          best_wall=[saving(seeds[s], scratch[s], "wall") for s in common     # idle pairs only
                                     if wall_saving(seeds[s], scratch[s]) != "busy"],
                          best_d=[seeds[s]["final_bpb"] - scratch[s]["final_bpb"] for s in common],
+                         best_tokens=[tokens_read(seeds[s]) / tokens_read(scratch[s]) for s in common],
                          best_equivalent=[equivalent(seeds[s], curves) for s in common],
                          seeds=common))
     return rows
@@ -353,15 +365,16 @@ def write_report(out: Path, savings_file: Path | None = None) -> str:
     lines = [f"Final model {total / 1e6:.2f}M parameters ({non_embedding / 1e6:.2f}M without embeddings).", "",
              "| tokens/parameter (all / non-embedding) | scratch tokens | scratch LR (tried) | scratch final bits/byte "
              "| best plan | FLOP saving | compute-equivalent saving | its bounds if scratch's curve is convex "
-             "| wall saving | d bits/byte at equal FLOPs | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| wall saving | d bits/byte at equal FLOPs | tokens read / scratch's | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         finals = [s["final_bpb"] for s in r["scratch"].values()]
         scratch = f"{np.mean(finals):.4f}" + (f" +- {np.std(finals):.4f}" if len(finals) > 1 else "")
         lines.append(f"| {r['tokens'] / total:.2g} / {r['tokens'] / non_embedding:.2g} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r['lr']:g} ({', '.join(f'{x:g}' for x in r['tried'])}) | {scratch} | {r['best']} | "
                      f"{_spread(r['best_flops'])} | {' | '.join(_equivalent_cells(r['best_equivalent']))} | "
-                     f"{_spread(r['best_wall'])} | {_spread(r['best_d'], pct=False)} | {len(r['seeds'])} |")
+                     f"{_spread(r['best_wall'])} | {_spread(r['best_d'], pct=False)} | "
+                     f"{np.mean(r['best_tokens']):.2f}x | {len(r['seeds'])} |")
     lines += ["", "Every plan, seed 0 (FLOP saving / d bits/byte at equal FLOPs):", "",
               "| plan | " + " | ".join(f"{r['budget']:g} tok/param" for r in rows) + " |",
               "|---|" + "---|" * len(rows)]

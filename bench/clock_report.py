@@ -14,8 +14,9 @@ control = the same against the plan's no-growth control (planner.control_of: scr
 warm-up and LR decay), where it ran at that seed: what the growth alone is worth; wall saving at equal FLOPs =
 1 - the run's training wall time / scratch's (same seed and set-up, neither beside other work); compute-equivalent
 wall saving = 1 - the run's wall time / the wall time scratch needs for the FLOPs of the compute-equivalent saving
-(at scratch's own seconds per FLOP): what the same quality costs in time. Each with the mean over seeds and its
-95% confidence interval (Student's t).
+(at scratch's own seconds per FLOP): what the same quality costs in time; tokens read / scratch's: how much more
+text the run read at equal FLOPs (tokens_read: with a fixed amount of data a saving would shrink). Each with the
+mean over seeds and its 95% confidence interval (Student's t).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from budget_report import SAVINGS_FILE, busy, saving, write_clock_row
+from budget_report import SAVINGS_FILE, busy, saving, tokens_read, write_clock_row
 from megababel.plan.planner import control_of
 from clock import DEFAULT_OUT, final_figure, final_mean, interval, load_runs
 from scratch_curve import compute_equivalent_bounds, compute_equivalent_saving, lower_curve
@@ -103,7 +104,8 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None, c
     scratch = {s: r for (_, n, l, s), r in at.items() if n == "scratch" and l == lr}
     curves = {seed: seed_curve(curve, scratch, seed, curve_seed) for seed in scratch}
     rows = defaultdict(lambda: dict(seeds=[], figure=[], equivalent=[], bounds=[], convex=[], crossing=[], d_bpb=[],
-                                    wall=[], wall_equivalent=[], planned=[], control=None, d_control=[]))
+                                    wall=[], wall_equivalent=[], planned=[], control=None, d_control=[],
+                                    tokens=[]))
     for (_, name, l, seed), r in sorted(at.items(), key=lambda kv: (kv[0][1], kv[0][3])):
         if l != lr or seed not in scratch or name == "scratch+wsd":
             continue
@@ -127,6 +129,7 @@ def plan_rows(runs: dict, curve: list, budget: float, lr: float | None = None, c
         crossing = saving(r, base, "flops")
         row["crossing"].append(-1.0 if crossing is None else crossing)   # never reached: counted as -100%
         row["d_bpb"].append(figure - final_figure(base))
+        row["tokens"].append(tokens_read(r) / tokens_read(base))
         same_setup = (r.get("threads"), r.get("processes")) == (base.get("threads"), base.get("processes"))
         if same_setup and not busy(r) and not busy(base):
             row["wall"].append(1 - r["wall"] / base["wall"])
@@ -307,7 +310,8 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
         lines += ["", f"At {budget:g} tokens/parameter, against scratch of the same seed (mean [95% CI]):", "",
                   "| run | seeds | final bits/byte | compute-equivalent saving | its bounds if scratch's curve is "
                   "convex | crossing saving | d bits/byte at equal FLOPs | d vs its no-growth control | wall saving at "
-                  "equal FLOPs | compute-equivalent wall saving |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "equal FLOPs | compute-equivalent wall saving | tokens read / scratch's |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in sorted(budget_rows, key=lambda r: (r["name"] != "scratch", r["name"])):
             bounds = ", ".join(row["bounds"]) + " (past the curve)" if row["bounds"] else ""
             equivalent = (_ci(row["equivalent"]) + (f"; {bounds}" if bounds else "")) if row["equivalent"] else bounds
@@ -316,7 +320,8 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
                          f"{np.mean(row['figure']):.4f} | "
                          f"{equivalent} | {_convex_cell(row['convex'])} | {_ci(row['crossing'])} | "
                          f"{_ci(row['d_bpb'], pct=False)} | "
-                         f"{_control_cell(row)} | {_ci(row['wall'])} | {_ci(row['wall_equivalent'])} |")
+                         f"{_control_cell(row)} | {_ci(row['wall'])} | {_ci(row['wall_equivalent'])} | "
+                         f"{np.mean(row['tokens']):.2f}x |")
     seeds_at = defaultdict(set)
     for (b, n, _, s) in runs:
         if n == "scratch":

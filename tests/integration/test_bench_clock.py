@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
+import budget_report  # noqa: E402
 import clock  # noqa: E402
 import clock_report  # noqa: E402
 import scratch_curve  # noqa: E402
@@ -162,10 +163,14 @@ def test_the_report_builds_the_curve_and_the_plan_savings_with_intervals(tmp_pat
     assert all(0.15 < e < 0.45 for e in expected)
     assert "| g3@2-vocab+copy | 0,1,2 |" in table and "[" in table.split("g3@2-vocab+copy")[1]
     # wall time: the plan at seed 0 ran 1.2x as long as scratch for its FLOPs; scratch needs 1 / (1 - saving) x them
+    # and read twice scratch's tokens (10 steps of TOKENS_PER_STEP), its cheaper generations' doing
     path = runs / "b20-g3@2-vocab+copy-lr0.001-seed0.json"
-    path.write_text(json.dumps(dict(json.loads(path.read_text()), wall=1.2 * 4e14 / 2)))
+    run = dict(json.loads(path.read_text()), wall=1.2 * 4e14 / 2)
+    run["evals"][-1]["tokens"] = 20 * budget_report.TOKENS_PER_STEP
+    path.write_text(json.dumps(run))
     rows = {r["name"]: r for r in clock_report.plan_rows(clock.load_runs(tmp_path), curve, 20)}
     assert rows["g3@2-vocab+copy"]["wall"] == pytest.approx([-0.2, 0, 0])
+    assert rows["g3@2-vocab+copy"]["tokens"] == pytest.approx([2, 1, 1])
     assert rows["g3@2-vocab+copy"]["wall_equivalent"] == pytest.approx(
         [1 - 1.2 * (1 - expected[0])] + expected[1:])
     assert (tmp_path / "clock.md").read_text().startswith("Scratch curve")
@@ -224,7 +229,6 @@ def test_runs_of_two_precisions_are_never_compared_with_each_other(tmp_path, mon
     """fp32 runs (a CPU without native bf16) are saved apart, reported apart (clock_fp32.md: against fp32 scratch of
     the same seed, at bf16's tuned LR, the compute-equivalent saving on fp32's own scratch curve) and never change
     bf16's report or the planner's row; the older reports refuse a folder that mixes them."""
-    import budget_report
     import budget_sweep
     import growth_vs_scratch
     runs = tmp_path / "runs"
@@ -355,7 +359,6 @@ def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it
     assert measured[20].saving_text().startswith("compute-equivalent FLOP saving per seed")
     assert measured[5].saving == "crossing"
     # the budget sweep's own report keeps the clock's row at 20 and rewrites only its own rows
-    import budget_report
     kept = budget_report.measured_savings([dict(budget=20, best="g1@50", lr=1e-3, seeds=[0, 1, 2], best_flops=[0.1] * 3,
                                                 final=dict(hidden_size=128, num_hidden_layers=4, vocab_size=2000))],
                                           clock_rows=budget_report.clock_rows_of(table))
