@@ -230,7 +230,7 @@ def clock_planner_rows(out: Path) -> list[dict]:
                   key=lambda r: r["tokens_per_parameter"])
 
 
-def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
+def noise_study(runs: dict, budget: float, sizes=(40, 120, 243), lr: float | None = None) -> list[str]:
     """How stable is a final figure? From scratch's runs at `budget` (tuned LR) with per-article losses:
     - wiggle: the spread (std) of the FINAL_POINTS final evaluations of one run, on the first n articles;
     - figure: the final figure on n articles against the same on all of them (how far a small set's absolute value
@@ -238,9 +238,9 @@ def noise_study(runs: dict, budget: float, sizes=(40, 120, 243)) -> list[str]:
     - pair: the difference between two seeds' final figures, across disjoint subsets of n (what a comparison of two
       runs on n articles would see)."""
     scratch0 = {lr: r for (b, n, lr, s), r in runs.items() if b == budget and n == "scratch" and s == 0}
-    if not scratch0:
+    if lr is None and not scratch0:
         return []
-    tuned = min(scratch0, key=lambda x: final_figure(scratch0[x]))
+    tuned = lr if lr is not None else min(scratch0, key=lambda x: final_figure(scratch0[x]))
     scratch = sorted(((s, r) for (b, n, lr, s), r in runs.items() if b == budget and n == "scratch" and lr == tuned),
                      key=lambda kv: kv[0])
     lines = ["| articles | wiggle between final evaluations (std) | final figure across disjoint subsets (std) | "
@@ -327,7 +327,8 @@ def write_report(out: Path = DEFAULT_OUT, savings_file: Path | None = None, prec
         if n == "scratch":
             seeds_at[b].add(s)
     noisiest = max(seeds_at, key=lambda b: (len(seeds_at[b]), b), default=None)
-    noise = [] if noisiest is None else noise_study(runs, noisiest)
+    noise = [] if noisiest is None else noise_study(runs, noisiest, lr=None if precision == "bf16" else
+                                                    bf16_lrs.get(noisiest))
     if noise:
         lines += ["", f"Noise of the final figure (scratch at {noisiest:g} tokens/parameter; bits/byte):", ""] + noise
     table = "\n".join(lines)

@@ -198,6 +198,25 @@ def test_each_seed_reads_the_curve_shifted_by_its_own_scratchs_offset(tmp_path):
     assert rows["scratch"]["equivalent"] == pytest.approx([0, 0], abs=1e-12)
 
 
+def test_the_noise_study_compares_seeds_on_disjoint_article_subsets_at_a_given_lr(tmp_path):
+    """Two fp32 seeds, no seed 0 (the LR is bf16's, given): seed 2 is 0.1 lower on articles 0 and 2 and level on
+    1 and 3, so their difference over single articles spreads (0.1, 0, 0.1, 0) and over pairs of articles does not."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for seed, per_article in ((1, [1.9, 1.9, 1.9, 1.9]), (2, [1.8, 1.9, 1.8, 1.9])):
+        _saved(runs, 20, "scratch", 1e-3, seed, 1.9, 4e14, articles=4, precision="fp32")
+        path = runs / f"b20-scratch-lr0.001-seed{seed}-fp32.json"
+        run = json.loads(path.read_text())
+        for e in run["final_evals"]:
+            e["nats"] = [bpb * math.log(2) * 100 for bpb in per_article]
+        path.write_text(json.dumps(run))
+    loaded = clock.load_runs(tmp_path, "fp32")
+    assert clock_report.noise_study(loaded, 20, sizes=(1, 2)) == []          # no seed 0 to tune at: no LR
+    lines = clock_report.noise_study(loaded, 20, sizes=(1, 2), lr=1e-3)
+    assert lines[2].startswith("| 1 | 0.0000 | ") and lines[2].endswith(f" | {np.std([0.1, 0, 0.1, 0], ddof=1):.4f} |")
+    assert lines[3].endswith(" | 0.0000 |") and lines[4].startswith("| 4 |")
+
+
 def test_a_plan_is_also_measured_against_its_no_growth_control_at_the_seeds_it_ran(tmp_path):
     """The report's 'd vs its no-growth control': a plan with a data curriculum against scratch reading the same
     stream (switching where the plan first grows: step 2 of scratch's 10, 20%), per seed where the control ran; a
