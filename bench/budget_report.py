@@ -43,6 +43,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "budget_sweep"
 SAVINGS_FILE = ROOT / "megababel" / "plan" / "measured_savings.json"     # what megababel/plan/planner.py reads
 PLANNER_SEEDS = 3    # a budget enters the planner's table once scratch and its best plan have this many seeds
 TOKENS_PER_STEP = 2048   # growth_vs_scratch's (not imported: the reports run without torch)
+BUSY_PACE = 1.5      # a stretch this much slower than its generation's median pace: something ran beside it
 BUSY_LOAD = 3.5      # 1-minute load average on 2 cores while one run (2 threads) trains alone: ~2.6-2.9
 
 
@@ -72,7 +73,20 @@ def load(out: Path) -> dict:
 
 
 def busy(run: dict) -> bool:
-    return max((e.get("load", 0) for e in run["evals"][1:]), default=0) > BUSY_LOAD
+    """Whether the run shared the machine: its 1-minute load average passed BUSY_LOAD at some evaluation, or it
+    slowed down within a generation (slowed_down: a process beside it at one thread lifts the load of a two-thread
+    run on an otherwise idle machine from 2.0 to only about 3.0)."""
+    return max((e.get("load", 0) for e in run["evals"][1:]), default=0) > BUSY_LOAD or slowed_down(run)
+
+
+def slowed_down(run: dict, min_steps: int = 300) -> bool:
+    """Whether some stretch of at least `min_steps` steps between two evaluations in one generation took more than
+    BUSY_PACE x the generation's median seconds per step (its generations of 3+ such stretches)."""
+    paces = defaultdict(list)
+    for a, b in zip(run["evals"], run["evals"][1:]):
+        if b["step"] - a["step"] >= min_steps and a.get("generation") == b.get("generation"):
+            paces[a.get("generation")].append((b["wall"] - a["wall"]) / (b["step"] - a["step"]))
+    return any(max(v) > BUSY_PACE * float(np.median(v)) for v in paces.values() if len(v) >= 3)
 
 
 def saving(run: dict, scratch: dict, key: str) -> float | None:

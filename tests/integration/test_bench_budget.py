@@ -65,6 +65,23 @@ def _run(runs, budget, name, lr, seed, reach, flops=100.0, growths=(), load=2.7,
     (runs / f"b{budget:g}-{name}-lr{lr:g}-seed{seed}.json").write_text(json.dumps(run))
 
 
+def test_a_run_that_slowed_down_within_a_generation_shared_the_machine():
+    """A two-thread run with a one-thread process beside it: the load reads about 3 (under BUSY_LOAD), but one
+    stretch of 300+ steps took twice the generation's usual seconds per step; stretches across a growth (another
+    pace) and short ones (an evaluation's share) do not count."""
+    def run(paces, generations=None, step=320):
+        evals, wall = [dict(step=0, wall=0.0, load=2.0, generation=0)], 0.0
+        for i, pace in enumerate(paces):
+            wall += pace * step
+            evals.append(dict(step=(i + 1) * step, wall=wall, load=3.0,
+                              generation=0 if generations is None else generations[i]))
+        return dict(evals=evals)
+    assert not budget_report.busy(run([0.26, 0.27, 0.26, 0.28]))
+    assert budget_report.busy(run([0.26, 0.27, 0.55, 0.26]))
+    assert not budget_report.busy(run([0.26, 0.27, 0.26, 0.55, 0.56, 0.55], generations=[0, 0, 0, 1, 1, 1]))
+    assert not budget_report.busy(run([0.26, 0.27, 0.55, 0.26], step=100))
+
+
 def test_lever_variants_append_levers_or_move_the_first_growth():
     assert budget_sweep.lever_variant("g2@10-vocab", "@2") == "g2@2-vocab"
     assert budget_sweep.lever_variant("g1@25", "@5") == "g1@5"
