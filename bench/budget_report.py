@@ -16,8 +16,8 @@ Per budget, against scratch at its tuned LR and the same seed:
 Best plan: the grid plan whose worst seed saved most compute-equivalent (the crossing saving where scratch ran at
 one budget), unless a lever combination saved more at every seed (_best_plan); its figures are mean, and min..max
 over seeds.
-Wall time needs an otherwise idle machine: a run whose 1-minute load average exceeded BUSY_LOAD at any evaluation
-(something else ran beside it) gives no wall saving ("busy"); runs saved before loads were recorded count as idle.
+Wall time needs an otherwise idle machine: a run whose 1-minute load average exceeded BUSY_LOAD at any evaluation,
+or whose pace slowed within a generation (something else ran beside it), gives no wall saving ("busy"; busy).
 Runs that stopped before their last step are left out.
 The report of the benchmark's own runs (bench/results/budget_sweep) also writes the growth planner's table,
 megababel/plan/measured_savings.json (`measured_savings`): per budget run at PLANNER_SEEDS seeds, the best plan,
@@ -212,9 +212,10 @@ def summarise(runs: dict) -> list[dict]:
     rows = []
     for budget in sorted(runs):
         by = runs[budget]
-        if _tuned_scratch(by) is None:
+        tuned = _tuned_scratch(by)
+        if tuned is None:
             continue
-        lr, scratch = _tuned_scratch(by)
+        lr, scratch = tuned
         by = {k: r for k, r in by.items() if not k[0].startswith("member")}      # family members: their own report
         plans = {n: r for (n, l, s), r in by.items() if is_grid_plan(n) and l == lr and s == 0}
         levers = {n: r for (n, l, s), r in by.items() if n != "scratch" and not is_grid_plan(n) and l == lr and s == 0}
