@@ -70,6 +70,10 @@ def main(argv=None) -> dict:
             model = Evaluated.load(args.model, DTYPES[args.dtype])
             if model.note:
                 print(f"note: {model.note}", file=sys.stderr)
+            if args.seq_len > model.context:
+                print(f"note: --seq-len {args.seq_len} is longer than the {model.context} tokens {args.model} trained "
+                      f"on; positions beyond them are untrained. --seq-len {model.context} measures it within its "
+                      f"context", file=sys.stderr)
             documents = read_documents(args.data, text_key=args.text_key, txt_mode=args.txt_mode)
             result = evaluate(model, itertools.islice(documents, args.max_docs), args.seq_len, args.batch_size,
                               per_document=args.per_document)

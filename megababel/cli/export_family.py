@@ -106,7 +106,9 @@ def family_card(rows: list[dict], run_dir: Path, eval_text: str | None) -> str:
         lines.append(f"On `{eval_text}`, each document scored alone (BOS, then its tokens; windows as lm-eval's "
                      f"loglikelihood_rolling): megababel-eval --per-document; transformers with AutoTokenizer; "
                      f"lm-evaluation-harness on a local perplexity task (add_bos_token=False; '-' where lm-eval is "
-                     f"not installed).")
+                     f"not installed). Each member in windows of at most the length it trained on ("
+                     + ", ".join(f"{r['export']}: {r['context']}" for r in rows if "context" in r)
+                     + " tokens): a sequence-length curriculum's early members never learned longer positions.")
     if any(r["vocab_size"] < r["tokenizer_vocab_size"] for r in rows):
         lines += ["", "Members with a vocabulary stage were trained on the first pieces of a frequency ranking only. "
                   "Each ships that stage as its tokenizer (ids = the model's rows), which AutoTokenizer and lm-eval "
@@ -168,12 +170,16 @@ def main(argv=None) -> list[dict]:
             documents = list(itertools.islice(read_documents(args.eval_text), args.max_docs))
             for row in rows:
                 export = args.out / row["export"]
+                # each member within the context it trained on: a sequence-length curriculum's early members
+                # trained shorter, and positions beyond that were never learned
+                row["context"] = window = min(args.seq_len, json.loads((export / "config.json").read_text())[
+                    "max_position_embeddings"])      # export writes the trained length there
                 for key, auto_tokenizer in (("eval_bpb", False), ("autotokenizer_bpb", True)):
                     model = Evaluated.load(export, auto_tokenizer=auto_tokenizer)
-                    row[key] = evaluate(model, documents, args.seq_len, 4, progress=False,
+                    row[key] = evaluate(model, documents, window, 4, progress=False,
                                         per_document=True)["bits_per_byte"]
                 try:
-                    row["lm_eval_bpb"] = lm_eval_bits_per_byte(export, documents, args.seq_len)
+                    row["lm_eval_bpb"] = lm_eval_bits_per_byte(export, documents, window)
                 except EvaluationError:          # lm-eval not installed: the card shows "-"
                     row["lm_eval_bpb"] = None
                 print(f"generation {row['generation']}: " + ", ".join(

@@ -43,9 +43,10 @@ class EvaluationError(RuntimeError):
 class Evaluated:
     """A model behind one interface: `encode(text) -> ids`, `bos`, `eos`, `nll(inputs [B, T], targets [B, T]) ->
     summed loss` (targets -100 do not count), `name`, and `note` (None, or what a user should know about how it is
-    encoded)."""
+    encoded), and `context`: the longest sequence it trained on (positions beyond it are untrained)."""
 
     note: str | None = None
+    context: int
 
     @classmethod
     def load(cls, path: Path, dtype: torch.dtype = torch.float32, auto_tokenizer: bool = False) -> "Evaluated":
@@ -61,10 +62,12 @@ class Evaluated:
 
 class MegababelModel(Evaluated):
     def __init__(self, path: Path, dtype: torch.dtype = torch.float32):
-        from megababel.hf.export import find_tokenizer
+        from megababel.hf.export import find_tokenizer, trained_seq_len
         from megababel.model.llama import Llama
         saved = load_checkpoint(path)
         path, state = saved.path, saved.state
+        self.context = min(trained_seq_len(saved.run, state.generation) or state.config.max_position_embeddings,
+                           state.config.max_position_embeddings)
         tokenizer, ranking = find_tokenizer(path, saved.run)
         self.stage = ranking.stage(tokenizer, state.config.vocab_size)
         self.bos, self.eos = self.stage.bos_id, self.stage.eos_id
@@ -85,6 +88,7 @@ class HFModel(Evaluated):
 
         from megababel.hf.export import export_stage_warning
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+        self.context = self.model.config.max_position_embeddings    # a megababel export's: the trained length
         self.mask = None
         stage, sentencepiece = path / "vocab_stage.model", path / "tokenizer.model"
         if not auto_tokenizer and (stage.is_file() or sentencepiece.is_file()):

@@ -13,6 +13,12 @@ BPE, which no tokenizer.json can express (bench/stage_tokenizer.py measured 0-96
 no tokenizer.json: AutoTokenizer, lm-eval and anything built on them then encode exactly as the model was trained.
 llama.cpp cannot (its SentencePiece tokenizer ignores UNUSED pieces); the card says by how much.
 
+config.json's max_position_embeddings is the longest sequence the exported generation trained on (its growth's or
+curriculum's seq_len, else the run's --seq-len), when that is shorter than the schedule's: RoPE positions beyond it
+were never trained, and lm-eval, llama.cpp and vLLM read the field as the model's context. (In bench/clock.py's
+256-token validation, a generation trained on 64-token sequences stalled until its growth to 128, then fell 0.22
+bits/byte in 32 steps.) megababel.json keeps the schedule's value, and import restores it.
+
 The output is written into OUT.tmp-<pid>/ and renamed to OUT when complete: a failure never leaves a directory that
 looks like a finished export.
 """
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from megababel.checkpoint.io import CheckpointError, load_checkpoint, write_state
-from megababel.config import LlamaConfig
+from megababel.config import ConfigError, LlamaConfig
 from megababel.model.counters import config_parameters
 from megababel.hf.adapter import from_hf_config, hf_key, to_hf_config
 from megababel.checkpoint.state import EngineState
@@ -281,7 +287,28 @@ def training_data_lines(meta: dict) -> list[str]:
     return lines + [""]
 
 
-def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int, agreement: dict) -> str:
+def trained_seq_len(run: dict, generation: int) -> int | None:
+    """The sequence length a checkpoint's last step trained at (its generation's, after any curriculum change, else
+    the run's --seq-len), from its run record; None when the record cannot say (an imported checkpoint)."""
+    from megababel.plan.schedule import parse_schedule
+    identity = run.get("record") or {}
+    if not identity.get("schedule"):
+        return identity.get("seq_len")
+    try:     # the resolved schedule has every position in steps: tokens_per_step is not used
+        schedule = parse_schedule(identity["schedule"], tokens_per_step=1)
+    except ConfigError:
+        return identity.get("seq_len")
+    return schedule.seq_len_at(run.get("step", 0), generation) or identity.get("seq_len")
+
+
+def context_note(trained: int, schedule_max: int) -> str:
+    return (f"trained on sequences of up to {trained} tokens (the schedule allows {schedule_max}): config.json's "
+            f"max_position_embeddings is {trained}, so lm-eval, llama.cpp and vLLM stay within the positions it "
+            f"learned. Evaluate it in windows of at most {trained} tokens (megababel-eval --seq-len {trained}).")
+
+
+def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int, agreement: dict,
+               trained: int | None = None) -> str:
     lines = ["---", "library_name: transformers", "tags: [llama, megababel, progressive-training]", "---", "",
              f"# megababel Llama: {config_parameters(config) / 1e6:.1f}M parameters, generation "
              f"{meta['generation']}", "",
@@ -293,7 +320,12 @@ def model_card(meta: dict, config: LlamaConfig, active: int, tokenizer_size: int
               f"{meta.get('flops', 0):.3g} training FLOPs",
               f"- hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} heads "
               f"(head_dim {config.head_dim}, {config.num_key_value_heads} key/value heads), FFN "
-              f"{config.intermediate_size}, vocabulary {active} of the tokenizer's {tokenizer_size}", ""]
+              f"{config.intermediate_size}, vocabulary {active} of the tokenizer's {tokenizer_size}"]
+    if trained is not None and trained < config.max_position_embeddings:
+        lines.append(f"- {context_note(trained, config.max_position_embeddings)}")
+    elif trained is not None:
+        lines.append(f"- trained on sequences of {trained} tokens")
+    lines.append("")
     history = meta.get("history") or []
     if history:
         lines += ["## Growth history", "",
@@ -380,7 +412,10 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
                 value = full
             tensors[hf_key(module_path)] = value
         save_safetensors(tensors, tmp, shard_bytes)
-        hf_config = to_hf_config(config if stage else config.replace(vocab_size=tokenizer.vocab_size))
+        trained = trained_seq_len(saved.run, state.generation)
+        context = min(trained or config.max_position_embeddings, config.max_position_embeddings)
+        hf_config = to_hf_config((config if stage else config.replace(vocab_size=tokenizer.vocab_size)).replace(
+            max_position_embeddings=context))
         bos, eos = (stage.bos_id, stage.eos_id) if stage else (tokenizer.bos_id, tokenizer.eos_id)
         hf_config.bos_token_id, hf_config.eos_token_id = bos, eos
         hf_config.dtype, hf_config.architectures = dtype, ["LlamaForCausalLM"]
@@ -390,13 +425,14 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
         if stage is None:
             agreement = save_tokenizer(tokenizer, tmp)
         else:
-            agreement = save_stage_tokenizer(stage, tmp, config.max_position_embeddings)
+            agreement = save_stage_tokenizer(stage, tmp, context)
         info = dict(source=str(path), step=meta["step"], generation=meta["generation"], active_vocab_size=active,
                     row_order="tokenizer ids" if stage is None else "model rows (vocabulary stage)",
                     tokenizer_sha256=tokenizer.sha256, ranking_fingerprint=ranking.fingerprint,
-                    tokenizer_agreement=agreement, history=meta.get("history"))
+                    tokenizer_agreement=agreement, history=meta.get("history"), trained_seq_len=trained,
+                    schedule_max_position_embeddings=config.max_position_embeddings)
         (tmp / "megababel.json").write_text(json.dumps(info, indent=1))
-        (tmp / "README.md").write_text(model_card(meta, config, active, tokenizer.vocab_size, agreement))
+        (tmp / "README.md").write_text(model_card(meta, config, active, tokenizer.vocab_size, agreement, trained))
         _finish_output(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -429,6 +465,8 @@ def import_hf(hf_dir, out, ranking_path=None, overwrite: bool = False) -> Path:
                           f"last vocabulary stage")
     if tokenizer.vocab_size != config.vocab_size:
         raise ExportError(f"{hf_dir}: vocab_size {config.vocab_size} != the tokenizer's {tokenizer.vocab_size} pieces")
+    if info.get("schedule_max_position_embeddings"):    # export wrote the trained length; the model's is this
+        config = config.replace(max_position_embeddings=info["schedule_max_position_embeddings"])
     if ranking_path:
         ranking = VocabRanking.load(ranking_path, tokenizer)
     else:

@@ -42,16 +42,18 @@ def _text(tmp_path) -> str:
 def test_every_member_exports_loads_and_evaluates_like_its_checkpoint(run, tmp_path):
     """Each member: the export's AutoTokenizer ids are its vocabulary stage's on TinyStories, Wikipedia and
     Shakespeare paragraphs (zero mismatches); megababel-eval, AutoTokenizer + transformers and lm-eval give its
-    checkpoint's bits/byte; the push dry run lists every member."""
+    checkpoint's bits/byte (each within the 64 tokens it trained on, though asked for 128); the push dry run lists
+    every member."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from megababel.data.readers import read_documents
     from megababel.hf.evaluate import Evaluated, evaluate
     text = _text(tmp_path)
-    rows = export_family.main([str(run), str(tmp_path / "family"), "--eval-text", text, "--seq-len", "64",
+    rows = export_family.main([str(run), str(tmp_path / "family"), "--eval-text", text, "--seq-len", "128",
                                "--push", "me/babel", "--dry-run"])
     assert [r["generation"] for r in rows] == [0, 1, 2]
     assert [r["vocab_size"] for r in rows] == [1000, 2000, 4000]        # two_growths.json's vocabulary stages
+    assert [r["context"] for r in rows] == [64, 64, 64]     # scored within the run's --seq-len 64, not at 128
     assert all(a["parameters"] < b["parameters"] and a["tokens"] < b["tokens"] and a["flops"] < b["flops"]
                for a, b in zip(rows, rows[1:]))
     corpora = [SHARED / name for name in ("tinystories/valid.txt", "wikipedia/valid.txt", "shakespeare/input.txt")]

@@ -121,7 +121,13 @@ def test_datasets_with_another_vocabulary_ranking_cannot_be_mixed(distributed_en
                           micro_batch_size=2, eval_every=0, out=tmp_path / "run")).setup()
 
 
-def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distributed_env, datasets, tmp_path):
+def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distributed_env, datasets, tmp_path,
+                                                                          capsys):
+    """...and the export's context is the length its generation trained on (64, not the schedule's 4096): config.json
+    says so for lm-eval and llama.cpp, megababel.json keeps both, and megababel-eval notes a longer --seq-len."""
+    import json
+
+    from megababel.cli.evaluate import main as eval_main
     from megababel.hf.export import export_checkpoint
     schedule = dict(SCHEDULE, growths=[dict(SCHEDULE["growths"][0], seq_len=64)])
     _, trainer = fit(datasets, tmp_path / "run", schedule=dict(schedule, training=dict(schedule["training"],
@@ -131,12 +137,24 @@ def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distr
     assert "## Training data" in card and f"`docs`: {datasets['docs']}" in card
     assert "| 0 | 0 | main 0.5, docs[rarity:0-0.5] 0.5 | 32 |" in card
     assert "| 1 | 6 | main 0.5, docs[rarity:0-0.5] 0.25, docs[rarity:0.5-1] 0.25 | 64 |" in card
+    assert "trained on sequences of up to 64 tokens (the schedule allows 4096)" in card
+    info = json.loads((out / "megababel.json").read_text())
+    assert (info["trained_seq_len"], info["schedule_max_position_embeddings"]) == (64, 4096)
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 64
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 64
+    text = tmp_path / "text.txt"
+    text.write_text("One small paragraph to score.\n\nAnd another one.\n")
+    eval_main([str(out), str(text), "--seq-len", "128"])
+    assert "--seq-len 128 is longer than the 64 tokens" in capsys.readouterr().err
+    eval_main([str(out), str(text), "--seq-len", "64"])
+    assert "longer than" not in capsys.readouterr().err
     _, trainer = fit(datasets, tmp_path / "curriculum", schedule=CURRICULUM, save_every=12)
     out = export_checkpoint(next((tmp_path / "curriculum" / "checkpoints").glob("step_00000012_*")), tmp_path / "c")
     section = (out / "README.md").read_text().split("| generation | from step | data mixture |")[1]
     rows = section.split("\n\n")[0].splitlines()[2:]
     assert rows == ["| 0 | 0 | docs[rarity:0-0.5] 1 | 32 |", "| 0 | 3 | main 0.5, docs 0.5 | 32 |",
                     "| 1 | 6 | main 0.5, docs 0.5 | 32 |", "| 1 | 9 | main 1 | 32 |"]
+    assert json.loads((out / "megababel.json").read_text())["trained_seq_len"] == 32     # the run's --seq-len
 
 
 def test_the_launcher_reads_one_dataset_or_several_named_ones(capsys):
