@@ -194,7 +194,9 @@ def planned_saving(flops: float, bpb: float, curve) -> float | None:
 def planner_row(rows: list[dict], choosing=CHOOSING_SEEDS) -> dict | None:
     """The planner's row (megababel/plan/measured_savings.json) from plan_rows' `rows` at one budget: among the plans
     run at every `choosing` seed, the one whose worst choosing seed saved most (never reaching scratch is the worst),
-    with its saving at every seed it ran (the confirming seeds too); None until a plan has them all."""
+    with its saving at every seed it ran (the confirming seeds too), and its no-growth control's at the same seeds
+    where the control ran (the planner plans the control where the growth did not add to it); None until a plan
+    has them all."""
     def worst(row):
         return min(-1.0 if v is None else v for s, v in zip(row["seeds"], row["planned"]) if s in choosing)
     # scratch with a lever (scratch+easyfirstP) is a control, what the lever is worth without growth: not a plan
@@ -202,9 +204,15 @@ def planner_row(rows: list[dict], choosing=CHOOSING_SEEDS) -> dict | None:
     if not candidates:
         return None
     best = max(candidates, key=worst)
-    return dict(tokens_per_parameter=best["budget"], plan=best["name"], lr=best["lr"], seeds=best["seeds"],
-                flop_savings=[None if v is None else round(v, 4) for v in best["planned"]],
-                saving="compute-equivalent")
+    row = dict(tokens_per_parameter=best["budget"], plan=best["name"], lr=best["lr"], seeds=best["seeds"],
+               flop_savings=[None if v is None else round(v, 4) for v in best["planned"]],
+               saving="compute-equivalent")
+    control = next((r for r in rows if r["name"] == best.get("control")), None)
+    if control is not None:
+        by_seed = dict(zip(control["seeds"], control["planned"]))
+        row.update(control=control["name"], control_savings=[None if by_seed.get(s) is None else round(by_seed[s], 4)
+                                                             for s in best["seeds"]])
+    return row
 
 
 def planner_rows(runs: dict, precision: str = "bf16", bf16_runs: dict | None = None) -> list[dict]:

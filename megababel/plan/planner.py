@@ -52,6 +52,9 @@ bench/clock.py has measured a budget (a curve of scratch runs, plans chosen on s
 sweep's there. A budget far from every measured one is planned from the nearest and the explanation says so. Where
 that plan did not save FLOPs in every seed (one that never reached scratch's loss counts as no saving), the plan is
 "scratch": do not grow; family mode (`family=True`: the user wants the smaller models too) plans the growth anyway.
+Where the row also measured the plan's no-growth control (control_of: scratch with the same data curriculum,
+sequence-length warm-up and LR decay) and the growth did not save more than it at every seed where both ran, the
+plan is that control: the curricula pay, the growth does not.
 A final model named by a preset or a schedule file, and the plan of a run (`--schedule auto`): presets.py's
 `final_model` and `plan_for_run` (this module imports no preset: the presets are made by it).
 """
@@ -82,6 +85,8 @@ class Measured:
     #   past the curve's end counts at its lower bound)
     crossing_savings: tuple = ()     # with "compute-equivalent-finals": the crossing saving per seed, for reference
     precision: str = "bf16"          # what the runs trained in ("fp32": bench/clock.py on a CPU without native bf16)
+    control: str | None = None       # the plan's no-growth control (control_of), where the row measured it
+    control_savings: tuple = ()      # its saving per seed, aligned with flop_savings (None: not run at that seed)
 
     @property
     def seeds(self) -> int:
@@ -94,13 +99,29 @@ class Measured:
         level on average, a saving inside the seed noise that no one should plan on."""
         return all(v is not None and v > 0 for v in self.flop_savings)
 
+    @property
+    def growth_adds(self) -> bool | None:
+        """Did the growth save more than its no-growth control at every seed where both ran? None: no control
+        ran (growing is then judged against plain scratch alone)."""
+        pairs = [(grown, control) for grown, control in zip(self.flop_savings, self.control_savings)
+                 if control is not None]
+        if not pairs:
+            return None
+        return all(grown is not None and grown > control for grown, control in pairs)
+
     def saving_text(self) -> str:
         per_seed = ", ".join("never" if v is None else f"{100 * v:.0f}%" for v in self.flop_savings)
         never = " (never: that seed did not reach it)" if None in self.flop_savings else ""
         if self.saving == "compute-equivalent":
             runs = "" if self.precision == "bf16" else f", {self.precision} runs"
-            return (f"compute-equivalent FLOP saving per seed (against scratch's curve, bench/clock.py{runs}): "
+            text = (f"compute-equivalent FLOP saving per seed (against scratch's curve, bench/clock.py{runs}): "
                     f"{per_seed}{never}")
+            if self.growth_adds is not None:
+                controls = ", ".join("not run" if v is None else f"{100 * v:.0f}%" for v in self.control_savings)
+                text += (f"; its curricula without growth ({self.control}) saved {controls}: the growth "
+                         + ("added to them at every seed" if self.growth_adds else "did not add to them at every "
+                            "seed"))
+            return text
         if self.saving == "compute-equivalent-finals":
             crossing = ", ".join("never" if v is None else f"{100 * v:.0f}%" for v in self.crossing_savings)
             return (f"compute-equivalent FLOP saving per seed (against scratch's finals at the measured budgets, "
@@ -121,7 +142,7 @@ def read_measured(text: str | None = None) -> tuple[tuple[Measured, ...], dict]:
     data = json.loads(text)
     rows = tuple(Measured(row["tokens_per_parameter"], row["plan"], row["lr"], tuple(row["flop_savings"]),
                           row.get("saving", "crossing"), tuple(row.get("crossing_savings", ())),
-                          row.get("precision", "bf16"))
+                          row.get("precision", "bf16"), row.get("control"), tuple(row.get("control_savings", ())))
                  for row in data["rows"])
     return tuple(sorted(rows, key=lambda m: m.tokens_per_parameter)), data["final_model"]
 
@@ -473,7 +494,12 @@ def plan_growth(final: LlamaConfig, tokens: int | None = None, flops: float | No
                      f"({measured.tokens_per_parameter:g}); the saving there need not hold here")
     name, vocab_stage = (measured.plan if measured.pays or family else "scratch"), None
     parse_levers(list(levers))          # an unknown lever is refused even where the plan is scratch
-    if name != "scratch":
+    if name != "scratch" and not family and measured.growth_adds is False:
+        name = measured.control         # the curricula paid, the growth did not add to them at every seed
+        notes.append(f"{measured.plan} did not save more than its no-growth control {name} at every seed: "
+                     f"planned as that control (the same curricula, no growth)"
+                     + (f"; the levers asked for ({', '.join(levers)}) are not applied to it" if levers else ""))
+    elif name != "scratch":
         name += "".join(f"+{lever}" for lever in levers if lever not in name.split("+")[1:])
     plan, plus, lever_names = name.partition("+")     # "g3@2-vocab+copy": the plan, then its levers
     if plan.endswith("-vocab"):

@@ -334,6 +334,32 @@ def test_the_planner_takes_fp32s_row_only_where_bf16_has_none(tmp_path, capsys):
     assert row["plan"] == "g3@2+copy" and "precision" not in row
 
 
+def test_the_planners_row_carries_the_no_growth_controls_saving_at_the_seeds_it_ran(tmp_path, capsys):
+    """The row also gives the plan's no-growth control (control_of) and its saving at the plan's seeds, None where
+    it did not run, so the planner can tell the growth's share from the curricula's."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for budget, f in {20: 4e14, 40: 8e14}.items():
+        _saved(runs, budget, "scratch", 1e-3, 0, synthetic_curve(f), f)
+    for seed in (0, 1, 2):
+        if seed:
+            _saved(runs, 20, "scratch", 1e-3, seed, synthetic_curve(4e14), 4e14)
+        _saved(runs, 20, "g3@2+easyfirst", 1e-3, seed, synthetic_curve(6e14), 4e14, growths=(2, 5, 8))
+    for seed, reaches in ((0, 5e14), (1, 6e14)):      # the control (growing at step 2 of 10: 20%) at two seeds
+        _saved(runs, 20, "scratch+easyfirst20", 1e-3, seed, synthetic_curve(reaches), 4e14)
+    table = tmp_path / "measured_savings.json"
+    table.write_text(json.dumps(dict(rows=[dict(tokens_per_parameter=20, plan="g3@10", lr=1e-3, seeds=[0, 1, 2],
+                                                flop_savings=[0.1, 0.1, 0.1])])))
+    clock_report.write_report(tmp_path, savings_file=table)
+    (row,) = json.loads(table.read_text())["rows"]
+    assert row["plan"] == "g3@2+easyfirst" and row["control"] == "scratch+easyfirst20"
+    control, grown = row["control_savings"], row["flop_savings"]
+    assert control[2] is None and 0 < control[0] < grown[0] and control[1] == pytest.approx(grown[1])
+    measured = Measured(20.0, row["plan"], row["lr"], tuple(grown), row["saving"], control=row["control"],
+                        control_savings=tuple(control))
+    assert measured.growth_adds is False and "did not add to them" in measured.saving_text()
+
+
 def test_the_planner_takes_the_plan_whose_worst_choosing_seed_saved_most_once_it_ran_at_all_three(tmp_path, capsys):
     """The clock's row of the planner's table: chosen on seeds 0-2 by the worst seed's compute-equivalent saving
     (past the curve's end: its lower bound if convex; a confirming seed 3 is listed but never chooses), written in

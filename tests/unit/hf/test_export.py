@@ -88,6 +88,11 @@ def test_tp2_zero3_checkpoint_exports_to_a_plain_llama(run, tmp_path):
     assert generated.shape == (1, 24)
     card = (out / "README.md").read_text()
     assert "| 2 | 15 |" in card and "Growth history" in card          # generation 2 born at step 15 (1/2 of 30)
+    # trained at --seq-len 64 of the schedule's 1024: config.json says 64, and import restores the schedule's
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 64
+    assert "trained on sequences of up to 64 tokens (the schedule allows 1024)" in card
+    import_hf.main([str(out), str(tmp_path / "back")])
+    assert load_checkpoint(tmp_path / "back").state.config.max_position_embeddings == 1024
 
 
 @pytest.mark.slow

@@ -250,6 +250,25 @@ def test_where_growing_did_not_pay_the_planner_says_do_not_grow(savings, pays):
         assert "family mode" in family.explain()
 
 
+@pytest.mark.parametrize("controls, grows", [((0.2, 0.1, None), True), ((0.2, 0.3, None), False),
+                                              ((None, None, None), True), ((), True)])
+def test_where_the_growth_added_nothing_to_its_curricula_the_planner_plans_its_no_growth_control(controls, grows):
+    """A row with the plan's no-growth control: the growth must save more than it at every seed where it ran, or the
+    plan is the control (the same curricula, no growth), said in a note; family mode still grows."""
+    from megababel.plan.planner import Measured
+    control = "scratch+easyfirst15.31+seqwarm2+wsd"
+    measured = Measured(20.0, "g3@2-vocab+copy+easyfirst+seqwarm+wsd", 1.5e-3, (0.46, 0.26, 0.4),
+                        "compute-equivalent", control=control, control_savings=controls)
+    plan = bench_plan(20.0, table=(measured,))
+    assert (plan.name == measured.plan) == grows and (plan.name == control) != grows
+    if not grows:
+        assert plan.schedule["growths"] == [] and plan.schedule["curriculum"]
+        assert "no-growth control" in plan.explain() and "did not add to them" in plan.explain()
+        assert bench_plan(20.0, table=(measured,), family=True).name == measured.plan
+    elif controls and controls[0] is not None:
+        assert "added to them at every seed" in plan.explain()
+
+
 def test_at_20_tokens_per_parameter_the_planner_grows_with_stacked_depth_and_says_it_breaks_the_function():
     """The 20 row's best plan (first growth at 2%, depth by stacking trained layers, narrower heads at the start)
     saved FLOPs in every seed, so the planner grows there; its explanation warns that the stacking growth does not
