@@ -294,10 +294,12 @@ def trained_seq_len(run: dict, generation: int) -> int | None:
     identity = run.get("record") or {}
     if not identity.get("schedule"):
         return identity.get("seq_len")
+    resolved = dict(identity["schedule"])   # a decay branch's `anneal` changes no length (and is not a schedule field)
+    resolved["training"] = {k: v for k, v in resolved.get("training", {}).items() if k != "anneal"}
     try:     # the resolved schedule has every position in steps: tokens_per_step is not used
-        schedule = parse_schedule(identity["schedule"], tokens_per_step=1)
-    except ConfigError:
-        return identity.get("seq_len")
+        schedule = parse_schedule(resolved, tokens_per_step=1)
+    except ConfigError:      # a record this version cannot read: say nothing rather than guess
+        return None
     return schedule.seq_len_at(run.get("step", 0), generation) or identity.get("seq_len")
 
 

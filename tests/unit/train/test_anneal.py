@@ -3,6 +3,7 @@ growth and every LR falling linearly to its minimum, resumes exactly, is refused
 and tools/export_family.py exports it as the member with its FLOPs counted."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -94,3 +95,6 @@ def test_the_family_export_takes_an_annealed_member_and_counts_its_flops(family,
     total = by[2]["flops"] + by[0]["branch"]["flops"]
     assert "| 3 steps (" in card and f"The family cost {total:.3g} training FLOPs" in card
     assert math.isclose(by[0]["run_flops"], origin["flops"])
+    # the branch's record (with its `anneal`) still tells the length it trained on: the run's --seq-len
+    assert [json.loads((tmp_path / "family" / f"gen{g}" / "megababel.json").read_text())["trained_seq_len"]
+            for g in (0, 1, 2)] == [32, 32, 32]
