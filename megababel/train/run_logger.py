@@ -44,6 +44,11 @@ class RunLogger(Callback):
         if schedule.warmup_steps >= schedule.steps:     # e.g. --steps cut a preset short: fine for a smoke run
             self.say(f"warning: training.warmup_steps {schedule.warmup_steps} >= {schedule.steps} steps: the LR "
                      f"never reaches its peak {schedule.lr:g}; lower warmup_steps in the schedule for a real run")
+        lengths = set(trainer.seq_lens) | {c.seq_len for c in schedule.curriculum if c.seq_len is not None}
+        if run.eval_every and min(lengths) < run.seq_len:
+            self.say(f"note: validation runs at --seq-len {run.seq_len}, and some generations train shorter "
+                     f"({', '.join(str(n) for n in sorted(lengths) if n < run.seq_len)}): there it scores positions "
+                     f"the model has not trained, so it lags until the sequence length catches up")
         if trainer.resumed_from is not None:
             self.say(f"resumed from {trainer.resumed_from} at step {trainer.step}")
         if schedule.anneal:

@@ -157,6 +157,22 @@ def test_the_model_card_lists_each_generations_mixture_and_sequence_length(distr
     assert json.loads((out / "megababel.json").read_text())["trained_seq_len"] == 32     # the run's --seq-len
 
 
+def test_the_log_says_when_validation_reads_positions_a_shorter_generation_has_not_trained(distributed_env, datasets,
+                                                                                           tmp_path, capsys):
+    short = dict(model=SCHEDULE["model"], training=dict(steps=2, lr=3e-3, warmup_steps=1, global_batch_tokens=256,
+                                                        seq_len=16, data={"main": 1.0}), growths=[])
+    from megababel.train.run_logger import RunLogger
+
+    def logged(out, schedule):
+        trainer = Trainer(RunConfig(schedule=schedule, data=datasets, seq_len=32, micro_batch_size=2, eval_every=2,
+                                    out=out), callbacks=[RunLogger(out, is_main=True)])
+        trainer.setup().fit()
+        trainer.close()
+        return capsys.readouterr().out
+    assert "validation runs at --seq-len 32, and some generations train shorter (16)" in logged(tmp_path / "a", short)
+    assert "validation runs at" not in logged(tmp_path / "b", dict(short, training=dict(short["training"], seq_len=32)))
+
+
 def test_the_launcher_reads_one_dataset_or_several_named_ones(capsys):
     import argparse
     from pathlib import Path
