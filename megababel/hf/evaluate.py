@@ -66,7 +66,7 @@ class MegababelModel(Evaluated):
         from megababel.model.llama import Llama
         saved = load_checkpoint(path)
         path, state = saved.path, saved.state
-        self.context = min(trained_seq_len(saved.run, state.generation) or state.config.max_position_embeddings,
+        self.context = min(trained_seq_len(saved.run) or state.config.max_position_embeddings,
                            state.config.max_position_embeddings)
         tokenizer, ranking = find_tokenizer(path, saved.run)
         self.stage = ranking.stage(tokenizer, state.config.vocab_size)

@@ -13,9 +13,9 @@ BPE, which no tokenizer.json can express (bench/stage_tokenizer.py measured 0-96
 no tokenizer.json: AutoTokenizer, lm-eval and anything built on them then encode exactly as the model was trained.
 llama.cpp cannot (its SentencePiece tokenizer ignores UNUSED pieces); the card says by how much.
 
-config.json's max_position_embeddings is the longest sequence the exported generation trained on (its growth's or
-curriculum's seq_len, else the run's --seq-len), when that is shorter than the schedule's: RoPE positions beyond it
-were never trained, and lm-eval, llama.cpp and vLLM read the field as the model's context. (In bench/clock.py's
+config.json's max_position_embeddings is the sequence length the exported generation trains at (its growth's or
+curriculum's seq_len, else the run's --seq-len; the Trainer records it in every checkpoint), when that is shorter
+than the schedule's: RoPE positions beyond it were never trained, and lm-eval, llama.cpp and vLLM read the field as the model's context. (In bench/clock.py's
 256-token validation, a generation trained on 64-token sequences stalled until its growth to 128, then fell 0.22
 bits/byte in 32 steps.) megababel.json keeps the schedule's value, and import restores it.
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from megababel.checkpoint.io import CheckpointError, load_checkpoint, write_state
-from megababel.config import ConfigError, LlamaConfig
+from megababel.config import LlamaConfig
 from megababel.model.counters import config_parameters
 from megababel.hf.adapter import from_hf_config, hf_key, to_hf_config
 from megababel.checkpoint.state import EngineState
@@ -287,20 +287,10 @@ def training_data_lines(meta: dict) -> list[str]:
     return lines + [""]
 
 
-def trained_seq_len(run: dict, generation: int) -> int | None:
-    """The sequence length a checkpoint's last step trained at (its generation's, after any curriculum change, else
-    the run's --seq-len), from its run record; None when the record cannot say (an imported checkpoint)."""
-    from megababel.plan.schedule import parse_schedule
-    identity = run.get("record") or {}
-    if not identity.get("schedule"):
-        return identity.get("seq_len")
-    resolved = dict(identity["schedule"])   # a decay branch's `anneal` changes no length (and is not a schedule field)
-    resolved["training"] = {k: v for k, v in resolved.get("training", {}).items() if k != "anneal"}
-    try:     # the resolved schedule has every position in steps: tokens_per_step is not used
-        schedule = parse_schedule(resolved, tokens_per_step=1)
-    except ConfigError:      # a record this version cannot read: say nothing rather than guess
-        return None
-    return schedule.seq_len_at(run.get("step", 0), generation) or identity.get("seq_len")
+def trained_seq_len(run: dict) -> int | None:
+    """The sequence length a checkpoint's generation trains at (its growth's or curriculum's seq_len, else the run's
+    --seq-len), as the Trainer recorded it; None for a checkpoint without it (an import, or an older megababel)."""
+    return run.get("trained_seq_len")
 
 
 def context_note(trained: int, schedule_max: int) -> str:
@@ -414,7 +404,7 @@ def export_checkpoint(checkpoint, out, tokenizer_dir=None, dtype: torch.dtype = 
                 value = full
             tensors[hf_key(module_path)] = value
         save_safetensors(tensors, tmp, shard_bytes)
-        trained = trained_seq_len(saved.run, state.generation)
+        trained = trained_seq_len(saved.run)
         context = min(trained or config.max_position_embeddings, config.max_position_embeddings)
         hf_config = to_hf_config((config if stage else config.replace(vocab_size=tokenizer.vocab_size)).replace(
             max_position_embeddings=context))

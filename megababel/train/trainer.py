@@ -400,7 +400,8 @@ class Trainer:
                            datasets={k: str(v) for k, v in self.datasets.items()},
                            schedule_source=str(self.run.schedule) if not isinstance(self.run.schedule, dict)
                            else "<dict>", rng=rng_states(), validation_loss=loss,
-                           validation_bpb=None if loss is None else self.data.valid_bits_per_byte(loss))
+                           validation_bpb=None if loss is None else self.data.valid_bits_per_byte(loss),
+                           trained_seq_len=self._seq_len_at(self.step, self.engine.model.generation))
         directory = Path(self.run.out) / folder
         path = save_checkpoint(directory, self.engine, record.to_dict(),
                                files={name: self.data_dir / name for name in ("tokenizer.model", "ranking.json")},
