@@ -15,9 +15,10 @@ llama.cpp cannot (its SentencePiece tokenizer ignores UNUSED pieces); the card s
 
 config.json's max_position_embeddings is the sequence length the exported generation trains at (its growth's or
 curriculum's seq_len, else the run's --seq-len; the Trainer records it in every checkpoint), when that is shorter
-than the schedule's: RoPE positions beyond it were never trained, and lm-eval, llama.cpp and vLLM read the field as the model's context. (In bench/clock.py's
-256-token validation, a generation trained on 64-token sequences stalled until its growth to 128, then fell 0.22
-bits/byte in 32 steps.) megababel.json keeps the schedule's value, and import restores it.
+than the schedule's: RoPE positions beyond it were never trained, and lm-eval, llama.cpp and vLLM read the field as
+the model's context. (In bench/clock.py's 256-token validation, a generation trained on 64-token sequences stalled
+until its growth to 128, then fell 0.22 bits/byte in 32 steps.) megababel.json keeps the schedule's value, and
+import restores it.
 
 The output is written into OUT.tmp-<pid>/ and renamed to OUT when complete: a failure never leaves a directory that
 looks like a finished export.

@@ -56,14 +56,13 @@ class RunRecord:
     validation_loss: float | None = None
     validation_bpb: float | None = None
     imported_from: str | None = None      # tools/convert_from_hf.py: weights only, a run starts at step 0
-    trained_seq_len: int | None = None    # the sequence length the saved generation trains at (after curriculum
-    #                                       changes): the context an export gives it
+    trained_seq_len: int | None = None    # the length the saved generation trains at: an export's context
 
     def to_dict(self) -> dict:
         saved = {f.name: getattr(self, f.name) for f in fields(self)}
         saved["record"] = self.record.to_dict()
-        for optional in ("imported_from", "datasets", "trained_seq_len"):   # absent from older checkpoints: saved
-            #                                                                   only when set
+        # absent from older checkpoints: saved only when set
+        for optional in ("imported_from", "datasets", "trained_seq_len"):
             if saved[optional] is None:
                 del saved[optional]
         return saved
